@@ -1,8 +1,142 @@
-"""Shared fixtures: the anyio backend; factories live beside the tests that use them."""
+"""Shared fixtures: real SQLite in tmp_path, a hand-driven clock, settings from a dict."""
 
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
 import pytest
+
+from service.app import open_context
+from service.context import WorkContext
+from service.ids import new_job_id, new_webhook_secret
+from service.settings import Settings
+from storage.records import JobRecord, NewJob
+
+START_MS = 1_790_000_000_000
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+class FakeClock:
+    """Epoch milliseconds that only move when a test says so."""
+
+    def __init__(self, start: int = START_MS) -> None:
+        self.now = start
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += int(seconds * 1000)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+BFL_TEST_ENV = {
+    "BFL_API_KEY": "test-bfl-key",
+    "BFL_BASE_URL": "https://api.bfl.ai",
+    "FLUXHOOK_PUBLIC_URL": "https://hooks.example.com",
+    "FLUXHOOK_SECRET_KEY": "test-secret-key",
+    "FLUXHOOK_SIMULATOR": "off",
+}
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    def make(**env: str) -> Settings:
+        merged = {**BFL_TEST_ENV, "FLUXHOOK_DATA_DIR": str(tmp_path / "data"), **env}
+        return Settings.from_env(merged)
+
+    return make
+
+
+@pytest.fixture
+def transport() -> httpx.AsyncBaseTransport | None:
+    """Tests override this (e.g. with respx's transport) to answer provider calls."""
+    return None
+
+
+@pytest.fixture
+async def ctx(
+    make_settings: Callable[..., Settings], clock: FakeClock,
+    transport: httpx.AsyncBaseTransport | None,
+) -> AsyncIterator[WorkContext]:
+    async with open_context(make_settings(), transport=transport, clock=clock,
+                            rand=random.Random(7)) as context:
+        yield context
+
+
+@pytest.fixture
+def make_job(ctx: WorkContext, clock: FakeClock) -> Callable[..., Any]:
+    async def make(**fields: Any) -> JobRecord:
+        now = clock()
+        new = NewJob(
+            id=fields.pop("id", new_job_id(now)),
+            provider=fields.pop("provider", "bfl"),
+            model=fields.pop("model", "flux-pro-1.1"),
+            input=fields.pop("input", {"prompt": "a red fox", "width": 512, "height": 512}),
+            metadata=fields.pop("metadata", {}),
+            webhook_secret=fields.pop("webhook_secret", new_webhook_secret()),
+            idempotency_key=fields.pop("idempotency_key", None),
+            request_hash=fields.pop("request_hash", None),
+            deadline_at=fields.pop("deadline_at", now + 900_000),
+        )
+        assert not fields, f"unknown job fields {fields}"
+        job, _ = await ctx.store.create_job(new, now=now)
+        return job
+
+    return make
+
+
+@pytest.fixture
+async def api(
+    make_settings: Callable[..., Settings], clock: FakeClock,
+    transport: httpx.AsyncBaseTransport | None,
+) -> AsyncIterator[Api]:
+    """fluxhook's app with its lifespan running (workers off: tests drive them), and a client.
+
+    Servers hand the lifespan's state to every request's scope; this does the same.
+    """
+    from service.app import create_app
+
+    app = create_app(make_settings(), transport=transport, clock=clock, rand=random.Random(7),
+                     run_workers=False)
+    async with app.router.lifespan_context(app) as state:
+
+        async def with_state(scope: Any, receive: Any, send: Any) -> None:
+            scope["state"] = dict(state or {})
+            await app(scope, receive, send)
+
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=with_state),
+                                     base_url="https://hooks.example.com") as client:
+            yield Api(client, app.state.ctx)
+
+
+class Api:
+    def __init__(self, client: httpx.AsyncClient, ctx: WorkContext) -> None:
+        self.client = client
+        self.ctx = ctx
+
+
+def assert_error_shape(response: httpx.Response, status: int, code: str | None = None) -> dict:
+    """Every error response has the one shape: {"error": {"code", "message", "details"}}."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"code", "message", "details"}
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    assert isinstance(body["error"]["details"], list)
+    if code is not None:
+        assert body["error"]["code"] == code
+    return body["error"]

@@ -1,0 +1,22 @@
+"""The inbound webhook endpoint providers call: POST /v1/callbacks/{provider}/{token}."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from handlers.body import read_body
+from service.callbacks import ingest_callback
+from service.context import WorkContext
+
+
+async def receive_callback(request: Request) -> Response:
+    ctx: WorkContext = request.state.ctx
+    provider = request.path_params["provider"]
+    # The token is checked before the body is even read; the signature before it is parsed.
+    target = ctx.tokens.read(request.path_params["token"], provider=provider)
+    body = await read_body(request, limit=ctx.settings.callback_max_bytes)
+    recorded = await ingest_callback(ctx, target, request.headers, body)
+    # Only now, with the callback committed, does the provider get its 2xx.
+    return JSONResponse({"received": True, "job_id": recorded.job.id,
+                         "status": recorded.job.status.value, "duplicate": recorded.duplicate})

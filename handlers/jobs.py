@@ -1,0 +1,114 @@
+"""Job endpoints: submit, read, list, and fetch stored outputs."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+
+from handlers.body import read_json
+from service.context import WorkContext
+from service.documents import job_document
+from service.errors import NotFound, ValidationFailed
+from service.ids import new_job_id, new_webhook_secret
+from service.submissions import parse_job_request
+from storage.records import NewJob
+from storage.store import decode_cursor, encode_cursor
+
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def _ctx(request: Request) -> WorkContext:
+    ctx: WorkContext = request.state.ctx
+    return ctx
+
+
+async def create_job(request: Request) -> Response:
+    ctx = _ctx(request)
+    body = await read_json(request, limit=ctx.settings.max_body_bytes)
+    key = request.headers.get("idempotency-key")
+    if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
+        raise ValidationFailed("Idempotency-Key must be 1 to 255 characters",
+                               details=[{"field": "Idempotency-Key", "rule": "length"}])
+    parsed = parse_job_request(body, catalog=ctx.catalog, configured=ctx.adapters.keys())
+    now = ctx.clock()
+    new = NewJob(
+        id=new_job_id(now),
+        provider=parsed.provider,
+        model=parsed.model.name,
+        input=parsed.input,
+        metadata=parsed.metadata,
+        webhook_secret=new_webhook_secret(),
+        idempotency_key=key,
+        request_hash=parsed.request_hash,
+        deadline_at=now + ctx.ms(ctx.settings.job_timeout_s),
+    )
+    job, created = await ctx.store.create_job(new, now=now)
+    if created:
+        ctx.nudge()
+    outputs = await ctx.store.get_outputs([job.id])
+    headers = {"Location": f"/v1/jobs/{job.id}"}
+    if not created:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(job_document(job, outputs[job.id], ctx.settings.public_url),
+                        status_code=202, headers=headers)
+
+
+async def get_job(request: Request) -> Response:
+    ctx = _ctx(request)
+    job_id = request.path_params["job_id"]
+    job = await ctx.store.get_job(job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id!r}", details=[{"field": "job_id", "rule": "exists"}])
+    outputs = await ctx.store.get_outputs([job.id])
+    return JSONResponse(job_document(job, outputs[job.id], ctx.settings.public_url))
+
+
+async def list_jobs(request: Request) -> Response:
+    ctx = _ctx(request)
+    params = request.query_params
+    status = params.get("status") or None
+    allowed = ("queued", "submitted", "running", "succeeded", "failed", "cancelled")
+    if status is not None and status not in allowed:
+        raise ValidationFailed(f"status must be one of {', '.join(allowed)}",
+                               details=[{"field": "status", "rule": "enum", "allowed": list(allowed)}])
+    limit = _limit(params.get("limit"))
+    cursor = params.get("cursor")
+    before = decode_cursor(cursor) if cursor else None
+    jobs = await ctx.store.list_jobs(status=status, limit=limit + 1, before=before)
+    page, more = jobs[:limit], len(jobs) > limit
+    outputs = await ctx.store.get_outputs([j.id for j in page])
+    return JSONResponse({
+        "data": [job_document(j, outputs[j.id], ctx.settings.public_url) for j in page],
+        "next_cursor": encode_cursor(page[-1]) if more and page else None,
+    })
+
+
+async def get_output(request: Request) -> Response:
+    ctx = _ctx(request)
+    job_id = request.path_params["job_id"]
+    raw_index = request.path_params["index"]
+    if not raw_index.isdigit():
+        raise ValidationFailed("index must be a non-negative integer",
+                               details=[{"field": "index", "rule": "type", "expected": "integer"}])
+    output = await ctx.store.get_output(job_id, int(raw_index))
+    if output is None:
+        raise NotFound(f"job {job_id!r} has no stored output {raw_index}",
+                       details=[{"field": "index", "rule": "exists"}])
+    etag = f'"{output.sha256}"'
+    if etag in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers={"ETag": etag})
+    path = ctx.blobs.path_for(output.sha256)
+    if not path.is_file():
+        raise NotFound("stored output is missing from the blob store",
+                       code="blob_missing", details=[{"field": "index", "rule": "exists"}])
+    return FileResponse(path, media_type=output.content_type,
+                        headers={"ETag": etag, "Cache-Control": "private, max-age=31536000, immutable"})
+
+
+def _limit(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return 20
+    if not raw.isdigit() or not 1 <= int(raw) <= 100:
+        raise ValidationFailed("limit must be an integer from 1 to 100",
+                               details=[{"field": "limit", "rule": "range", "minimum": 1, "maximum": 100}])
+    return int(raw)

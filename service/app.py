@@ -1,0 +1,122 @@
+"""The composition root: `create_app` builds fluxhook's Starlette app from settings."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import anyio
+import httpx
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import Mount, Route
+
+from handlers.auth import ApiKeyMiddleware
+from handlers.callbacks import receive_callback
+from handlers.errors import EXCEPTION_HANDLERS
+from handlers.health import healthz
+from handlers.jobs import create_job, get_job, get_output, list_jobs
+from service.catalog import Catalog
+from service.context import Clock, WorkContext
+from service.providers.base import Adapter
+from service.providers.bfl import BflAdapter
+from service.settings import SIMULATOR_MOUNT, Settings
+from service.tokens import CallbackTokens
+from service.worker import Worker
+from storage.blobs import BlobStore
+from storage.store import Store
+
+log = logging.getLogger("fluxhook")
+
+
+def system_clock() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def build_adapters(settings: Settings) -> dict[str, Adapter]:
+    adapters: dict[str, Adapter] = {}
+    bfl = settings.providers.get("bfl")
+    if bfl is not None:
+        adapters["bfl"] = BflAdapter(bfl.base_url, bfl.api_key, bfl.output_hosts)
+    return adapters
+
+
+@asynccontextmanager
+async def open_context(
+    settings: Settings,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    clock: Clock = system_clock,
+    rand: random.Random | None = None,
+) -> AsyncIterator[WorkContext]:
+    """Open the database, blob store and HTTP client that the web app and workers share."""
+    store = await Store.open(settings.db_path, synchronous=settings.sqlite_synchronous)
+    try:
+        limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+        async with httpx.AsyncClient(transport=transport, limits=limits,
+                                     timeout=settings.http_timeout_s) as client:
+            yield WorkContext(
+                settings=settings,
+                store=store,
+                blobs=BlobStore(settings.blob_dir),
+                adapters=build_adapters(settings),
+                catalog=Catalog.default(),
+                client=client,
+                tokens=CallbackTokens(settings.secret_key),
+                clock=clock,
+                rand=rand or random.Random(),
+            )
+    finally:
+        await store.close()
+
+
+def create_app(
+    settings: Settings,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    clock: Clock = system_clock,
+    rand: random.Random | None = None,
+    run_workers: bool = True,
+    simulator: Starlette | None = None,
+) -> Starlette:
+    """fluxhook's web app. With `run_workers`, the workers run in-process under its lifespan.
+
+    `simulator`, when given, is mounted at /simulator and its lifespan run alongside ours.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[Mapping[str, Any]]:
+        async with AsyncExitStack() as stack:
+            if simulator is not None:
+                await stack.enter_async_context(simulator.router.lifespan_context(simulator))
+            ctx = await stack.enter_async_context(
+                open_context(settings, transport=transport, clock=clock, rand=rand)
+            )
+            app.state.ctx = ctx  # for tests and tools holding the app; handlers use request.state
+            async with anyio.create_task_group() as group:
+                if run_workers:
+                    group.start_soon(Worker(ctx).run)
+                log.info("fluxhook ready: %r", settings)
+                yield {"ctx": ctx}
+                group.cancel_scope.cancel()
+
+    routes: list[Route | Mount] = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/v1/jobs", create_job, methods=["POST"]),
+        Route("/v1/jobs", list_jobs, methods=["GET"]),
+        Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
+        Route("/v1/jobs/{job_id}/outputs/{index}", get_output, methods=["GET"]),
+        Route("/v1/callbacks/{provider}/{token}", receive_callback, methods=["POST"]),
+    ]
+    if simulator is not None:
+        routes.append(Mount(SIMULATOR_MOUNT, app=simulator))
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(ApiKeyMiddleware, api_key=settings.api_key)],
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        lifespan=lifespan,
+    )

@@ -1,0 +1,62 @@
+"""Inbound provider callbacks: verify, record durably, act (or confirm by polling first)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from service.context import WorkContext
+from service.errors import CallbackRejected
+from service.jobs import Source
+from service.reports import observe
+from service.signing import Verdict
+from service.tokens import CallbackTarget
+from storage.store import Recorded, Schedule
+
+log = logging.getLogger("fluxhook.callbacks")
+
+
+async def ingest_callback(
+    ctx: WorkContext, target: CallbackTarget, headers: Mapping[str, str], body: bytes
+) -> Recorded:
+    """Record one callback for the job its (already verified) token names.
+
+    The signature is checked over the raw bytes before any parsing. A verified callback is
+    acted on directly; an unsigned one is only a hint, and the job is confirmed by polling the
+    provider right away. Forged, malformed and wrong-job callbacks raise CallbackRejected and
+    change nothing.
+    """
+    adapter = ctx.adapters.get(target.provider)
+    if adapter is None:
+        raise CallbackRejected(f"provider {target.provider!r} is not configured",
+                               code="unknown_provider", status_code=404)
+    job = await ctx.store.get_job(target.job_id)
+    if job is None:
+        raise CallbackRejected("callback token names no job here", code="unknown_job",
+                               status_code=403)
+    verdict = adapter.verify_callback(headers, body, job.webhook_secret)
+    report = adapter.parse_callback(body)
+    if (report.provider_job_id and job.provider_job_id
+            and report.provider_job_id != job.provider_job_id):
+        raise CallbackRejected("callback is about another job than its token names",
+                               code="wrong_job", status_code=403)
+    now = ctx.clock()
+    observation = None
+    if verdict is Verdict.VERIFIED:
+        observation = observe(report, source=Source.CALLBACK, submitted_at=job.submitted_at,
+                              now=now, not_found_grace_ms=ctx.ms(ctx.settings.not_found_grace_s))
+    recorded = await ctx.store.record_callback(
+        job.id,
+        provider=target.provider,
+        verdict=verdict.value,
+        body=body,
+        state=report.state.value,
+        observation=observation,
+        now=now,
+        schedule=Schedule(fetch_at=now),
+        confirm_at=now if verdict is Verdict.UNSIGNED else None,
+    )
+    log.info("job %s: %s callback (%s)%s", job.id, verdict.value, report.state.value,
+             " duplicate" if recorded.duplicate else "")
+    ctx.nudge()
+    return recorded

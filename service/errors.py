@@ -1,0 +1,142 @@
+"""Every failure fluxhook names, classified once.
+
+    FluxhookError
+    ├── ApiError                  a request fluxhook refuses; becomes the one JSON error body
+    │   ├── MalformedRequest      400  body is not JSON, or not the expected shape
+    │   ├── Unauthorized          401  missing or wrong API key
+    │   ├── NotFound              404  unknown job, output or route
+    │   ├── Conflict              409  idempotency key reused with another body; job already final
+    │   ├── PayloadTooLarge       413  body over the configured cap
+    │   ├── ValidationFailed      422  input breaks a rule; `details` names each field
+    │   ├── CallbackRejected      400/401/403/413  an inbound provider callback refused
+    │   └── StoreUnavailable      503  the database did not answer (nothing was recorded)
+    ├── ProviderError             a call to a provider failed, classified at the adapter boundary
+    │   ├── ProviderRetryable     429, 5xx, timeout, connection error: try again later
+    │   └── ProviderRejected      any other 4xx, or an unusable answer: do not retry
+    ├── OutputError               an output image could not be stored
+    │   ├── OutputRetryable       transient: 5xx, timeout, connection error, not yet there
+    │   └── OutputRejected        never will be: host not allowed, not an image, too large
+    └── ConfigError               a setting is missing or malformed (fails fast at start)
+
+Nothing above the adapters and the store catches httpx or sqlite3 exceptions: they are
+translated into this tree where they happen (as httpx's `map_httpcore_exceptions` does).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class FluxhookError(Exception):
+    """Base of every error fluxhook raises on purpose."""
+
+
+class ApiError(FluxhookError):
+    """A refused request. `code` is stable and machine-readable; `details` names fields."""
+
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        details: list[dict[str, Any]] | None = None,
+        status_code: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status_code is not None:
+            self.status_code = status_code
+        self.details = details or []
+
+
+class MalformedRequest(ApiError):
+    status_code = 400
+    code = "malformed_request"
+
+
+class Unauthorized(ApiError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class NotFound(ApiError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(ApiError):
+    status_code = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(ApiError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class ValidationFailed(ApiError):
+    status_code = 422
+    code = "validation_failed"
+
+
+class CallbackRejected(ApiError):
+    """An inbound callback that changes nothing: forged, malformed, wrong job or too large."""
+
+    status_code = 401
+    code = "callback_rejected"
+
+
+class StoreUnavailable(ApiError):
+    """The database failed; the caller may retry (a provider will, for a callback)."""
+
+    status_code = 503
+    code = "store_unavailable"
+
+
+class ProviderError(FluxhookError):
+    """A provider call failed. `status` is the HTTP status when there was one."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class ProviderRetryable(ProviderError):
+    """Worth retrying: `retry_after` (seconds) is the provider's own hint, if it gave one."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
+
+
+class ProviderRejected(ProviderError):
+    """Permanent: retrying the same request cannot succeed."""
+
+
+class OutputError(FluxhookError):
+    """An output image could not be fetched and stored."""
+
+    def __init__(self, message: str, *, index: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.index = index
+
+
+class OutputRetryable(OutputError):
+    """Transient: try again while the provider's URL is still alive."""
+
+
+class OutputRejected(OutputError):
+    """Will never succeed for this URL."""
+
+
+class ConfigError(FluxhookError):
+    """A setting is missing or malformed."""

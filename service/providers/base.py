@@ -1,0 +1,146 @@
+"""What every provider adapter is: pure translators around one thin HTTP call.
+
+An adapter turns a job into a `ProviderCall` (pure data), and a provider's raw answer
+(`RawResponse`) into a `Accepted` or `StatusReport` (pure data). `providers.transport.send`
+is the only code that touches the network. Error answers are classified here, once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from service.backoff import parse_retry_after
+from service.errors import ProviderRejected, ProviderRetryable
+from service.signing import Verdict
+
+
+@dataclass(frozen=True)
+class ProviderCall:
+    method: str
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    json: Any = None
+
+
+@dataclass(frozen=True)
+class RawResponse:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    def json_object(self) -> dict[str, Any] | None:
+        """The body as a JSON object, or None when it is not one (an HTML 502, say)."""
+        try:
+            value = json.loads(self.body)
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return value if isinstance(value, dict) else None
+
+
+@dataclass(frozen=True)
+class SubmitOrder:
+    """Everything an adapter needs to submit one job."""
+
+    job_id: str
+    model: str
+    input: Mapping[str, Any]
+    webhook_url: str | None
+    webhook_secret: str | None
+
+
+@dataclass(frozen=True)
+class Accepted:
+    provider_job_id: str
+    polling_url: str | None = None
+
+
+class ProviderState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    READY = "ready"
+    FAILED = "failed"
+    MODERATED = "moderated"
+    NOT_FOUND = "not_found"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    state: ProviderState
+    provider_job_id: str | None = None
+    output_urls: tuple[str, ...] = ()
+    progress: float | None = None
+    message: str | None = None
+
+
+class Adapter(Protocol):
+    """One provider protocol. Every method is pure."""
+
+    name: str
+    output_hosts: tuple[str, ...]
+    supports_webhooks: bool
+
+    def submit_call(self, order: SubmitOrder) -> ProviderCall: ...
+
+    def parse_submit(self, response: RawResponse, *, now_ms: int) -> Accepted: ...
+
+    def status_call(self, provider_job_id: str, polling_url: str | None) -> ProviderCall: ...
+
+    def parse_status(self, response: RawResponse, *, now_ms: int) -> StatusReport: ...
+
+    def verify_callback(
+        self, headers: Mapping[str, str], body: bytes, secret: str | None
+    ) -> Verdict: ...
+
+    def parse_callback(self, body: bytes) -> StatusReport: ...
+
+
+def raise_for_error(response: RawResponse, *, now_ms: int, what: str) -> None:
+    """Classify a non-2xx answer: 429 and 5xx are retryable, any other status is permanent."""
+    if 200 <= response.status < 300:
+        return
+    message = f"{what}: HTTP {response.status}: {error_message(response)}"
+    if response.status == 429 or response.status >= 500 or response.status == 408:
+        retry_after = parse_retry_after(response.headers.get("retry-after"), now_ms=now_ms)
+        raise ProviderRetryable(message, status=response.status, retry_after=retry_after)
+    raise ProviderRejected(message, status=response.status)
+
+
+def error_message(response: RawResponse, *, limit: int = 300) -> str:
+    """The provider's own words about an error, whatever shape its body has."""
+    body = response.json_object()
+    if body is not None:
+        for key in ("error", "detail", "message", "msg"):
+            value = body.get(key)
+            if isinstance(value, dict):
+                value = value.get("message") or value.get("msg") or json.dumps(value)
+            if isinstance(value, list) and value:
+                value = "; ".join(_detail_text(v) for v in value)
+            if isinstance(value, str) and value:
+                return value[:limit]
+        return json.dumps(body)[:limit]
+    text = response.body[:limit].decode("utf-8", "replace").strip()
+    return " ".join(text.split()) or "(empty body)"
+
+
+def _detail_text(item: Any) -> str:
+    if isinstance(item, dict):
+        loc = ".".join(str(p) for p in item.get("loc", []) if p != "body")
+        msg = item.get("msg") or item.get("message") or ""
+        return f"{loc}: {msg}" if loc else str(msg)
+    return str(item)
+
+
+def required_text(body: Mapping[str, Any], *keys: str) -> str | None:
+    """The first of `keys` holding a non-empty string (providers disagree on names)."""
+    for key in keys:
+        value = body.get(key)
+        if isinstance(value, str) and value:
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+    return None

@@ -1,0 +1,44 @@
+"""The one place a provider call meets the network; httpx errors become ProviderErrors here."""
+
+from __future__ import annotations
+
+import httpx
+
+from service.errors import ProviderRetryable
+from service.providers.base import ProviderCall, RawResponse
+
+MAX_RESPONSE_BYTES = 1_048_576  # a status answer is small; never buffer a runaway body
+
+
+async def send(client: httpx.AsyncClient, call: ProviderCall, *, timeout: float) -> RawResponse:
+    """Make one provider call. Transport failures and timeouts are retryable."""
+    try:
+        async with client.stream(
+            call.method,
+            call.url,
+            headers=dict(call.headers),
+            json=call.json,
+            timeout=timeout,
+            follow_redirects=False,
+        ) as response:
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body.extend(chunk)
+                if len(body) > MAX_RESPONSE_BYTES:
+                    raise ProviderRetryable(
+                        f"{call.method} {_safe(call.url)}: response larger than "
+                        f"{MAX_RESPONSE_BYTES} bytes",
+                        status=response.status_code,
+                    )
+            return RawResponse(response.status_code, dict(response.headers), bytes(body))
+    except httpx.TimeoutException as exc:
+        raise ProviderRetryable(f"{call.method} {_safe(call.url)}: timed out") from exc
+    except httpx.HTTPError as exc:
+        raise ProviderRetryable(
+            f"{call.method} {_safe(call.url)}: {type(exc).__name__}"
+        ) from exc
+
+
+def _safe(url: str) -> str:
+    """A URL fit for a log line: no query string (it may carry ids or signatures)."""
+    return url.split("?", 1)[0]

@@ -1,0 +1,270 @@
+"""Settings: one frozen object, read once from the environment at the edge.
+
+Every setting is declared once in `SETTINGS` (name, default, meaning); the README's table is
+checked against it by a test, so none goes undocumented.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from service.errors import ConfigError
+
+SIMULATOR_MOUNT = "/simulator"
+
+
+@dataclass(frozen=True)
+class SettingDoc:
+    name: str
+    default: str
+    meaning: str
+
+
+SETTINGS: tuple[SettingDoc, ...] = (
+    SettingDoc("FLUXHOOK_DATA_DIR", "./data", "Where the SQLite database, images and signing key live."),
+    SettingDoc("FLUXHOOK_PUBLIC_URL", "http://127.0.0.1:<port>", "Base URL providers call back and clients fetch outputs from."),
+    SettingDoc("FLUXHOOK_HOST", "127.0.0.1", "Address `fluxhook serve` listens on (`--host` overrides)."),
+    SettingDoc("FLUXHOOK_PORT", "8000", "Port `fluxhook serve` listens on (`--port` overrides; `PORT` also works)."),
+    SettingDoc("FLUXHOOK_API_KEY", "(unset: open)", "When set, every `/v1/` route except callbacks needs `Authorization: Bearer <key>`."),
+    SettingDoc("FLUXHOOK_SECRET_KEY", "(created once in the data dir)", "Signs callback tokens. If unset, a random key is created once in `<data dir>/secret_key` and reused."),
+    SettingDoc("FLUXHOOK_SIMULATOR", "auto", "`on`, `off` or `auto`: mount the embedded provider simulator at `/simulator`. `auto` = on when no provider key is set."),
+    SettingDoc("FLUXHOOK_MAX_BODY_BYTES", "1048576", "Largest API request body; larger gets 413."),
+    SettingDoc("FLUXHOOK_CALLBACK_MAX_BYTES", "262144", "Largest provider callback body; larger gets 413 and changes nothing."),
+    SettingDoc("FLUXHOOK_MAX_OUTPUT_BYTES", "52428800", "Largest output image fluxhook will store."),
+    SettingDoc("FLUXHOOK_POLL_GRACE_SECONDS", "15", "How long after submit the fallback poller waits for a callback before polling."),
+    SettingDoc("FLUXHOOK_POLL_BASE_SECONDS", "2", "First fallback-poll interval; doubles with jitter on each poll."),
+    SettingDoc("FLUXHOOK_POLL_MAX_SECONDS", "30", "Cap on the fallback-poll interval."),
+    SettingDoc("FLUXHOOK_JOB_TIMEOUT_SECONDS", "900", "A job with no final provider word this long after creation fails with `timeout`."),
+    SettingDoc("FLUXHOOK_NOT_FOUND_GRACE_SECONDS", "60", "A provider's `Task not found` fails the job only this long after submit."),
+    SettingDoc("FLUXHOOK_SUBMIT_TIMEOUT_SECONDS", "300", "How long retryable submit failures (429, 5xx, timeouts) are retried before the job fails."),
+    SettingDoc("FLUXHOOK_OUTPUT_WINDOW_SECONDS", "600", "How long output downloads are retried after the provider says ready (BFL URLs live ~10 min)."),
+    SettingDoc("FLUXHOOK_RETRY_BASE_SECONDS", "1", "First delay for submit and download retries; doubles with jitter."),
+    SettingDoc("FLUXHOOK_RETRY_MAX_SECONDS", "60", "Cap on submit and download retry delays."),
+    SettingDoc("FLUXHOOK_HTTP_TIMEOUT_SECONDS", "30", "Timeout for each call to a provider or download."),
+    SettingDoc("FLUXHOOK_WORKER_CONCURRENCY", "16", "How many submits, polls and downloads one worker runs at once."),
+    SettingDoc("FLUXHOOK_WORKER_IDLE_SECONDS", "1", "Longest a worker sleeps before looking for due work it was not woken for."),
+    SettingDoc("FLUXHOOK_TASK_LEASE_SECONDS", "120", "A claimed piece of work not finished in this time (a crashed worker) is claimed again."),
+    SettingDoc("FLUXHOOK_SQLITE_SYNCHRONOUS", "FULL", "SQLite `synchronous` pragma: FULL survives power loss, NORMAL only process crashes."),
+    SettingDoc("FLUXHOOK_LOG_LEVEL", "info", "Log level (debug, info, warning, error)."),
+    SettingDoc("BFL_API_KEY", "(unset)", "Black Forest Labs API key (`x-key`). Unset with the simulator on: the simulator's key."),
+    SettingDoc("BFL_BASE_URL", "https://api.bfl.ai", "BFL API base URL. With the simulator on and no key: `<public URL>/simulator`."),
+    SettingDoc("BFL_OUTPUT_HOSTS", "*.bfl.ai,bfldeliveryprod.blob.core.windows.net", "Hosts BFL outputs may be downloaded from (comma list, `*.` wildcards); the base URL's host is always added."),
+)
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    name: str
+    base_url: str
+    api_key: str = field(repr=False)
+    output_hosts: tuple[str, ...]
+    simulated: bool = False
+
+    def __repr__(self) -> str:
+        return (
+            f"ProviderSettings(name={self.name!r}, base_url={self.base_url!r}, "
+            f"api_key='***', output_hosts={self.output_hosts!r}, simulated={self.simulated})"
+        )
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    public_url: str
+    host: str
+    port: int
+    api_key: str | None = field(repr=False)
+    secret_key: str = field(repr=False)
+    simulator: bool
+    providers: Mapping[str, ProviderSettings]
+    max_body_bytes: int = 1_048_576
+    callback_max_bytes: int = 262_144
+    max_output_bytes: int = 52_428_800
+    poll_grace_s: float = 15.0
+    poll_base_s: float = 2.0
+    poll_max_s: float = 30.0
+    job_timeout_s: float = 900.0
+    not_found_grace_s: float = 60.0
+    submit_timeout_s: float = 300.0
+    output_window_s: float = 600.0
+    retry_base_s: float = 1.0
+    retry_max_s: float = 60.0
+    http_timeout_s: float = 30.0
+    worker_concurrency: int = 16
+    worker_idle_s: float = 1.0
+    task_lease_s: float = 120.0
+    sqlite_synchronous: str = "FULL"
+    log_level: str = "info"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "fluxhook.db"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    def __repr__(self) -> str:  # secrets never reach a log line
+        return (
+            f"Settings(data_dir={str(self.data_dir)!r}, public_url={self.public_url!r}, "
+            f"simulator={self.simulator}, providers={sorted(self.providers)!r}, "
+            f"api_key={'***' if self.api_key else None}, secret_key='***')"
+        )
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str], *, host: str | None = None, port: int | None = None
+    ) -> Settings:
+        """Read every setting from `environ` (tests pass a dict). Fails fast on bad values."""
+        env = _Env(environ)
+        data_dir = Path(env.text("FLUXHOOK_DATA_DIR", "./data")).resolve()
+        host = host or env.text("FLUXHOOK_HOST", "127.0.0.1")
+        port = port or env.integer("FLUXHOOK_PORT", env.integer("PORT", 8000))
+        local_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
+        public_url = env.text("FLUXHOOK_PUBLIC_URL", f"http://{local_host}:{port}").rstrip("/")
+        _check_url("FLUXHOOK_PUBLIC_URL", public_url)
+
+        simulator_mode = env.text("FLUXHOOK_SIMULATOR", "auto").lower()
+        if simulator_mode not in ("auto", "on", "off"):
+            raise ConfigError("FLUXHOOK_SIMULATOR must be one of auto, on, off")
+        any_key = bool(env.text("BFL_API_KEY", ""))
+        simulator = simulator_mode == "on" or (simulator_mode == "auto" and not any_key)
+
+        providers = {"bfl": _bfl_settings(env, public_url, simulator)}
+        providers = {name: p for name, p in providers.items() if p is not None}
+        return cls(
+            data_dir=data_dir,
+            public_url=public_url,
+            host=host,
+            port=port,
+            api_key=env.text("FLUXHOOK_API_KEY", "") or None,
+            secret_key=env.text("FLUXHOOK_SECRET_KEY", "") or load_or_create_secret_key(data_dir),
+            simulator=simulator,
+            providers=providers,
+            max_body_bytes=env.integer("FLUXHOOK_MAX_BODY_BYTES", 1_048_576),
+            callback_max_bytes=env.integer("FLUXHOOK_CALLBACK_MAX_BYTES", 262_144),
+            max_output_bytes=env.integer("FLUXHOOK_MAX_OUTPUT_BYTES", 52_428_800),
+            poll_grace_s=env.number("FLUXHOOK_POLL_GRACE_SECONDS", 15.0),
+            poll_base_s=env.number("FLUXHOOK_POLL_BASE_SECONDS", 2.0),
+            poll_max_s=env.number("FLUXHOOK_POLL_MAX_SECONDS", 30.0),
+            job_timeout_s=env.number("FLUXHOOK_JOB_TIMEOUT_SECONDS", 900.0),
+            not_found_grace_s=env.number("FLUXHOOK_NOT_FOUND_GRACE_SECONDS", 60.0),
+            submit_timeout_s=env.number("FLUXHOOK_SUBMIT_TIMEOUT_SECONDS", 300.0),
+            output_window_s=env.number("FLUXHOOK_OUTPUT_WINDOW_SECONDS", 600.0),
+            retry_base_s=env.number("FLUXHOOK_RETRY_BASE_SECONDS", 1.0),
+            retry_max_s=env.number("FLUXHOOK_RETRY_MAX_SECONDS", 60.0),
+            http_timeout_s=env.number("FLUXHOOK_HTTP_TIMEOUT_SECONDS", 30.0),
+            worker_concurrency=env.integer("FLUXHOOK_WORKER_CONCURRENCY", 16),
+            worker_idle_s=env.number("FLUXHOOK_WORKER_IDLE_SECONDS", 1.0),
+            task_lease_s=env.number("FLUXHOOK_TASK_LEASE_SECONDS", 120.0),
+            sqlite_synchronous=_synchronous(env.text("FLUXHOOK_SQLITE_SYNCHRONOUS", "FULL")),
+            log_level=env.text("FLUXHOOK_LOG_LEVEL", "info").lower(),
+        )
+
+
+SIMULATOR_API_KEY = "simulator-key"  # the simulator accepts any non-empty key; this one is public
+
+
+def _bfl_settings(env: _Env, public_url: str, simulator: bool) -> ProviderSettings | None:
+    key = env.text("BFL_API_KEY", "")
+    default_base = "https://api.bfl.ai"
+    simulated = simulator and not key
+    if simulated:
+        default_base = public_url + SIMULATOR_MOUNT
+        key = SIMULATOR_API_KEY
+    base_url = env.text("BFL_BASE_URL", default_base).rstrip("/")
+    _check_url("BFL_BASE_URL", base_url)
+    if not key:
+        return None
+    hosts = env.items("BFL_OUTPUT_HOSTS", ["*.bfl.ai", "bfldeliveryprod.blob.core.windows.net"])
+    base_host = urlsplit(base_url).hostname or ""
+    return ProviderSettings(
+        name="bfl",
+        base_url=base_url,
+        api_key=key,
+        output_hosts=tuple(dict.fromkeys([*hosts, base_host])),
+        simulated=simulated,
+    )
+
+
+def load_or_create_secret_key(data_dir: Path) -> str:
+    """The signing key kept in the data dir: created once, then reused on every restart."""
+    path = data_dir / "secret_key"
+    try:
+        key = path.read_text().strip()
+        if key:
+            return key
+    except FileNotFoundError:
+        pass
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(32)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key)
+        handle.flush()
+        os.fsync(handle.fileno())
+    try:
+        os.link(tmp, path)  # fails if another process created it first: theirs wins
+    except FileExistsError:
+        key = path.read_text().strip()
+    finally:
+        tmp.unlink(missing_ok=True)
+    return key
+
+
+def _check_url(name: str, value: str) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name} must be an http(s) URL, got {value!r}")
+
+
+def _synchronous(value: str) -> str:
+    value = value.upper()
+    if value not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        raise ConfigError("FLUXHOOK_SQLITE_SYNCHRONOUS must be OFF, NORMAL, FULL or EXTRA")
+    return value
+
+
+class _Env:
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def text(self, name: str, default: str) -> str:
+        value = self._environ.get(name)
+        return default if value is None or value.strip() == "" else value.strip()
+
+    def integer(self, name: str, default: int) -> int:
+        raw = self._environ.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+        if value < 0:
+            raise ConfigError(f"{name} must not be negative")
+        return value
+
+    def number(self, name: str, default: float) -> float:
+        raw = self._environ.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+        if value < 0:
+            raise ConfigError(f"{name} must not be negative")
+        return value
+
+    def items(self, name: str, default: list[str]) -> list[str]:
+        raw = self._environ.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        return [item.strip() for item in raw.split(",") if item.strip()]

@@ -1,0 +1,69 @@
+"""Signature checks over raw bytes, in constant time. Pure: no I/O, no JSON parsing.
+
+Inbound (providers calling fluxhook back). BFL's scheme is only described by BFL's own agent
+skill (shared/providers.md §a.3): `X-BFL-Signature: sha256=<hex HMAC-SHA256(secret, body)>`.
+Community handlers instead compare an `x-webhook-secret` header in plain text. Both are
+accepted; anything present but wrong is a forgery, and an absent signature is only a hint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Mapping
+from enum import StrEnum
+
+from service.errors import CallbackRejected
+
+_HEX_SHA256 = re.compile(r"^(?:sha256=)?([0-9a-fA-F]{64})$")
+
+
+class Verdict(StrEnum):
+    VERIFIED = "verified"  # a signature (or shared secret) proved the sender
+    UNSIGNED = "unsigned"  # nothing to check: treat the callback as a hint and confirm by polling
+
+
+def hmac_sha256(key: bytes, body: bytes) -> bytes:
+    return hmac.new(key, body, hashlib.sha256).digest()
+
+
+def hmac_sha256_hex(key: bytes, body: bytes) -> str:
+    return hmac_sha256(key, body).hex()
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    # Starlette's Headers are case-insensitive; plain dicts in tests may not be.
+    value = headers.get(name)
+    if value is None:
+        value = headers.get(name.lower())
+    return value
+
+
+def verify_bfl_callback(headers: Mapping[str, str], body: bytes, secret: str | None) -> Verdict:
+    """Check a BFL-protocol callback (BFL and CometAPI) against the job's webhook_secret.
+
+    Raises CallbackRejected (401) when a signature or secret header is present but wrong or
+    malformed; returns UNSIGNED when there is none (or the job has no secret to check with).
+    """
+    signature = _header(headers, "x-bfl-signature")
+    shared = _header(headers, "x-webhook-secret")
+    if signature is None and shared is None:
+        return Verdict.UNSIGNED
+    if secret is None:
+        raise CallbackRejected("callback is signed but the job has no webhook secret")
+    if signature is not None:
+        match = _HEX_SHA256.match(signature.strip())
+        if match is None:
+            raise CallbackRejected(
+                "X-BFL-Signature is malformed: expected 'sha256=<64 hex digits>'",
+                code="malformed_signature",
+            )
+        expected = hmac_sha256_hex(secret.encode(), body)
+        if not hmac.compare_digest(expected, match.group(1).lower()):
+            raise CallbackRejected("X-BFL-Signature does not match", code="bad_signature")
+        return Verdict.VERIFIED
+    assert shared is not None
+    if not hmac.compare_digest(shared.strip().encode(), secret.encode()):
+        raise CallbackRejected("x-webhook-secret does not match", code="bad_signature")
+    return Verdict.VERIFIED

@@ -1,0 +1,91 @@
+"""Parse a job submission into something the store can keep. Pure: raises ApiErrors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+from service.catalog import Catalog, Model, validate_input
+from service.errors import ValidationFailed
+
+_FIELDS = ("provider", "model", "input", "metadata")
+MAX_METADATA_BYTES = 16_384
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    provider: str
+    model: Model
+    input: dict[str, Any]
+    metadata: dict[str, Any]
+    request_hash: str
+
+
+def parse_job_request(
+    body: Any, *, catalog: Catalog, configured: Collection[str]
+) -> JobRequest:
+    """Validate a `POST /v1/jobs` body against the catalog, before any provider is called."""
+    if not isinstance(body, dict):
+        raise ValidationFailed("request body must be a JSON object",
+                               details=[{"field": "(body)", "rule": "type", "expected": "object"}])
+    unknown = sorted(set(body) - set(_FIELDS))
+    if unknown:
+        raise ValidationFailed(
+            f"unknown field(s): {', '.join(unknown)}",
+            details=[{"field": name, "rule": "unknown_field", "allowed": list(_FIELDS)}
+                     for name in unknown],
+        )
+    model_name = body.get("model")
+    if not isinstance(model_name, str) or not model_name:
+        raise ValidationFailed("model is required", details=[
+            {"field": "model", "rule": "required", "allowed": _all_models(catalog, configured)}])
+    provider = _choose_provider(body.get("provider"), model_name, catalog, configured)
+    model = catalog.find(provider, model_name)
+    if model is None:
+        raise ValidationFailed(
+            f"model {model_name!r} is not served by {provider}",
+            details=[{"field": "model", "rule": "enum",
+                      "allowed": [m.name for m in catalog.models(provider)]}],
+        )
+    payload = validate_input(model, body.get("input"))
+    metadata = body.get("metadata", {})
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict):
+        raise ValidationFailed("metadata must be an object",
+                               details=[{"field": "metadata", "rule": "type", "expected": "object"}])
+    if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
+        raise ValidationFailed("metadata is too large", details=[
+            {"field": "metadata", "rule": "maxBytes", "maximum": MAX_METADATA_BYTES}])
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return JobRequest(provider, model, payload, metadata,
+                      hashlib.sha256(canonical.encode()).hexdigest())
+
+
+def _choose_provider(
+    value: Any, model_name: str, catalog: Catalog, configured: Collection[str]
+) -> str:
+    available = [p for p in catalog.providers() if p in configured]
+    if value is None or value == "auto":
+        for provider in available:
+            if catalog.find(provider, model_name) is not None:
+                return provider
+        raise ValidationFailed(
+            f"no configured provider serves model {model_name!r}",
+            details=[{"field": "model", "rule": "enum",
+                      "allowed": _all_models(catalog, configured)}],
+        )
+    if not isinstance(value, str) or value not in available:
+        raise ValidationFailed(
+            f"provider {value!r} is not available",
+            details=[{"field": "provider", "rule": "enum", "allowed": ["auto", *available]}],
+        )
+    return value
+
+
+def _all_models(catalog: Catalog, configured: Collection[str]) -> list[str]:
+    names = {m.name for p in catalog.providers() if p in configured for m in catalog.models(p)}
+    return sorted(names)

@@ -1,0 +1,76 @@
+"""The SQLite schema as numbered migrations, applied in order through `PRAGMA user_version`.
+
+Times are integer epoch milliseconds, UTC. JSON columns hold compact JSON text.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: jobs, their stored outputs, the work queue (transactional outbox), inbound callbacks
+    """
+    CREATE TABLE jobs (
+        id                TEXT PRIMARY KEY,
+        provider          TEXT NOT NULL,
+        model             TEXT NOT NULL,
+        status            TEXT NOT NULL,
+        input             TEXT NOT NULL,
+        metadata          TEXT NOT NULL,
+        provider_job_id   TEXT,
+        polling_url       TEXT,
+        webhook_secret    TEXT,
+        output_urls       TEXT NOT NULL DEFAULT '[]',
+        error_code        TEXT,
+        error_message     TEXT,
+        completion_source TEXT,
+        progress          REAL,
+        idempotency_key   TEXT UNIQUE,
+        request_hash      TEXT,
+        created_at        INTEGER NOT NULL,
+        updated_at        INTEGER NOT NULL,
+        submitted_at      INTEGER,
+        ready_at          INTEGER,
+        completed_at      INTEGER,
+        deadline_at       INTEGER NOT NULL,
+        poll_count        INTEGER NOT NULL DEFAULT 0,
+        callback_count    INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX jobs_by_created ON jobs (created_at DESC, id DESC);
+    CREATE INDEX jobs_by_status ON jobs (status, created_at DESC, id DESC);
+
+    CREATE TABLE outputs (
+        job_id       TEXT NOT NULL REFERENCES jobs (id),
+        idx          INTEGER NOT NULL,
+        sha256       TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        bytes        INTEGER NOT NULL,
+        source_url   TEXT,
+        stored_at    INTEGER NOT NULL,
+        PRIMARY KEY (job_id, idx)
+    );
+
+    CREATE TABLE tasks (
+        id          INTEGER PRIMARY KEY,
+        job_id      TEXT NOT NULL REFERENCES jobs (id),
+        kind        TEXT NOT NULL,
+        due_at      INTEGER NOT NULL,
+        lease_until INTEGER NOT NULL DEFAULT 0,
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        last_error  TEXT,
+        created_at  INTEGER NOT NULL,
+        UNIQUE (job_id, kind)
+    );
+    CREATE INDEX tasks_by_due ON tasks (due_at);
+
+    CREATE TABLE callbacks (
+        id          INTEGER PRIMARY KEY,
+        job_id      TEXT NOT NULL REFERENCES jobs (id),
+        provider    TEXT NOT NULL,
+        body_sha256 TEXT NOT NULL,
+        verdict     TEXT NOT NULL,
+        state       TEXT,
+        body        BLOB NOT NULL,
+        received_at INTEGER NOT NULL,
+        UNIQUE (job_id, body_sha256)
+    );
+    """,
+)

@@ -1,0 +1,442 @@
+"""The store: one method per transaction, named for what it records.
+
+One aiosqlite connection per process; aiosqlite runs one thread and one transaction per
+connection, so a lock keeps coroutines from sharing a transaction by accident. Every write
+opens with `BEGIN IMMEDIATE`, never awaits the network, and writes a state change together
+with the work it causes (the transactional outbox): rows in `tasks` that workers carry out
+at least once. sqlite3 errors become StoreUnavailable here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import anyio
+
+from service.errors import Conflict, MalformedRequest, StoreUnavailable
+from service.jobs import TERMINAL, Effect, JobState, JobStatus, Observation, Transition, apply
+from storage.migrations import MIGRATIONS
+from storage.records import JobRecord, NewJob, OutputRecord, TaskRecord
+
+
+class TaskKind(StrEnum):
+    SUBMIT = "submit"
+    POLL = "poll"
+    FETCH = "fetch"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When the work a transition causes should run; the caller knows the settings."""
+
+    poll_at: int | None = None
+    fetch_at: int | None = None
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """How the task that produced an observation ends: done, or due again at `retry_at`."""
+
+    task_id: int
+    retry_at: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredOutput:
+    index: int
+    sha256: str
+    content_type: str
+    bytes: int
+    source_url: str | None
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """The job after a write, and what the state machine made of the observation."""
+
+    job: JobRecord
+    transition: Transition | None = None
+    duplicate: bool = False
+
+
+class Store:
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+        self._lock = anyio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path, *, synchronous: str = "FULL") -> Store:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db = await aiosqlite.connect(path, isolation_level=None)
+            db.row_factory = sqlite3.Row
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute(f"PRAGMA synchronous={synchronous}")
+            await db.execute("PRAGMA busy_timeout=10000")
+            await db.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open database: {exc}") from exc
+        store = cls(db)
+        await store._migrate()
+        return store
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def _migrate(self) -> None:
+        async with self._write() as db:
+            version = (await (await db.execute("PRAGMA user_version")).fetchone())[0]
+            for number, script in enumerate(MIGRATIONS, start=1):
+                if number <= version:
+                    continue
+                for statement in filter(None, (s.strip() for s in script.split(";"))):
+                    await db.execute(statement)
+                await db.execute(f"PRAGMA user_version={number}")
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            try:
+                await self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"database busy or unavailable: {exc}") from exc
+            try:
+                yield self._db
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await self._db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                raise
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"commit failed: {exc}") from exc
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            try:
+                yield self._db
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"database read failed: {exc}") from exc
+
+    # Reads ------------------------------------------------------------------------------------
+
+    async def ping(self) -> bool:
+        async with self._read() as db:
+            row = await (await db.execute("SELECT 1")).fetchone()
+            return row is not None and row[0] == 1
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        async with self._read() as db:
+            return await _select_job(db, job_id)
+
+    async def list_jobs(
+        self, *, status: str | None, limit: int, before: tuple[int, str] | None
+    ) -> list[JobRecord]:
+        """Newest first; `before` is the (created_at, id) of the last job already seen."""
+        clauses, params = [], []
+        if status:
+            clauses.append("status = ?")
+            params.append(status)
+        if before:
+            clauses.append("(created_at, id) < (?, ?)")
+            params.extend(before)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT * FROM jobs {where} ORDER BY created_at DESC, id DESC LIMIT ?"  # noqa: S608
+        async with self._read() as db:
+            rows = await (await db.execute(sql, [*params, limit])).fetchall()
+        return [JobRecord.from_row(r) for r in rows]
+
+    async def get_outputs(self, job_ids: Sequence[str]) -> dict[str, list[OutputRecord]]:
+        result: dict[str, list[OutputRecord]] = {job_id: [] for job_id in job_ids}
+        if not job_ids:
+            return result
+        marks = ",".join("?" * len(job_ids))
+        sql = f"SELECT * FROM outputs WHERE job_id IN ({marks}) ORDER BY job_id, idx"  # noqa: S608
+        async with self._read() as db:
+            for row in await (await db.execute(sql, list(job_ids))).fetchall():
+                result[row["job_id"]].append(OutputRecord.from_row(row))
+        return result
+
+    async def get_output(self, job_id: str, index: int) -> OutputRecord | None:
+        async with self._read() as db:
+            row = await (
+                await db.execute("SELECT * FROM outputs WHERE job_id = ? AND idx = ?", (job_id, index))
+            ).fetchone()
+        return OutputRecord.from_row(row) if row else None
+
+    async def next_due_at(self) -> int | None:
+        """When the earliest task becomes claimable (due and not leased)."""
+        async with self._read() as db:
+            row = await (await db.execute("SELECT MIN(MAX(due_at, lease_until)) FROM tasks")).fetchone()
+        return row[0] if row and row[0] is not None else None
+
+    async def get_tasks(self, job_id: str) -> list[TaskRecord]:
+        async with self._read() as db:
+            rows = await (
+                await db.execute("SELECT * FROM tasks WHERE job_id = ? ORDER BY kind", (job_id,))
+            ).fetchall()
+        return [TaskRecord.from_row(r) for r in rows]
+
+    async def count_tasks(self) -> dict[str, int]:
+        async with self._read() as db:
+            rows = await (await db.execute("SELECT kind, COUNT(*) FROM tasks GROUP BY kind")).fetchall()
+        return {row[0]: row[1] for row in rows}
+
+    # Writes -----------------------------------------------------------------------------------
+
+    async def create_job(self, new: NewJob, *, now: int) -> tuple[JobRecord, bool]:
+        """Store a queued job and its submit task; an Idempotency-Key replay returns the original."""
+        async with self._write() as db:
+            if new.idempotency_key:
+                row = await (
+                    await db.execute("SELECT * FROM jobs WHERE idempotency_key = ?", (new.idempotency_key,))
+                ).fetchone()
+                if row is not None:
+                    existing = JobRecord.from_row(row)
+                    if existing.request_hash != new.request_hash:
+                        raise Conflict(
+                            "Idempotency-Key was already used with a different request body",
+                            code="idempotency_key_reused",
+                            details=[{"field": "Idempotency-Key", "rule": "same_body",
+                                      "job_id": existing.id}],
+                        )
+                    return existing, False
+            await db.execute(
+                """INSERT INTO jobs (id, provider, model, status, input, metadata, webhook_secret,
+                       idempotency_key, request_hash, created_at, updated_at, deadline_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (new.id, new.provider, new.model, JobStatus.QUEUED.value, _json(new.input),
+                 _json(new.metadata), new.webhook_secret, new.idempotency_key, new.request_hash,
+                 now, now, new.deadline_at),
+            )
+            await _upsert_task(db, new.id, TaskKind.SUBMIT, now, now)
+            job = await _select_job(db, new.id)
+            assert job is not None
+            return job, True
+
+    async def record_observation(
+        self,
+        job_id: str,
+        observation: Observation,
+        *,
+        now: int,
+        schedule: Schedule = Schedule(),
+        task: TaskOutcome | None = None,
+        counted_poll: bool = False,
+    ) -> Recorded | None:
+        """Apply one observation and write the job, its follow-up work and `task`'s end."""
+        async with self._write() as db:
+            job = await _select_job(db, job_id)
+            if job is None:
+                if task is not None:
+                    await db.execute("DELETE FROM tasks WHERE id = ?", (task.task_id,))
+                return None
+            if counted_poll:
+                await db.execute("UPDATE jobs SET poll_count = poll_count + 1 WHERE id = ?", (job_id,))
+            transition = await _apply_in_tx(db, job, observation, now=now, schedule=schedule)
+            if task is not None:
+                await _end_task(db, task, transition.state)
+            updated = await _select_job(db, job_id)
+            assert updated is not None
+            return Recorded(updated, transition)
+
+    async def record_callback(
+        self,
+        job_id: str,
+        *,
+        provider: str,
+        verdict: str,
+        body: bytes,
+        state: str | None,
+        observation: Observation | None,
+        now: int,
+        schedule: Schedule,
+        confirm_at: int | None,
+    ) -> Recorded:
+        """Keep a callback durably, then act on it: apply a verified observation, or for a hint
+        (no verifiable signature) make the confirming poll due at `confirm_at`."""
+        digest = hashlib.sha256(body).hexdigest()
+        async with self._write() as db:
+            job = await _select_job(db, job_id)
+            if job is None:
+                raise MalformedRequest("callback for an unknown job", code="unknown_job")
+            cursor = await db.execute(
+                """INSERT INTO callbacks (job_id, provider, body_sha256, verdict, state, body, received_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, body_sha256) DO NOTHING""",
+                (job_id, provider, digest, verdict, state, body, now),
+            )
+            duplicate = cursor.rowcount == 0
+            await db.execute(
+                "UPDATE jobs SET callback_count = callback_count + 1 WHERE id = ?", (job_id,)
+            )
+            transition = None
+            if observation is not None:
+                transition = await _apply_in_tx(db, job, observation, now=now, schedule=schedule)
+            elif confirm_at is not None and job.state.awaiting_provider:
+                await _upsert_task(db, job_id, TaskKind.POLL, confirm_at, now)
+            updated = await _select_job(db, job_id)
+            assert updated is not None
+            return Recorded(updated, transition, duplicate)
+
+    async def record_outputs(
+        self, job_id: str, outputs: Sequence[StoredOutput], *, now: int, task_id: int,
+        observation: Observation,
+    ) -> Recorded | None:
+        """Keep the stored outputs' records and mark the job succeeded, in one transaction."""
+        async with self._write() as db:
+            job = await _select_job(db, job_id)
+            if job is None:
+                await db.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
+                return None
+            for out in outputs:
+                await db.execute(
+                    """INSERT INTO outputs (job_id, idx, sha256, content_type, bytes, source_url, stored_at)
+                       VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, idx) DO NOTHING""",
+                    (job_id, out.index, out.sha256, out.content_type, out.bytes, out.source_url, now),
+                )
+            transition = await _apply_in_tx(db, job, observation, now=now, schedule=Schedule())
+            await db.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
+            updated = await _select_job(db, job_id)
+            assert updated is not None
+            return Recorded(updated, transition)
+
+    async def claim_due_tasks(self, *, now: int, limit: int, lease_ms: int) -> list[TaskRecord]:
+        """Lease up to `limit` due tasks. The attempt is counted now, so a crash uses up a try."""
+        async with self._write() as db:
+            rows = await (
+                await db.execute(
+                    """UPDATE tasks SET lease_until = ?, attempts = attempts + 1
+                       WHERE id IN (SELECT id FROM tasks WHERE due_at <= ? AND lease_until <= ?
+                                    ORDER BY due_at LIMIT ?)
+                       RETURNING *""",
+                    (now + lease_ms, now, now, limit),
+                )
+            ).fetchall()
+        return sorted((TaskRecord.from_row(r) for r in rows), key=lambda t: t.due_at)
+
+    async def retry_task(self, task_id: int, *, due_at: int, error: str) -> None:
+        async with self._write() as db:
+            await db.execute(
+                "UPDATE tasks SET due_at = ?, lease_until = 0, last_error = ? WHERE id = ?",
+                (due_at, error[:500], task_id),
+            )
+
+    async def finish_task(self, task_id: int) -> None:
+        async with self._write() as db:
+            await db.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
+
+
+# Transaction bodies (they run inside `_write`) --------------------------------------------------
+
+
+async def _select_job(db: aiosqlite.Connection, job_id: str) -> JobRecord | None:
+    row = await (await db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))).fetchone()
+    return JobRecord.from_row(row) if row else None
+
+
+async def _apply_in_tx(
+    db: aiosqlite.Connection, job: JobRecord, observation: Observation, *, now: int,
+    schedule: Schedule,
+) -> Transition:
+    before = job.state
+    transition = apply(before, observation)
+    after = transition.state
+    if after != before:
+        await _write_state(db, job, before, after, now)
+    for effect in transition.effects:
+        await _materialize(db, job.id, effect, now=now, schedule=schedule)
+    return transition
+
+
+async def _write_state(
+    db: aiosqlite.Connection, job: JobRecord, before: JobState, after: JobState, now: int
+) -> None:
+    submitted_at = job.submitted_at
+    if submitted_at is None and after.provider_job_id and not before.provider_job_id:
+        submitted_at = now
+    ready_at = job.ready_at if job.ready_at is not None else (now if after.output_urls else None)
+    completed_at = job.completed_at
+    if completed_at is None and after.status in TERMINAL:
+        completed_at = now
+    await db.execute(
+        """UPDATE jobs SET status = ?, provider_job_id = ?, polling_url = ?, output_urls = ?,
+               error_code = ?, error_message = ?, completion_source = ?, progress = ?,
+               updated_at = ?, submitted_at = ?, ready_at = ?, completed_at = ?
+           WHERE id = ?""",
+        (after.status.value, after.provider_job_id, after.polling_url, _json(list(after.output_urls)),
+         after.error_code, after.error_message, after.completion_source, after.progress, now,
+         submitted_at, ready_at, completed_at, job.id),
+    )
+
+
+async def _materialize(
+    db: aiosqlite.Connection, job_id: str, effect: Effect, *, now: int, schedule: Schedule
+) -> None:
+    if effect is Effect.SCHEDULE_POLL and schedule.poll_at is not None:
+        await _upsert_task(db, job_id, TaskKind.POLL, schedule.poll_at, now)
+    elif effect is Effect.STOP_POLLING:
+        await db.execute("DELETE FROM tasks WHERE job_id = ? AND kind = ?", (job_id, TaskKind.POLL.value))
+    elif effect is Effect.FETCH_OUTPUTS:
+        await _upsert_task(db, job_id, TaskKind.FETCH, schedule.fetch_at or now, now)
+    elif effect is Effect.STOP_FETCHING:
+        await db.execute("DELETE FROM tasks WHERE job_id = ? AND kind = ?", (job_id, TaskKind.FETCH.value))
+
+
+async def _end_task(db: aiosqlite.Connection, outcome: TaskOutcome, state: JobState) -> None:
+    row = await (await db.execute("SELECT kind FROM tasks WHERE id = ?", (outcome.task_id,))).fetchone()
+    if row is None:
+        return  # already ended by an effect of this or a concurrent transition
+    polling_over = row["kind"] == TaskKind.POLL.value and not state.awaiting_provider
+    if outcome.retry_at is None or polling_over or state.terminal:
+        await db.execute("DELETE FROM tasks WHERE id = ?", (outcome.task_id,))
+    else:
+        await db.execute(
+            "UPDATE tasks SET due_at = ?, lease_until = 0, last_error = ? WHERE id = ?",
+            (outcome.retry_at, outcome.error, outcome.task_id),
+        )
+
+
+async def _upsert_task(db: aiosqlite.Connection, job_id: str, kind: TaskKind, due_at: int, now: int) -> None:
+    # One live task per job and kind; asking again only ever brings it forward.
+    await db.execute(
+        """INSERT INTO tasks (job_id, kind, due_at, created_at) VALUES (?, ?, ?, ?)
+           ON CONFLICT (job_id, kind) DO UPDATE SET due_at = MIN(due_at, excluded.due_at)""",
+        (job_id, kind.value, due_at, now),
+    )
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def encode_cursor(job: JobRecord) -> str:
+    return base64.urlsafe_b64encode(f"{job.created_at}:{job.id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created, job_id = base64.urlsafe_b64decode(padded).decode().split(":", 1)
+        return int(created), job_id
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedRequest(
+            "cursor is not one this service issued",
+            code="invalid_cursor",
+            details=[{"field": "cursor", "rule": "format"}],
+        ) from exc
