@@ -1,0 +1,34 @@
+# The two commands: `make demo` and `make test`. Each creates .venv and installs what it needs.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-fast lint bench install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## make demo: fluxhook + the embedded provider simulator, a handful of jobs, live progress
+demo: $(STAMP)
+	$(BIN)/python -m service.demo
+
+## make test: the whole suite, end-to-end tests included (what CI runs)
+test: $(STAMP)
+	$(BIN)/ruff check service handlers storage tests bench
+	$(BIN)/pytest
+
+## make test-fast: everything but the slower end-to-end tests
+test-fast: $(STAMP)
+	$(BIN)/pytest -m "not e2e"
+
+bench: $(STAMP)
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,194 @@
+"""The HTTP API contract: shapes, errors, idempotency, pagination, auth, outputs."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import httpx
+import pytest
+import respx
+from PIL import Image
+
+from service.worker import Worker
+from tests.conftest import assert_error_shape
+
+pytestmark = pytest.mark.anyio
+
+BASE = "https://api.bfl.ai"
+JOB = {"provider": "bfl", "model": "flux-pro-1.1",
+       "input": {"prompt": "a lighthouse", "width": 1024, "height": 768}, "metadata": {"order": 42}}
+
+
+@pytest.fixture
+def router() -> respx.Router:
+    return respx.Router(assert_all_mocked=True)
+
+
+@pytest.fixture
+def transport(router: respx.Router) -> httpx.AsyncBaseTransport:
+    return httpx.MockTransport(router.async_handler)
+
+
+async def test_submit_returns_202_with_the_whole_job_document(api):
+    response = await api.client.post("/v1/jobs", json=JOB)
+    assert response.status_code == 202
+    job = response.json()
+    assert set(job) >= {"id", "provider", "model", "status", "input", "metadata", "provider_job_id",
+                        "outputs", "error", "completion_source", "created_at", "updated_at",
+                        "completed_at"}
+    assert (job["status"], job["provider"], job["model"]) == ("queued", "bfl", "flux-pro-1.1")
+    assert job["input"] == JOB["input"] and job["metadata"] == {"order": 42}
+    assert job["outputs"] == [] and job["error"] is None and job["completed_at"] is None
+    assert job["created_at"].endswith("Z")
+    assert "webhook_secret" not in response.text
+    assert response.headers["location"] == f"/v1/jobs/{job['id']}"
+    fetched = await api.client.get(f"/v1/jobs/{job['id']}")
+    assert fetched.json() == job
+
+
+async def test_idempotency_key_returns_the_same_job_and_refuses_a_different_body(api):
+    headers = {"Idempotency-Key": "order-42"}
+    first = await api.client.post("/v1/jobs", json=JOB, headers=headers)
+    again = await api.client.post("/v1/jobs", json=JOB, headers=headers)
+    assert first.json()["id"] == again.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    other = {**JOB, "input": {**JOB["input"], "prompt": "another"}}
+    conflict = await api.client.post("/v1/jobs", json=other, headers=headers)
+    error = assert_error_shape(conflict, 409, "idempotency_key_reused")
+    assert error["details"][0]["field"] == "Idempotency-Key"
+    assert len((await api.client.get("/v1/jobs")).json()["data"]) == 1
+
+
+@pytest.mark.parametrize(("body", "status", "code", "field"), [
+    (b"{not json", 400, "malformed_json", "(body)"),
+    (b"", 400, "malformed_json", "(body)"),
+    (b"\xff\xfe", 400, "malformed_json", "(body)"),
+    (b"[1, 2]", 422, "validation_failed", "(body)"),
+    (b'{"provider": "bfl", "input": {"prompt": "x"}}', 422, "validation_failed", "model"),
+    (b'{"provider": "nope", "model": "flux-pro-1.1", "input": {"prompt": "x"}}', 422,
+     "validation_failed", "provider"),
+    (b'{"provider": "bfl", "model": "flux-9", "input": {"prompt": "x"}}', 422, "validation_failed", "model"),
+    (b'{"provider": "bfl", "model": "flux-pro-1.1", "input": {"prompt": "x", "width": 1000}}', 422,
+     "validation_failed", "input.width"),
+    (b'{"provider": "bfl", "model": "flux-pro-1.1", "input": {"prompt": "x", "height": "tall"}}', 422,
+     "validation_failed", "input.height"),
+    (b'{"provider": "bfl", "model": "flux-pro-1.1", "input": {"width": 512}}', 422,
+     "validation_failed", "input.prompt"),
+    (b'{"provider": "bfl", "model": "flux-pro-1.1", "input": {"prompt": "x", "colour": 1}}', 422,
+     "validation_failed", "input.colour"),
+    (b'{"provider": "bfl", "model": "flux-pro-1.1", "input": "x"}', 422, "validation_failed", "input"),
+    (b'{"provider": "bfl", "model": "flux-pro-1.1", "input": {"prompt": "x"}, "metadata": 3}', 422,
+     "validation_failed", "metadata"),
+    (b'{"provider": "bfl", "model": "flux-pro-1.1", "input": {"prompt": "x"}, "extra": 1}', 422,
+     "validation_failed", "extra"),
+])
+async def test_bad_submissions_get_one_error_shape_naming_the_field(api, body, status, code, field):
+    response = await api.client.post("/v1/jobs", content=body, headers={"Content-Type": "application/json"})
+    error = assert_error_shape(response, status, code)
+    assert field in [d["field"] for d in error["details"]]
+    assert (await api.client.get("/v1/jobs")).json()["data"] == []
+
+
+async def test_a_body_over_the_limit_is_refused_with_413(api):
+    huge = b'{"pad": "' + b"x" * 1_100_000 + b'"}'
+    assert_error_shape(await api.client.post("/v1/jobs", content=huge), 413, "payload_too_large")
+
+
+async def test_out_of_range_value_names_the_rule_and_the_limits(api):
+    body = {**JOB, "input": {"prompt": "x", "safety_tolerance": 9}}
+    error = assert_error_shape(await api.client.post("/v1/jobs", json=body), 422)
+    [detail] = error["details"]
+    assert detail == {"field": "input.safety_tolerance", "rule": "maximum", "maximum": 6,
+                      "message": "must be at most 6"}
+
+
+@pytest.mark.parametrize(("path", "status", "code"), [
+    ("/v1/jobs/job_missing", 404, "not_found"),
+    ("/v1/jobs/job_missing/outputs/0", 404, "not_found"),
+    ("/v1/jobs/job_missing/outputs/first", 422, "validation_failed"),
+    ("/v1/nothing-here", 404, "not_found"),
+    ("/v1/jobs?limit=0", 422, "validation_failed"),
+    ("/v1/jobs?status=done", 422, "validation_failed"),
+    ("/v1/jobs?cursor=%%%", 400, "invalid_cursor"),
+])
+async def test_read_errors_have_the_one_shape(api, path, status, code):
+    assert_error_shape(await api.client.get(path), status, code)
+
+
+async def test_wrong_method_has_the_one_shape(api):
+    assert_error_shape(await api.client.delete("/v1/jobs"), 405, "method_not_allowed")
+
+
+async def test_listing_is_newest_first_and_cursor_paginated(api, clock):
+    ids = []
+    for n in range(5):
+        clock.advance(1)
+        body = {**JOB, "input": {"prompt": f"p{n}"}}
+        ids.append((await api.client.post("/v1/jobs", json=body)).json()["id"])
+    seen, cursor = [], None
+    while True:
+        query = "?limit=2" + (f"&cursor={cursor}" if cursor else "")
+        page = (await api.client.get(f"/v1/jobs{query}")).json()
+        seen += [job["id"] for job in page["data"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == list(reversed(ids))
+    queued = (await api.client.get("/v1/jobs?status=queued")).json()["data"]
+    assert len(queued) == 5
+    assert (await api.client.get("/v1/jobs?status=failed")).json()["data"] == []
+
+
+async def test_stored_output_is_served_with_its_type_and_sha256_etag(api, router):
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), "navy").save(buffer, "PNG")
+    png = buffer.getvalue()
+    url = "https://delivery.us1.bfl.ai/r/1/sample.png"
+    router.post(f"{BASE}/v1/flux-pro-1.1").mock(return_value=httpx.Response(200, json={"id": "t1"}))
+    router.get(f"{BASE}/v1/get_result").mock(return_value=httpx.Response(
+        200, json={"id": "t1", "status": "Ready", "result": {"sample": url}}))
+    router.get(url).mock(return_value=httpx.Response(200, content=png, headers={"content-type": "image/png"}))
+    job_id = (await api.client.post("/v1/jobs", json=JOB)).json()["id"]
+    worker = Worker(api.ctx)
+    await worker.run_once()
+    api.ctx.clock.advance(20)
+    await worker.run_once()  # poll: Ready
+    await worker.run_once()  # fetch
+
+    job = (await api.client.get(f"/v1/jobs/{job_id}")).json()
+    assert job["status"] == "succeeded" and job["completion_source"] == "poll"
+    [output] = job["outputs"]
+    digest = hashlib.sha256(png).hexdigest()
+    assert output == {"index": 0, "url": f"https://hooks.example.com/v1/jobs/{job_id}/outputs/0",
+                      "sha256": digest, "content_type": "image/png", "bytes": len(png)}
+    served = await api.client.get(f"/v1/jobs/{job_id}/outputs/0")
+    assert served.content == png
+    assert served.headers["content-type"] == "image/png"
+    assert served.headers["etag"] == f'"{digest}"'
+    cached = await api.client.get(f"/v1/jobs/{job_id}/outputs/0", headers={"If-None-Match": f'"{digest}"'})
+    assert cached.status_code == 304
+
+
+async def test_healthz_answers_when_the_database_does(api):
+    response = await api.client.get("/healthz")
+    assert response.json() == {"status": "ok"}
+
+
+@pytest.fixture
+def make_settings(make_settings, request):
+    env = getattr(request, "param", {})
+    return lambda **extra: make_settings(**{**env, **extra})
+
+
+@pytest.mark.parametrize("make_settings", [{"FLUXHOOK_API_KEY": "sekrit"}], indirect=True)
+async def test_api_key_guards_every_v1_route_but_callbacks(api):
+    assert_error_shape(await api.client.get("/v1/jobs"), 401, "unauthorized")
+    wrong = await api.client.post("/v1/jobs", json=JOB, headers={"Authorization": "Bearer nope"})
+    assert_error_shape(wrong, 401, "unauthorized")
+    ok = await api.client.get("/v1/jobs", headers={"Authorization": "Bearer sekrit"})
+    assert ok.status_code == 200
+    # Callbacks authenticate by their token, not the API key.
+    callback = await api.client.post("/v1/callbacks/bfl/garbage", content=b"{}")
+    assert_error_shape(callback, 403, "invalid_token")
+    assert (await api.client.get("/healthz")).status_code == 200

@@ -1,0 +1,91 @@
+"""kill -9 at a bad moment loses nothing: after a restart every in-flight job finishes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from service.loopback import bind_loopback, serve
+from service.simulator import SimulatorConfig, create_simulator_app
+from tests.e2e import (
+    assert_outputs_match_simulator,
+    fluxhook_env,
+    simulator_tasks,
+    submit_jobs,
+    wait_terminal,
+)
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_fluxhook(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
+    with open(log, "ab") as handle:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
+            cwd=ROOT, env={**os.environ, **env}, stdout=handle, stderr=subprocess.STDOUT,
+        )
+
+
+async def wait_healthy(client: httpx.AsyncClient, process: subprocess.Popen) -> None:
+    with anyio.fail_after(30):
+        while True:
+            assert process.poll() is None, "fluxhook exited during start-up"
+            try:
+                if (await client.get("/healthz")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await anyio.sleep(0.1)
+
+
+async def test_sigkill_with_callbacks_acknowledged_and_images_unstored_loses_nothing(tmp_path: Path):
+    # Downloads are held for 3 s, so callbacks are acknowledged well before images are stored.
+    simulator = create_simulator_app(SimulatorConfig(latency_s=(0.3, 1.0), download_delay_s=3.0, seed=5))
+    sock = bind_loopback()
+    port = sock.getsockname()[1]
+    sock.close()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "fluxhook.log"
+    async with serve(simulator) as provider_url, httpx.AsyncClient(base_url=base, timeout=10) as client:
+        env = fluxhook_env(tmp_path / "data", base, provider_url, FLUXHOOK_TASK_LEASE_SECONDS="2")
+        process = start_fluxhook(env, port, log)
+        try:
+            await wait_healthy(client, process)
+            ids = await submit_jobs(client, 12)
+
+            # Wait for the bad moment: callbacks acknowledged, their images not yet stored.
+            with anyio.fail_after(30):
+                while True:
+                    docs = [(await client.get(f"/v1/jobs/{j}")).json() for j in ids]
+                    acked_unstored = [d for d in docs if d["completion_source"] == "callback"
+                                      and d["status"] == "running" and not d["outputs"]]
+                    if len(acked_unstored) >= 4:
+                        break
+                    await anyio.sleep(0.05)
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=10)
+            assert all(d["status"] != "succeeded" for d in acked_unstored)
+            tasks = await simulator_tasks(provider_url)
+            assert all(tasks[d["provider_job_id"]]["callbacks_acknowledged"] >= 1 for d in acked_unstored)
+
+            await client.patch(f"{provider_url}/_sim/config", json={"download_delay_s": 0})
+            process = start_fluxhook(env, port, log)
+            await wait_healthy(client, process)
+            final = await wait_terminal(client, ids, timeout=60)
+
+            assert {d["status"] for d in final.values()} == {"succeeded"}, log.read_text()[-3000:]
+            await assert_outputs_match_simulator(client, final, await simulator_tasks(provider_url))
+            # The provider was asked once per job: nothing was submitted twice after the crash.
+            assert len(await simulator_tasks(provider_url)) == 12
+        finally:
+            process.kill()
+            process.wait(timeout=10)
