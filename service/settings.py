@@ -51,9 +51,21 @@ SETTINGS: tuple[SettingDoc, ...] = (
     SettingDoc("FLUXHOOK_TASK_LEASE_SECONDS", "120", "A claimed piece of work not finished in this time (a crashed worker) is claimed again."),
     SettingDoc("FLUXHOOK_SQLITE_SYNCHRONOUS", "FULL", "SQLite `synchronous` pragma: FULL survives power loss, NORMAL only process crashes."),
     SettingDoc("FLUXHOOK_LOG_LEVEL", "info", "Log level (debug, info, warning, error)."),
-    SettingDoc("BFL_API_KEY", "(unset)", "Black Forest Labs API key (`x-key`). Unset with the simulator on: the simulator's key."),
+    SettingDoc("FLUXHOOK_PROVIDER_ORDER", "bfl,cometapi,apiframe,runcomfy", "Order in which `\"provider\": \"auto\"` tries the configured providers that serve a model; a submit another provider could fix (429, 5xx, timeout, no credits) fails over to the next."),
+    SettingDoc("FLUXHOOK_UPLOAD_MAX_BYTES", "10485760", "Largest reference image `POST /v1/uploads` accepts."),
+    SettingDoc("FLUXHOOK_UPLOAD_URL_TTL_SECONDS", "86400", "How long a signed upload URL stays fetchable."),
+    SettingDoc("BFL_API_KEY", "(unset)", "Black Forest Labs API key (`x-key`). A provider with no key is not configured, unless the simulator serves it."),
     SettingDoc("BFL_BASE_URL", "https://api.bfl.ai", "BFL API base URL. With the simulator on and no key: `<public URL>/simulator`."),
     SettingDoc("BFL_OUTPUT_HOSTS", "*.bfl.ai,bfldeliveryprod.blob.core.windows.net", "Hosts BFL outputs may be downloaded from (comma list, `*.` wildcards); the base URL's host is always added."),
+    SettingDoc("COMETAPI_API_KEY", "(unset)", "CometAPI key (`Authorization: Bearer`)."),
+    SettingDoc("COMETAPI_BASE_URL", "https://api.cometapi.com", "CometAPI base URL (simulator: `<public URL>/simulator`)."),
+    SettingDoc("COMETAPI_OUTPUT_HOSTS", "*.bfl.ai,bfldeliveryprod.blob.core.windows.net,*.cometapi.com", "Hosts CometAPI outputs may be downloaded from; the base URL's host is always added."),
+    SettingDoc("APIFRAME_API_KEY", "(unset)", "Apiframe key (`X-API-Key`); its SHA-256 also verifies Apiframe's callbacks."),
+    SettingDoc("APIFRAME_BASE_URL", "https://api.apiframe.ai", "Apiframe base URL (simulator: `<public URL>/simulator`)."),
+    SettingDoc("APIFRAME_OUTPUT_HOSTS", "*.apiframe.ai", "Hosts Apiframe outputs may be downloaded from; the base URL's host is always added."),
+    SettingDoc("RUNCOMFY_API_TOKEN", "(unset)", "RunComfy token (`Authorization: Bearer`)."),
+    SettingDoc("RUNCOMFY_BASE_URL", "https://model-api.runcomfy.net", "RunComfy Model API base URL (simulator: `<public URL>/simulator`)."),
+    SettingDoc("RUNCOMFY_OUTPUT_HOSTS", "*.runcomfy.net,*.runcomfy.com", "Hosts RunComfy outputs may be downloaded from; the base URL's host is always added."),
 )
 
 
@@ -82,6 +94,9 @@ class Settings:
     secret_key: str = field(repr=False)
     simulator: bool
     providers: Mapping[str, ProviderSettings]
+    provider_order: tuple[str, ...] = ("bfl", "cometapi", "apiframe", "runcomfy")
+    upload_max_bytes: int = 10_485_760
+    upload_url_ttl_s: float = 86_400.0
     max_body_bytes: int = 1_048_576
     callback_max_bytes: int = 262_144
     max_output_bytes: int = 52_428_800
@@ -132,11 +147,15 @@ class Settings:
         simulator_mode = env.text("FLUXHOOK_SIMULATOR", "auto").lower()
         if simulator_mode not in ("auto", "on", "off"):
             raise ConfigError("FLUXHOOK_SIMULATOR must be one of auto, on, off")
-        any_key = bool(env.text("BFL_API_KEY", ""))
+        any_key = any(env.text(spec.key_var, "") for spec in _PROVIDER_SPECS.values())
         simulator = simulator_mode == "on" or (simulator_mode == "auto" and not any_key)
 
-        providers = {"bfl": _bfl_settings(env, public_url, simulator)}
-        providers = {name: p for name, p in providers.items() if p is not None}
+        found = {name: _provider_settings(name, env, public_url, simulator) for name in PROVIDER_NAMES}
+        providers = {name: p for name, p in found.items() if p is not None}
+        order = env.items("FLUXHOOK_PROVIDER_ORDER", list(PROVIDER_NAMES))
+        unknown = [name for name in order if name not in PROVIDER_NAMES]
+        if unknown:
+            raise ConfigError(f"FLUXHOOK_PROVIDER_ORDER names unknown providers: {', '.join(unknown)}")
         return cls(
             data_dir=data_dir,
             public_url=public_url,
@@ -146,6 +165,9 @@ class Settings:
             secret_key=env.text("FLUXHOOK_SECRET_KEY", "") or load_or_create_secret_key(data_dir),
             simulator=simulator,
             providers=providers,
+            provider_order=tuple(dict.fromkeys([*order, *PROVIDER_NAMES])),
+            upload_max_bytes=env.integer("FLUXHOOK_UPLOAD_MAX_BYTES", 10_485_760),
+            upload_url_ttl_s=env.number("FLUXHOOK_UPLOAD_URL_TTL_SECONDS", 86_400.0),
             max_body_bytes=env.integer("FLUXHOOK_MAX_BODY_BYTES", 1_048_576),
             callback_max_bytes=env.integer("FLUXHOOK_CALLBACK_MAX_BYTES", 262_144),
             max_output_bytes=env.integer("FLUXHOOK_MAX_OUTPUT_BYTES", 52_428_800),
@@ -169,22 +191,46 @@ class Settings:
 
 SIMULATOR_API_KEY = "simulator-key"  # the simulator accepts any non-empty key; this one is public
 
+PROVIDER_NAMES = ("bfl", "cometapi", "apiframe", "runcomfy")
 
-def _bfl_settings(env: _Env, public_url: str, simulator: bool) -> ProviderSettings | None:
-    key = env.text("BFL_API_KEY", "")
-    default_base = "https://api.bfl.ai"
+
+@dataclass(frozen=True)
+class _ProviderSpec:
+    prefix: str
+    key_var: str
+    default_base: str
+    default_hosts: tuple[str, ...]
+
+
+_PROVIDER_SPECS = {
+    "bfl": _ProviderSpec("BFL", "BFL_API_KEY", "https://api.bfl.ai",
+                         ("*.bfl.ai", "bfldeliveryprod.blob.core.windows.net")),
+    "cometapi": _ProviderSpec("COMETAPI", "COMETAPI_API_KEY", "https://api.cometapi.com",
+                              ("*.bfl.ai", "bfldeliveryprod.blob.core.windows.net", "*.cometapi.com")),
+    "apiframe": _ProviderSpec("APIFRAME", "APIFRAME_API_KEY", "https://api.apiframe.ai", ("*.apiframe.ai",)),
+    "runcomfy": _ProviderSpec("RUNCOMFY", "RUNCOMFY_API_TOKEN", "https://model-api.runcomfy.net",
+                              ("*.runcomfy.net", "*.runcomfy.com")),
+}
+
+
+def _provider_settings(
+    name: str, env: _Env, public_url: str, simulator: bool
+) -> ProviderSettings | None:
+    spec = _PROVIDER_SPECS[name]
+    key = env.text(spec.key_var, "")
+    default_base = spec.default_base
     simulated = simulator and not key
     if simulated:
         default_base = public_url + SIMULATOR_MOUNT
         key = SIMULATOR_API_KEY
-    base_url = env.text("BFL_BASE_URL", default_base).rstrip("/")
-    _check_url("BFL_BASE_URL", base_url)
+    base_url = env.text(f"{spec.prefix}_BASE_URL", default_base).rstrip("/")
+    _check_url(f"{spec.prefix}_BASE_URL", base_url)
     if not key:
         return None
-    hosts = env.items("BFL_OUTPUT_HOSTS", ["*.bfl.ai", "bfldeliveryprod.blob.core.windows.net"])
+    hosts = env.items(f"{spec.prefix}_OUTPUT_HOSTS", list(spec.default_hosts))
     base_host = urlsplit(base_url).hostname or ""
     return ProviderSettings(
-        name="bfl",
+        name=name,
         base_url=base_url,
         api_key=key,
         output_hosts=tuple(dict.fromkeys([*hosts, base_host])),

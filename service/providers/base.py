@@ -98,6 +98,14 @@ class Adapter(Protocol):
 
     def parse_callback(self, body: bytes) -> StatusReport: ...
 
+    def cancel_call(self, provider_job_id: str) -> ProviderCall | None:
+        """The provider's cancel request, or None when it has no cancel endpoint."""
+        ...
+
+    def parse_cancel(self, response: RawResponse, *, now_ms: int) -> bool:
+        """True when the provider cancelled the job; False when it refused (already running)."""
+        ...
+
 
 def raise_for_error(response: RawResponse, *, now_ms: int, what: str) -> None:
     """Classify a non-2xx answer: 429 and 5xx are retryable, any other status is permanent."""

@@ -115,6 +115,12 @@ class BflAdapter:
                                    code="malformed_callback", status_code=400)
         return report_from_body(value)
 
+    def cancel_call(self, provider_job_id: str) -> ProviderCall | None:
+        return None  # BFL's OpenAPI has no cancel endpoint (shared/providers.md §a.5)
+
+    def parse_cancel(self, response: RawResponse, *, now_ms: int) -> bool:
+        return False
+
     def _is_api_host(self, url: str) -> bool:
         parts = urlsplit(url)
         host = (parts.hostname or "").lower()
