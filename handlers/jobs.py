@@ -6,12 +6,13 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
 from handlers.body import read_json
+from service.cancellation import cancel_job as cancel
 from service.context import WorkContext
 from service.documents import job_document
 from service.errors import NotFound, ValidationFailed
 from service.ids import new_job_id, new_webhook_secret
 from service.submissions import parse_job_request
-from storage.records import NewJob
+from storage.records import JobRecord, NewJob
 from storage.store import decode_cursor, encode_cursor
 
 MAX_IDEMPOTENCY_KEY = 255
@@ -22,6 +23,13 @@ def _ctx(request: Request) -> WorkContext:
     return ctx
 
 
+async def documents(ctx: WorkContext, jobs: list[JobRecord]) -> list[dict]:
+    ids = [job.id for job in jobs]
+    outputs = await ctx.store.get_outputs(ids)
+    attempts = await ctx.store.get_attempts(ids)
+    return [job_document(job, outputs[job.id], ctx.settings.public_url, attempts[job.id]) for job in jobs]
+
+
 async def create_job(request: Request) -> Response:
     ctx = _ctx(request)
     body = await read_json(request, limit=ctx.settings.max_body_bytes)
@@ -29,7 +37,8 @@ async def create_job(request: Request) -> Response:
     if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
         raise ValidationFailed("Idempotency-Key must be 1 to 255 characters",
                                details=[{"field": "Idempotency-Key", "rule": "length"}])
-    parsed = parse_job_request(body, catalog=ctx.catalog, configured=ctx.adapters.keys())
+    parsed = parse_job_request(body, catalog=ctx.catalog, configured=ctx.adapters.keys(),
+                               order=ctx.settings.provider_order)
     now = ctx.clock()
     new = NewJob(
         id=new_job_id(now),
@@ -41,16 +50,16 @@ async def create_job(request: Request) -> Response:
         idempotency_key=key,
         request_hash=parsed.request_hash,
         deadline_at=now + ctx.ms(ctx.settings.job_timeout_s),
+        candidates=parsed.candidates,
     )
     job, created = await ctx.store.create_job(new, now=now)
     if created:
         ctx.nudge()
-    outputs = await ctx.store.get_outputs([job.id])
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
-    return JSONResponse(job_document(job, outputs[job.id], ctx.settings.public_url),
-                        status_code=202, headers=headers)
+    [document] = await documents(ctx, [job])
+    return JSONResponse(document, status_code=202, headers=headers)
 
 
 async def get_job(request: Request) -> Response:
@@ -59,8 +68,15 @@ async def get_job(request: Request) -> Response:
     job = await ctx.store.get_job(job_id)
     if job is None:
         raise NotFound(f"no job {job_id!r}", details=[{"field": "job_id", "rule": "exists"}])
-    outputs = await ctx.store.get_outputs([job.id])
-    return JSONResponse(job_document(job, outputs[job.id], ctx.settings.public_url))
+    [document] = await documents(ctx, [job])
+    return JSONResponse(document)
+
+
+async def cancel_job(request: Request) -> Response:
+    ctx = _ctx(request)
+    job = await cancel(ctx, request.path_params["job_id"])
+    [document] = await documents(ctx, [job])
+    return JSONResponse(document)
 
 
 async def list_jobs(request: Request) -> Response:
@@ -76,9 +92,8 @@ async def list_jobs(request: Request) -> Response:
     before = decode_cursor(cursor) if cursor else None
     jobs = await ctx.store.list_jobs(status=status, limit=limit + 1, before=before)
     page, more = jobs[:limit], len(jobs) > limit
-    outputs = await ctx.store.get_outputs([j.id for j in page])
     return JSONResponse({
-        "data": [job_document(j, outputs[j.id], ctx.settings.public_url) for j in page],
+        "data": await documents(ctx, page),
         "next_cursor": encode_cursor(page[-1]) if more and page else None,
     })
 

@@ -19,13 +19,14 @@ from handlers.auth import ApiKeyMiddleware
 from handlers.callbacks import receive_callback
 from handlers.errors import EXCEPTION_HANDLERS
 from handlers.health import healthz
-from handlers.jobs import create_job, get_job, get_output, list_jobs
+from handlers.jobs import cancel_job, create_job, get_job, get_output, list_jobs
+from handlers.uploads import create_upload, get_upload
 from service.catalog import Catalog
 from service.context import Clock, WorkContext
 from service.providers.base import Adapter
 from service.providers.bfl import BflAdapter
 from service.settings import SIMULATOR_MOUNT, Settings
-from service.tokens import CallbackTokens
+from service.tokens import CallbackTokens, UploadTokens
 from service.worker import Worker
 from storage.blobs import BlobStore
 from storage.store import Store
@@ -67,6 +68,7 @@ async def open_context(
                 catalog=Catalog.default(),
                 client=client,
                 tokens=CallbackTokens(settings.secret_key),
+                upload_tokens=UploadTokens(settings.secret_key),
                 clock=clock,
                 rand=rand or random.Random(),
             )
@@ -110,6 +112,9 @@ def create_app(
         Route("/v1/jobs", list_jobs, methods=["GET"]),
         Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
         Route("/v1/jobs/{job_id}/outputs/{index}", get_output, methods=["GET"]),
+        Route("/v1/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
+        Route("/v1/uploads", create_upload, methods=["POST"]),
+        Route("/uploads/{token}", get_upload, methods=["GET"]),
         Route("/v1/callbacks/{provider}/{token}", receive_callback, methods=["POST"]),
     ]
     if simulator is not None:

@@ -12,7 +12,7 @@ import httpx
 from service.catalog import Catalog
 from service.providers.base import Adapter
 from service.settings import Settings
-from service.tokens import CallbackTokens
+from service.tokens import CallbackTokens, UploadTokens
 from storage.blobs import BlobStore
 from storage.store import Store
 
@@ -28,6 +28,7 @@ class WorkContext:
     catalog: Catalog
     client: httpx.AsyncClient
     tokens: CallbackTokens
+    upload_tokens: UploadTokens
     clock: Clock
     rand: random.Random
     # Set whenever new work is committed, so an in-process worker picks it up at once.

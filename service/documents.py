@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from storage.records import JobRecord, OutputRecord
+from storage.records import AttemptRecord, JobRecord, OutputRecord
 
 
 def rfc3339(ms: int | None) -> str | None:
@@ -19,7 +19,10 @@ def output_url(public_url: str, job_id: str, index: int) -> str:
     return f"{public_url}/v1/jobs/{job_id}/outputs/{index}"
 
 
-def job_document(job: JobRecord, outputs: list[OutputRecord], public_url: str) -> dict[str, Any]:
+def job_document(
+    job: JobRecord, outputs: list[OutputRecord], public_url: str,
+    attempts: list[AttemptRecord] | None = None,
+) -> dict[str, Any]:
     """The public shape of a job. Never includes the webhook secret or provider URLs."""
     return {
         "id": job.id,
@@ -44,6 +47,17 @@ def job_document(job: JobRecord, outputs: list[OutputRecord], public_url: str) -
             {"code": job.error_code, "message": job.error_message} if job.error_code else None
         ),
         "completion_source": job.completion_source,
+        "attempts": [
+            {
+                "provider": a.provider,
+                "outcome": a.outcome,
+                "http_status": a.http_status,
+                "message": a.message,
+                "provider_job_id": a.provider_job_id,
+                "at": rfc3339(a.at),
+            }
+            for a in attempts or []
+        ],
         "created_at": rfc3339(job.created_at),
         "updated_at": rfc3339(job.updated_at),
         "completed_at": rfc3339(job.completed_at),

@@ -20,3 +20,7 @@ def new_job_id(now_ms: int) -> str:
 def new_webhook_secret() -> str:
     """A fresh per-job secret for the provider to sign its callback with."""
     return secrets.token_urlsafe(32)
+
+
+def new_upload_id(now_ms: int) -> str:
+    return "upl_" + new_job_id(now_ms)[4:]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,10 +22,11 @@ class JobRequest:
     input: dict[str, Any]
     metadata: dict[str, Any]
     request_hash: str
+    candidates: tuple[str, ...] = ()  # failover order, `provider` first
 
 
 def parse_job_request(
-    body: Any, *, catalog: Catalog, configured: Collection[str]
+    body: Any, *, catalog: Catalog, configured: Collection[str], order: Sequence[str] = ()
 ) -> JobRequest:
     """Validate a `POST /v1/jobs` body against the catalog, before any provider is called."""
     if not isinstance(body, dict):
@@ -42,7 +43,10 @@ def parse_job_request(
     if not isinstance(model_name, str) or not model_name:
         raise ValidationFailed("model is required", details=[
             {"field": "model", "rule": "required", "allowed": _all_models(catalog, configured)}])
-    provider = _choose_provider(body.get("provider"), model_name, catalog, configured)
+    requested = body.get("provider")
+    auto = requested is None or requested == "auto"
+    candidates = _candidates(requested, model_name, catalog, configured, order)
+    provider = candidates[0]
     model = catalog.find(provider, model_name)
     if model is None:
         raise ValidationFailed(
@@ -51,6 +55,9 @@ def parse_job_request(
                       "allowed": [m.name for m in catalog.models(provider)]}],
         )
     payload = validate_input(model, body.get("input"))
+    if auto:
+        # Fail over only to providers that accept this very input for the same model.
+        candidates = [provider, *(p for p in candidates[1:] if _accepts(catalog, p, model.name, payload))]
     metadata = body.get("metadata", {})
     if metadata is None:
         metadata = {}
@@ -62,17 +69,29 @@ def parse_job_request(
             {"field": "metadata", "rule": "maxBytes", "maximum": MAX_METADATA_BYTES}])
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return JobRequest(provider, model, payload, metadata,
-                      hashlib.sha256(canonical.encode()).hexdigest())
+                      hashlib.sha256(canonical.encode()).hexdigest(), tuple(candidates))
 
 
-def _choose_provider(
-    value: Any, model_name: str, catalog: Catalog, configured: Collection[str]
-) -> str:
-    available = [p for p in catalog.providers() if p in configured]
+def _accepts(catalog: Catalog, provider: str, model_name: str, payload: dict[str, Any]) -> bool:
+    model = catalog.find(provider, model_name)
+    if model is None:
+        return False
+    try:
+        validate_input(model, payload)
+    except ValidationFailed:
+        return False
+    return True
+
+
+def _candidates(
+    value: Any, model_name: str, catalog: Catalog, configured: Collection[str], order: Sequence[str]
+) -> list[str]:
+    ranked = [p for p in (*order, *catalog.providers()) if p in configured]
+    available = list(dict.fromkeys(ranked))
     if value is None or value == "auto":
-        for provider in available:
-            if catalog.find(provider, model_name) is not None:
-                return provider
+        serving = [p for p in available if catalog.find(p, model_name) is not None]
+        if serving:
+            return serving
         raise ValidationFailed(
             f"no configured provider serves model {model_name!r}",
             details=[{"field": "model", "rule": "enum",
@@ -83,7 +102,7 @@ def _choose_provider(
             f"provider {value!r} is not available",
             details=[{"field": "provider", "rule": "enum", "allowed": ["auto", *available]}],
         )
-    return value
+    return [value]
 
 
 def _all_models(catalog: Catalog, configured: Collection[str]) -> list[str]:

@@ -1,4 +1,5 @@
-"""Submit a queued job to its provider, with a per-job webhook URL and secret."""
+"""Submit a queued job to its provider, with a per-job webhook URL and secret, failing over to
+the next candidate provider when the failure is one another provider could fix."""
 
 from __future__ import annotations
 
@@ -6,14 +7,36 @@ import logging
 
 from service.backoff import retry_delay
 from service.context import WorkContext
-from service.errors import ProviderRejected, ProviderRetryable
+from service.errors import ProviderError, ProviderRejected, ProviderRetryable
 from service.jobs import ErrorCode, JobStatus, SubmitRejected, Submitted
 from service.providers.base import SubmitOrder
 from service.providers.transport import send
-from storage.records import TaskRecord
-from storage.store import Schedule, TaskOutcome
+from storage.records import JobRecord, TaskRecord
+from storage.store import Attempt, Schedule, TaskOutcome
 
 log = logging.getLogger("fluxhook.submitter")
+
+# "No credits" is permanent for one provider but another may have them: BFL and CometAPI say
+# 402; RunComfy says HTTP 400 with error code 400002 InsufficientResources (providers.md §d.5).
+_NO_CREDITS_MARKERS = ("400002", "insufficient", "credit", "balance", "quota")
+
+
+def another_provider_could_fix(error: ProviderError) -> bool:
+    """429, 5xx, timeouts and connection errors, and running out of credits."""
+    if isinstance(error, ProviderRetryable):
+        return True
+    if error.status == 402:
+        return True
+    return error.status == 400 and any(m in error.message.lower() for m in _NO_CREDITS_MARKERS)
+
+
+def next_candidate(job: JobRecord) -> str | None:
+    candidates = list(job.candidates) or [job.provider]
+    try:
+        position = candidates.index(job.provider)
+    except ValueError:
+        return None
+    return candidates[position + 1] if position + 1 < len(candidates) else None
 
 
 async def submit_job(ctx: WorkContext, task: TaskRecord) -> None:
@@ -24,11 +47,10 @@ async def submit_job(ctx: WorkContext, task: TaskRecord) -> None:
     adapter = ctx.adapters.get(job.provider)
     model = ctx.catalog.find(job.provider, job.model)
     if adapter is None or model is None:
-        await ctx.store.record_observation(
-            job.id,
-            SubmitRejected(f"provider {job.provider!r} with model {job.model!r} is not configured"),
-            now=ctx.clock(),
-            task=TaskOutcome(task.id),
+        message = f"provider {job.provider!r} with model {job.model!r} is not configured"
+        await ctx.store.record_submit(
+            job.id, Attempt(job.provider, "rejected", message=message), now=ctx.clock(),
+            task=TaskOutcome(task.id), observation=SubmitRejected(message),
         )
         return
     webhook = adapter.supports_webhooks
@@ -39,38 +61,59 @@ async def submit_job(ctx: WorkContext, task: TaskRecord) -> None:
         webhook_url=ctx.webhook_url(job.provider, job.id) if webhook else None,
         webhook_secret=job.webhook_secret if webhook else None,
     )
-    settings = ctx.settings
     try:
-        raw = await send(ctx.client, adapter.submit_call(order), timeout=settings.http_timeout_s)
+        raw = await send(ctx.client, adapter.submit_call(order), timeout=ctx.settings.http_timeout_s)
         accepted = adapter.parse_submit(raw, now_ms=ctx.clock())
-    except ProviderRetryable as exc:
-        now = ctx.clock()
-        delay = retry_delay(task.attempts - 1, base=settings.retry_base_s, cap=settings.retry_max_s,
-                            rand=ctx.rand.random, retry_after=exc.retry_after)
-        if now + ctx.ms(delay) > job.created_at + ctx.ms(settings.submit_timeout_s):
-            log.warning("job %s: giving up submitting after %d tries: %s", job.id, task.attempts, exc.message)
-            await ctx.store.record_observation(
-                job.id, SubmitRejected(f"provider unavailable: {exc.message}", ErrorCode.PROVIDER_ERROR),
-                now=now, task=TaskOutcome(task.id),
-            )
-        else:
-            log.info("job %s: submit retry in %.1fs: %s", job.id, delay, exc.message)
-            await ctx.store.retry_task(task.id, due_at=now + ctx.ms(delay), error=exc.message)
-        return
-    except ProviderRejected as exc:
-        log.info("job %s: submit rejected: %s", job.id, exc.message)
-        await ctx.store.record_observation(
-            job.id, SubmitRejected(exc.message), now=ctx.clock(), task=TaskOutcome(task.id)
-        )
+    except ProviderError as exc:
+        await _submit_failed(ctx, job, task, exc)
         return
     now = ctx.clock()
     # Without a webhook the poller is the only way to hear back, so it starts at once.
-    grace = settings.poll_grace_s if webhook else settings.poll_base_s
-    await ctx.store.record_observation(
+    grace = ctx.settings.poll_grace_s if webhook else ctx.settings.poll_base_s
+    note = None if webhook else f"{job.provider} has no webhooks: fluxhook polls it from the start"
+    await ctx.store.record_submit(
         job.id,
-        Submitted(accepted.provider_job_id, accepted.polling_url),
+        Attempt(job.provider, "accepted", raw.status, note, accepted.provider_job_id),
         now=now,
-        schedule=Schedule(poll_at=now + ctx.ms(grace)),
         task=TaskOutcome(task.id),
+        observation=Submitted(accepted.provider_job_id, accepted.polling_url),
+        schedule=Schedule(poll_at=now + ctx.ms(grace)),
     )
     log.info("job %s: submitted to %s as %s", job.id, job.provider, accepted.provider_job_id)
+
+
+async def _submit_failed(ctx: WorkContext, job: JobRecord, task: TaskRecord, exc: ProviderError) -> None:
+    now = ctx.clock()
+    following = next_candidate(job) if another_provider_could_fix(exc) else None
+    if following is not None:
+        log.info("job %s: %s failed (%s); failing over to %s", job.id, job.provider, exc.message, following)
+        await ctx.store.record_submit(
+            job.id, Attempt(job.provider, "failed_over", exc.status, exc.message), now=now,
+            task=TaskOutcome(task.id, retry_at=now), switch_to=following,
+        )
+        ctx.nudge()
+        return
+    if isinstance(exc, ProviderRejected):
+        log.info("job %s: submit rejected by %s: %s", job.id, job.provider, exc.message)
+        await ctx.store.record_submit(
+            job.id, Attempt(job.provider, "rejected", exc.status, exc.message), now=now,
+            task=TaskOutcome(task.id), observation=SubmitRejected(exc.message),
+        )
+        return
+    assert isinstance(exc, ProviderRetryable)
+    settings = ctx.settings
+    delay = retry_delay(task.attempts - 1, base=settings.retry_base_s, cap=settings.retry_max_s,
+                        rand=ctx.rand.random, retry_after=exc.retry_after)
+    if now + ctx.ms(delay) > job.created_at + ctx.ms(settings.submit_timeout_s):
+        log.warning("job %s: giving up submitting after %d tries: %s", job.id, task.attempts, exc.message)
+        await ctx.store.record_submit(
+            job.id, Attempt(job.provider, "unavailable", exc.status, exc.message), now=now,
+            task=TaskOutcome(task.id),
+            observation=SubmitRejected(f"provider unavailable: {exc.message}", ErrorCode.PROVIDER_ERROR),
+        )
+        return
+    log.info("job %s: submit retry in %.1fs: %s", job.id, delay, exc.message)
+    await ctx.store.record_submit(
+        job.id, Attempt(job.provider, "unavailable", exc.status, exc.message), now=now,
+        task=TaskOutcome(task.id, retry_at=now + ctx.ms(delay), error=exc.message),
+    )

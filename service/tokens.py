@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from itsdangerous import BadSignature, URLSafeSerializer
+from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
 
-from service.errors import CallbackRejected
+from service.errors import ApiError, CallbackRejected, NotFound
 
 CALLBACK_PREFIX = "cb1."
+UPLOAD_PREFIX = "up1."
 
 
 @dataclass(frozen=True)
@@ -50,3 +51,28 @@ class CallbackTokens:
                 "callback token belongs to another provider", code="wrong_provider", status_code=403
             )
         return CallbackTarget(provider=token_provider, job_id=job_id)
+
+
+class UploadTokens:
+    """Signed, expiring references to uploaded images that providers fetch without credentials."""
+
+    def __init__(self, secret_key: str) -> None:
+        self._serializer = URLSafeTimedSerializer(secret_key, salt="fluxhook.upload.v1")
+
+    def issue(self, upload_id: str) -> str:
+        return UPLOAD_PREFIX + str(self._serializer.dumps(upload_id))
+
+    def read(self, token: str, *, max_age_s: float) -> str:
+        """The upload a token names; 404 unless ours and intact, 410 once expired."""
+        if not token.startswith(UPLOAD_PREFIX):
+            raise NotFound("no such upload", details=[{"field": "token", "rule": "exists"}])
+        try:
+            value = self._serializer.loads(token[len(UPLOAD_PREFIX):], max_age=max_age_s)
+        except SignatureExpired as exc:
+            raise ApiError("this upload URL has expired", code="expired", status_code=410,
+                           details=[{"field": "token", "rule": "max_age"}]) from exc
+        except BadSignature as exc:
+            raise NotFound("no such upload", details=[{"field": "token", "rule": "signature"}]) from exc
+        if not isinstance(value, str):
+            raise NotFound("no such upload", details=[{"field": "token", "rule": "format"}])
+        return value

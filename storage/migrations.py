@@ -73,4 +73,29 @@ MIGRATIONS: tuple[str, ...] = (
         UNIQUE (job_id, body_sha256)
     );
     """,
+    # 2: failover candidates and the attempt history; uploaded reference images
+    """
+    ALTER TABLE jobs ADD COLUMN candidates TEXT NOT NULL DEFAULT '[]';
+
+    CREATE TABLE attempts (
+        id              INTEGER PRIMARY KEY,
+        job_id          TEXT NOT NULL REFERENCES jobs (id),
+        provider        TEXT NOT NULL,
+        outcome         TEXT NOT NULL,
+        http_status     INTEGER,
+        message         TEXT,
+        provider_job_id TEXT,
+        at              INTEGER NOT NULL
+    );
+    CREATE INDEX attempts_by_job ON attempts (job_id, id);
+
+    CREATE TABLE uploads (
+        id           TEXT PRIMARY KEY,
+        sha256       TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        bytes        INTEGER NOT NULL,
+        created_at   INTEGER NOT NULL,
+        expires_at   INTEGER NOT NULL
+    );
+    """,
 )

@@ -36,6 +36,7 @@ class JobRecord:
     deadline_at: int
     poll_count: int
     callback_count: int
+    candidates: tuple[str, ...] = ()
 
     def __repr__(self) -> str:  # the webhook secret never reaches a log line
         return f"JobRecord(id={self.id!r}, provider={self.provider!r}, status={self.status!r})"
@@ -80,6 +81,7 @@ class JobRecord:
             deadline_at=row["deadline_at"],
             poll_count=row["poll_count"],
             callback_count=row["callback_count"],
+            candidates=tuple(json.loads(row["candidates"])),
         )
 
 
@@ -127,3 +129,36 @@ class NewJob:
     idempotency_key: str | None
     request_hash: str | None
     deadline_at: int
+    candidates: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One submit to one provider: accepted, rejected, unavailable or failed over."""
+
+    provider: str
+    outcome: str
+    http_status: int | None
+    message: str | None
+    provider_job_id: str | None
+    at: int
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> AttemptRecord:
+        return cls(row["provider"], row["outcome"], row["http_status"], row["message"],
+                   row["provider_job_id"], row["at"])
+
+
+@dataclass(frozen=True)
+class UploadRecord:
+    id: str
+    sha256: str
+    content_type: str
+    bytes: int
+    created_at: int
+    expires_at: int
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> UploadRecord:
+        return cls(row["id"], row["sha256"], row["content_type"], row["bytes"], row["created_at"],
+                   row["expires_at"])

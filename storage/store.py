@@ -26,7 +26,7 @@ import anyio
 from service.errors import Conflict, MalformedRequest, StoreUnavailable
 from service.jobs import TERMINAL, Effect, JobState, JobStatus, Observation, Transition, apply
 from storage.migrations import MIGRATIONS
-from storage.records import JobRecord, NewJob, OutputRecord, TaskRecord
+from storage.records import AttemptRecord, JobRecord, NewJob, OutputRecord, TaskRecord, UploadRecord
 
 
 class TaskKind(StrEnum):
@@ -50,6 +50,18 @@ class TaskOutcome:
     task_id: int
     retry_at: int | None = None
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What one submit to one provider came to; `outcome` is accepted, rejected,
+    unavailable (will be retried) or failed_over (the next provider is tried)."""
+
+    provider: str
+    outcome: str
+    http_status: int | None = None
+    message: str | None = None
+    provider_job_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -219,11 +231,11 @@ class Store:
                     return existing, False
             await db.execute(
                 """INSERT INTO jobs (id, provider, model, status, input, metadata, webhook_secret,
-                       idempotency_key, request_hash, created_at, updated_at, deadline_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                       idempotency_key, request_hash, created_at, updated_at, deadline_at, candidates)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (new.id, new.provider, new.model, JobStatus.QUEUED.value, _json(new.input),
                  _json(new.metadata), new.webhook_secret, new.idempotency_key, new.request_hash,
-                 now, now, new.deadline_at),
+                 now, now, new.deadline_at, _json(list(new.candidates or (new.provider,)))),
             )
             await _upsert_task(db, new.id, TaskKind.SUBMIT, now, now)
             job = await _select_job(db, new.id)
@@ -315,6 +327,67 @@ class Store:
             updated = await _select_job(db, job_id)
             assert updated is not None
             return Recorded(updated, transition)
+
+    async def record_submit(
+        self,
+        job_id: str,
+        attempt: Attempt,
+        *,
+        now: int,
+        task: TaskOutcome,
+        observation: Observation | None = None,
+        schedule: Schedule = Schedule(),
+        switch_to: str | None = None,
+    ) -> Recorded | None:
+        """One submit's outcome: its attempt row, the job's change (accepted, rejected, or moved
+        to the next provider), and the submit task's end, in one transaction."""
+        async with self._write() as db:
+            job = await _select_job(db, job_id)
+            if job is None:
+                await db.execute("DELETE FROM tasks WHERE id = ?", (task.task_id,))
+                return None
+            await db.execute(
+                """INSERT INTO attempts (job_id, provider, outcome, http_status, message, provider_job_id, at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?)""",
+                (job_id, attempt.provider, attempt.outcome, attempt.http_status,
+                 (attempt.message or "")[:500] or None, attempt.provider_job_id, now),
+            )
+            transition = None
+            if switch_to is not None and job.status is JobStatus.QUEUED:
+                await db.execute("UPDATE jobs SET provider = ?, updated_at = ? WHERE id = ?",
+                                 (switch_to, now, job_id))
+            if observation is not None:
+                transition = await _apply_in_tx(db, job, observation, now=now, schedule=schedule)
+            state = transition.state if transition else job.state
+            await _end_task(db, task, state)
+            updated = await _select_job(db, job_id)
+            assert updated is not None
+            return Recorded(updated, transition)
+
+    async def get_attempts(self, job_ids: Sequence[str]) -> dict[str, list[AttemptRecord]]:
+        result: dict[str, list[AttemptRecord]] = {job_id: [] for job_id in job_ids}
+        if not job_ids:
+            return result
+        marks = ",".join("?" * len(job_ids))
+        sql = f"SELECT * FROM attempts WHERE job_id IN ({marks}) ORDER BY id"  # noqa: S608
+        async with self._read() as db:
+            for row in await (await db.execute(sql, list(job_ids))).fetchall():
+                result[row["job_id"]].append(AttemptRecord.from_row(row))
+        return result
+
+    async def record_upload(self, upload: UploadRecord) -> None:
+        async with self._write() as db:
+            await db.execute(
+                "INSERT INTO uploads (id, sha256, content_type, bytes, created_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (upload.id, upload.sha256, upload.content_type, upload.bytes, upload.created_at,
+                 upload.expires_at),
+            )
+
+    async def get_upload(self, upload_id: str) -> UploadRecord | None:
+        async with self._read() as db:
+            row = await (await db.execute("SELECT * FROM uploads WHERE id = ?", (upload_id,))).fetchone()
+        return UploadRecord.from_row(row) if row else None
 
     async def claim_due_tasks(self, *, now: int, limit: int, lease_ms: int) -> list[TaskRecord]:
         """Lease up to `limit` due tasks. The attempt is counted now, so a crash uses up a try."""

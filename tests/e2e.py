@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -87,3 +89,30 @@ async def assert_outputs_match_simulator(
             assert served.status_code == 200
             assert hashlib.sha256(served.content).hexdigest() == output["sha256"]
             assert served.headers["content-type"] == output["content_type"]
+
+
+class Stack:
+    """fluxhook under uvicorn with a simulator as every configured provider."""
+
+    def __init__(self, base: str, provider_url: str, client: httpx.AsyncClient) -> None:
+        self.base = base
+        self.provider_url = provider_url
+        self.client = client
+
+
+@asynccontextmanager
+async def running_stack(
+    tmp_path: Path, sim_config: Any, **env: str
+) -> AsyncIterator[Stack]:
+    """Simulator + fluxhook (workers in-process), both on loopback, and a client for fluxhook."""
+    from service.app import create_app
+    from service.loopback import bind_loopback, serve, url_of
+    from service.settings import Settings
+    from service.simulator import create_simulator_app
+
+    async with serve(create_simulator_app(sim_config)) as provider_url:
+        sock = bind_loopback()
+        settings = Settings.from_env(fluxhook_env(tmp_path / "data", url_of(sock), provider_url, **env))
+        async with serve(create_app(settings), sock) as base, \
+                httpx.AsyncClient(base_url=base, timeout=30) as client:
+            yield Stack(base, provider_url, client)
