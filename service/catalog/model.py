@@ -1,0 +1,54 @@
+"""One model as one provider serves it: unified name, native id, parameters and capabilities."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.catalog.params import VOCABULARY
+
+IMAGE_INPUTS = ("image_url", "image_prompt")
+
+
+def capabilities(*, webhook: bool, cancel: bool, parameters: Mapping[str, Any]) -> dict[str, bool]:
+    """What fluxhook can do with a model: webhooks and cancel are per provider."""
+    return {"webhook": webhook, "cancel": cancel,
+            "image_input": any(name in parameters for name in IMAGE_INPUTS)}
+
+
+@dataclass(frozen=True)
+class Model:
+    """One model as a provider serves it. `name` is fluxhook's unified name."""
+
+    name: str
+    native_id: str
+    parameters: Mapping[str, Mapping[str, Any]]
+    required: tuple[str, ...] = ("prompt",)
+    capabilities: Mapping[str, bool] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Native parameter names belong in the adapters; the catalog speaks only the vocabulary.
+        foreign = [name for name in self.parameters if name not in VOCABULARY]
+        missing = [name for name in self.required if name not in self.parameters]
+        if foreign or missing:
+            raise ValueError(f"model {self.name}: parameters outside the vocabulary {foreign}, "
+                             f"required but not parameters {missing}")
+
+    def schema(self) -> dict[str, Any]:
+        """The input as one JSON Schema (draft 2020-12) object, parameters in vocabulary order."""
+        names = sorted(self.parameters, key=VOCABULARY.index)
+        return {
+            "type": "object",
+            "properties": {name: _copy(self.parameters[name]) for name in names},
+            "required": list(self.required),
+            "additionalProperties": False,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "native_id": self.native_id, "parameters": self.schema(),
+                "capabilities": dict(self.capabilities)}
+
+
+def _copy(spec: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, list | tuple) else v for k, v in spec.items()}
