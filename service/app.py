@@ -23,8 +23,14 @@ from handlers.jobs import cancel_job, create_job, get_job, get_output, list_jobs
 from handlers.uploads import create_upload, get_upload
 from service.catalog import Catalog
 from service.context import Clock, WorkContext
+from service.egress import EgressPolicy, guarded_transport
+from service.errors import ConfigError
+from service.notifier import Notifier
+from service.providers.apiframe import ApiframeAdapter
 from service.providers.base import Adapter
 from service.providers.bfl import BflAdapter
+from service.providers.cometapi import CometApiAdapter
+from service.providers.runcomfy import RunComfyAdapter
 from service.settings import SIMULATOR_MOUNT, Settings
 from service.tokens import CallbackTokens, UploadTokens
 from service.worker import Worker
@@ -38,12 +44,19 @@ def system_clock() -> int:
     return time.time_ns() // 1_000_000
 
 
+ADAPTERS: dict[str, type[BflAdapter] | type[ApiframeAdapter] | type[RunComfyAdapter]] = {
+    "bfl": BflAdapter,
+    "cometapi": CometApiAdapter,
+    "apiframe": ApiframeAdapter,
+    "runcomfy": RunComfyAdapter,
+}
+
+
 def build_adapters(settings: Settings) -> dict[str, Adapter]:
-    adapters: dict[str, Adapter] = {}
-    bfl = settings.providers.get("bfl")
-    if bfl is not None:
-        adapters["bfl"] = BflAdapter(bfl.base_url, bfl.api_key, bfl.output_hosts)
-    return adapters
+    """One adapter per configured provider (a key, or the simulator serving it)."""
+    return {
+        name: ADAPTERS[name](p.base_url, p.api_key, p.output_hosts) for name, p in settings.providers.items()
+    }
 
 
 @asynccontextmanager
@@ -51,15 +64,33 @@ async def open_context(
     settings: Settings,
     *,
     transport: httpx.AsyncBaseTransport | None = None,
+    notify_transport: httpx.AsyncBaseTransport | None = None,
     clock: Clock = system_clock,
     rand: random.Random | None = None,
 ) -> AsyncIterator[WorkContext]:
-    """Open the database, blob store and HTTP client that the web app and workers share."""
-    store = await Store.open(settings.db_path, synchronous=settings.sqlite_synchronous)
+    """Open the database, blob store and HTTP clients that the web app and workers share.
+
+    `transport` answers provider calls and downloads; `notify_transport` carries notifications
+    (by default SSRF-guarded by FLUXHOOK_ALLOW_PRIVATE_DESTINATIONS).
+    """
+    store = await Store.open(
+        settings.db_path, synchronous=settings.sqlite_synchronous, public_url=settings.public_url
+    )
+    if notify_transport is None:
+        try:
+            policy = EgressPolicy.from_setting(settings.allow_private_destinations)
+        except ValueError as exc:
+            await store.close()
+            raise ConfigError(f"FLUXHOOK_ALLOW_PRIVATE_DESTINATIONS: {exc}") from exc
+        notify_transport = guarded_transport(policy)
     try:
         limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
-        async with httpx.AsyncClient(transport=transport, limits=limits,
-                                     timeout=settings.http_timeout_s) as client:
+        async with (
+            httpx.AsyncClient(transport=transport, limits=limits, timeout=settings.http_timeout_s) as client,
+            httpx.AsyncClient(
+                transport=notify_transport, follow_redirects=False, timeout=settings.webhook_timeout_s
+            ) as notify_client,
+        ):
             yield WorkContext(
                 settings=settings,
                 store=store,
@@ -67,6 +98,7 @@ async def open_context(
                 adapters=build_adapters(settings),
                 catalog=Catalog.default(),
                 client=client,
+                notify_client=notify_client,
                 tokens=CallbackTokens(settings.secret_key),
                 upload_tokens=UploadTokens(settings.secret_key),
                 clock=clock,
@@ -80,6 +112,7 @@ def create_app(
     settings: Settings,
     *,
     transport: httpx.AsyncBaseTransport | None = None,
+    notify_transport: httpx.AsyncBaseTransport | None = None,
     clock: Clock = system_clock,
     rand: random.Random | None = None,
     run_workers: bool = True,
@@ -96,12 +129,15 @@ def create_app(
             if simulator is not None:
                 await stack.enter_async_context(simulator.router.lifespan_context(simulator))
             ctx = await stack.enter_async_context(
-                open_context(settings, transport=transport, clock=clock, rand=rand)
+                open_context(
+                    settings, transport=transport, notify_transport=notify_transport, clock=clock, rand=rand
+                )
             )
             app.state.ctx = ctx  # for tests and tools holding the app; handlers use request.state
             async with anyio.create_task_group() as group:
                 if run_workers:
                     group.start_soon(Worker(ctx).run)
+                    group.start_soon(Notifier(ctx).run)
                 log.info("fluxhook ready: %r", settings)
                 yield {"ctx": ctx}
                 group.cancel_scope.cancel()

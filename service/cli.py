@@ -71,6 +71,7 @@ def _serve(settings: Settings, *, run_workers: bool) -> int:
 
 async def _worker(settings: Settings) -> int:
     from service.app import open_context
+    from service.notifier import Notifier
     from service.worker import Worker
 
     async with open_context(settings) as ctx:
@@ -78,6 +79,7 @@ async def _worker(settings: Settings) -> int:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with anyio.create_task_group() as group:
                 group.start_soon(Worker(ctx).run)
+                group.start_soon(Notifier(ctx).run)
                 async for _ in signals:
                     group.cancel_scope.cancel()
                     break
@@ -86,12 +88,15 @@ async def _worker(settings: Settings) -> int:
 
 async def _tick(settings: Settings) -> int:
     from service.app import open_context
+    from service.notifier import Notifier
     from service.worker import Worker
 
     async with open_context(settings) as ctx:
         ran = await Worker(ctx).drain()
+        sent = await Notifier(ctx).drain()
         counts = await ctx.store.count_tasks()
-    log.info("tick: ran %d task(s); still scheduled: %s", ran, counts or "none")
+    log.info("tick: ran %d task(s), sent %d notification(s); still scheduled: %s", ran, sent,
+             counts or "none")
     return 0
 
 

@@ -19,6 +19,27 @@ from storage.store import Store
 Clock = Callable[[], int]  # epoch milliseconds, UTC
 
 
+class Signal:
+    """Wakes every waiter once: they take `current()` before looking for work, then wait on it."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def current(self) -> anyio.Event:
+        return self._event
+
+    def fire(self) -> None:
+        event, self._event = self._event, anyio.Event()
+        event.set()
+
+
+@dataclass
+class Signals:
+    work: Signal = field(default_factory=Signal)  # new tasks for the worker
+    deliveries: Signal = field(default_factory=Signal)  # new deliveries for the notifier
+    events: Signal = field(default_factory=Signal)  # new events for live streams and ?wait=
+
+
 @dataclass
 class WorkContext:
     settings: Settings
@@ -27,15 +48,19 @@ class WorkContext:
     adapters: Mapping[str, Adapter]
     catalog: Catalog
     client: httpx.AsyncClient
+    notify_client: httpx.AsyncClient  # SSRF-guarded, never follows redirects
     tokens: CallbackTokens
     upload_tokens: UploadTokens
     clock: Clock
     rand: random.Random
-    # Set whenever new work is committed, so an in-process worker picks it up at once.
-    wake: anyio.Event = field(default_factory=anyio.Event)
+    # Fired whenever something is committed, so in-process loops react at once; loops in other
+    # processes find the same work by looking at the database every `worker_idle_s`.
+    signals: Signals = field(default_factory=Signals)
 
     def nudge(self) -> None:
-        self.wake.set()
+        self.signals.work.fire()
+        self.signals.deliveries.fire()
+        self.signals.events.fire()
 
     def ms(self, seconds: float) -> int:
         return int(seconds * 1000)

@@ -16,6 +16,7 @@
     ├── OutputError               an output image could not be stored
     │   ├── OutputRetryable       transient: 5xx, timeout, connection error, not yet there
     │   └── OutputRejected        never will be: host not allowed, not an image, too large
+    ├── DestinationRefused        a notification URL resolves to a non-public address (egress.py)
     └── ConfigError               a setting is missing or malformed (fails fast at start)
 
 Nothing above the adapters and the store catches httpx or sqlite3 exceptions: they are

@@ -23,4 +23,9 @@ def new_webhook_secret() -> str:
 
 
 def new_upload_id(now_ms: int) -> str:
-    return "upl_" + new_job_id(now_ms)[4:]
+    return new_prefixed_id("upl", now_ms)
+
+
+def new_prefixed_id(prefix: str, now_ms: int) -> str:
+    """`<prefix>_` + a time-sortable ULID, e.g. evt_, dlv_, sub_."""
+    return f"{prefix}_{new_job_id(now_ms)[4:]}"

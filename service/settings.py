@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -54,6 +54,13 @@ SETTINGS: tuple[SettingDoc, ...] = (
     SettingDoc("FLUXHOOK_PROVIDER_ORDER", "bfl,cometapi,apiframe,runcomfy", "Order in which `\"provider\": \"auto\"` tries the configured providers that serve a model; a submit another provider could fix (429, 5xx, timeout, no credits) fails over to the next."),
     SettingDoc("FLUXHOOK_UPLOAD_MAX_BYTES", "10485760", "Largest reference image `POST /v1/uploads` accepts."),
     SettingDoc("FLUXHOOK_UPLOAD_URL_TTL_SECONDS", "86400", "How long a signed upload URL stays fetchable."),
+    SettingDoc("FLUXHOOK_WEBHOOK_SECRET", "(created once in the data dir)", "The `whsec_` secret that signs per-job notifications (`webhook_url` on a job). If unset, one is created once in `<data dir>/webhook_secret`; read it at `GET /v1/webhook-secret`."),
+    SettingDoc("FLUXHOOK_WEBHOOK_RETRY_SCHEDULE", "0,5,300,1800,7200,18000,36000,36000", "Seconds before each delivery attempt (Svix's schedule: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h); each retry gets ±20% jitter."),
+    SettingDoc("FLUXHOOK_WEBHOOK_TIMEOUT_SECONDS", "15", "Timeout for one delivery attempt."),
+    SettingDoc("FLUXHOOK_WEBHOOK_DISABLE_AFTER_SECONDS", "432000", "A subscription failing for longer than this (5 days) is disabled and a `subscription.disabled` event recorded."),
+    SettingDoc("FLUXHOOK_WEBHOOK_CONCURRENCY", "32", "How many deliveries one worker sends at once."),
+    SettingDoc("FLUXHOOK_WEBHOOK_PER_DESTINATION", "4", "How many deliveries to one destination may be in flight at once, so a slow receiver never delays others."),
+    SettingDoc("FLUXHOOK_ALLOW_PRIVATE_DESTINATIONS", "(none)", "Comma list of CIDRs, IPs, host names, `loopback` or `private` that notifications may go to although they are not public addresses (checked on the address actually connected to)."),
     SettingDoc("BFL_API_KEY", "(unset)", "Black Forest Labs API key (`x-key`). A provider with no key is not configured, unless the simulator serves it."),
     SettingDoc("BFL_BASE_URL", "https://api.bfl.ai", "BFL API base URL. With the simulator on and no key: `<public URL>/simulator`."),
     SettingDoc("BFL_OUTPUT_HOSTS", "*.bfl.ai,bfldeliveryprod.blob.core.windows.net", "Hosts BFL outputs may be downloaded from (comma list, `*.` wildcards); the base URL's host is always added."),
@@ -97,6 +104,13 @@ class Settings:
     provider_order: tuple[str, ...] = ("bfl", "cometapi", "apiframe", "runcomfy")
     upload_max_bytes: int = 10_485_760
     upload_url_ttl_s: float = 86_400.0
+    webhook_secret: str = field(default="", repr=False)
+    webhook_retry_schedule: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
+    webhook_timeout_s: float = 15.0
+    webhook_disable_after_s: float = 432_000.0
+    webhook_concurrency: int = 32
+    webhook_per_destination: int = 4
+    allow_private_destinations: str = ""
     max_body_bytes: int = 1_048_576
     callback_max_bytes: int = 262_144
     max_output_bytes: int = 52_428_800
@@ -168,6 +182,14 @@ class Settings:
             provider_order=tuple(dict.fromkeys([*order, *PROVIDER_NAMES])),
             upload_max_bytes=env.integer("FLUXHOOK_UPLOAD_MAX_BYTES", 10_485_760),
             upload_url_ttl_s=env.number("FLUXHOOK_UPLOAD_URL_TTL_SECONDS", 86_400.0),
+            webhook_secret=_webhook_secret(env.text("FLUXHOOK_WEBHOOK_SECRET", ""), data_dir),
+            webhook_retry_schedule=_schedule(env.items(
+                "FLUXHOOK_WEBHOOK_RETRY_SCHEDULE", ["0", "5", "300", "1800", "7200", "18000", "36000", "36000"])),
+            webhook_timeout_s=env.number("FLUXHOOK_WEBHOOK_TIMEOUT_SECONDS", 15.0),
+            webhook_disable_after_s=env.number("FLUXHOOK_WEBHOOK_DISABLE_AFTER_SECONDS", 432_000.0),
+            webhook_concurrency=max(1, env.integer("FLUXHOOK_WEBHOOK_CONCURRENCY", 32)),
+            webhook_per_destination=max(1, env.integer("FLUXHOOK_WEBHOOK_PER_DESTINATION", 4)),
+            allow_private_destinations=env.text("FLUXHOOK_ALLOW_PRIVATE_DESTINATIONS", ""),
             max_body_bytes=env.integer("FLUXHOOK_MAX_BODY_BYTES", 1_048_576),
             callback_max_bytes=env.integer("FLUXHOOK_CALLBACK_MAX_BYTES", 262_144),
             max_output_bytes=env.integer("FLUXHOOK_MAX_OUTPUT_BYTES", 52_428_800),
@@ -238,9 +260,32 @@ def _provider_settings(
     )
 
 
-def load_or_create_secret_key(data_dir: Path) -> str:
-    """The signing key kept in the data dir: created once, then reused on every restart."""
-    path = data_dir / "secret_key"
+def _webhook_secret(value: str, data_dir: Path) -> str:
+    from service.webhook_signing import new_secret, secret_key
+
+    secret = value or load_or_create_secret_key(data_dir, name="webhook_secret", make=new_secret)
+    try:
+        secret_key(secret)
+    except ConfigError:
+        raise ConfigError("FLUXHOOK_WEBHOOK_SECRET must look like whsec_<base64 of 24-64 bytes>") from None
+    return secret
+
+
+def _schedule(items: list[str]) -> tuple[float, ...]:
+    try:
+        delays = tuple(float(item) for item in items)
+    except ValueError:
+        raise ConfigError("FLUXHOOK_WEBHOOK_RETRY_SCHEDULE must be a comma list of seconds") from None
+    if not delays or any(d < 0 for d in delays):
+        raise ConfigError("FLUXHOOK_WEBHOOK_RETRY_SCHEDULE needs at least one non-negative delay")
+    return delays
+
+
+def load_or_create_secret_key(
+    data_dir: Path, *, name: str = "secret_key", make: Callable[[], str] | None = None
+) -> str:
+    """A secret kept in the data dir: created once, then reused on every restart."""
+    path = data_dir / name
     try:
         key = path.read_text().strip()
         if key:
@@ -248,7 +293,7 @@ def load_or_create_secret_key(data_dir: Path) -> str:
     except FileNotFoundError:
         pass
     data_dir.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(32)
+    key = make() if make else secrets.token_urlsafe(32)
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:

@@ -84,7 +84,7 @@ class Worker:
         settings = self.ctx.settings
         async with anyio.create_task_group() as group:
             while True:
-                self.ctx.wake = anyio.Event()  # replaced, not cleared: a later nudge is never lost
+                wake = self.ctx.signals.work.current()  # taken first: a later nudge is never lost
                 free = settings.worker_concurrency - self._inflight
                 claimed: list[TaskRecord] = []
                 if free > 0:
@@ -100,7 +100,7 @@ class Worker:
                     group.start_soon(self._run_and_release, task)
                 if claimed and len(claimed) == free:
                     continue  # there may be more due right now
-                await self._sleep_until_due()
+                await self._sleep_until_due(wake)
 
     async def _run_and_release(self, task: TaskRecord) -> None:
         try:
@@ -109,7 +109,7 @@ class Worker:
             self._inflight -= 1
             self.ctx.nudge()
 
-    async def _sleep_until_due(self) -> None:
+    async def _sleep_until_due(self, wake: anyio.Event) -> None:
         wait = self.ctx.settings.worker_idle_s
         if self._inflight < self.ctx.settings.worker_concurrency:
             try:
@@ -119,4 +119,4 @@ class Worker:
             if due is not None:
                 wait = min(wait, max(0.0, (due - self.ctx.clock()) / 1000))
         with anyio.move_on_after(wait):
-            await self.ctx.wake.wait()
+            await wake.wait()

@@ -98,4 +98,70 @@ MIGRATIONS: tuple[str, ...] = (
         expires_at   INTEGER NOT NULL
     );
     """,
+    # 3: events (the durable log behind notifications and the live stream), subscriptions,
+    #    deliveries (one per event and destination) and every delivery attempt
+    """
+    ALTER TABLE jobs ADD COLUMN webhook_url TEXT;
+    ALTER TABLE jobs ADD COLUMN webhook_events TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE jobs ADD COLUMN event_count INTEGER NOT NULL DEFAULT 0;
+
+    CREATE TABLE events (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        id         TEXT NOT NULL UNIQUE,
+        job_id     TEXT,
+        job_seq    INTEGER,
+        type       TEXT NOT NULL,
+        body       BLOB NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX events_by_job ON events (job_id, job_seq);
+
+    CREATE TABLE subscriptions (
+        id                      TEXT PRIMARY KEY,
+        url                     TEXT NOT NULL,
+        events                  TEXT NOT NULL DEFAULT '[]',
+        description             TEXT,
+        secret                  TEXT NOT NULL,
+        previous_secret         TEXT,
+        previous_secret_until   INTEGER,
+        status                  TEXT NOT NULL,
+        disabled_reason         TEXT,
+        failing_since           INTEGER,
+        created_at              INTEGER NOT NULL,
+        updated_at              INTEGER NOT NULL
+    );
+
+    CREATE TABLE deliveries (
+        id              TEXT PRIMARY KEY,
+        event_seq       INTEGER NOT NULL REFERENCES events (seq),
+        subscription_id TEXT,
+        job_id          TEXT,
+        url             TEXT NOT NULL,
+        status          TEXT NOT NULL,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER,
+        lease_until     INTEGER NOT NULL DEFAULT 0,
+        manual          INTEGER NOT NULL DEFAULT 0,
+        last_status     INTEGER,
+        last_error      TEXT,
+        created_at      INTEGER NOT NULL,
+        delivered_at    INTEGER
+    );
+    CREATE INDEX deliveries_due ON deliveries (status, next_attempt_at);
+    CREATE INDEX deliveries_by_subscription ON deliveries (subscription_id, created_at);
+    CREATE INDEX deliveries_by_job ON deliveries (job_id, created_at);
+
+    CREATE TABLE delivery_attempts (
+        id              INTEGER PRIMARY KEY,
+        delivery_id     TEXT NOT NULL REFERENCES deliveries (id),
+        attempt         INTEGER NOT NULL,
+        started_at      INTEGER NOT NULL,
+        duration_ms     INTEGER NOT NULL,
+        status_code     INTEGER,
+        response_head   TEXT,
+        error           TEXT,
+        next_attempt_at INTEGER
+    );
+    CREATE INDEX delivery_attempts_by_delivery ON delivery_attempts (delivery_id, id);
+    """,
 )

@@ -37,6 +37,9 @@ class JobRecord:
     poll_count: int
     callback_count: int
     candidates: tuple[str, ...] = ()
+    webhook_url: str | None = None
+    webhook_events: tuple[str, ...] = ()
+    event_count: int = 0
 
     def __repr__(self) -> str:  # the webhook secret never reaches a log line
         return f"JobRecord(id={self.id!r}, provider={self.provider!r}, status={self.status!r})"
@@ -82,6 +85,9 @@ class JobRecord:
             poll_count=row["poll_count"],
             callback_count=row["callback_count"],
             candidates=tuple(json.loads(row["candidates"])),
+            webhook_url=row["webhook_url"],
+            webhook_events=tuple(json.loads(row["webhook_events"])),
+            event_count=row["event_count"],
         )
 
 
@@ -130,6 +136,8 @@ class NewJob:
     request_hash: str | None
     deadline_at: int
     candidates: tuple[str, ...] = ()
+    webhook_url: str | None = None
+    webhook_events: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -162,3 +170,83 @@ class UploadRecord:
     def from_row(cls, row: sqlite3.Row) -> UploadRecord:
         return cls(row["id"], row["sha256"], row["content_type"], row["bytes"], row["created_at"],
                    row["expires_at"])
+
+
+@dataclass(frozen=True)
+class SubscriptionRecord:
+    id: str
+    url: str
+    events: tuple[str, ...]
+    description: str | None
+    secret: str
+    previous_secret: str | None
+    previous_secret_until: int | None
+    status: str
+    disabled_reason: str | None
+    failing_since: int | None
+    created_at: int
+    updated_at: int
+
+    def __repr__(self) -> str:  # secrets never reach a log line
+        return f"SubscriptionRecord(id={self.id!r}, url={self.url!r}, status={self.status!r})"
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> SubscriptionRecord:
+        return cls(row["id"], row["url"], tuple(json.loads(row["events"])), row["description"],
+                   row["secret"], row["previous_secret"], row["previous_secret_until"], row["status"],
+                   row["disabled_reason"], row["failing_since"], row["created_at"], row["updated_at"])
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    id: str
+    event_id: str
+    event_type: str
+    subscription_id: str | None
+    job_id: str | None
+    url: str
+    status: str
+    attempts: int
+    next_attempt_at: int | None
+    last_status: int | None
+    last_error: str | None
+    created_at: int
+    delivered_at: int | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> DeliveryRecord:
+        return cls(row["id"], row["event_id"], row["event_type"], row["subscription_id"], row["job_id"],
+                   row["url"], row["status"], row["attempts"], row["next_attempt_at"], row["last_status"],
+                   row["last_error"], row["created_at"], row["delivered_at"])
+
+
+@dataclass(frozen=True)
+class DeliveryAttemptRecord:
+    attempt: int
+    started_at: int
+    duration_ms: int
+    status_code: int | None
+    response_head: str | None
+    error: str | None
+    next_attempt_at: int | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> DeliveryAttemptRecord:
+        return cls(row["attempt"], row["started_at"], row["duration_ms"], row["status_code"],
+                   row["response_head"], row["error"], row["next_attempt_at"])
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    seq: int
+    id: str
+    job_id: str | None
+    job_seq: int | None
+    type: str
+    body: bytes
+    created_at: int
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> EventRecord:
+        return cls(row["seq"], row["id"], row["job_id"], row["job_seq"], row["type"], bytes(row["body"]),
+                   row["created_at"])

@@ -26,6 +26,7 @@ import anyio
 from service.errors import Conflict, MalformedRequest, StoreUnavailable
 from service.jobs import TERMINAL, Effect, JobState, JobStatus, Observation, Transition, apply
 from storage.migrations import MIGRATIONS
+from storage.notifications import NotificationMethods, emit_job_event
 from storage.records import AttemptRecord, JobRecord, NewJob, OutputRecord, TaskRecord, UploadRecord
 
 
@@ -82,13 +83,14 @@ class Recorded:
     duplicate: bool = False
 
 
-class Store:
-    def __init__(self, db: aiosqlite.Connection) -> None:
+class Store(NotificationMethods):
+    def __init__(self, db: aiosqlite.Connection, *, public_url: str = "") -> None:
         self._db = db
         self._lock = anyio.Lock()
+        self.public_url = public_url  # for the job documents events carry
 
     @classmethod
-    async def open(cls, path: Path, *, synchronous: str = "FULL") -> Store:
+    async def open(cls, path: Path, *, synchronous: str = "FULL", public_url: str = "") -> Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             db = await aiosqlite.connect(path, isolation_level=None)
@@ -99,7 +101,7 @@ class Store:
             await db.execute("PRAGMA foreign_keys=ON")
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open database: {exc}") from exc
-        store = cls(db)
+        store = cls(db, public_url=public_url)
         await store._migrate()
         return store
 
@@ -225,17 +227,33 @@ class Store:
                         raise Conflict(
                             "Idempotency-Key was already used with a different request body",
                             code="idempotency_key_reused",
-                            details=[{"field": "Idempotency-Key", "rule": "same_body",
-                                      "job_id": existing.id}],
+                            details=[
+                                {"field": "Idempotency-Key", "rule": "same_body", "job_id": existing.id}
+                            ],
                         )
                     return existing, False
             await db.execute(
                 """INSERT INTO jobs (id, provider, model, status, input, metadata, webhook_secret,
-                       idempotency_key, request_hash, created_at, updated_at, deadline_at, candidates)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                (new.id, new.provider, new.model, JobStatus.QUEUED.value, _json(new.input),
-                 _json(new.metadata), new.webhook_secret, new.idempotency_key, new.request_hash,
-                 now, now, new.deadline_at, _json(list(new.candidates or (new.provider,)))),
+                       idempotency_key, request_hash, created_at, updated_at, deadline_at, candidates,
+                       webhook_url, webhook_events)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    new.id,
+                    new.provider,
+                    new.model,
+                    JobStatus.QUEUED.value,
+                    _json(new.input),
+                    _json(new.metadata),
+                    new.webhook_secret,
+                    new.idempotency_key,
+                    new.request_hash,
+                    now,
+                    now,
+                    new.deadline_at,
+                    _json(list(new.candidates or (new.provider,))),
+                    new.webhook_url,
+                    _json(list(new.webhook_events)),
+                ),
             )
             await _upsert_task(db, new.id, TaskKind.SUBMIT, now, now)
             job = await _select_job(db, new.id)
@@ -261,7 +279,9 @@ class Store:
                 return None
             if counted_poll:
                 await db.execute("UPDATE jobs SET poll_count = poll_count + 1 WHERE id = ?", (job_id,))
-            transition = await _apply_in_tx(db, job, observation, now=now, schedule=schedule)
+            transition = await _apply_in_tx(
+                db, job, observation, now=now, schedule=schedule, public_url=self.public_url
+            )
             if task is not None:
                 await _end_task(db, task, transition.state)
             updated = await _select_job(db, job_id)
@@ -294,12 +314,12 @@ class Store:
                 (job_id, provider, digest, verdict, state, body, now),
             )
             duplicate = cursor.rowcount == 0
-            await db.execute(
-                "UPDATE jobs SET callback_count = callback_count + 1 WHERE id = ?", (job_id,)
-            )
+            await db.execute("UPDATE jobs SET callback_count = callback_count + 1 WHERE id = ?", (job_id,))
             transition = None
             if observation is not None:
-                transition = await _apply_in_tx(db, job, observation, now=now, schedule=schedule)
+                transition = await _apply_in_tx(
+                    db, job, observation, now=now, schedule=schedule, public_url=self.public_url
+                )
             elif confirm_at is not None and job.state.awaiting_provider:
                 await _upsert_task(db, job_id, TaskKind.POLL, confirm_at, now)
             updated = await _select_job(db, job_id)
@@ -307,7 +327,12 @@ class Store:
             return Recorded(updated, transition, duplicate)
 
     async def record_outputs(
-        self, job_id: str, outputs: Sequence[StoredOutput], *, now: int, task_id: int,
+        self,
+        job_id: str,
+        outputs: Sequence[StoredOutput],
+        *,
+        now: int,
+        task_id: int,
         observation: Observation,
     ) -> Recorded | None:
         """Keep the stored outputs' records and mark the job succeeded, in one transaction."""
@@ -322,7 +347,9 @@ class Store:
                        VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, idx) DO NOTHING""",
                     (job_id, out.index, out.sha256, out.content_type, out.bytes, out.source_url, now),
                 )
-            transition = await _apply_in_tx(db, job, observation, now=now, schedule=Schedule())
+            transition = await _apply_in_tx(
+                db, job, observation, now=now, schedule=Schedule(), public_url=self.public_url
+            )
             await db.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
             updated = await _select_job(db, job_id)
             assert updated is not None
@@ -349,15 +376,25 @@ class Store:
             await db.execute(
                 """INSERT INTO attempts (job_id, provider, outcome, http_status, message, provider_job_id, at)
                    VALUES (?, ?, ?, ?, ?, ?, ?)""",
-                (job_id, attempt.provider, attempt.outcome, attempt.http_status,
-                 (attempt.message or "")[:500] or None, attempt.provider_job_id, now),
+                (
+                    job_id,
+                    attempt.provider,
+                    attempt.outcome,
+                    attempt.http_status,
+                    (attempt.message or "")[:500] or None,
+                    attempt.provider_job_id,
+                    now,
+                ),
             )
             transition = None
             if switch_to is not None and job.status is JobStatus.QUEUED:
-                await db.execute("UPDATE jobs SET provider = ?, updated_at = ? WHERE id = ?",
-                                 (switch_to, now, job_id))
+                await db.execute(
+                    "UPDATE jobs SET provider = ?, updated_at = ? WHERE id = ?", (switch_to, now, job_id)
+                )
             if observation is not None:
-                transition = await _apply_in_tx(db, job, observation, now=now, schedule=schedule)
+                transition = await _apply_in_tx(
+                    db, job, observation, now=now, schedule=schedule, public_url=self.public_url
+                )
             state = transition.state if transition else job.state
             await _end_task(db, task, state)
             updated = await _select_job(db, job_id)
@@ -380,8 +417,14 @@ class Store:
             await db.execute(
                 "INSERT INTO uploads (id, sha256, content_type, bytes, created_at, expires_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (upload.id, upload.sha256, upload.content_type, upload.bytes, upload.created_at,
-                 upload.expires_at),
+                (
+                    upload.id,
+                    upload.sha256,
+                    upload.content_type,
+                    upload.bytes,
+                    upload.created_at,
+                    upload.expires_at,
+                ),
             )
 
     async def get_upload(self, upload_id: str) -> UploadRecord | None:
@@ -424,17 +467,36 @@ async def _select_job(db: aiosqlite.Connection, job_id: str) -> JobRecord | None
 
 
 async def _apply_in_tx(
-    db: aiosqlite.Connection, job: JobRecord, observation: Observation, *, now: int,
+    db: aiosqlite.Connection,
+    job: JobRecord,
+    observation: Observation,
+    *,
+    now: int,
     schedule: Schedule,
+    public_url: str,
 ) -> Transition:
     before = job.state
     transition = apply(before, observation)
     after = transition.state
     if after != before:
         await _write_state(db, job, before, after, now)
+        event_type = _event_for(before, after)
+        if event_type is not None:
+            updated = await _select_job(db, job.id)
+            assert updated is not None
+            await emit_job_event(db, updated, event_type, now=now, public_url=public_url)
     for effect in transition.effects:
         await _materialize(db, job.id, effect, now=now, schedule=schedule)
     return transition
+
+
+def _event_for(before: JobState, after: JobState) -> str | None:
+    """The event a change is worth: a new status, or progress while running."""
+    if after.status is not before.status and after.status is not JobStatus.QUEUED:
+        return f"job.{after.status.value}"
+    if after.status is JobStatus.RUNNING and after.progress != before.progress and after.progress is not None:
+        return "job.progress"
+    return None
 
 
 async def _write_state(
@@ -452,9 +514,21 @@ async def _write_state(
                error_code = ?, error_message = ?, completion_source = ?, progress = ?,
                updated_at = ?, submitted_at = ?, ready_at = ?, completed_at = ?
            WHERE id = ?""",
-        (after.status.value, after.provider_job_id, after.polling_url, _json(list(after.output_urls)),
-         after.error_code, after.error_message, after.completion_source, after.progress, now,
-         submitted_at, ready_at, completed_at, job.id),
+        (
+            after.status.value,
+            after.provider_job_id,
+            after.polling_url,
+            _json(list(after.output_urls)),
+            after.error_code,
+            after.error_message,
+            after.completion_source,
+            after.progress,
+            now,
+            submitted_at,
+            ready_at,
+            completed_at,
+            job.id,
+        ),
     )
 
 

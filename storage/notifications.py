@@ -1,0 +1,451 @@
+"""Events, subscriptions and deliveries: the outbound half of the store.
+
+An event is written in the same transaction as the job change that caused it, and so are its
+deliveries (one per destination), so a crash can never lose a notification or send one for a
+change that did not happen. `NotificationMethods` is mixed into `Store` and shares its
+connection, lock and transactions.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+
+from service.documents import job_document, rfc3339
+from service.ids import new_prefixed_id
+from storage.records import (
+    AttemptRecord,
+    DeliveryAttemptRecord,
+    DeliveryRecord,
+    EventRecord,
+    JobRecord,
+    OutputRecord,
+    SubscriptionRecord,
+)
+
+JOB_EVENT_TYPES = (
+    "job.submitted",
+    "job.running",
+    "job.progress",
+    "job.succeeded",
+    "job.failed",
+    "job.cancelled",
+)
+EVENT_TYPES = (*JOB_EVENT_TYPES, "subscription.disabled")
+
+
+def envelope(event_id: str, event_type: str, now: int, data: Any, sequence: int | None) -> bytes:
+    """The exact bytes sent: the Standard Webhooks envelope, plus the event's id and sequence."""
+    body: dict[str, Any] = {"id": event_id, "type": event_type, "timestamp": rfc3339(now)}
+    if sequence is not None:
+        body["sequence"] = sequence
+    body["data"] = data
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+async def emit_job_event(
+    db: aiosqlite.Connection, job: JobRecord, event_type: str, *, now: int, public_url: str
+) -> int:
+    """Record one job event (a snapshot of the job document) and its deliveries."""
+    outputs = [
+        OutputRecord.from_row(r)
+        for r in await (
+            await db.execute("SELECT * FROM outputs WHERE job_id = ? ORDER BY idx", (job.id,))
+        ).fetchall()
+    ]
+    attempts = [
+        AttemptRecord.from_row(r)
+        for r in await (
+            await db.execute("SELECT * FROM attempts WHERE job_id = ? ORDER BY id", (job.id,))
+        ).fetchall()
+    ]
+    sequence = job.event_count + 1
+    await db.execute("UPDATE jobs SET event_count = ? WHERE id = ?", (sequence, job.id))
+    event_id = new_prefixed_id("evt", now)
+    body = envelope(event_id, event_type, now, job_document(job, outputs, public_url, attempts), sequence)
+    cursor = await db.execute(
+        "INSERT INTO events (id, job_id, job_seq, type, body, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        (event_id, job.id, sequence, event_type, body, now),
+    )
+    seq = int(cursor.lastrowid or 0)
+    await _fan_out(db, seq, event_type, job_id=job.id, now=now)
+    if job.webhook_url and (not job.webhook_events or event_type in job.webhook_events):
+        await _add_delivery(db, seq, None, job.id, job.webhook_url, now)
+    return seq
+
+
+async def emit_system_event(
+    db: aiosqlite.Connection, event_type: str, data: Mapping[str, Any], *, now: int
+) -> int:
+    event_id = new_prefixed_id("evt", now)
+    body = envelope(event_id, event_type, now, dict(data), None)
+    cursor = await db.execute(
+        "INSERT INTO events (id, job_id, job_seq, type, body, created_at) VALUES (?, NULL, NULL, ?, ?, ?)",
+        (event_id, event_type, body, now),
+    )
+    seq = int(cursor.lastrowid or 0)
+    await _fan_out(db, seq, event_type, job_id=None, now=now)
+    return seq
+
+
+async def _fan_out(
+    db: aiosqlite.Connection, seq: int, event_type: str, *, job_id: str | None, now: int
+) -> None:
+    rows = await (
+        await db.execute("SELECT id, url, events FROM subscriptions WHERE status = 'enabled'")
+    ).fetchall()
+    for row in rows:
+        wanted = json.loads(row["events"])
+        if not wanted or event_type in wanted:
+            await _add_delivery(db, seq, row["id"], job_id, row["url"], now)
+
+
+async def _add_delivery(
+    db: aiosqlite.Connection, seq: int, subscription_id: str | None, job_id: str | None, url: str, now: int
+) -> None:
+    await db.execute(
+        """INSERT INTO deliveries (id, event_seq, subscription_id, job_id, url, status, next_attempt_at,
+               created_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)""",
+        (new_prefixed_id("dlv", now), seq, subscription_id, job_id, url, now, now),
+    )
+
+
+@dataclass(frozen=True)
+class ClaimedDelivery:
+    """A delivery leased for one attempt, with what is needed to send it."""
+
+    id: str
+    event_id: str
+    event_type: str
+    body: bytes
+    url: str
+    subscription_id: str | None
+    job_id: str | None
+    attempt: int
+    manual: bool
+    secrets: tuple[str, ...]  # the subscription's live secrets; empty: use the service secret
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """What one delivery attempt came to. `retry_at` None means no further automatic try."""
+
+    delivered: bool
+    started_at: int
+    duration_ms: int
+    status_code: int | None
+    response_head: str | None
+    error: str | None
+    retry_at: int | None
+    disable_subscription: str | None = None  # a reason, e.g. "410 Gone"
+
+
+class NotificationMethods:
+    """Store methods for subscriptions, deliveries and the event log (mixed into Store)."""
+
+    if False:  # pragma: no cover - for type checkers: provided by Store
+        from contextlib import AbstractAsyncContextManager
+
+        def _write(self) -> AbstractAsyncContextManager[aiosqlite.Connection]: ...
+        def _read(self) -> AbstractAsyncContextManager[aiosqlite.Connection]: ...
+
+    # Subscriptions ----------------------------------------------------------------------------
+
+    async def create_subscription(self, sub: SubscriptionRecord) -> SubscriptionRecord:
+        async with self._write() as db:
+            await db.execute(
+                """INSERT INTO subscriptions (id, url, events, description, secret, status, created_at,
+                       updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    sub.id,
+                    sub.url,
+                    json.dumps(list(sub.events)),
+                    sub.description,
+                    sub.secret,
+                    sub.status,
+                    sub.created_at,
+                    sub.updated_at,
+                ),
+            )
+            return await _subscription(db, sub.id)  # type: ignore[return-value]
+
+    async def get_subscription(self, sub_id: str) -> SubscriptionRecord | None:
+        async with self._read() as db:
+            return await _subscription(db, sub_id)
+
+    async def list_subscriptions(self) -> list[SubscriptionRecord]:
+        async with self._read() as db:
+            rows = await (await db.execute("SELECT * FROM subscriptions ORDER BY created_at, id")).fetchall()
+        return [SubscriptionRecord.from_row(r) for r in rows]
+
+    async def update_subscription(
+        self, sub_id: str, changes: Mapping[str, Any], *, now: int
+    ) -> SubscriptionRecord | None:
+        """Apply `changes` (url, events, description, status); enabling clears the failure clock."""
+        async with self._write() as db:
+            if await _subscription(db, sub_id) is None:
+                return None
+            for name, value in changes.items():
+                if name == "events":
+                    value = json.dumps(list(value))
+                assert name in ("url", "events", "description", "status")
+                await db.execute(f"UPDATE subscriptions SET {name} = ? WHERE id = ?", (value, sub_id))  # noqa: S608
+            if changes.get("status") == "enabled":
+                await db.execute(
+                    "UPDATE subscriptions SET disabled_reason = NULL, failing_since = NULL WHERE id = ?",
+                    (sub_id,),
+                )
+            await db.execute("UPDATE subscriptions SET updated_at = ? WHERE id = ?", (now, sub_id))
+            return await _subscription(db, sub_id)
+
+    async def delete_subscription(self, sub_id: str, *, now: int) -> bool:
+        async with self._write() as db:
+            if await _subscription(db, sub_id) is None:
+                return False
+            await db.execute(
+                "UPDATE deliveries SET status = 'cancelled', last_error = 'subscription deleted' "
+                "WHERE subscription_id = ? AND status = 'pending'",
+                (sub_id,),
+            )
+            await db.execute("DELETE FROM subscriptions WHERE id = ?", (sub_id,))
+            return True
+
+    async def rotate_subscription_secret(
+        self, sub_id: str, new_secret: str, *, now: int, grace_ms: int
+    ) -> SubscriptionRecord | None:
+        """The old secret keeps signing beside the new one until `now + grace_ms`."""
+        async with self._write() as db:
+            sub = await _subscription(db, sub_id)
+            if sub is None:
+                return None
+            await db.execute(
+                """UPDATE subscriptions SET previous_secret = secret, previous_secret_until = ?,
+                       secret = ?, updated_at = ? WHERE id = ?""",
+                (now + grace_ms, new_secret, now, sub_id),
+            )
+            return await _subscription(db, sub_id)
+
+    # Deliveries -------------------------------------------------------------------------------
+
+    async def claim_due_deliveries(
+        self, *, now: int, limit: int, lease_ms: int, busy: Mapping[str, int], per_destination: int
+    ) -> list[ClaimedDelivery]:
+        """Lease due deliveries, at most `per_destination` in flight per destination."""
+        async with self._write() as db:
+            rows = await (
+                await db.execute(
+                    """SELECT d.*, e.id AS event_id, e.type AS event_type, e.body AS body,
+                          s.secret AS secret, s.previous_secret AS previous_secret,
+                          s.previous_secret_until AS previous_until, s.status AS sub_status
+                   FROM deliveries d JOIN events e ON e.seq = d.event_seq
+                   LEFT JOIN subscriptions s ON s.id = d.subscription_id
+                   WHERE d.status = 'pending' AND d.next_attempt_at <= ? AND d.lease_until <= ?
+                   ORDER BY d.next_attempt_at, d.created_at LIMIT ?""",
+                    (now, now, limit * 4),
+                )
+            ).fetchall()
+            taken: dict[str, int] = dict(busy)
+            claimed: list[ClaimedDelivery] = []
+            for row in rows:
+                if len(claimed) >= limit:
+                    break
+                if row["subscription_id"] is not None and row["sub_status"] != "enabled":
+                    await db.execute(
+                        "UPDATE deliveries SET status = 'cancelled', last_error = ? WHERE id = ?",
+                        ("subscription disabled or deleted", row["id"]),
+                    )
+                    continue
+                key = destination_key(row["subscription_id"], row["url"])
+                if taken.get(key, 0) >= per_destination:
+                    continue
+                taken[key] = taken.get(key, 0) + 1
+                await db.execute(
+                    "UPDATE deliveries SET lease_until = ?, attempts = attempts + 1 WHERE id = ?",
+                    (now + lease_ms, row["id"]),
+                )
+                live = []
+                if row["secret"]:
+                    live.append(row["secret"])
+                    if row["previous_secret"] and (row["previous_until"] or 0) > now:
+                        live.append(row["previous_secret"])
+                claimed.append(
+                    ClaimedDelivery(
+                        id=row["id"],
+                        event_id=row["event_id"],
+                        event_type=row["event_type"],
+                        body=row["body"],
+                        url=row["url"],
+                        subscription_id=row["subscription_id"],
+                        job_id=row["job_id"],
+                        attempt=row["attempts"] + 1,
+                        manual=bool(row["manual"]),
+                        secrets=tuple(live),
+                    )
+                )
+            return claimed
+
+    async def record_delivery_attempt(
+        self, delivery: ClaimedDelivery, result: AttemptResult, *, now: int, disable_after_ms: int
+    ) -> None:
+        """One attempt's log row, the delivery's new state and the subscription's health."""
+        async with self._write() as db:
+            await db.execute(
+                """INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, status_code,
+                       response_head, error, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    delivery.id,
+                    delivery.attempt,
+                    result.started_at,
+                    result.duration_ms,
+                    result.status_code,
+                    result.response_head,
+                    result.error,
+                    result.retry_at,
+                ),
+            )
+            if result.delivered:
+                status, next_at = "delivered", None
+            elif result.retry_at is not None and not result.disable_subscription:
+                status, next_at = "pending", result.retry_at
+            else:
+                status, next_at = "failed", None
+            await db.execute(
+                """UPDATE deliveries SET status = ?, next_attempt_at = ?, lease_until = 0, last_status = ?,
+                       last_error = ?, manual = 0, delivered_at = ? WHERE id = ? AND status = 'pending'""",
+                (
+                    status,
+                    next_at,
+                    result.status_code,
+                    result.error,
+                    now if result.delivered else None,
+                    delivery.id,
+                ),
+            )
+            if delivery.subscription_id is None:
+                return
+            sub = await _subscription(db, delivery.subscription_id)
+            if sub is None or sub.status != "enabled":
+                return
+            if result.delivered:
+                await db.execute("UPDATE subscriptions SET failing_since = NULL WHERE id = ?", (sub.id,))
+                return
+            failing_since = sub.failing_since or result.started_at
+            await db.execute(
+                "UPDATE subscriptions SET failing_since = ? WHERE id = ?", (failing_since, sub.id)
+            )
+            reason = result.disable_subscription
+            if reason is None and now - failing_since >= disable_after_ms:
+                reason = f"failing since {rfc3339(failing_since)}"
+            if reason is not None:
+                await db.execute(
+                    "UPDATE subscriptions SET status = 'disabled', disabled_reason = ?, updated_at = ? "
+                    "WHERE id = ?",
+                    (reason, now, sub.id),
+                )
+                await db.execute(
+                    "UPDATE deliveries SET status = 'cancelled', last_error = ? "
+                    "WHERE subscription_id = ? AND status = 'pending' AND id != ?",
+                    ("subscription disabled", sub.id, delivery.id),
+                )
+                await emit_system_event(
+                    db,
+                    "subscription.disabled",
+                    {"subscription_id": sub.id, "url": sub.url, "reason": reason},
+                    now=now,
+                )
+
+    async def redeliver(self, delivery_id: str, *, now: int) -> DeliveryRecord | None:
+        """Send one delivery again now, as a manual attempt (not retried if it fails)."""
+        async with self._write() as db:
+            cursor = await db.execute(
+                "UPDATE deliveries SET status = 'pending', next_attempt_at = ?, lease_until = 0, manual = 1 "
+                "WHERE id = ?",
+                (now, delivery_id),
+            )
+            if cursor.rowcount == 0:
+                return None
+            return await _delivery(db, delivery_id)
+
+    async def recover(self, subscription_id: str, *, since: int, now: int) -> int:
+        """Resend every delivery to a subscription that failed since `since`; how many."""
+        async with self._write() as db:
+            cursor = await db.execute(
+                """UPDATE deliveries SET status = 'pending', next_attempt_at = ?, lease_until = 0, manual = 1
+                   WHERE subscription_id = ? AND status IN ('failed', 'cancelled') AND created_at >= ?""",
+                (now, subscription_id, since),
+            )
+            return cursor.rowcount
+
+    async def list_deliveries(
+        self, *, subscription_id: str | None = None, job_id: str | None = None, limit: int = 100
+    ) -> list[tuple[DeliveryRecord, list[DeliveryAttemptRecord]]]:
+        where = "d.subscription_id = ?" if subscription_id else "d.job_id = ?"
+        value = subscription_id or job_id
+        sql = _DELIVERIES_SQL.replace("{where}", where)
+        async with self._read() as db:
+            rows = await (await db.execute(sql, (value, limit))).fetchall()
+            result = []
+            for row in rows:
+                attempts = await (
+                    await db.execute(
+                        "SELECT * FROM delivery_attempts WHERE delivery_id = ? ORDER BY id", (row["id"],)
+                    )
+                ).fetchall()
+                result.append(
+                    (DeliveryRecord.from_row(row), [DeliveryAttemptRecord.from_row(a) for a in attempts])
+                )
+            return result
+
+    async def pending_delivery_due(self) -> int | None:
+        async with self._read() as db:
+            row = await (
+                await db.execute(
+                    "SELECT MIN(MAX(next_attempt_at, lease_until)) FROM deliveries WHERE status = 'pending'"
+                )
+            ).fetchone()
+        return row[0] if row and row[0] is not None else None
+
+    # The event log ----------------------------------------------------------------------------
+
+    async def list_events(
+        self, *, after: int, job_id: str | None = None, types: Sequence[str] = (), limit: int = 100
+    ) -> list[EventRecord]:
+        clauses, params = ["seq > ?"], [after]
+        if job_id:
+            clauses.append("job_id = ?")
+            params.append(job_id)
+        if types:
+            clauses.append(f"type IN ({','.join('?' * len(types))})")
+            params.extend(types)
+        sql = f"SELECT * FROM events WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ?"  # noqa: S608
+        async with self._read() as db:
+            rows = await (await db.execute(sql, [*params, limit])).fetchall()
+        return [EventRecord.from_row(r) for r in rows]
+
+
+_DELIVERIES_SQL = """SELECT d.*, e.id AS event_id, e.type AS event_type FROM deliveries d
+    JOIN events e ON e.seq = d.event_seq WHERE {where} ORDER BY d.created_at DESC, d.id DESC LIMIT ?"""
+
+
+def destination_key(subscription_id: str | None, url: str) -> str:
+    return subscription_id or url
+
+
+async def _subscription(db: aiosqlite.Connection, sub_id: str) -> SubscriptionRecord | None:
+    row = await (await db.execute("SELECT * FROM subscriptions WHERE id = ?", (sub_id,))).fetchone()
+    return SubscriptionRecord.from_row(row) if row else None
+
+
+async def _delivery(db: aiosqlite.Connection, delivery_id: str) -> DeliveryRecord | None:
+    row = await (
+        await db.execute(
+            """SELECT d.*, e.id AS event_id, e.type AS event_type FROM deliveries d
+           JOIN events e ON e.seq = d.event_seq WHERE d.id = ?""",
+            (delivery_id,),
+        )
+    ).fetchone()
+    return DeliveryRecord.from_row(row) if row else None
