@@ -38,7 +38,8 @@ async def create_job(request: Request) -> Response:
         raise ValidationFailed("Idempotency-Key must be 1 to 255 characters",
                                details=[{"field": "Idempotency-Key", "rule": "length"}])
     parsed = parse_job_request(body, catalog=ctx.catalog, configured=ctx.adapters.keys(),
-                               order=ctx.settings.provider_order)
+                               order=ctx.settings.provider_order,
+                               own_urls=(f"{ctx.settings.public_url}/uploads/",))
     now = ctx.clock()
     new = NewJob(
         id=new_job_id(now),

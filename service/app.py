@@ -20,6 +20,7 @@ from handlers.callbacks import receive_callback
 from handlers.errors import EXCEPTION_HANDLERS
 from handlers.health import healthz
 from handlers.jobs import cancel_job, create_job, get_job, get_output, list_jobs
+from handlers.models import list_models
 from handlers.uploads import create_upload, get_upload
 from service.catalog import Catalog
 from service.context import Clock, WorkContext
@@ -149,6 +150,7 @@ def create_app(
         Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
         Route("/v1/jobs/{job_id}/outputs/{index}", get_output, methods=["GET"]),
         Route("/v1/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
+        Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/uploads", create_upload, methods=["POST"]),
         Route("/uploads/{token}", get_upload, methods=["GET"]),
         Route("/v1/callbacks/{provider}/{token}", receive_callback, methods=["POST"]),

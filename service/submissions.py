@@ -26,7 +26,8 @@ class JobRequest:
 
 
 def parse_job_request(
-    body: Any, *, catalog: Catalog, configured: Collection[str], order: Sequence[str] = ()
+    body: Any, *, catalog: Catalog, configured: Collection[str], order: Sequence[str] = (),
+    own_urls: tuple[str, ...] = (),
 ) -> JobRequest:
     """Validate a `POST /v1/jobs` body against the catalog, before any provider is called."""
     if not isinstance(body, dict):
@@ -54,10 +55,11 @@ def parse_job_request(
             details=[{"field": "model", "rule": "enum",
                       "allowed": [m.name for m in catalog.models(provider)]}],
         )
-    payload = validate_input(model, body.get("input"))
+    payload = validate_input(model, body.get("input"), own_urls=own_urls)
     if auto:
         # Fail over only to providers that accept this very input for the same model.
-        candidates = [provider, *(p for p in candidates[1:] if _accepts(catalog, p, model.name, payload))]
+        candidates = [provider, *(p for p in candidates[1:]
+                                  if _accepts(catalog, p, model.name, payload, own_urls))]
     metadata = body.get("metadata", {})
     if metadata is None:
         metadata = {}
@@ -72,12 +74,14 @@ def parse_job_request(
                       hashlib.sha256(canonical.encode()).hexdigest(), tuple(candidates))
 
 
-def _accepts(catalog: Catalog, provider: str, model_name: str, payload: dict[str, Any]) -> bool:
+def _accepts(
+    catalog: Catalog, provider: str, model_name: str, payload: dict[str, Any], own_urls: tuple[str, ...]
+) -> bool:
     model = catalog.find(provider, model_name)
     if model is None:
         return False
     try:
-        validate_input(model, payload)
+        validate_input(model, payload, own_urls=own_urls)
     except ValidationFailed:
         return False
     return True

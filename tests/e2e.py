@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -102,9 +102,13 @@ class Stack:
 
 @asynccontextmanager
 async def running_stack(
-    tmp_path: Path, sim_config: Any, **env: str
+    tmp_path: Path, sim_config: Any, *, provider_env: Callable[[str], dict[str, str]] | None = None,
+    **env: str,
 ) -> AsyncIterator[Stack]:
-    """Simulator + fluxhook (workers in-process), both on loopback, and a client for fluxhook."""
+    """Simulator + fluxhook (workers in-process), both on loopback, and a client for fluxhook.
+
+    `provider_env(simulator_url)` adds settings, e.g. more providers served by the simulator.
+    """
     from service.app import create_app
     from service.loopback import bind_loopback, serve, url_of
     from service.settings import Settings
@@ -112,7 +116,8 @@ async def running_stack(
 
     async with serve(create_simulator_app(sim_config)) as provider_url:
         sock = bind_loopback()
-        settings = Settings.from_env(fluxhook_env(tmp_path / "data", url_of(sock), provider_url, **env))
+        extra = {**(provider_env(provider_url) if provider_env else {}), **env}
+        settings = Settings.from_env(fluxhook_env(tmp_path / "data", url_of(sock), provider_url, **extra))
         async with serve(create_app(settings), sock) as base, \
                 httpx.AsyncClient(base_url=base, timeout=30) as client:
             yield Stack(base, provider_url, client)

@@ -1,0 +1,15 @@
+"""GET /v1/models: what each configured provider serves, parameters as JSON Schema."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from service.context import WorkContext
+
+
+async def list_models(request: Request) -> Response:
+    ctx: WorkContext = request.state.ctx
+    described = ctx.catalog.describe()
+    described["providers"] = [p for p in described["providers"] if p["name"] in ctx.adapters]
+    return JSONResponse(described)
