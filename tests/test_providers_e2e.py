@@ -12,19 +12,25 @@ pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
 
 def every_provider(url: str) -> dict[str, str]:
-    return {"COMETAPI_BASE_URL": url, "COMETAPI_API_KEY": "comet-key",
-            "APIFRAME_BASE_URL": url, "APIFRAME_API_KEY": "afk_test",
-            "RUNCOMFY_BASE_URL": url, "RUNCOMFY_API_TOKEN": "rc-token",
-            "FLUXHOOK_POLL_BASE_SECONDS": "0.3"}
+    return {
+        "COMETAPI_BASE_URL": url,
+        "COMETAPI_API_KEY": "comet-key",
+        "APIFRAME_BASE_URL": url,
+        "APIFRAME_API_KEY": "afk_test",
+        "RUNCOMFY_BASE_URL": url,
+        "RUNCOMFY_API_TOKEN": "rc-token",
+        "FLUXHOOK_POLL_BASE_SECONDS": "0.3",
+    }
 
 
 JOBS = {
     "bfl": {"model": "flux-pro-1.1", "input": {"prompt": "a fox", "width": 512, "height": 384}},
     "cometapi": {"model": "flux-pro-1.1", "input": {"prompt": "a fox", "width": 512, "height": 384}},
     "apiframe": {"model": "flux-pro-1.1", "input": {"prompt": "a fox", "aspect_ratio": "4:3"}},
-    "runcomfy": {"model": "flux-kontext-pro",
-                 "input": {"prompt": "make it snow", "image_url": "https://example.com/in.png",
-                           "aspect_ratio": "1:1"}},
+    "runcomfy": {
+        "model": "flux-kontext-pro",
+        "input": {"prompt": "make it snow", "image_url": "https://example.com/in.png", "aspect_ratio": "1:1"},
+    },
 }
 
 
@@ -53,7 +59,10 @@ async def test_every_provider_completes_jobs_with_the_same_document_shape(tmp_pa
         assert doc["completion_source"] == expected, provider
     # Each provider was asked for its own name of the model.
     assert tasks[by_provider["apiframe"]["provider_job_id"]]["model"] == "flux-1.1-pro"
-    assert tasks[by_provider["runcomfy"]["provider_job_id"]]["model"] == "blackforestlabs/flux-1-kontext/pro/edit"
+    assert (
+        tasks[by_provider["runcomfy"]["provider_job_id"]]["model"]
+        == "blackforestlabs/flux-1-kontext/pro/edit"
+    )
     assert "polls it from the start" in by_provider["runcomfy"]["attempts"][0]["message"]
 
 
@@ -62,7 +71,9 @@ async def test_runcomfy_job_cancelled_while_queued_is_cancelled_at_the_provider(
     async with running_stack(tmp_path, config, provider_env=every_provider) as stack:
         job = (await stack.client.post("/v1/jobs", json={"provider": "runcomfy", **JOBS["runcomfy"]})).json()
         with anyio.fail_after(10):
-            while (doc := (await stack.client.get(f"/v1/jobs/{job['id']}")).json())["provider_job_id"] is None:
+            while (doc := (await stack.client.get(f"/v1/jobs/{job['id']}")).json())[
+                "provider_job_id"
+            ] is None:
                 await anyio.sleep(0.05)
         cancelled = (await stack.client.post(f"/v1/jobs/{job['id']}/cancel")).json()
         assert cancelled["status"] == "cancelled"
@@ -78,11 +89,21 @@ async def test_failover_moves_to_the_next_provider_when_the_first_is_saturated(t
     from service.simulator import create_simulator_app
 
     async with serve(create_simulator_app(healthy)) as second:
-        env = {"COMETAPI_BASE_URL": second, "COMETAPI_API_KEY": "comet-key",
-               "FLUXHOOK_PROVIDER_ORDER": "bfl,cometapi"}
+        env = {
+            "COMETAPI_BASE_URL": second,
+            "COMETAPI_API_KEY": "comet-key",
+            "FLUXHOOK_PROVIDER_ORDER": "bfl,cometapi",
+        }
         async with running_stack(tmp_path, saturated, provider_env=lambda _: env) as stack:
-            job = (await stack.client.post("/v1/jobs", json={
-                "model": "flux-pro-1.1", "input": {"prompt": "failover", "width": 256, "height": 256}})).json()
+            job = (
+                await stack.client.post(
+                    "/v1/jobs",
+                    json={
+                        "model": "flux-pro-1.1",
+                        "input": {"prompt": "failover", "width": 256, "height": 256},
+                    },
+                )
+            ).json()
             assert job["provider"] == "bfl"
             [doc] = (await wait_terminal(stack.client, [job["id"]], timeout=30)).values()
             first_tasks = await simulator_tasks(stack.provider_url)
@@ -91,6 +112,8 @@ async def test_failover_moves_to_the_next_provider_when_the_first_is_saturated(t
     assert doc["status"] == "succeeded"
     assert doc["provider"] == "cometapi"
     assert [(a["provider"], a["outcome"], a["http_status"]) for a in doc["attempts"]] == [
-        ("bfl", "failed_over", 429), ("cometapi", "accepted", 200)]
+        ("bfl", "failed_over", 429),
+        ("cometapi", "accepted", 200),
+    ]
     assert first_tasks == {}  # the saturated provider never accepted (or charged for) it
     assert list(second_tasks) == [doc["provider_job_id"]]

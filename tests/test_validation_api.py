@@ -48,17 +48,22 @@ def bad_inputs(model: Any) -> list[tuple[str, dict[str, Any], str]]:
     return cases
 
 
-CASES = [(provider, model, case, value, field)
-         for provider, model in SERVED for case, value, field in bad_inputs(model)]
+CASES = [
+    (provider, model, case, value, field)
+    for provider, model in SERVED
+    for case, value, field in bad_inputs(model)
+]
 
 
-@pytest.mark.parametrize(("provider", "model", "case", "value", "field"), CASES,
-                         ids=[f"{c[0]}/{c[1].name}/{c[2]}" for c in CASES])
+@pytest.mark.parametrize(
+    ("provider", "model", "case", "value", "field"), CASES, ids=[f"{c[0]}/{c[1].name}/{c[2]}" for c in CASES]
+)
 async def test_bad_input_is_422_naming_the_field_and_nothing_reaches_a_provider(
     api, router, provider, model, case, value, field
 ):
-    response = await api.client.post("/v1/jobs", json={
-        "provider": provider, "model": model.native_id, "input": value})
+    response = await api.client.post(
+        "/v1/jobs", json={"provider": provider, "model": model.native_id, "input": value}
+    )
     error = assert_error_shape(response, 422, "validation_failed")
     assert f"input.{field}" in [d["field"] for d in error["details"]]
     await Worker(api.ctx).run_once()
@@ -74,11 +79,19 @@ def test_every_model_has_all_four_kinds_of_mistake_covered():
 
 
 async def test_unknown_provider_or_model_lists_what_is_available(api):
-    error = assert_error_shape(await api.client.post("/v1/jobs", json={
-        "provider": "replicate", "model": "flux-pro-1.1", "input": {"prompt": "x"}}), 422)
+    error = assert_error_shape(
+        await api.client.post(
+            "/v1/jobs", json={"provider": "replicate", "model": "flux-pro-1.1", "input": {"prompt": "x"}}
+        ),
+        422,
+    )
     assert error["details"][0]["allowed"] == ["auto", "bfl", "cometapi", "apiframe", "runcomfy"]
-    error = assert_error_shape(await api.client.post("/v1/jobs", json={
-        "provider": "apiframe", "model": "flux-9", "input": {"prompt": "x"}}), 422)
+    error = assert_error_shape(
+        await api.client.post(
+            "/v1/jobs", json={"provider": "apiframe", "model": "flux-9", "input": {"prompt": "x"}}
+        ),
+        422,
+    )
     assert "flux-pro-1.1" in error["details"][0]["allowed"]
 
 
