@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
@@ -12,10 +13,12 @@ from service.documents import job_document
 from service.errors import NotFound, ValidationFailed
 from service.ids import new_job_id, new_webhook_secret
 from service.submissions import parse_job_request
+from service.subscriptions import parse_job_destination
 from storage.records import JobRecord, NewJob
 from storage.store import decode_cursor, encode_cursor
 
 MAX_IDEMPOTENCY_KEY = 255
+MAX_WAIT_S = 60
 
 
 def _ctx(request: Request) -> WorkContext:
@@ -35,11 +38,18 @@ async def create_job(request: Request) -> Response:
     body = await read_json(request, limit=ctx.settings.max_body_bytes)
     key = request.headers.get("idempotency-key")
     if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
-        raise ValidationFailed("Idempotency-Key must be 1 to 255 characters",
-                               details=[{"field": "Idempotency-Key", "rule": "length"}])
-    parsed = parse_job_request(body, catalog=ctx.catalog, configured=ctx.adapters.keys(),
-                               order=ctx.settings.provider_order,
-                               own_urls=(f"{ctx.settings.public_url}/uploads/",))
+        raise ValidationFailed(
+            "Idempotency-Key must be 1 to 255 characters",
+            details=[{"field": "Idempotency-Key", "rule": "length"}],
+        )
+    parsed = parse_job_request(
+        body,
+        catalog=ctx.catalog,
+        configured=ctx.adapters.keys(),
+        order=ctx.settings.provider_order,
+        own_urls=(f"{ctx.settings.public_url}/uploads/",),
+    )
+    webhook_url, webhook_events = parse_job_destination(ctx, body)
     now = ctx.clock()
     new = NewJob(
         id=new_job_id(now),
@@ -52,6 +62,8 @@ async def create_job(request: Request) -> Response:
         request_hash=parsed.request_hash,
         deadline_at=now + ctx.ms(ctx.settings.job_timeout_s),
         candidates=parsed.candidates,
+        webhook_url=webhook_url,
+        webhook_events=webhook_events,
     )
     job, created = await ctx.store.create_job(new, now=now)
     if created:
@@ -64,11 +76,19 @@ async def create_job(request: Request) -> Response:
 
 
 async def get_job(request: Request) -> Response:
+    """`?wait=N` (up to 60 s) answers as soon as the job is final, or after N seconds."""
     ctx = _ctx(request)
     job_id = request.path_params["job_id"]
+    wait = _wait(request.query_params.get("wait"))
     job = await ctx.store.get_job(job_id)
     if job is None:
         raise NotFound(f"no job {job_id!r}", details=[{"field": "job_id", "rule": "exists"}])
+    with anyio.move_on_after(wait):
+        while not job.state.terminal:
+            signal = ctx.signals.events.current()
+            with anyio.move_on_after(ctx.settings.worker_idle_s):
+                await signal.wait()
+            job = await ctx.store.get_job(job_id) or job
     [document] = await documents(ctx, [job])
     return JSONResponse(document)
 
@@ -86,17 +106,21 @@ async def list_jobs(request: Request) -> Response:
     status = params.get("status") or None
     allowed = ("queued", "submitted", "running", "succeeded", "failed", "cancelled")
     if status is not None and status not in allowed:
-        raise ValidationFailed(f"status must be one of {', '.join(allowed)}",
-                               details=[{"field": "status", "rule": "enum", "allowed": list(allowed)}])
+        raise ValidationFailed(
+            f"status must be one of {', '.join(allowed)}",
+            details=[{"field": "status", "rule": "enum", "allowed": list(allowed)}],
+        )
     limit = _limit(params.get("limit"))
     cursor = params.get("cursor")
     before = decode_cursor(cursor) if cursor else None
     jobs = await ctx.store.list_jobs(status=status, limit=limit + 1, before=before)
     page, more = jobs[:limit], len(jobs) > limit
-    return JSONResponse({
-        "data": await documents(ctx, page),
-        "next_cursor": encode_cursor(page[-1]) if more and page else None,
-    })
+    return JSONResponse(
+        {
+            "data": await documents(ctx, page),
+            "next_cursor": encode_cursor(page[-1]) if more and page else None,
+        }
+    )
 
 
 async def get_output(request: Request) -> Response:
@@ -104,27 +128,53 @@ async def get_output(request: Request) -> Response:
     job_id = request.path_params["job_id"]
     raw_index = request.path_params["index"]
     if not raw_index.isdigit():
-        raise ValidationFailed("index must be a non-negative integer",
-                               details=[{"field": "index", "rule": "type", "expected": "integer"}])
+        raise ValidationFailed(
+            "index must be a non-negative integer",
+            details=[{"field": "index", "rule": "type", "expected": "integer"}],
+        )
     output = await ctx.store.get_output(job_id, int(raw_index))
     if output is None:
-        raise NotFound(f"job {job_id!r} has no stored output {raw_index}",
-                       details=[{"field": "index", "rule": "exists"}])
+        raise NotFound(
+            f"job {job_id!r} has no stored output {raw_index}", details=[{"field": "index", "rule": "exists"}]
+        )
     etag = f'"{output.sha256}"'
     if etag in request.headers.get("if-none-match", ""):
         return Response(status_code=304, headers={"ETag": etag})
     path = ctx.blobs.path_for(output.sha256)
     if not path.is_file():
-        raise NotFound("stored output is missing from the blob store",
-                       code="blob_missing", details=[{"field": "index", "rule": "exists"}])
-    return FileResponse(path, media_type=output.content_type,
-                        headers={"ETag": etag, "Cache-Control": "private, max-age=31536000, immutable"})
+        raise NotFound(
+            "stored output is missing from the blob store",
+            code="blob_missing",
+            details=[{"field": "index", "rule": "exists"}],
+        )
+    return FileResponse(
+        path,
+        media_type=output.content_type,
+        headers={"ETag": etag, "Cache-Control": "private, max-age=31536000, immutable"},
+    )
+
+
+def _wait(raw: str | None) -> float:
+    if raw is None or raw == "":
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= MAX_WAIT_S:
+        raise ValidationFailed(
+            f"wait must be a number of seconds from 0 to {MAX_WAIT_S}",
+            details=[{"field": "wait", "rule": "range", "minimum": 0, "maximum": MAX_WAIT_S}],
+        )
+    return value
 
 
 def _limit(raw: str | None) -> int:
     if raw is None or raw == "":
         return 20
     if not raw.isdigit() or not 1 <= int(raw) <= 100:
-        raise ValidationFailed("limit must be an integer from 1 to 100",
-                               details=[{"field": "limit", "rule": "range", "minimum": 1, "maximum": 100}])
+        raise ValidationFailed(
+            "limit must be an integer from 1 to 100",
+            details=[{"field": "limit", "rule": "range", "minimum": 1, "maximum": 100}],
+        )
     return int(raw)

@@ -18,9 +18,23 @@ from starlette.routing import Mount, Route
 from handlers.auth import ApiKeyMiddleware
 from handlers.callbacks import receive_callback
 from handlers.errors import EXCEPTION_HANDLERS
+from handlers.events import stream_events
 from handlers.health import healthz
 from handlers.jobs import cancel_job, create_job, get_job, get_output, list_jobs
 from handlers.models import list_models
+from handlers.subscriptions import (
+    create_subscription,
+    delete_subscription,
+    get_subscription,
+    job_deliveries,
+    list_subscriptions,
+    recover,
+    redeliver,
+    rotate_secret,
+    subscription_deliveries,
+    update_subscription,
+    webhook_secret,
+)
 from handlers.uploads import create_upload, get_upload
 from service.catalog import Catalog
 from service.context import Clock, WorkContext
@@ -77,12 +91,12 @@ async def open_context(
     store = await Store.open(
         settings.db_path, synchronous=settings.sqlite_synchronous, public_url=settings.public_url
     )
+    try:
+        policy = EgressPolicy.from_setting(settings.allow_private_destinations)
+    except ValueError as exc:
+        await store.close()
+        raise ConfigError(f"FLUXHOOK_ALLOW_PRIVATE_DESTINATIONS: {exc}") from exc
     if notify_transport is None:
-        try:
-            policy = EgressPolicy.from_setting(settings.allow_private_destinations)
-        except ValueError as exc:
-            await store.close()
-            raise ConfigError(f"FLUXHOOK_ALLOW_PRIVATE_DESTINATIONS: {exc}") from exc
         notify_transport = guarded_transport(policy)
     try:
         limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
@@ -104,6 +118,7 @@ async def open_context(
                 upload_tokens=UploadTokens(settings.secret_key),
                 clock=clock,
                 rand=rand or random.Random(),
+                egress=policy,
             )
     finally:
         await store.close()
@@ -150,7 +165,19 @@ def create_app(
         Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
         Route("/v1/jobs/{job_id}/outputs/{index}", get_output, methods=["GET"]),
         Route("/v1/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
+        Route("/v1/jobs/{job_id}/deliveries", job_deliveries, methods=["GET"]),
         Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/subscriptions", create_subscription, methods=["POST"]),
+        Route("/v1/subscriptions", list_subscriptions, methods=["GET"]),
+        Route("/v1/subscriptions/{subscription_id}", get_subscription, methods=["GET"]),
+        Route("/v1/subscriptions/{subscription_id}", update_subscription, methods=["PATCH"]),
+        Route("/v1/subscriptions/{subscription_id}", delete_subscription, methods=["DELETE"]),
+        Route("/v1/subscriptions/{subscription_id}/rotate-secret", rotate_secret, methods=["POST"]),
+        Route("/v1/subscriptions/{subscription_id}/deliveries", subscription_deliveries, methods=["GET"]),
+        Route("/v1/subscriptions/{subscription_id}/recover", recover, methods=["POST"]),
+        Route("/v1/deliveries/{delivery_id}/redeliver", redeliver, methods=["POST"]),
+        Route("/v1/webhook-secret", webhook_secret, methods=["GET"]),
+        Route("/v1/events", stream_events, methods=["GET"]),
         Route("/v1/uploads", create_upload, methods=["POST"]),
         Route("/uploads/{token}", get_upload, methods=["GET"]),
         Route("/v1/callbacks/{provider}/{token}", receive_callback, methods=["POST"]),

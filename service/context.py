@@ -10,6 +10,7 @@ import anyio
 import httpx
 
 from service.catalog import Catalog
+from service.egress import EgressPolicy
 from service.providers.base import Adapter
 from service.settings import Settings
 from service.tokens import CallbackTokens, UploadTokens
@@ -53,6 +54,7 @@ class WorkContext:
     upload_tokens: UploadTokens
     clock: Clock
     rand: random.Random
+    egress: EgressPolicy = field(default_factory=EgressPolicy)
     # Fired whenever something is committed, so in-process loops react at once; loops in other
     # processes find the same work by looking at the database every `worker_idle_s`.
     signals: Signals = field(default_factory=Signals)

@@ -47,6 +47,8 @@ def job_document(
             {"code": job.error_code, "message": job.error_message} if job.error_code else None
         ),
         "completion_source": job.completion_source,
+        "webhook_url": job.webhook_url,
+        "webhook_events": list(job.webhook_events),
         "attempts": [
             {
                 "provider": a.provider,

@@ -11,7 +11,7 @@ from typing import Any
 from service.catalog import Catalog, Model, validate_input
 from service.errors import ValidationFailed
 
-_FIELDS = ("provider", "model", "input", "metadata")
+_FIELDS = ("provider", "model", "input", "metadata", "webhook_url", "webhook_events")
 MAX_METADATA_BYTES = 16_384
 
 

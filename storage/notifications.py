@@ -411,6 +411,11 @@ class NotificationMethods:
 
     # The event log ----------------------------------------------------------------------------
 
+    async def latest_event_seq(self) -> int:
+        async with self._read() as db:
+            row = await (await db.execute("SELECT MAX(seq) FROM events")).fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
     async def list_events(
         self, *, after: int, job_id: str | None = None, types: Sequence[str] = (), limit: int = 100
     ) -> list[EventRecord]:
