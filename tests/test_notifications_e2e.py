@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 
 import anyio
-import httpx
 import pytest
 from standardwebhooks import Webhook
 
