@@ -142,7 +142,7 @@ class Notifier:
         claimed = await ctx.store.claim_due_deliveries(
             now=ctx.clock(),
             limit=limit,
-            lease_ms=ctx.ms(ctx.settings.webhook_timeout_s + 60),
+            lease_ms=ctx.ms(max(ctx.settings.task_lease_s, ctx.settings.webhook_timeout_s + 5)),
             busy=self._busy,
             per_destination=ctx.settings.webhook_per_destination,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import signal
 import subprocess
 import sys
@@ -31,7 +32,10 @@ def start_fluxhook(env: dict[str, str], port: int, log: Path) -> subprocess.Pope
     with open(log, "ab") as handle:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
             [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
-            cwd=ROOT, env={**os.environ, **env}, stdout=handle, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=handle,
+            stderr=subprocess.STDOUT,
         )
 
 
@@ -66,8 +70,13 @@ async def test_sigkill_with_callbacks_acknowledged_and_images_unstored_loses_not
             with anyio.fail_after(30):
                 while True:
                     docs = [(await client.get(f"/v1/jobs/{j}")).json() for j in ids]
-                    acked_unstored = [d for d in docs if d["completion_source"] == "callback"
-                                      and d["status"] == "running" and not d["outputs"]]
+                    acked_unstored = [
+                        d
+                        for d in docs
+                        if d["completion_source"] == "callback"
+                        and d["status"] == "running"
+                        and not d["outputs"]
+                    ]
                     if len(acked_unstored) >= 4:
                         break
                     await anyio.sleep(0.05)
@@ -89,3 +98,71 @@ async def test_sigkill_with_callbacks_acknowledged_and_images_unstored_loses_not
         finally:
             process.kill()
             process.wait(timeout=10)
+
+
+async def test_sigkill_with_deliveries_pending_delivers_them_all_after_restart(tmp_path: Path):
+    """The receiver is down while jobs finish; fluxhook is killed with every delivery pending;
+    after both come back, every event reaches the receiver."""
+    from standardwebhooks import Webhook
+
+    from tests.receivers import Receiver
+
+    simulator = create_simulator_app(SimulatorConfig(latency_s=(0.2, 0.5), seed=8))
+    sock = bind_loopback()
+    port = sock.getsockname()[1]
+    sock.close()
+    receiver_sock = bind_loopback()
+    receiver_url = f"http://127.0.0.1:{receiver_sock.getsockname()[1]}"
+    receiver_sock.close()  # nothing listens there yet: connection refused
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "fluxhook.log"
+    receiver = Receiver(fetch_outputs=False)
+    async with serve(simulator) as provider_url, httpx.AsyncClient(base_url=base, timeout=10) as client:
+        env = fluxhook_env(
+            tmp_path / "data",
+            base,
+            provider_url,
+            FLUXHOOK_TASK_LEASE_SECONDS="2",
+            FLUXHOOK_ALLOW_PRIVATE_DESTINATIONS="loopback",
+            FLUXHOOK_WEBHOOK_TIMEOUT_SECONDS="1",
+            FLUXHOOK_WEBHOOK_RETRY_SCHEDULE=",".join(["0", *["1"] * 60]),
+        )
+        process = start_fluxhook(env, port, log)
+        try:
+            await wait_healthy(client, process)
+            sub = (await client.post("/v1/subscriptions", json={"url": f"{receiver_url}/hook"})).json()
+            ids = await submit_jobs(client, 5)
+            await wait_terminal(client, ids, timeout=30)
+            pending = (await client.get(f"/v1/subscriptions/{sub['id']}/deliveries")).json()["data"]
+            assert pending and all(d["status"] == "pending" for d in pending)
+            assert all(d["attempt_count"] >= 1 and d["last_error"] for d in pending)
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=10)
+
+            rebound = socket.socket()
+            rebound.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            rebound.bind(("127.0.0.1", int(receiver_url.rsplit(":", 1)[1])))
+            rebound.listen(64)
+            async with serve(receiver.app(), rebound):
+                process = start_fluxhook(env, port, log)
+                await wait_healthy(client, process)
+                expected = {d["event_id"] for d in pending}
+                with anyio.fail_after(30):
+                    while not expected <= set(receiver.accepted_ids()):
+                        await anyio.sleep(0.1)
+                final = (await client.get(f"/v1/subscriptions/{sub['id']}/deliveries")).json()["data"]
+        finally:
+            process.kill()
+            process.wait(timeout=10)
+
+    assert {d["status"] for d in final} == {"delivered"}
+    assert len(receiver.accepted_ids()) == len(set(receiver.accepted_ids()))
+    for got in receiver.received:
+        Webhook(sub["secret"]).verify(
+            got.body,
+            {
+                "webhook-id": got.webhook_id,
+                "webhook-timestamp": got.timestamp,
+                "webhook-signature": got.signature,
+            },
+        )
