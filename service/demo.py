@@ -79,6 +79,7 @@ class DemoReceiver:
     def __init__(self) -> None:
         self.secret = ""
         self.seen: list[dict[str, Any]] = []
+        self.arrived = anyio.Event()  # set (and replaced) on every notification
 
     def app(self) -> Starlette:
         return Starlette(routes=[Route("/hooks/fluxhook", self.receive, methods=["POST"])])
@@ -230,7 +231,7 @@ async def watch(client: httpx.AsyncClient, ids: list[str], started: float) -> di
 async def wait_for_notifications(receiver: DemoReceiver, count: int) -> None:
     with anyio.move_on_after(15):
         while len({s["id"] for s in receiver.seen if s["verified"]}) < count:
-            await anyio.sleep(0.1)
+            await receiver.arrived.wait()
 
 
 def summarize(final: dict[str, dict], receiver: DemoReceiver, settings: Settings) -> int:
