@@ -11,7 +11,8 @@ from service.jobs import Source
 from service.reports import observe
 from service.signing import Verdict
 from service.tokens import CallbackTarget
-from storage.store import Recorded, Schedule
+from storage.records import JobRecord
+from storage.store import Judgement, Recorded, Schedule
 
 log = logging.getLogger("fluxhook.callbacks")
 
@@ -30,33 +31,26 @@ async def ingest_callback(
     if adapter is None:
         raise CallbackRejected(f"provider {target.provider!r} is not configured",
                                code="unknown_provider", status_code=404)
-    job = await ctx.store.get_job(target.job_id)
-    if job is None:
-        raise CallbackRejected("callback token names no job here", code="unknown_job",
-                               status_code=403)
-    verdict = adapter.verify_callback(headers, body, job.webhook_secret)
-    report = adapter.parse_callback(body)
-    if (report.provider_job_id and job.provider_job_id
-            and report.provider_job_id != job.provider_job_id):
-        raise CallbackRejected("callback is about another job than its token names",
-                               code="wrong_job", status_code=403)
     now = ctx.clock()
-    observation = None
-    if verdict is Verdict.VERIFIED:
+
+    def judge(job: JobRecord) -> Judgement:
+        verdict = adapter.verify_callback(headers, body, job.webhook_secret)
+        report = adapter.parse_callback(body)
+        if report.provider_job_id and job.provider_job_id and report.provider_job_id != job.provider_job_id:
+            raise CallbackRejected("callback is about another job than its token names",
+                                   code="wrong_job", status_code=403)
+        if verdict is not Verdict.VERIFIED:
+            return Judgement(verdict.value, report.state.value, confirm_at=now)
         observation = observe(report, source=Source.CALLBACK, submitted_at=job.submitted_at,
                               now=now, not_found_grace_ms=ctx.ms(ctx.settings.not_found_grace_s))
+        return Judgement(verdict.value, report.state.value, observation)
+
     recorded = await ctx.store.record_callback(
-        job.id,
-        provider=target.provider,
-        verdict=verdict.value,
-        body=body,
-        state=report.state.value,
-        observation=observation,
-        now=now,
+        target.job_id, provider=target.provider, body=body, judge=judge, now=now,
         schedule=Schedule(fetch_at=now),
-        confirm_at=now if verdict is Verdict.UNSIGNED else None,
     )
-    log.info("job %s: %s callback (%s)%s", job.id, verdict.value, report.state.value,
-             " duplicate" if recorded.duplicate else "")
+    job = recorded.job
+    verdict_text = "verified" if recorded.transition is not None else "unsigned"
+    log.info("job %s: %s callback%s", job.id, verdict_text, " (duplicate)" if recorded.duplicate else "")
     ctx.nudge()
     return recorded

@@ -13,7 +13,7 @@ import base64
 import hashlib
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -23,7 +23,7 @@ from typing import Any
 import aiosqlite
 import anyio
 
-from service.errors import Conflict, MalformedRequest, StoreUnavailable
+from service.errors import CallbackRejected, Conflict, MalformedRequest, StoreUnavailable
 from service.jobs import TERMINAL, Effect, JobState, JobStatus, Observation, Transition, apply
 from storage.migrations import MIGRATIONS
 from storage.notifications import NotificationMethods, emit_job_event
@@ -51,6 +51,16 @@ class TaskOutcome:
     task_id: int
     retry_at: int | None = None
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What a callback proved: its verdict, the provider state it reports, and what to do."""
+
+    verdict: str
+    state: str | None
+    observation: Observation | None = None
+    confirm_at: int | None = None
 
 
 @dataclass(frozen=True)
@@ -110,7 +120,7 @@ class Store(NotificationMethods):
 
     async def _migrate(self) -> None:
         async with self._write() as db:
-            version = (await (await db.execute("PRAGMA user_version")).fetchone())[0]
+            version = (_first(await db.execute_fetchall("PRAGMA user_version")))[0]
             for number, script in enumerate(MIGRATIONS, start=1):
                 if number <= version:
                     continue
@@ -152,7 +162,7 @@ class Store(NotificationMethods):
 
     async def ping(self) -> bool:
         async with self._read() as db:
-            row = await (await db.execute("SELECT 1")).fetchone()
+            row = _first(await db.execute_fetchall("SELECT 1"))
             return row is not None and row[0] == 1
 
     async def get_job(self, job_id: str) -> JobRecord | None:
@@ -173,7 +183,7 @@ class Store(NotificationMethods):
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = f"SELECT * FROM jobs {where} ORDER BY created_at DESC, id DESC LIMIT ?"  # noqa: S608
         async with self._read() as db:
-            rows = await (await db.execute(sql, [*params, limit])).fetchall()
+            rows = await db.execute_fetchall(sql, [*params, limit])
         return [JobRecord.from_row(r) for r in rows]
 
     async def get_outputs(self, job_ids: Sequence[str]) -> dict[str, list[OutputRecord]]:
@@ -183,7 +193,7 @@ class Store(NotificationMethods):
         marks = ",".join("?" * len(job_ids))
         sql = f"SELECT * FROM outputs WHERE job_id IN ({marks}) ORDER BY job_id, idx"  # noqa: S608
         async with self._read() as db:
-            for row in await (await db.execute(sql, list(job_ids))).fetchall():
+            for row in await db.execute_fetchall(sql, list(job_ids)):
                 result[row["job_id"]].append(OutputRecord.from_row(row))
         return result
 
@@ -197,7 +207,7 @@ class Store(NotificationMethods):
     async def next_due_at(self) -> int | None:
         """When the earliest task becomes claimable (due and not leased)."""
         async with self._read() as db:
-            row = await (await db.execute("SELECT MIN(MAX(due_at, lease_until)) FROM tasks")).fetchone()
+            row = _first(await db.execute_fetchall("SELECT MIN(MAX(due_at, lease_until)) FROM tasks"))
         return row[0] if row and row[0] is not None else None
 
     async def get_tasks(self, job_id: str) -> list[TaskRecord]:
@@ -209,7 +219,7 @@ class Store(NotificationMethods):
 
     async def count_tasks(self) -> dict[str, int]:
         async with self._read() as db:
-            rows = await (await db.execute("SELECT kind, COUNT(*) FROM tasks GROUP BY kind")).fetchall()
+            rows = await db.execute_fetchall("SELECT kind, COUNT(*) FROM tasks GROUP BY kind")
         return {row[0]: row[1] for row in rows}
 
     # Writes -----------------------------------------------------------------------------------
@@ -293,21 +303,26 @@ class Store(NotificationMethods):
         job_id: str,
         *,
         provider: str,
-        verdict: str,
         body: bytes,
-        state: str | None,
-        observation: Observation | None,
+        judge: Callable[[JobRecord], Judgement],
         now: int,
         schedule: Schedule,
-        confirm_at: int | None,
     ) -> Recorded:
-        """Keep a callback durably, then act on it: apply a verified observation, or for a hint
-        (no verifiable signature) make the confirming poll due at `confirm_at`."""
+        """Judge a callback against its job and keep it durably, in one transaction.
+
+        `judge` is pure (signature check, parsing) and may raise to refuse the callback, which
+        then changes nothing. A verified observation is applied; for a hint (no verifiable
+        signature) the confirming poll is made due at `judgement.confirm_at`.
+        """
         digest = hashlib.sha256(body).hexdigest()
         async with self._write() as db:
             job = await _select_job(db, job_id)
             if job is None:
-                raise MalformedRequest("callback for an unknown job", code="unknown_job")
+                raise CallbackRejected("callback token names no job here", code="unknown_job",
+                                       status_code=403)
+            judgement = judge(job)
+            verdict, state = judgement.verdict, judgement.state
+            observation, confirm_at = judgement.observation, judgement.confirm_at
             cursor = await db.execute(
                 """INSERT INTO callbacks (job_id, provider, body_sha256, verdict, state, body, received_at)
                    VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, body_sha256) DO NOTHING""",
@@ -408,7 +423,7 @@ class Store(NotificationMethods):
         marks = ",".join("?" * len(job_ids))
         sql = f"SELECT * FROM attempts WHERE job_id IN ({marks}) ORDER BY id"  # noqa: S608
         async with self._read() as db:
-            for row in await (await db.execute(sql, list(job_ids))).fetchall():
+            for row in await db.execute_fetchall(sql, list(job_ids)):
                 result[row["job_id"]].append(AttemptRecord.from_row(row))
         return result
 
@@ -429,7 +444,7 @@ class Store(NotificationMethods):
 
     async def get_upload(self, upload_id: str) -> UploadRecord | None:
         async with self._read() as db:
-            row = await (await db.execute("SELECT * FROM uploads WHERE id = ?", (upload_id,))).fetchone()
+            row = _first(await db.execute_fetchall("SELECT * FROM uploads WHERE id = ?", (upload_id,)))
         return UploadRecord.from_row(row) if row else None
 
     async def claim_due_tasks(self, *, now: int, limit: int, lease_ms: int) -> list[TaskRecord]:
@@ -462,7 +477,7 @@ class Store(NotificationMethods):
 
 
 async def _select_job(db: aiosqlite.Connection, job_id: str) -> JobRecord | None:
-    row = await (await db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))).fetchone()
+    row = _first(await db.execute_fetchall("SELECT * FROM jobs WHERE id = ?", (job_id,)))
     return JobRecord.from_row(row) if row else None
 
 
@@ -546,7 +561,7 @@ async def _materialize(
 
 
 async def _end_task(db: aiosqlite.Connection, outcome: TaskOutcome, state: JobState) -> None:
-    row = await (await db.execute("SELECT kind FROM tasks WHERE id = ?", (outcome.task_id,))).fetchone()
+    row = _first(await db.execute_fetchall("SELECT kind FROM tasks WHERE id = ?", (outcome.task_id,)))
     if row is None:
         return  # already ended by an effect of this or a concurrent transition
     polling_over = row["kind"] == TaskKind.POLL.value and not state.awaiting_provider
@@ -566,6 +581,11 @@ async def _upsert_task(db: aiosqlite.Connection, job_id: str, kind: TaskKind, du
            ON CONFLICT (job_id, kind) DO UPDATE SET due_at = MIN(due_at, excluded.due_at)""",
         (job_id, kind.value, due_at, now),
     )
+
+
+def _first(rows: Any) -> Any:
+    """The first row of an `execute_fetchall` result, or None (one thread hop, not two)."""
+    return rows[0] if rows else None
 
 
 def _json(value: Any) -> str:
