@@ -32,7 +32,8 @@ async def api_error(request: Request, exc: Exception) -> Response:
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
-    return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+    return error_response(exc.status_code, code, str(exc.detail),
+                          headers=dict(exc.headers) if exc.headers else None)
 
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
@@ -26,7 +28,7 @@ def _ctx(request: Request) -> WorkContext:
     return ctx
 
 
-async def documents(ctx: WorkContext, jobs: list[JobRecord]) -> list[dict]:
+async def documents(ctx: WorkContext, jobs: list[JobRecord]) -> list[dict[str, Any]]:
     ids = [job.id for job in jobs]
     outputs = await ctx.store.get_outputs(ids)
     attempts = await ctx.store.get_attempts(ids)

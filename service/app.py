@@ -187,6 +187,6 @@ def create_app(
     return Starlette(
         routes=routes,
         middleware=[Middleware(ApiKeyMiddleware, api_key=settings.api_key)],
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

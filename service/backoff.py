@@ -13,7 +13,7 @@ def next_delay(attempt: int, *, base: float, cap: float, rand: Callable[[], floa
     "Equal jitter" (AWS architecture blog, "Exponential Backoff and Jitter"): half the
     exponential step is kept, half is random, so retries spread out without collapsing to 0.
     """
-    step = min(cap, base * (2 ** max(attempt, 0)))
+    step = min(cap, base * 2.0 ** max(attempt, 0))
     return step / 2 + rand() * step / 2
 
 

@@ -206,10 +206,10 @@ async def run_demo(data_dir: Path) -> int:
     return summarize(final, receiver, settings)
 
 
-async def watch(client: httpx.AsyncClient, ids: list[str], started: float) -> dict[str, dict]:
+async def watch(client: httpx.AsyncClient, ids: list[str], started: float) -> dict[str, dict[str, Any]]:
     """Print each status change as it happens; return the final documents."""
     seen: dict[str, str] = {}
-    latest: dict[str, dict] = {}
+    latest: dict[str, dict[str, Any]] = {}
     with anyio.fail_after(120):
         while True:
             for job_id in ids:
@@ -234,7 +234,7 @@ async def wait_for_notifications(receiver: DemoReceiver, count: int) -> None:
             await receiver.arrived.wait()
 
 
-def summarize(final: dict[str, dict], receiver: DemoReceiver, settings: Settings) -> int:
+def summarize(final: dict[str, dict[str, Any]], receiver: DemoReceiver, settings: Settings) -> int:
     blobs = BlobStore(settings.blob_dir)
     print("\njobs")
     ok = True

@@ -6,6 +6,7 @@ prefix so the callback endpoint can tell "not ours at all" from "ours but tamper
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
@@ -67,7 +68,7 @@ class UploadTokens:
         if not token.startswith(UPLOAD_PREFIX):
             raise NotFound("no such upload", details=[{"field": "token", "rule": "exists"}])
         try:
-            value = self._serializer.loads(token[len(UPLOAD_PREFIX):], max_age=max_age_s)
+            value = self._serializer.loads(token[len(UPLOAD_PREFIX):], max_age=math.ceil(max_age_s))
         except SignatureExpired as exc:
             raise ApiError("this upload URL has expired", code="expired", status_code=410,
                            details=[{"field": "token", "rule": "max_age"}]) from exc

@@ -173,7 +173,8 @@ class Store(NotificationMethods):
         self, *, status: str | None, limit: int, before: tuple[int, str] | None
     ) -> list[JobRecord]:
         """Newest first; `before` is the (created_at, id) of the last job already seen."""
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[Any] = []
         if status:
             clauses.append("status = ?")
             params.append(status)

@@ -80,9 +80,14 @@ class StatusReport:
 class Adapter(Protocol):
     """One provider protocol. Every method is pure."""
 
-    name: str
-    output_hosts: tuple[str, ...]
-    supports_webhooks: bool
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def output_hosts(self) -> tuple[str, ...]: ...
+
+    @property
+    def supports_webhooks(self) -> bool: ...
 
     def submit_call(self, order: SubmitOrder) -> ProviderCall: ...
 

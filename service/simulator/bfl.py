@@ -122,6 +122,7 @@ def parse_inputs(body: Mapping[str, Any]) -> tuple[BflInputs | None, list[dict[s
         width, height = size.get("width", DEFAULT_SIZE[0]), size.get("height", DEFAULT_SIZE[1])
     else:
         width, height = size_for_aspect_ratio(ratio)  # Kontext: aspect_ratio instead of size
+    assert isinstance(prompt, str)  # checked above: a missing prompt is a 422
     return BflInputs(
         prompt=prompt,
         width=width,

@@ -81,7 +81,7 @@ def parse_inputs(model_path: str, body: Mapping[str, Any]) -> tuple[ModelInputs 
         return None, "output_format must be jpeg, png or webp"
     width, height = body.get("width"), body.get("height")
     if width is not None or height is not None:
-        if not all(is_int(v) and 64 <= v <= 1440 for v in (width, height)):
+        if not (is_int(width) and is_int(height) and 64 <= width <= 1440 and 64 <= height <= 1440):
             return None, "width and height must both be integers from 64 to 1440"
     else:
         # Real outputs are ~1 MP; a 512-pixel long side keeps tests and the demo fast.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -117,7 +117,7 @@ def json_response(payload: Mapping[str, Any] | list[Any], status_code: int = 200
     return JSONResponse(payload, status_code=status_code)
 
 
-def is_int(value: Any) -> bool:
+def is_int(value: Any) -> TypeGuard[int]:
     """True for a JSON integer (bool is an int in Python but not in JSON)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
