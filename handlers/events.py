@@ -13,6 +13,7 @@ from service.errors import ValidationFailed
 from storage.notifications import EVENT_TYPES
 
 KEEPALIVE_S = 15.0
+MAX_EVENT_ID = 2**63 - 1  # SQLite's largest INTEGER, so the largest seq
 
 
 async def stream_events(request: Request) -> Response:
@@ -28,7 +29,12 @@ async def stream_events(request: Request) -> Response:
             details=[{"field": "type", "rule": "enum", "allowed": list(EVENT_TYPES)}],
         )
     resume = request.headers.get("last-event-id") or params.get("last_event_id")
-    if resume is not None and not resume.isdigit():
+    # str.isdigit() alone is not enough: it accepts "²" (which int() rejects, a 500) and "٣"
+    # (which int() reads as 3); int() refuses over 4300 digits (another 500); and an id past
+    # SQLite's integer range fails the first query after the 200 has gone out, breaking the stream.
+    if resume is not None and not (
+        resume.isascii() and resume.isdigit() and len(resume) <= 19 and int(resume) <= MAX_EVENT_ID
+    ):
         raise ValidationFailed(
             "Last-Event-ID must be an event id this stream sent",
             details=[{"field": "Last-Event-ID", "rule": "format", "expected": "integer"}],

@@ -53,23 +53,27 @@ class Notifier:
         headers = webhook_headers(secrets, delivery.event_id, started_at // 1000, delivery.body)
         headers["user-agent"] = "fluxhook-webhooks/1"
         status: int | None = None
-        head: str | None = None
+        received = bytearray()  # what of the response body has come, kept if the time runs out
         error: str | None = None
         retry_after: float | None = None
         began = time.perf_counter()
         try:
-            async with ctx.notify_client.stream(
-                "POST", delivery.url, content=delivery.body, headers=headers
-            ) as response:
-                status = response.status_code
-                retry_after = parse_retry_after(response.headers.get("retry-after"), now_ms=ctx.clock())
-                head = await _read_head(response)
-        except httpx.TimeoutException:
+            # httpx's timeout bounds each read, not the attempt: a receiver sending a byte now
+            # and then would hold the attempt (and, past its lease, see it sent twice at once).
+            with anyio.fail_after(ctx.settings.webhook_timeout_s):
+                async with ctx.notify_client.stream(
+                    "POST", delivery.url, content=delivery.body, headers=headers
+                ) as response:
+                    status = response.status_code
+                    retry_after = parse_retry_after(response.headers.get("retry-after"), now_ms=ctx.clock())
+                    await _read_head(response, received)
+        except (httpx.TimeoutException, TimeoutError):
             error = f"timed out after {ctx.settings.webhook_timeout_s:g}s"
         except httpx.HTTPError as exc:
             refused = refused_cause(exc)
             error = f"destination refused: {refused.reason}" if refused else f"{type(exc).__name__}"
         duration_ms = int((time.perf_counter() - began) * 1000)
+        head = received[:RESPONSE_HEAD_BYTES].decode("utf-8", "replace") if status is not None else None
         delivered = status is not None and 200 <= status < 300
         if status is not None and not delivered:
             error = f"HTTP {status}" + (" (redirects are not followed)" if 300 <= status < 400 else "")
@@ -165,21 +169,26 @@ class Notifier:
             self.ctx.signals.deliveries.fire()
 
     async def _sleep(self, wake: anyio.Event) -> None:
-        wait = self.ctx.settings.worker_idle_s
-        try:
-            due = await self.ctx.store.pending_delivery_due()
-        except Exception:
-            due = None
+        settings = self.ctx.settings
+        wait = settings.worker_idle_s
+        # Due rows that cannot be sent until a slot frees (all slots busy, or their destination
+        # at its cap) must not cut this sleep short: a freed slot fires `wake`, and counting
+        # them as due would turn this sleep into a busy loop.
+        full = [key for key, count in self._busy.items() if count >= settings.webhook_per_destination]
+        due = None
+        if sum(self._busy.values()) < settings.webhook_concurrency:
+            try:
+                due = await self.ctx.store.pending_delivery_due(exclude=full)
+            except Exception:
+                due = None
         if due is not None:
             wait = min(wait, max(0.0, (due - self.ctx.clock()) / 1000))
         with anyio.move_on_after(wait):
             await wake.wait()
 
 
-async def _read_head(response: httpx.Response) -> str:
-    head = bytearray()
+async def _read_head(response: httpx.Response, into: bytearray) -> None:
     async for chunk in response.aiter_bytes():
-        head.extend(chunk)
-        if len(head) >= RESPONSE_HEAD_BYTES:
+        into.extend(chunk)
+        if len(into) >= RESPONSE_HEAD_BYTES:
             break
-    return head[:RESPONSE_HEAD_BYTES].decode("utf-8", "replace")

@@ -234,58 +234,75 @@ class NotificationMethods:
     async def claim_due_deliveries(
         self, *, now: int, limit: int, lease_ms: int, busy: Mapping[str, int], per_destination: int
     ) -> list[ClaimedDelivery]:
-        """Lease due deliveries, at most `per_destination` in flight per destination."""
+        """Lease due deliveries, at most `per_destination` in flight per destination.
+
+        Destinations already at their cap are left out of the query itself, and it looks again
+        until `limit` are leased or none is left: with a plain LIMIT window, one slow
+        destination's backlog of due rows (all skipped) could fill the window and starve every
+        other destination until it drained. A subscription's delivery goes to the subscription's
+        URL as it is now, so a changed URL applies to retries, redeliveries and recoveries.
+        """
         async with self._write() as db:
-            rows = await (
-                await db.execute(
-                    """SELECT d.*, e.id AS event_id, e.type AS event_type, e.body AS body,
-                          s.secret AS secret, s.previous_secret AS previous_secret,
-                          s.previous_secret_until AS previous_until, s.status AS sub_status
-                   FROM deliveries d JOIN events e ON e.seq = d.event_seq
-                   LEFT JOIN subscriptions s ON s.id = d.subscription_id
-                   WHERE d.status = 'pending' AND d.next_attempt_at <= ? AND d.lease_until <= ?
-                   ORDER BY d.next_attempt_at, d.created_at LIMIT ?""",
-                    (now, now, limit * 4),
-                )
-            ).fetchall()
             taken: dict[str, int] = dict(busy)
             claimed: list[ClaimedDelivery] = []
-            for row in rows:
-                if len(claimed) >= limit:
-                    break
-                if row["subscription_id"] is not None and row["sub_status"] != "enabled":
+            while len(claimed) < limit:
+                # Every row looked at below is cancelled, leased (lease_until > now) or skipped
+                # because its destination is full, so no row comes back again: this ends.
+                full = [key for key, count in taken.items() if count >= per_destination]
+                marks = ",".join("?" * len(full))
+                not_full = f"AND COALESCE(d.subscription_id, d.url) NOT IN ({marks})" if full else ""
+                rows = await (
                     await db.execute(
-                        "UPDATE deliveries SET status = 'cancelled', last_error = ? WHERE id = ?",
-                        ("subscription disabled or deleted", row["id"]),
+                        f"""SELECT d.*, e.id AS event_id, e.type AS event_type, e.body AS body,
+                              s.url AS sub_url, s.secret AS secret, s.previous_secret AS previous_secret,
+                              s.previous_secret_until AS previous_until, s.status AS sub_status
+                       FROM deliveries d JOIN events e ON e.seq = d.event_seq
+                       LEFT JOIN subscriptions s ON s.id = d.subscription_id
+                       WHERE d.status = 'pending' AND d.next_attempt_at <= ? AND d.lease_until <= ? {not_full}
+                       ORDER BY d.next_attempt_at, d.created_at LIMIT ?""",  # noqa: S608
+                        (now, now, *full, limit * 4),
                     )
-                    continue
-                key = destination_key(row["subscription_id"], row["url"])
-                if taken.get(key, 0) >= per_destination:
-                    continue
-                taken[key] = taken.get(key, 0) + 1
-                await db.execute(
-                    "UPDATE deliveries SET lease_until = ?, attempts = attempts + 1 WHERE id = ?",
-                    (now + lease_ms, row["id"]),
-                )
-                live = []
-                if row["secret"]:
-                    live.append(row["secret"])
-                    if row["previous_secret"] and (row["previous_until"] or 0) > now:
-                        live.append(row["previous_secret"])
-                claimed.append(
-                    ClaimedDelivery(
-                        id=row["id"],
-                        event_id=row["event_id"],
-                        event_type=row["event_type"],
-                        body=row["body"],
-                        url=row["url"],
-                        subscription_id=row["subscription_id"],
-                        job_id=row["job_id"],
-                        attempt=row["attempts"] + 1,
-                        manual=bool(row["manual"]),
-                        secrets=tuple(live),
+                ).fetchall()
+                if not rows:
+                    break
+                for row in rows:
+                    if len(claimed) >= limit:
+                        break
+                    if row["subscription_id"] is not None and row["sub_status"] != "enabled":
+                        await db.execute(
+                            "UPDATE deliveries SET status = 'cancelled', last_error = ? WHERE id = ?",
+                            ("subscription disabled or deleted", row["id"]),
+                        )
+                        continue
+                    key = destination_key(row["subscription_id"], row["url"])
+                    if taken.get(key, 0) >= per_destination:
+                        continue
+                    taken[key] = taken.get(key, 0) + 1
+                    url = row["sub_url"] if row["subscription_id"] is not None else row["url"]
+                    await db.execute(
+                        "UPDATE deliveries SET lease_until = ?, attempts = attempts + 1, url = ? "
+                        "WHERE id = ?",
+                        (now + lease_ms, url, row["id"]),
                     )
-                )
+                    live = []
+                    if row["secret"]:
+                        live.append(row["secret"])
+                        if row["previous_secret"] and (row["previous_until"] or 0) > now:
+                            live.append(row["previous_secret"])
+                    claimed.append(
+                        ClaimedDelivery(
+                            id=row["id"],
+                            event_id=row["event_id"],
+                            event_type=row["event_type"],
+                            body=row["body"],
+                            url=url,
+                            subscription_id=row["subscription_id"],
+                            job_id=row["job_id"],
+                            attempt=row["attempts"] + 1,
+                            manual=bool(row["manual"]),
+                            secrets=tuple(live),
+                        )
+                    )
             return claimed
 
     async def record_delivery_attempt(
@@ -400,11 +417,17 @@ class NotificationMethods:
                 )
             return result
 
-    async def pending_delivery_due(self) -> int | None:
+    async def pending_delivery_due(self, *, exclude: Sequence[str] = ()) -> int | None:
+        """When the next pending delivery falls due, leaving out destinations in `exclude`
+        (those at their in-flight cap: a freed slot wakes the notifier, so waiting on their
+        already-due rows would only make it spin)."""
+        not_excluded = f"AND {_DESTINATION} NOT IN ({','.join('?' * len(exclude))})" if exclude else ""
         async with self._read() as db:
             row = await (
                 await db.execute(
-                    "SELECT MIN(MAX(next_attempt_at, lease_until)) FROM deliveries WHERE status = 'pending'"
+                    "SELECT MIN(MAX(next_attempt_at, lease_until)) FROM deliveries "  # noqa: S608
+                    f"WHERE status = 'pending' {not_excluded}",
+                    tuple(exclude),
                 )
             ).fetchone()
         return row[0] if row and row[0] is not None else None
@@ -419,7 +442,8 @@ class NotificationMethods:
     async def list_events(
         self, *, after: int, job_id: str | None = None, types: Sequence[str] = (), limit: int = 100
     ) -> list[EventRecord]:
-        clauses, params = ["seq > ?"], [after]
+        clauses: list[str] = ["seq > ?"]
+        params: list[object] = [after]
         if job_id:
             clauses.append("job_id = ?")
             params.append(job_id)
@@ -438,6 +462,9 @@ _DELIVERIES_SQL = """SELECT d.*, e.id AS event_id, e.type AS event_type FROM del
 
 def destination_key(subscription_id: str | None, url: str) -> str:
     return subscription_id or url
+
+
+_DESTINATION = "COALESCE(subscription_id, url)"  # destination_key, in SQL over deliveries
 
 
 async def _subscription(db: aiosqlite.Connection, sub_id: str) -> SubscriptionRecord | None:
