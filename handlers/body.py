@@ -8,11 +8,12 @@ from typing import Any
 from starlette.requests import ClientDisconnect, Request
 
 from service.errors import MalformedRequest, PayloadTooLarge
+from service.parsing import parse_count
 
 
 async def read_body(request: Request, *, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    declared = parse_count(request.headers.get("content-length"))
+    if declared is not None and declared > limit:
         raise _too_large(limit)
     body = bytearray()
     try:

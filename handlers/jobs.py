@@ -14,6 +14,7 @@ from service.context import WorkContext
 from service.documents import job_document
 from service.errors import NotFound, ValidationFailed
 from service.ids import new_job_id, new_webhook_secret
+from service.parsing import parse_count
 from service.submissions import parse_job_request
 from service.subscriptions import parse_job_destination
 from storage.records import JobRecord, NewJob
@@ -129,12 +130,13 @@ async def get_output(request: Request) -> Response:
     ctx = _ctx(request)
     job_id = request.path_params["job_id"]
     raw_index = request.path_params["index"]
-    if not raw_index.isdigit():
+    index = parse_count(raw_index, max_digits=6)
+    if index is None:
         raise ValidationFailed(
             "index must be a non-negative integer",
             details=[{"field": "index", "rule": "type", "expected": "integer"}],
         )
-    output = await ctx.store.get_output(job_id, int(raw_index))
+    output = await ctx.store.get_output(job_id, index)
     if output is None:
         raise NotFound(
             f"job {job_id!r} has no stored output {raw_index}", details=[{"field": "index", "rule": "exists"}]
@@ -174,9 +176,10 @@ def _wait(raw: str | None) -> float:
 def _limit(raw: str | None) -> int:
     if raw is None or raw == "":
         return 20
-    if not raw.isdigit() or not 1 <= int(raw) <= 100:
+    limit = parse_count(raw, max_digits=3)
+    if limit is None or not 1 <= limit <= 100:
         raise ValidationFailed(
             "limit must be an integer from 1 to 100",
             details=[{"field": "limit", "rule": "range", "minimum": 1, "maximum": 100}],
         )
-    return int(raw)
+    return limit

@@ -110,11 +110,11 @@ async def job_deliveries(request: Request) -> Response:
 async def redeliver(request: Request) -> Response:
     ctx = _ctx(request)
     delivery_id = request.path_params["delivery_id"]
-    delivery = await ctx.store.redeliver(delivery_id, now=ctx.clock())
-    if delivery is None:
+    found = await ctx.store.redeliver(delivery_id, now=ctx.clock())
+    if found is None:
         raise NotFound(f"no delivery {delivery_id!r}", details=[{"field": "delivery_id", "rule": "exists"}])
     ctx.nudge()
-    return JSONResponse(delivery_document(delivery, []), status_code=202)
+    return JSONResponse(delivery_document(*found), status_code=202)
 
 
 async def webhook_secret(request: Request) -> Response:

@@ -7,6 +7,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 
 from service.context import WorkContext
 from service.errors import MalformedRequest, NotFound, PayloadTooLarge
+from service.parsing import parse_count
 from service.uploads import store_upload, upload_document
 
 
@@ -14,8 +15,8 @@ async def create_upload(request: Request) -> Response:
     """The request body is the image itself (`curl --data-binary @cat.png -H 'Content-Type: image/png'`)."""
     ctx: WorkContext = request.state.ctx
     limit = ctx.settings.upload_max_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    declared = parse_count(request.headers.get("content-length"))
+    if declared is not None and declared > limit:
         raise PayloadTooLarge(f"upload is larger than {limit} bytes",
                               details=[{"field": "(body)", "rule": "maxBytes", "maximum": limit}])
     try:

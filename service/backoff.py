@@ -6,6 +6,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
+from service.parsing import parse_count
+
 
 def next_delay(attempt: int, *, base: float, cap: float, rand: Callable[[], float]) -> float:
     """Seconds to wait before try `attempt + 1` (attempt counts from 0).
@@ -37,8 +39,9 @@ def parse_retry_after(value: str | None, *, now_ms: int) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    seconds = parse_count(value)
+    if seconds is not None:
+        return float(seconds)
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):

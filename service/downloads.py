@@ -8,6 +8,7 @@ from urllib.parse import urljoin
 import httpx
 
 from service.errors import OutputRejected, OutputRetryable
+from service.parsing import parse_count
 from service.urls import check_download_url
 from storage.blobs import BlobStore, BlobTooLarge
 
@@ -69,8 +70,8 @@ async def download_image(
 
 
 async def _store(response: httpx.Response, blobs: BlobStore, max_bytes: int) -> Downloaded:
-    declared = response.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes:
+    declared = parse_count(response.headers.get("content-length"))
+    if declared is not None and declared > max_bytes:
         raise OutputRejected(f"output is {declared} bytes, over the {max_bytes}-byte limit")
     content_type: str | None = None
     head = b""

@@ -375,7 +375,9 @@ class NotificationMethods:
                     now=now,
                 )
 
-    async def redeliver(self, delivery_id: str, *, now: int) -> DeliveryRecord | None:
+    async def redeliver(
+        self, delivery_id: str, *, now: int
+    ) -> tuple[DeliveryRecord, list[DeliveryAttemptRecord]] | None:
         """Send one delivery again now, as a manual attempt (not retried if it fails)."""
         async with self._write() as db:
             cursor = await db.execute(
@@ -385,7 +387,11 @@ class NotificationMethods:
             )
             if cursor.rowcount == 0:
                 return None
-            return await _delivery(db, delivery_id)
+            delivery = await _delivery(db, delivery_id)
+            assert delivery is not None
+            rows = await db.execute_fetchall(
+                "SELECT * FROM delivery_attempts WHERE delivery_id = ? ORDER BY id", (delivery_id,))
+            return delivery, [DeliveryAttemptRecord.from_row(r) for r in rows]
 
     async def recover(self, subscription_id: str, *, since: int, now: int) -> int:
         """Resend every delivery to a subscription that failed since `since`; how many."""

@@ -192,3 +192,9 @@ async def test_api_key_guards_every_v1_route_but_callbacks(api):
     callback = await api.client.post("/v1/callbacks/bfl/garbage", content=b"{}")
     assert_error_shape(callback, 403, "invalid_token")
     assert (await api.client.get("/healthz")).status_code == 200
+
+
+@pytest.mark.parametrize("raw", ["²", "٣", "1" * 40, "-1", "1.5"])
+async def test_numbers_that_only_look_like_numbers_are_422s_not_500s(api, raw):
+    assert_error_shape(await api.client.get(f"/v1/jobs?limit={raw}"), 422, "validation_failed")
+    assert_error_shape(await api.client.get(f"/v1/jobs/job_x/outputs/{raw}"), 422, "validation_failed")

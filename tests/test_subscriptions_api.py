@@ -184,6 +184,7 @@ async def test_delivery_log_shows_each_attempt_and_a_redelivery_is_one_more_with
         redelivered = await client.post(f"/v1/deliveries/{first_log['id']}/redeliver")
         assert redelivered.status_code == 202, redelivered.text
         assert redelivered.json()["id"] == first_log["id"] and redelivered.json()["status"] == "pending"
+        assert [a["attempt"] for a in redelivered.json()["attempts"]] == [1, 2]  # the log so far
         await wait_until(lambda: delivered(3))
         [log] = await deliveries(client, sub["id"])
 
