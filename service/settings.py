@@ -47,7 +47,7 @@ SETTINGS: tuple[SettingDoc, ...] = (
     SettingDoc("FLUXHOOK_RETRY_MAX_SECONDS", "60", "Cap on submit and download retry delays."),
     SettingDoc("FLUXHOOK_HTTP_TIMEOUT_SECONDS", "30", "Timeout for each call to a provider or download."),
     SettingDoc("FLUXHOOK_WORKER_CONCURRENCY", "16", "How many submits, polls and downloads one worker runs at once."),
-    SettingDoc("FLUXHOOK_WORKER_IDLE_SECONDS", "1", "Longest a worker sleeps before looking for due work it was not woken for."),
+    SettingDoc("FLUXHOOK_WORKER_IDLE_SECONDS", "0.25", "Longest a worker sleeps before looking for due work it was not woken for (work committed by another process, e.g. callbacks received by a separate web process)."),
     SettingDoc("FLUXHOOK_TASK_LEASE_SECONDS", "120", "A claimed piece of work not finished in this time (a crashed worker) is claimed again."),
     SettingDoc("FLUXHOOK_SQLITE_SYNCHRONOUS", "FULL", "SQLite `synchronous` pragma: FULL survives power loss, NORMAL only process crashes."),
     SettingDoc("FLUXHOOK_LOG_LEVEL", "info", "Log level (debug, info, warning, error)."),
@@ -125,7 +125,7 @@ class Settings:
     retry_max_s: float = 60.0
     http_timeout_s: float = 30.0
     worker_concurrency: int = 16
-    worker_idle_s: float = 1.0
+    worker_idle_s: float = 0.25
     task_lease_s: float = 120.0
     sqlite_synchronous: str = "FULL"
     log_level: str = "info"
@@ -204,7 +204,7 @@ class Settings:
             retry_max_s=env.number("FLUXHOOK_RETRY_MAX_SECONDS", 60.0),
             http_timeout_s=env.number("FLUXHOOK_HTTP_TIMEOUT_SECONDS", 30.0),
             worker_concurrency=env.integer("FLUXHOOK_WORKER_CONCURRENCY", 16),
-            worker_idle_s=env.number("FLUXHOOK_WORKER_IDLE_SECONDS", 1.0),
+            worker_idle_s=env.number("FLUXHOOK_WORKER_IDLE_SECONDS", 0.25),
             task_lease_s=env.number("FLUXHOOK_TASK_LEASE_SECONDS", 120.0),
             sqlite_synchronous=_synchronous(env.text("FLUXHOOK_SQLITE_SYNCHRONOUS", "FULL")),
             log_level=env.text("FLUXHOOK_LOG_LEVEL", "info").lower(),
