@@ -17,8 +17,9 @@ import anyio
 import httpx
 
 from service.backoff import parse_retry_after
-from service.context import WorkContext
+from service.context import Signal, WorkContext
 from service.egress import refused_cause
+from service.loops import ClaimLoop
 from service.webhook_signing import webhook_headers
 from storage.notifications import AttemptResult, ClaimedDelivery, destination_key
 
@@ -40,9 +41,11 @@ def next_attempt_at(
     return now + int(delay * 1000)
 
 
-class Notifier:
+class Notifier(ClaimLoop[ClaimedDelivery]):
+    """Sends deliveries: one attempt each time a delivery is due."""
+
     def __init__(self, ctx: WorkContext) -> None:
-        self.ctx = ctx
+        super().__init__(ctx)
         self._busy: Counter[str] = Counter()
 
     async def send(self, delivery: ClaimedDelivery) -> AttemptResult:
@@ -105,43 +108,15 @@ class Notifier:
             )
         return result
 
-    async def run_once(self) -> int:
-        """Send every due delivery once (up to the concurrency limits); how many were sent."""
-        claimed = await self._claim(self.ctx.settings.webhook_concurrency)
-        async with anyio.create_task_group() as group:
-            for delivery in claimed:
-                group.start_soon(self._send_and_release, delivery)
-        return len(claimed)
+    @property
+    def concurrency(self) -> int:
+        return self.ctx.settings.webhook_concurrency
 
-    async def drain(self, *, max_rounds: int = 1000) -> int:
-        total = 0
-        for _ in range(max_rounds):
-            sent = await self.run_once()
-            total += sent
-            if sent == 0:
-                break
-        return total
+    @property
+    def signal(self) -> Signal:
+        return self.ctx.signals.deliveries
 
-    async def run(self) -> None:
-        """Deliver forever (until cancelled)."""
-        settings = self.ctx.settings
-        async with anyio.create_task_group() as group:
-            while True:
-                wake = self.ctx.signals.deliveries.current()
-                free = settings.webhook_concurrency - sum(self._busy.values())
-                claimed: list[ClaimedDelivery] = []
-                if free > 0:
-                    try:
-                        claimed = await self._claim(free)
-                    except Exception:
-                        log.exception("claiming deliveries failed; trying again shortly")
-                for delivery in claimed:
-                    group.start_soon(self._send_and_release, delivery)
-                if claimed and len(claimed) == free:
-                    continue
-                await self._sleep(wake)
-
-    async def _claim(self, limit: int) -> list[ClaimedDelivery]:
+    async def claim(self, limit: int) -> list[ClaimedDelivery]:
         ctx = self.ctx
         claimed = await ctx.store.claim_due_deliveries(
             now=ctx.clock(),
@@ -154,37 +129,26 @@ class Notifier:
             self._busy[destination_key(delivery.subscription_id, delivery.url)] += 1
         return claimed
 
-    async def _send_and_release(self, delivery: ClaimedDelivery) -> None:
+    async def handle(self, item: ClaimedDelivery) -> None:
         try:
-            await self.send(delivery)
+            await self.send(item)
         except Exception:
-            log.exception(
-                "delivery %s: unexpected failure; its lease will expire and it is retried", delivery.id
-            )
-        finally:
-            key = destination_key(delivery.subscription_id, delivery.url)
-            self._busy[key] -= 1
-            if self._busy[key] <= 0:
-                del self._busy[key]
-            self.ctx.signals.deliveries.fire()
+            log.exception("delivery %s: unexpected failure; its lease will expire and it is retried", item.id)
 
-    async def _sleep(self, wake: anyio.Event) -> None:
-        settings = self.ctx.settings
-        wait = settings.worker_idle_s
-        # Due rows that cannot be sent until a slot frees (all slots busy, or their destination
-        # at its cap) must not cut this sleep short: a freed slot fires `wake`, and counting
-        # them as due would turn this sleep into a busy loop.
-        full = [key for key, count in self._busy.items() if count >= settings.webhook_per_destination]
-        due = None
-        if sum(self._busy.values()) < settings.webhook_concurrency:
-            try:
-                due = await self.ctx.store.pending_delivery_due(exclude=full)
-            except Exception:
-                due = None
-        if due is not None:
-            wait = min(wait, max(0.0, (due - self.ctx.clock()) / 1000))
-        with anyio.move_on_after(wait):
-            await wake.wait()
+    def released(self, item: ClaimedDelivery) -> None:
+        key = destination_key(item.subscription_id, item.url)
+        self._busy[key] -= 1
+        if self._busy[key] <= 0:
+            del self._busy[key]
+        self.ctx.signals.deliveries.fire()
+
+    async def next_due(self) -> int | None:
+        # Due rows whose destination is at its cap cannot be sent until a slot frees (which
+        # fires the signal); counting them as due would turn the loop's sleep into a spin.
+        full = [
+            key for key, count in self._busy.items() if count >= self.ctx.settings.webhook_per_destination
+        ]
+        return await self.ctx.store.pending_delivery_due(exclude=full)
 
 
 async def _read_head(response: httpx.Response, into: bytearray) -> None:
