@@ -39,6 +39,7 @@ from handlers.uploads import create_upload, get_upload
 from service.catalog import Catalog
 from service.context import Clock, WorkContext
 from service.egress import EgressPolicy, guarded_transport
+from service.logs import quiet_url_loggers
 from service.errors import ConfigError
 from service.notifier import Notifier
 from service.providers.apiframe import ApiframeAdapter
@@ -141,6 +142,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[Mapping[str, Any]]:
+        quiet_url_loggers()  # whoever configured logging, token-bearing URLs stay out of it
         async with AsyncExitStack() as stack:
             if simulator is not None:
                 await stack.enter_async_context(simulator.router.lifespan_context(simulator))

@@ -50,8 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # its lines carry full URLs (tokens)
+    from service.logs import configure_logging
+
+    configure_logging(level)
 
 
 def _serve(settings: Settings, *, run_workers: bool) -> int:
