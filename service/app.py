@@ -39,8 +39,8 @@ from handlers.uploads import create_upload, get_upload
 from service.catalog import Catalog
 from service.context import Clock, WorkContext
 from service.egress import EgressPolicy, guarded_transport
-from service.logs import quiet_url_loggers
 from service.errors import ConfigError
+from service.logs import quiet_url_loggers
 from service.notifier import Notifier
 from service.providers.apiframe import ApiframeAdapter
 from service.providers.base import Adapter
