@@ -654,3 +654,11 @@ def test_render_image_is_deterministic_and_exactly_sized(fmt: str) -> None:
     assert content_type == f"image/{fmt}"
     with Image.open(io.BytesIO(data)) as picture:
         assert picture.size == (320, 192)
+
+
+def test_inspection_hides_callback_tokens_in_webhook_urls():
+    from service.simulator.state import redacted_url
+
+    token = "cb1.WyJiZmwiLCJqb2JfMDFrYjIifQ.abcdefghijklmnopqrstuvwxyz"
+    assert redacted_url(f"http://127.0.0.1:8000/v1/callbacks/bfl/{token}") == "http://127.0.0.1:8000/v1/callbacks/bfl/…"
+    assert redacted_url("http://127.0.0.1:9/hook") == "http://127.0.0.1:9/hook"

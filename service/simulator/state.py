@@ -176,7 +176,7 @@ class Task:
             "callbacks_acknowledged": self.callbacks_acknowledged,
             "callback_dropped": self.callback_dropped,
             "callback_log": [dict(entry) for entry in self.callback_log],
-            "webhook_url": self.webhook.url if self.webhook else None,
+            "webhook_url": redacted_url(self.webhook.url) if self.webhook else None,
             "fate": {
                 "outcome": self.fate.outcome.value,
                 "latency_s": self.fate.latency_s,
@@ -195,3 +195,15 @@ def rfc3339(epoch_s: float) -> str:
     """Epoch seconds as an RFC 3339 UTC timestamp with milliseconds and a Z suffix."""
     moment = datetime.fromtimestamp(epoch_s, tz=UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def redacted_url(url: str) -> str:
+    """The URL with any long path segment (a callback token is a credential) replaced by '…'.
+
+    Mounted in `fluxhook serve` by default, the inspection API is reachable by anyone who can
+    reach fluxhook, so it must not hand out the tokens in fluxhook's callback URLs.
+    """
+    scheme, sep, rest = url.partition("://")
+    host, slash, path = rest.partition("/")
+    segments = ["…" if len(seg) > 24 else seg for seg in path.split("/")]
+    return f"{scheme}{sep}{host}{slash}{'/'.join(segments)}"
