@@ -42,6 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fluxhook: configuration error: {exc}", file=sys.stderr)
         return 2
     _logging(settings.log_level)
+    for warning in settings.warnings():
+        log.warning("%s", warning)
     if args.command == "serve":
         return _serve(settings, run_workers=not args.no_workers)
     if args.command == "worker":

@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from service.errors import ConfigError
+from service.urls import is_loopback_host
 
 SIMULATOR_MOUNT = "/simulator"
 
@@ -129,6 +130,23 @@ class Settings:
     task_lease_s: float = 120.0
     sqlite_synchronous: str = "FULL"
     log_level: str = "info"
+
+    def warnings(self) -> list[str]:
+        """Settings that work but probably not as meant; logged at start-up."""
+        found = []
+        real = [p.name for p in self.providers.values() if not p.simulated]
+        parts = urlsplit(self.public_url)
+        if real and (parts.scheme != "https" or is_loopback_host(parts.hostname or "")):
+            found.append(
+                f"FLUXHOOK_PUBLIC_URL is {self.public_url}: {', '.join(real)} cannot call it back "
+                "(providers need a public https URL; BFL will not call http endpoints), so those "
+                "jobs finish only by the fallback poller"
+            )
+        if not self.providers:
+            found.append("no provider is configured: set a provider key or FLUXHOOK_SIMULATOR=on")
+        if self.api_key is None and self.host not in ("127.0.0.1", "localhost", "::1"):
+            found.append(f"FLUXHOOK_API_KEY is not set and fluxhook listens on {self.host}: the API is open")
+        return found
 
     @property
     def db_path(self) -> Path:

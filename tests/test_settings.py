@@ -1,0 +1,58 @@
+"""Settings: defaults, validation that names the variable, warnings, secrets kept once."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.errors import ConfigError
+from service.settings import Settings
+
+
+def make(tmp_path, **env):
+    return Settings.from_env({"FLUXHOOK_DATA_DIR": str(tmp_path), **env})
+
+
+def test_with_nothing_set_every_provider_is_the_mounted_simulator(tmp_path):
+    settings = make(tmp_path)
+    assert settings.simulator
+    assert {p.base_url for p in settings.providers.values()} == {"http://127.0.0.1:8000/simulator"}
+    assert settings.warnings() == []
+
+
+def test_signing_keys_are_created_once_and_kept(tmp_path):
+    first, second = make(tmp_path), make(tmp_path)
+    assert first.secret_key == second.secret_key and len(first.secret_key) >= 32
+    assert first.webhook_secret == second.webhook_secret and first.webhook_secret.startswith("whsec_")
+    assert (tmp_path / "secret_key").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_real_key_without_a_public_https_url_is_warned_about(tmp_path):
+    settings = make(tmp_path, BFL_API_KEY="k")
+    assert not settings.simulator and list(settings.providers) == ["bfl"]
+    [warning] = settings.warnings()
+    assert "fallback poller" in warning and "bfl" in warning
+    assert make(tmp_path, BFL_API_KEY="k", FLUXHOOK_PUBLIC_URL="https://hooks.example.com").warnings() == []
+
+
+def test_an_open_api_on_a_public_interface_is_warned_about(tmp_path):
+    settings = Settings.from_env({"FLUXHOOK_DATA_DIR": str(tmp_path)}, host="0.0.0.0")
+    assert any("FLUXHOOK_API_KEY" in w for w in settings.warnings())
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("FLUXHOOK_PORT", "eighty"), ("FLUXHOOK_POLL_GRACE_SECONDS", "-1"), ("FLUXHOOK_PUBLIC_URL", "ftp://x"),
+    ("FLUXHOOK_SIMULATOR", "maybe"), ("FLUXHOOK_SQLITE_SYNCHRONOUS", "SOMETIMES"),
+    ("FLUXHOOK_PROVIDER_ORDER", "bfl,replicate"), ("FLUXHOOK_WEBHOOK_SECRET", "not-whsec"),
+    ("FLUXHOOK_WEBHOOK_RETRY_SCHEDULE", "0,soon"), ("BFL_BASE_URL", "api.bfl.ai"),
+])
+def test_a_malformed_setting_fails_fast_naming_the_variable(tmp_path, name, value):
+    with pytest.raises(ConfigError, match=name):
+        make(tmp_path, **{name: value})
+
+
+def test_secrets_never_show_in_the_settings_repr(tmp_path):
+    settings = make(tmp_path, FLUXHOOK_API_KEY="api-secret", BFL_API_KEY="bfl-secret",
+                    FLUXHOOK_PUBLIC_URL="https://hooks.example.com")
+    text = repr(settings) + repr(dict(settings.providers))
+    for secret in ("api-secret", "bfl-secret", settings.secret_key, settings.webhook_secret):
+        assert secret not in text
