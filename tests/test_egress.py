@@ -39,7 +39,7 @@ ADDRESS_TABLE = [
     ("64:ff9b::a9fe:a9fe", False, False, False),
     ("2002:a9fe:a9fe::1", False, False, False),
     ("100.64.0.1", False, False, False),
-    ("0.0.0.0", False, False, False),  # noqa: S104 - an address under test, not a bind
+    ("0.0.0.0", False, False, False),
     ("::", False, False, False),
     ("224.0.0.1", False, False, False),
     ("ff02::1", False, False, False),
