@@ -3,17 +3,17 @@
 An event is written in the same transaction as the job change that caused it, and so are its
 deliveries (one per destination), so a crash can never lose a notification or send one for a
 change that did not happen. `NotificationMethods` is mixed into `Store` and shares its
-connection, lock and transactions.
+connection, lock and transactions; like the store's, its transaction bodies are synchronous
+functions over the `sqlite3.Connection`, run in one hop by `Store._transact` and `Store._query`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import aiosqlite
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from service.documents import job_document, rfc3339
 from service.ids import new_prefixed_id
@@ -37,6 +37,8 @@ JOB_EVENT_TYPES = (
 )
 EVENT_TYPES = (*JOB_EVENT_TYPES, "subscription.disabled")
 
+T = TypeVar("T")
+
 
 def envelope(event_id: str, event_type: str, now: int, data: Any, sequence: int | None) -> bytes:
     """The exact bytes sent: the Standard Webhooks envelope, plus the event's id and sequence."""
@@ -47,67 +49,57 @@ def envelope(event_id: str, event_type: str, now: int, data: Any, sequence: int 
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-async def emit_job_event(
-    db: aiosqlite.Connection, job: JobRecord, event_type: str, *, now: int, public_url: str
+def emit_job_event(
+    conn: sqlite3.Connection, job: JobRecord, event_type: str, *, now: int, public_url: str
 ) -> int:
     """Record one job event (a snapshot of the job document) and its deliveries."""
     outputs = [
         OutputRecord.from_row(r)
-        for r in await (
-            await db.execute("SELECT * FROM outputs WHERE job_id = ? ORDER BY idx", (job.id,))
-        ).fetchall()
+        for r in conn.execute("SELECT * FROM outputs WHERE job_id = ? ORDER BY idx", (job.id,)).fetchall()
     ]
     attempts = [
         AttemptRecord.from_row(r)
-        for r in await (
-            await db.execute("SELECT * FROM attempts WHERE job_id = ? ORDER BY id", (job.id,))
-        ).fetchall()
+        for r in conn.execute("SELECT * FROM attempts WHERE job_id = ? ORDER BY id", (job.id,)).fetchall()
     ]
     sequence = job.event_count + 1
-    await db.execute("UPDATE jobs SET event_count = ? WHERE id = ?", (sequence, job.id))
+    conn.execute("UPDATE jobs SET event_count = ? WHERE id = ?", (sequence, job.id))
     event_id = new_prefixed_id("evt", now)
     body = envelope(event_id, event_type, now, job_document(job, outputs, public_url, attempts), sequence)
-    cursor = await db.execute(
+    cursor = conn.execute(
         "INSERT INTO events (id, job_id, job_seq, type, body, created_at) VALUES (?, ?, ?, ?, ?, ?)",
         (event_id, job.id, sequence, event_type, body, now),
     )
     seq = int(cursor.lastrowid or 0)
-    await _fan_out(db, seq, event_type, job_id=job.id, now=now)
+    _fan_out(conn, seq, event_type, job_id=job.id, now=now)
     if job.webhook_url and (not job.webhook_events or event_type in job.webhook_events):
-        await _add_delivery(db, seq, None, job.id, job.webhook_url, now)
+        _add_delivery(conn, seq, None, job.id, job.webhook_url, now)
     return seq
 
 
-async def emit_system_event(
-    db: aiosqlite.Connection, event_type: str, data: Mapping[str, Any], *, now: int
-) -> int:
+def emit_system_event(conn: sqlite3.Connection, event_type: str, data: Mapping[str, Any], *, now: int) -> int:
     event_id = new_prefixed_id("evt", now)
     body = envelope(event_id, event_type, now, dict(data), None)
-    cursor = await db.execute(
+    cursor = conn.execute(
         "INSERT INTO events (id, job_id, job_seq, type, body, created_at) VALUES (?, NULL, NULL, ?, ?, ?)",
         (event_id, event_type, body, now),
     )
     seq = int(cursor.lastrowid or 0)
-    await _fan_out(db, seq, event_type, job_id=None, now=now)
+    _fan_out(conn, seq, event_type, job_id=None, now=now)
     return seq
 
 
-async def _fan_out(
-    db: aiosqlite.Connection, seq: int, event_type: str, *, job_id: str | None, now: int
-) -> None:
-    rows = await (
-        await db.execute("SELECT id, url, events FROM subscriptions WHERE status = 'enabled'")
-    ).fetchall()
+def _fan_out(conn: sqlite3.Connection, seq: int, event_type: str, *, job_id: str | None, now: int) -> None:
+    rows = conn.execute("SELECT id, url, events FROM subscriptions WHERE status = 'enabled'").fetchall()
     for row in rows:
         wanted = json.loads(row["events"])
         if not wanted or event_type in wanted:
-            await _add_delivery(db, seq, row["id"], job_id, row["url"], now)
+            _add_delivery(conn, seq, row["id"], job_id, row["url"], now)
 
 
-async def _add_delivery(
-    db: aiosqlite.Connection, seq: int, subscription_id: str | None, job_id: str | None, url: str, now: int
+def _add_delivery(
+    conn: sqlite3.Connection, seq: int, subscription_id: str | None, job_id: str | None, url: str, now: int
 ) -> None:
-    await db.execute(
+    conn.execute(
         """INSERT INTO deliveries (id, event_seq, subscription_id, job_id, url, status, next_attempt_at,
                created_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)""",
         (new_prefixed_id("dlv", now), seq, subscription_id, job_id, url, now, now),
@@ -147,17 +139,16 @@ class AttemptResult:
 class NotificationMethods:
     """Store methods for subscriptions, deliveries and the event log (mixed into Store)."""
 
-    if False:  # pragma: no cover - for type checkers: provided by Store
-        from contextlib import AbstractAsyncContextManager
+    if TYPE_CHECKING:  # provided by Store
 
-        def _write(self) -> AbstractAsyncContextManager[aiosqlite.Connection]: ...
-        def _read(self) -> AbstractAsyncContextManager[aiosqlite.Connection]: ...
+        async def _transact(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
+        async def _query(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
 
     # Subscriptions ----------------------------------------------------------------------------
 
     async def create_subscription(self, sub: SubscriptionRecord) -> SubscriptionRecord:
-        async with self._write() as db:
-            await db.execute(
+        def create(conn: sqlite3.Connection) -> SubscriptionRecord:
+            conn.execute(
                 """INSERT INTO subscriptions (id, url, events, description, secret, status, created_at,
                        updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
                 (
@@ -171,63 +162,72 @@ class NotificationMethods:
                     sub.updated_at,
                 ),
             )
-            return await _subscription(db, sub.id)  # type: ignore[return-value]
+            return _subscription(conn, sub.id)  # type: ignore[return-value]
+
+        return await self._transact(create)
 
     async def get_subscription(self, sub_id: str) -> SubscriptionRecord | None:
-        async with self._read() as db:
-            return await _subscription(db, sub_id)
+        return await self._query(lambda conn: _subscription(conn, sub_id))
 
     async def list_subscriptions(self) -> list[SubscriptionRecord]:
-        async with self._read() as db:
-            rows = await (await db.execute("SELECT * FROM subscriptions ORDER BY created_at, id")).fetchall()
+        rows = await self._query(
+            lambda conn: conn.execute("SELECT * FROM subscriptions ORDER BY created_at, id").fetchall()
+        )
         return [SubscriptionRecord.from_row(r) for r in rows]
 
     async def update_subscription(
         self, sub_id: str, changes: Mapping[str, Any], *, now: int
     ) -> SubscriptionRecord | None:
         """Apply `changes` (url, events, description, status); enabling clears the failure clock."""
-        async with self._write() as db:
-            if await _subscription(db, sub_id) is None:
+
+        def update(conn: sqlite3.Connection) -> SubscriptionRecord | None:
+            if _subscription(conn, sub_id) is None:
                 return None
             for name, value in changes.items():
                 if name == "events":
                     value = json.dumps(list(value))
                 assert name in ("url", "events", "description", "status")
-                await db.execute(f"UPDATE subscriptions SET {name} = ? WHERE id = ?", (value, sub_id))  # noqa: S608
+                conn.execute(f"UPDATE subscriptions SET {name} = ? WHERE id = ?", (value, sub_id))  # noqa: S608
             if changes.get("status") == "enabled":
-                await db.execute(
+                conn.execute(
                     "UPDATE subscriptions SET disabled_reason = NULL, failing_since = NULL WHERE id = ?",
                     (sub_id,),
                 )
-            await db.execute("UPDATE subscriptions SET updated_at = ? WHERE id = ?", (now, sub_id))
-            return await _subscription(db, sub_id)
+            conn.execute("UPDATE subscriptions SET updated_at = ? WHERE id = ?", (now, sub_id))
+            return _subscription(conn, sub_id)
+
+        return await self._transact(update)
 
     async def delete_subscription(self, sub_id: str, *, now: int) -> bool:
-        async with self._write() as db:
-            if await _subscription(db, sub_id) is None:
+        def delete(conn: sqlite3.Connection) -> bool:
+            if _subscription(conn, sub_id) is None:
                 return False
-            await db.execute(
+            conn.execute(
                 "UPDATE deliveries SET status = 'cancelled', last_error = 'subscription deleted' "
                 "WHERE subscription_id = ? AND status = 'pending'",
                 (sub_id,),
             )
-            await db.execute("DELETE FROM subscriptions WHERE id = ?", (sub_id,))
+            conn.execute("DELETE FROM subscriptions WHERE id = ?", (sub_id,))
             return True
+
+        return await self._transact(delete)
 
     async def rotate_subscription_secret(
         self, sub_id: str, new_secret: str, *, now: int, grace_ms: int
     ) -> SubscriptionRecord | None:
         """The old secret keeps signing beside the new one until `now + grace_ms`."""
-        async with self._write() as db:
-            sub = await _subscription(db, sub_id)
-            if sub is None:
+
+        def rotate(conn: sqlite3.Connection) -> SubscriptionRecord | None:
+            if _subscription(conn, sub_id) is None:
                 return None
-            await db.execute(
+            conn.execute(
                 """UPDATE subscriptions SET previous_secret = secret, previous_secret_until = ?,
                        secret = ?, updated_at = ? WHERE id = ?""",
                 (now + grace_ms, new_secret, now, sub_id),
             )
-            return await _subscription(db, sub_id)
+            return _subscription(conn, sub_id)
+
+        return await self._transact(rotate)
 
     # Deliveries -------------------------------------------------------------------------------
 
@@ -242,7 +242,8 @@ class NotificationMethods:
         other destination until it drained. A subscription's delivery goes to the subscription's
         URL as it is now, so a changed URL applies to retries, redeliveries and recoveries.
         """
-        async with self._write() as db:
+
+        def claim(conn: sqlite3.Connection) -> list[ClaimedDelivery]:
             taken: dict[str, int] = dict(busy)
             claimed: list[ClaimedDelivery] = []
             while len(claimed) < limit:
@@ -251,17 +252,15 @@ class NotificationMethods:
                 full = [key for key, count in taken.items() if count >= per_destination]
                 marks = ",".join("?" * len(full))
                 not_full = f"AND COALESCE(d.subscription_id, d.url) NOT IN ({marks})" if full else ""
-                rows = await (
-                    await db.execute(
-                        f"""SELECT d.*, e.id AS event_id, e.type AS event_type, e.body AS body,
-                              s.url AS sub_url, s.secret AS secret, s.previous_secret AS previous_secret,
-                              s.previous_secret_until AS previous_until, s.status AS sub_status
-                       FROM deliveries d JOIN events e ON e.seq = d.event_seq
-                       LEFT JOIN subscriptions s ON s.id = d.subscription_id
-                       WHERE d.status = 'pending' AND d.next_attempt_at <= ? AND d.lease_until <= ? {not_full}
-                       ORDER BY d.next_attempt_at, d.created_at LIMIT ?""",  # noqa: S608
-                        (now, now, *full, limit * 4),
-                    )
+                rows = conn.execute(
+                    f"""SELECT d.*, e.id AS event_id, e.type AS event_type, e.body AS body,
+                          s.url AS sub_url, s.secret AS secret, s.previous_secret AS previous_secret,
+                          s.previous_secret_until AS previous_until, s.status AS sub_status
+                   FROM deliveries d JOIN events e ON e.seq = d.event_seq
+                   LEFT JOIN subscriptions s ON s.id = d.subscription_id
+                   WHERE d.status = 'pending' AND d.next_attempt_at <= ? AND d.lease_until <= ? {not_full}
+                   ORDER BY d.next_attempt_at, d.created_at LIMIT ?""",  # noqa: S608
+                    (now, now, *full, limit * 4),
                 ).fetchall()
                 if not rows:
                     break
@@ -269,7 +268,7 @@ class NotificationMethods:
                     if len(claimed) >= limit:
                         break
                     if row["subscription_id"] is not None and row["sub_status"] != "enabled":
-                        await db.execute(
+                        conn.execute(
                             "UPDATE deliveries SET status = 'cancelled', last_error = ? WHERE id = ?",
                             ("subscription disabled or deleted", row["id"]),
                         )
@@ -279,7 +278,7 @@ class NotificationMethods:
                         continue
                     taken[key] = taken.get(key, 0) + 1
                     url = row["sub_url"] if row["subscription_id"] is not None else row["url"]
-                    await db.execute(
+                    conn.execute(
                         "UPDATE deliveries SET lease_until = ?, attempts = attempts + 1, url = ? "
                         "WHERE id = ?",
                         (now + lease_ms, url, row["id"]),
@@ -305,12 +304,15 @@ class NotificationMethods:
                     )
             return claimed
 
+        return await self._transact(claim)
+
     async def record_delivery_attempt(
         self, delivery: ClaimedDelivery, result: AttemptResult, *, now: int, disable_after_ms: int
     ) -> None:
         """One attempt's log row, the delivery's new state and the subscription's health."""
-        async with self._write() as db:
-            await db.execute(
+
+        def record(conn: sqlite3.Connection) -> None:
+            conn.execute(
                 """INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, status_code,
                        response_head, error, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
                 (
@@ -330,7 +332,7 @@ class NotificationMethods:
                 status, next_at = "pending", result.retry_at
             else:
                 status, next_at = "failed", None
-            await db.execute(
+            conn.execute(
                 """UPDATE deliveries SET status = ?, next_attempt_at = ?, lease_until = 0, last_status = ?,
                        last_error = ?, manual = 0, delivered_at = ? WHERE id = ? AND status = 'pending'""",
                 (
@@ -344,64 +346,68 @@ class NotificationMethods:
             )
             if delivery.subscription_id is None:
                 return
-            sub = await _subscription(db, delivery.subscription_id)
+            sub = _subscription(conn, delivery.subscription_id)
             if sub is None or sub.status != "enabled":
                 return
             if result.delivered:
-                await db.execute("UPDATE subscriptions SET failing_since = NULL WHERE id = ?", (sub.id,))
+                conn.execute("UPDATE subscriptions SET failing_since = NULL WHERE id = ?", (sub.id,))
                 return
             failing_since = sub.failing_since or result.started_at
-            await db.execute(
-                "UPDATE subscriptions SET failing_since = ? WHERE id = ?", (failing_since, sub.id)
-            )
+            conn.execute("UPDATE subscriptions SET failing_since = ? WHERE id = ?", (failing_since, sub.id))
             reason = result.disable_subscription
             if reason is None and now - failing_since >= disable_after_ms:
                 reason = f"failing since {rfc3339(failing_since)}"
             if reason is not None:
-                await db.execute(
+                conn.execute(
                     "UPDATE subscriptions SET status = 'disabled', disabled_reason = ?, updated_at = ? "
                     "WHERE id = ?",
                     (reason, now, sub.id),
                 )
-                await db.execute(
+                conn.execute(
                     "UPDATE deliveries SET status = 'cancelled', last_error = ? "
                     "WHERE subscription_id = ? AND status = 'pending' AND id != ?",
                     ("subscription disabled", sub.id, delivery.id),
                 )
-                await emit_system_event(
-                    db,
+                emit_system_event(
+                    conn,
                     "subscription.disabled",
                     {"subscription_id": sub.id, "url": sub.url, "reason": reason},
                     now=now,
                 )
 
+        await self._transact(record)
+
     async def redeliver(
         self, delivery_id: str, *, now: int
     ) -> tuple[DeliveryRecord, list[DeliveryAttemptRecord]] | None:
         """Send one delivery again now, as a manual attempt (not retried if it fails)."""
-        async with self._write() as db:
-            cursor = await db.execute(
+
+        def redeliver(conn: sqlite3.Connection) -> tuple[DeliveryRecord, list[DeliveryAttemptRecord]] | None:
+            cursor = conn.execute(
                 "UPDATE deliveries SET status = 'pending', next_attempt_at = ?, lease_until = 0, manual = 1 "
                 "WHERE id = ?",
                 (now, delivery_id),
             )
             if cursor.rowcount == 0:
                 return None
-            delivery = await _delivery(db, delivery_id)
+            delivery = _delivery(conn, delivery_id)
             assert delivery is not None
-            rows = await db.execute_fetchall(
-                "SELECT * FROM delivery_attempts WHERE delivery_id = ? ORDER BY id", (delivery_id,))
-            return delivery, [DeliveryAttemptRecord.from_row(r) for r in rows]
+            return delivery, _delivery_attempts(conn, delivery_id)
+
+        return await self._transact(redeliver)
 
     async def recover(self, subscription_id: str, *, since: int, now: int) -> int:
         """Resend every delivery to a subscription that failed since `since`; how many."""
-        async with self._write() as db:
-            cursor = await db.execute(
+
+        def recover(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
                 """UPDATE deliveries SET status = 'pending', next_attempt_at = ?, lease_until = 0, manual = 1
                    WHERE subscription_id = ? AND status IN ('failed', 'cancelled') AND created_at >= ?""",
                 (now, subscription_id, since),
             )
             return cursor.rowcount
+
+        return await self._transact(recover)
 
     async def list_deliveries(
         self, *, subscription_id: str | None = None, job_id: str | None = None, limit: int = 100
@@ -409,40 +415,29 @@ class NotificationMethods:
         where = "d.subscription_id = ?" if subscription_id else "d.job_id = ?"
         value = subscription_id or job_id
         sql = _DELIVERIES_SQL.replace("{where}", where)
-        async with self._read() as db:
-            rows = await (await db.execute(sql, (value, limit))).fetchall()
-            result = []
-            for row in rows:
-                attempts = await (
-                    await db.execute(
-                        "SELECT * FROM delivery_attempts WHERE delivery_id = ? ORDER BY id", (row["id"],)
-                    )
-                ).fetchall()
-                result.append(
-                    (DeliveryRecord.from_row(row), [DeliveryAttemptRecord.from_row(a) for a in attempts])
-                )
-            return result
+
+        def list_them(conn: sqlite3.Connection) -> list[tuple[DeliveryRecord, list[DeliveryAttemptRecord]]]:
+            rows = conn.execute(sql, (value, limit)).fetchall()
+            return [(DeliveryRecord.from_row(row), _delivery_attempts(conn, row["id"])) for row in rows]
+
+        return await self._query(list_them)
 
     async def pending_delivery_due(self, *, exclude: Sequence[str] = ()) -> int | None:
         """When the next pending delivery falls due, leaving out destinations in `exclude`
         (those at their in-flight cap: a freed slot wakes the notifier, so waiting on their
         already-due rows would only make it spin)."""
         not_excluded = f"AND {_DESTINATION} NOT IN ({','.join('?' * len(exclude))})" if exclude else ""
-        async with self._read() as db:
-            row = await (
-                await db.execute(
-                    "SELECT MIN(MAX(next_attempt_at, lease_until)) FROM deliveries "  # noqa: S608
-                    f"WHERE status = 'pending' {not_excluded}",
-                    tuple(exclude),
-                )
-            ).fetchone()
+        sql = (
+            "SELECT MIN(MAX(next_attempt_at, lease_until)) FROM deliveries "  # noqa: S608
+            f"WHERE status = 'pending' {not_excluded}"
+        )
+        row = await self._query(lambda conn: conn.execute(sql, tuple(exclude)).fetchone())
         return row[0] if row and row[0] is not None else None
 
     # The event log ----------------------------------------------------------------------------
 
     async def latest_event_seq(self) -> int:
-        async with self._read() as db:
-            row = await (await db.execute("SELECT MAX(seq) FROM events")).fetchone()
+        row = await self._query(lambda conn: conn.execute("SELECT MAX(seq) FROM events").fetchone())
         return int(row[0]) if row and row[0] is not None else 0
 
     async def list_events(
@@ -457,8 +452,7 @@ class NotificationMethods:
             clauses.append(f"type IN ({','.join('?' * len(types))})")
             params.extend(types)
         sql = f"SELECT * FROM events WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ?"  # noqa: S608
-        async with self._read() as db:
-            rows = await (await db.execute(sql, [*params, limit])).fetchall()
+        rows = await self._query(lambda conn: conn.execute(sql, [*params, limit]).fetchall())
         return [EventRecord.from_row(r) for r in rows]
 
 
@@ -473,17 +467,25 @@ def destination_key(subscription_id: str | None, url: str) -> str:
 _DESTINATION = "COALESCE(subscription_id, url)"  # destination_key, in SQL over deliveries
 
 
-async def _subscription(db: aiosqlite.Connection, sub_id: str) -> SubscriptionRecord | None:
-    row = await (await db.execute("SELECT * FROM subscriptions WHERE id = ?", (sub_id,))).fetchone()
+# Transaction bodies' shared reads (they run inside `Store._transact` or `Store._query`) ----------
+
+
+def _subscription(conn: sqlite3.Connection, sub_id: str) -> SubscriptionRecord | None:
+    row = conn.execute("SELECT * FROM subscriptions WHERE id = ?", (sub_id,)).fetchone()
     return SubscriptionRecord.from_row(row) if row else None
 
 
-async def _delivery(db: aiosqlite.Connection, delivery_id: str) -> DeliveryRecord | None:
-    row = await (
-        await db.execute(
-            """SELECT d.*, e.id AS event_id, e.type AS event_type FROM deliveries d
+def _delivery(conn: sqlite3.Connection, delivery_id: str) -> DeliveryRecord | None:
+    row = conn.execute(
+        """SELECT d.*, e.id AS event_id, e.type AS event_type FROM deliveries d
            JOIN events e ON e.seq = d.event_seq WHERE d.id = ?""",
-            (delivery_id,),
-        )
+        (delivery_id,),
     ).fetchone()
     return DeliveryRecord.from_row(row) if row else None
+
+
+def _delivery_attempts(conn: sqlite3.Connection, delivery_id: str) -> list[DeliveryAttemptRecord]:
+    rows = conn.execute(
+        "SELECT * FROM delivery_attempts WHERE delivery_id = ? ORDER BY id", (delivery_id,)
+    ).fetchall()
+    return [DeliveryAttemptRecord.from_row(r) for r in rows]

@@ -1,24 +1,26 @@
 """The store: one method per transaction, named for what it records.
 
-One aiosqlite connection per process; aiosqlite runs one thread and one transaction per
-connection, so a lock keeps coroutines from sharing a transaction by accident. Every write
-opens with `BEGIN IMMEDIATE`, never awaits the network, and writes a state change together
-with the work it causes (the transactional outbox): rows in `tasks` that workers carry out
-at least once. sqlite3 errors become StoreUnavailable here and nowhere else.
+One aiosqlite connection per process. Each store method is one synchronous function over the
+`sqlite3.Connection`, run in aiosqlite's thread in a single hop (storage/sqlite_thread.py says
+why), so a transaction never awaits anything, let alone the network; a lock keeps coroutines
+from interleaving them. Every write opens with `BEGIN IMMEDIATE` and writes a state change
+together with the work it causes (the transactional outbox): rows in `tasks` that workers carry
+out at least once. sqlite3 errors become StoreUnavailable here and nowhere else.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 import anyio
@@ -27,7 +29,11 @@ from service.errors import CallbackRejected, Conflict, MalformedRequest, StoreUn
 from service.jobs import TERMINAL, Effect, JobState, JobStatus, Observation, Transition, apply
 from storage.migrations import MIGRATIONS
 from storage.notifications import NotificationMethods, emit_job_event
-from storage.records import AttemptRecord, JobRecord, NewJob, OutputRecord, TaskRecord, UploadRecord
+from storage.records import AttemptRecord, JobRecord, NewJob, OutputRecord, UploadRecord
+from storage.sqlite_thread import check_supported, run_in_connection_thread
+from storage.tasks import TaskMethods
+
+T = TypeVar("T")
 
 
 class TaskKind(StrEnum):
@@ -93,7 +99,7 @@ class Recorded:
     duplicate: bool = False
 
 
-class Store(NotificationMethods):
+class Store(NotificationMethods, TaskMethods):
     def __init__(self, db: aiosqlite.Connection, *, public_url: str = "") -> None:
         self._db = db
         self._lock = anyio.Lock()
@@ -104,6 +110,15 @@ class Store(NotificationMethods):
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             db = await aiosqlite.connect(path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open database: {exc}") from exc
+        try:
+            check_supported(db)
+        except RuntimeError:
+            with contextlib.suppress(Exception):  # best effort: the RuntimeError is the news
+                await db.close()
+            raise
+        try:
             db.row_factory = sqlite3.Row
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute(f"PRAGMA synchronous={synchronous}")
@@ -112,62 +127,43 @@ class Store(NotificationMethods):
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open database: {exc}") from exc
         store = cls(db, public_url=public_url)
-        await store._migrate()
+        await store._transact(_migrate)
         return store
 
     async def close(self) -> None:
         await self._db.close()
 
-    async def _migrate(self) -> None:
-        async with self._write() as db:
-            version = (_first(await db.execute_fetchall("PRAGMA user_version")))[0]
-            for number, script in enumerate(MIGRATIONS, start=1):
-                if number <= version:
-                    continue
-                for statement in filter(None, (s.strip() for s in script.split(";"))):
-                    await db.execute(statement)
-                await db.execute(f"PRAGMA user_version={number}")
+    async def _transact(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` as one write transaction: `BEGIN IMMEDIATE`, `fn`, `COMMIT`, in one hop.
 
-    @asynccontextmanager
-    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._lock:
-            try:
-                await self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise StoreUnavailable(f"database busy or unavailable: {exc}") from exc
-            try:
-                yield self._db
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    try:
-                        await self._db.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass
-                raise
-            try:
-                with anyio.CancelScope(shield=True):
-                    await self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise StoreUnavailable(f"commit failed: {exc}") from exc
+        Anything `fn` raises (a refusal such as CallbackRejected or Conflict included) rolls the
+        transaction back, so a refused write changes nothing, and is raised here.
+        """
+        return await self._run(partial(_in_transaction, fn))
 
-    @asynccontextmanager
-    async def _read(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def _query(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn`'s reads in one hop (autocommit: each statement sees committed data)."""
+        return await self._run(partial(_reading, fn))
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         async with self._lock:
-            try:
-                yield self._db
-            except sqlite3.Error as exc:
-                raise StoreUnavailable(f"database read failed: {exc}") from exc
+            # Once queued, the thread runs `fn` to the end whatever happens here, so the lock
+            # is held until it has: a cancelled caller still waits out its (short) transaction.
+            with anyio.CancelScope(shield=True):
+                result = await run_in_connection_thread(self._db, fn)
+        return result
 
     # Reads ------------------------------------------------------------------------------------
 
     async def ping(self) -> bool:
-        async with self._read() as db:
-            row = _first(await db.execute_fetchall("SELECT 1"))
+        def ping(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT 1").fetchone()
             return row is not None and row[0] == 1
 
+        return await self._query(ping)
+
     async def get_job(self, job_id: str) -> JobRecord | None:
-        async with self._read() as db:
-            return await _select_job(db, job_id)
+        return await self._query(partial(_select_job, job_id=job_id))
 
     async def list_jobs(
         self, *, status: str | None, limit: int, before: tuple[int, str] | None
@@ -183,8 +179,7 @@ class Store(NotificationMethods):
             params.extend(before)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = f"SELECT * FROM jobs {where} ORDER BY created_at DESC, id DESC LIMIT ?"  # noqa: S608
-        async with self._read() as db:
-            rows = await db.execute_fetchall(sql, [*params, limit])
+        rows = await self._query(lambda conn: conn.execute(sql, [*params, limit]).fetchall())
         return [JobRecord.from_row(r) for r in rows]
 
     async def get_outputs(self, job_ids: Sequence[str]) -> dict[str, list[OutputRecord]]:
@@ -193,44 +188,43 @@ class Store(NotificationMethods):
             return result
         marks = ",".join("?" * len(job_ids))
         sql = f"SELECT * FROM outputs WHERE job_id IN ({marks}) ORDER BY job_id, idx"  # noqa: S608
-        async with self._read() as db:
-            for row in await db.execute_fetchall(sql, list(job_ids)):
-                result[row["job_id"]].append(OutputRecord.from_row(row))
+        for row in await self._query(lambda conn: conn.execute(sql, list(job_ids)).fetchall()):
+            result[row["job_id"]].append(OutputRecord.from_row(row))
         return result
 
     async def get_output(self, job_id: str, index: int) -> OutputRecord | None:
-        async with self._read() as db:
-            row = await (
-                await db.execute("SELECT * FROM outputs WHERE job_id = ? AND idx = ?", (job_id, index))
+        row = await self._query(
+            lambda conn: conn.execute(
+                "SELECT * FROM outputs WHERE job_id = ? AND idx = ?", (job_id, index)
             ).fetchone()
+        )
         return OutputRecord.from_row(row) if row else None
 
-    async def next_due_at(self) -> int | None:
-        """When the earliest task becomes claimable (due and not leased)."""
-        async with self._read() as db:
-            row = _first(await db.execute_fetchall("SELECT MIN(MAX(due_at, lease_until)) FROM tasks"))
-        return row[0] if row and row[0] is not None else None
+    async def get_attempts(self, job_ids: Sequence[str]) -> dict[str, list[AttemptRecord]]:
+        result: dict[str, list[AttemptRecord]] = {job_id: [] for job_id in job_ids}
+        if not job_ids:
+            return result
+        marks = ",".join("?" * len(job_ids))
+        sql = f"SELECT * FROM attempts WHERE job_id IN ({marks}) ORDER BY id"  # noqa: S608
+        for row in await self._query(lambda conn: conn.execute(sql, list(job_ids)).fetchall()):
+            result[row["job_id"]].append(AttemptRecord.from_row(row))
+        return result
 
-    async def get_tasks(self, job_id: str) -> list[TaskRecord]:
-        async with self._read() as db:
-            rows = await (
-                await db.execute("SELECT * FROM tasks WHERE job_id = ? ORDER BY kind", (job_id,))
-            ).fetchall()
-        return [TaskRecord.from_row(r) for r in rows]
-
-    async def count_tasks(self) -> dict[str, int]:
-        async with self._read() as db:
-            rows = await db.execute_fetchall("SELECT kind, COUNT(*) FROM tasks GROUP BY kind")
-        return {row[0]: row[1] for row in rows}
+    async def get_upload(self, upload_id: str) -> UploadRecord | None:
+        row = await self._query(
+            lambda conn: conn.execute("SELECT * FROM uploads WHERE id = ?", (upload_id,)).fetchone()
+        )
+        return UploadRecord.from_row(row) if row else None
 
     # Writes -----------------------------------------------------------------------------------
 
     async def create_job(self, new: NewJob, *, now: int) -> tuple[JobRecord, bool]:
         """Store a queued job and its submit task; an Idempotency-Key replay returns the original."""
-        async with self._write() as db:
+
+        def create(conn: sqlite3.Connection) -> tuple[JobRecord, bool]:
             if new.idempotency_key:
-                row = await (
-                    await db.execute("SELECT * FROM jobs WHERE idempotency_key = ?", (new.idempotency_key,))
+                row = conn.execute(
+                    "SELECT * FROM jobs WHERE idempotency_key = ?", (new.idempotency_key,)
                 ).fetchone()
                 if row is not None:
                     existing = JobRecord.from_row(row)
@@ -243,33 +237,20 @@ class Store(NotificationMethods):
                             ],
                         )
                     return existing, False
-            await db.execute(
+            conn.execute(
                 """INSERT INTO jobs (id, provider, model, status, input, metadata, webhook_secret,
                        idempotency_key, request_hash, created_at, updated_at, deadline_at, candidates,
                        webhook_url, webhook_events)
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                (
-                    new.id,
-                    new.provider,
-                    new.model,
-                    JobStatus.QUEUED.value,
-                    _json(new.input),
-                    _json(new.metadata),
-                    new.webhook_secret,
-                    new.idempotency_key,
-                    new.request_hash,
-                    now,
-                    now,
-                    new.deadline_at,
-                    _json(list(new.candidates or (new.provider,))),
-                    new.webhook_url,
-                    _json(list(new.webhook_events)),
-                ),
+                (new.id, new.provider, new.model, JobStatus.QUEUED.value, _json(new.input),
+                 _json(new.metadata), new.webhook_secret, new.idempotency_key, new.request_hash, now, now,
+                 new.deadline_at, _json(list(new.candidates or (new.provider,))), new.webhook_url,
+                 _json(list(new.webhook_events))),
             )
-            await _upsert_task(db, new.id, TaskKind.SUBMIT, now, now)
-            job = await _select_job(db, new.id)
-            assert job is not None
-            return job, True
+            _upsert_task(conn, new.id, TaskKind.SUBMIT, now, now)
+            return _must_select_job(conn, new.id), True
+
+        return await self._transact(create)
 
     async def record_observation(
         self,
@@ -282,22 +263,22 @@ class Store(NotificationMethods):
         counted_poll: bool = False,
     ) -> Recorded | None:
         """Apply one observation and write the job, its follow-up work and `task`'s end."""
-        async with self._write() as db:
-            job = await _select_job(db, job_id)
+
+        def record(conn: sqlite3.Connection) -> Recorded | None:
+            job = _select_job(conn, job_id)
             if job is None:
                 if task is not None:
-                    await db.execute("DELETE FROM tasks WHERE id = ?", (task.task_id,))
+                    conn.execute("DELETE FROM tasks WHERE id = ?", (task.task_id,))
                 return None
             if counted_poll:
-                await db.execute("UPDATE jobs SET poll_count = poll_count + 1 WHERE id = ?", (job_id,))
-            transition = await _apply_in_tx(
-                db, job, observation, now=now, schedule=schedule, public_url=self.public_url
-            )
+                conn.execute("UPDATE jobs SET poll_count = poll_count + 1 WHERE id = ?", (job_id,))
+            transition = _apply_in_tx(conn, job, observation, now=now, schedule=schedule,
+                                      public_url=self.public_url)
             if task is not None:
-                await _end_task(db, task, transition.state)
-            updated = await _select_job(db, job_id)
-            assert updated is not None
-            return Recorded(updated, transition)
+                _end_task(conn, task, transition.state)
+            return Recorded(_must_select_job(conn, job_id), transition)
+
+        return await self._transact(record)
 
     async def record_callback(
         self,
@@ -312,35 +293,36 @@ class Store(NotificationMethods):
         """Judge a callback against its job and keep it durably, in one transaction.
 
         `judge` is pure (signature check, parsing) and may raise to refuse the callback, which
-        then changes nothing. A verified observation is applied; for a hint (no verifiable
-        signature) the confirming poll is made due at `judgement.confirm_at`.
+        then changes nothing; it runs in the database thread, inside the transaction. A verified
+        observation is applied; for a hint (no verifiable signature) the confirming poll is made
+        due at `judgement.confirm_at`.
         """
         digest = hashlib.sha256(body).hexdigest()
-        async with self._write() as db:
-            job = await _select_job(db, job_id)
+
+        def record(conn: sqlite3.Connection) -> Recorded:
+            job = _select_job(conn, job_id)
             if job is None:
                 raise CallbackRejected("callback token names no job here", code="unknown_job",
                                        status_code=403)
             judgement = judge(job)
             verdict, state = judgement.verdict, judgement.state
             observation, confirm_at = judgement.observation, judgement.confirm_at
-            cursor = await db.execute(
+            cursor = conn.execute(
                 """INSERT INTO callbacks (job_id, provider, body_sha256, verdict, state, body, received_at)
                    VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, body_sha256) DO NOTHING""",
                 (job_id, provider, digest, verdict, state, body, now),
             )
             duplicate = cursor.rowcount == 0
-            await db.execute("UPDATE jobs SET callback_count = callback_count + 1 WHERE id = ?", (job_id,))
+            conn.execute("UPDATE jobs SET callback_count = callback_count + 1 WHERE id = ?", (job_id,))
             transition = None
             if observation is not None:
-                transition = await _apply_in_tx(
-                    db, job, observation, now=now, schedule=schedule, public_url=self.public_url
-                )
+                transition = _apply_in_tx(conn, job, observation, now=now, schedule=schedule,
+                                          public_url=self.public_url)
             elif confirm_at is not None and job.state.awaiting_provider:
-                await _upsert_task(db, job_id, TaskKind.POLL, confirm_at, now)
-            updated = await _select_job(db, job_id)
-            assert updated is not None
-            return Recorded(updated, transition, duplicate)
+                _upsert_task(conn, job_id, TaskKind.POLL, confirm_at, now)
+            return Recorded(_must_select_job(conn, job_id), transition, duplicate)
+
+        return await self._transact(record)
 
     async def record_outputs(
         self,
@@ -352,24 +334,24 @@ class Store(NotificationMethods):
         observation: Observation,
     ) -> Recorded | None:
         """Keep the stored outputs' records and mark the job succeeded, in one transaction."""
-        async with self._write() as db:
-            job = await _select_job(db, job_id)
+
+        def record(conn: sqlite3.Connection) -> Recorded | None:
+            job = _select_job(conn, job_id)
             if job is None:
-                await db.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
+                conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
                 return None
-            for out in outputs:
-                await db.execute(
-                    """INSERT INTO outputs (job_id, idx, sha256, content_type, bytes, source_url, stored_at)
-                       VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, idx) DO NOTHING""",
-                    (job_id, out.index, out.sha256, out.content_type, out.bytes, out.source_url, now),
-                )
-            transition = await _apply_in_tx(
-                db, job, observation, now=now, schedule=Schedule(), public_url=self.public_url
+            conn.executemany(
+                """INSERT INTO outputs (job_id, idx, sha256, content_type, bytes, source_url, stored_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, idx) DO NOTHING""",
+                [(job_id, out.index, out.sha256, out.content_type, out.bytes, out.source_url, now)
+                 for out in outputs],
             )
-            await db.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
-            updated = await _select_job(db, job_id)
-            assert updated is not None
-            return Recorded(updated, transition)
+            transition = _apply_in_tx(conn, job, observation, now=now, schedule=Schedule(),
+                                      public_url=self.public_url)
+            conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
+            return Recorded(_must_select_job(conn, job_id), transition)
+
+        return await self._transact(record)
 
     async def record_submit(
         self,
@@ -384,12 +366,13 @@ class Store(NotificationMethods):
     ) -> Recorded | None:
         """One submit's outcome: its attempt row, the job's change (accepted, rejected, or moved
         to the next provider), and the submit task's end, in one transaction."""
-        async with self._write() as db:
-            job = await _select_job(db, job_id)
+
+        def record(conn: sqlite3.Connection) -> Recorded | None:
+            job = _select_job(conn, job_id)
             if job is None:
-                await db.execute("DELETE FROM tasks WHERE id = ?", (task.task_id,))
+                conn.execute("DELETE FROM tasks WHERE id = ?", (task.task_id,))
                 return None
-            await db.execute(
+            conn.execute(
                 """INSERT INTO attempts (job_id, provider, outcome, http_status, message, provider_job_id, at)
                    VALUES (?, ?, ?, ?, ?, ?, ?)""",
                 (
@@ -404,86 +387,91 @@ class Store(NotificationMethods):
             )
             transition = None
             if switch_to is not None and job.status is JobStatus.QUEUED:
-                await db.execute(
-                    "UPDATE jobs SET provider = ?, updated_at = ? WHERE id = ?", (switch_to, now, job_id)
-                )
+                conn.execute("UPDATE jobs SET provider = ?, updated_at = ? WHERE id = ?",
+                             (switch_to, now, job_id))
             if observation is not None:
-                transition = await _apply_in_tx(
-                    db, job, observation, now=now, schedule=schedule, public_url=self.public_url
-                )
-            state = transition.state if transition else job.state
-            await _end_task(db, task, state)
-            updated = await _select_job(db, job_id)
-            assert updated is not None
-            return Recorded(updated, transition)
+                transition = _apply_in_tx(conn, job, observation, now=now, schedule=schedule,
+                                          public_url=self.public_url)
+            _end_task(conn, task, transition.state if transition else job.state)
+            return Recorded(_must_select_job(conn, job_id), transition)
 
-    async def get_attempts(self, job_ids: Sequence[str]) -> dict[str, list[AttemptRecord]]:
-        result: dict[str, list[AttemptRecord]] = {job_id: [] for job_id in job_ids}
-        if not job_ids:
-            return result
-        marks = ",".join("?" * len(job_ids))
-        sql = f"SELECT * FROM attempts WHERE job_id IN ({marks}) ORDER BY id"  # noqa: S608
-        async with self._read() as db:
-            for row in await db.execute_fetchall(sql, list(job_ids)):
-                result[row["job_id"]].append(AttemptRecord.from_row(row))
-        return result
+        return await self._transact(record)
 
     async def record_upload(self, upload: UploadRecord) -> None:
-        async with self._write() as db:
-            await db.execute(
+        def record(conn: sqlite3.Connection) -> None:
+            conn.execute(
                 "INSERT INTO uploads (id, sha256, content_type, bytes, created_at, expires_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    upload.id,
-                    upload.sha256,
-                    upload.content_type,
-                    upload.bytes,
-                    upload.created_at,
-                    upload.expires_at,
-                ),
+                (upload.id, upload.sha256, upload.content_type, upload.bytes, upload.created_at,
+                 upload.expires_at),
             )
 
-    async def get_upload(self, upload_id: str) -> UploadRecord | None:
-        async with self._read() as db:
-            row = _first(await db.execute_fetchall("SELECT * FROM uploads WHERE id = ?", (upload_id,)))
-        return UploadRecord.from_row(row) if row else None
-
-    async def claim_due_tasks(self, *, now: int, limit: int, lease_ms: int) -> list[TaskRecord]:
-        """Lease up to `limit` due tasks. The attempt is counted now, so a crash uses up a try."""
-        async with self._write() as db:
-            rows = await (
-                await db.execute(
-                    """UPDATE tasks SET lease_until = ?, attempts = attempts + 1
-                       WHERE id IN (SELECT id FROM tasks WHERE due_at <= ? AND lease_until <= ?
-                                    ORDER BY due_at LIMIT ?)
-                       RETURNING *""",
-                    (now + lease_ms, now, now, limit),
-                )
-            ).fetchall()
-        return sorted((TaskRecord.from_row(r) for r in rows), key=lambda t: t.due_at)
-
-    async def retry_task(self, task_id: int, *, due_at: int, error: str) -> None:
-        async with self._write() as db:
-            await db.execute(
-                "UPDATE tasks SET due_at = ?, lease_until = 0, last_error = ? WHERE id = ?",
-                (due_at, error[:500], task_id),
-            )
-
-    async def finish_task(self, task_id: int) -> None:
-        async with self._write() as db:
-            await db.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
+        await self._transact(record)
 
 
-# Transaction bodies (they run inside `_write`) --------------------------------------------------
+# How a transaction runs (in the database thread) ------------------------------------------------
 
 
-async def _select_job(db: aiosqlite.Connection, job_id: str) -> JobRecord | None:
-    row = _first(await db.execute_fetchall("SELECT * FROM jobs WHERE id = ?", (job_id,)))
+def _in_transaction(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"database busy or unavailable: {exc}") from exc
+    try:
+        result = fn(conn)
+    except BaseException as exc:
+        _roll_back(conn)
+        if isinstance(exc, sqlite3.Error):
+            raise StoreUnavailable(f"database write failed: {exc}") from exc
+        raise
+    try:
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        _roll_back(conn)
+        raise StoreUnavailable(f"commit failed: {exc}") from exc
+    return result
+
+
+def _roll_back(conn: sqlite3.Connection) -> None:
+    # Some errors (SQLITE_FULL, SQLITE_IOERR, ...) have already rolled the transaction back.
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
+def _reading(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
+    try:
+        return fn(conn)
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"database read failed: {exc}") from exc
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    for number, script in enumerate(MIGRATIONS, start=1):
+        if number <= version:
+            continue
+        for statement in filter(None, (s.strip() for s in script.split(";"))):
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version={number}")
+
+
+# Transaction bodies (they run inside `_transact`) -----------------------------------------------
+
+
+def _select_job(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
+    row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
     return JobRecord.from_row(row) if row else None
 
 
-async def _apply_in_tx(
-    db: aiosqlite.Connection,
+def _must_select_job(conn: sqlite3.Connection, job_id: str) -> JobRecord:
+    job = _select_job(conn, job_id)
+    assert job is not None  # written in this same transaction
+    return job
+
+
+def _apply_in_tx(
+    conn: sqlite3.Connection,
     job: JobRecord,
     observation: Observation,
     *,
@@ -495,14 +483,12 @@ async def _apply_in_tx(
     transition = apply(before, observation)
     after = transition.state
     if after != before:
-        await _write_state(db, job, before, after, now)
+        _write_state(conn, job, before, after, now)
         event_type = _event_for(before, after)
         if event_type is not None:
-            updated = await _select_job(db, job.id)
-            assert updated is not None
-            await emit_job_event(db, updated, event_type, now=now, public_url=public_url)
+            emit_job_event(conn, _must_select_job(conn, job.id), event_type, now=now, public_url=public_url)
     for effect in transition.effects:
-        await _materialize(db, job.id, effect, now=now, schedule=schedule)
+        _materialize(conn, job.id, effect, now=now, schedule=schedule)
     return transition
 
 
@@ -515,8 +501,8 @@ def _event_for(before: JobState, after: JobState) -> str | None:
     return None
 
 
-async def _write_state(
-    db: aiosqlite.Connection, job: JobRecord, before: JobState, after: JobState, now: int
+def _write_state(
+    conn: sqlite3.Connection, job: JobRecord, before: JobState, after: JobState, now: int
 ) -> None:
     submitted_at = job.submitted_at
     if submitted_at is None and after.provider_job_id and not before.provider_job_id:
@@ -525,68 +511,51 @@ async def _write_state(
     completed_at = job.completed_at
     if completed_at is None and after.status in TERMINAL:
         completed_at = now
-    await db.execute(
+    conn.execute(
         """UPDATE jobs SET status = ?, provider_job_id = ?, polling_url = ?, output_urls = ?,
                error_code = ?, error_message = ?, completion_source = ?, progress = ?,
                updated_at = ?, submitted_at = ?, ready_at = ?, completed_at = ?
            WHERE id = ?""",
-        (
-            after.status.value,
-            after.provider_job_id,
-            after.polling_url,
-            _json(list(after.output_urls)),
-            after.error_code,
-            after.error_message,
-            after.completion_source,
-            after.progress,
-            now,
-            submitted_at,
-            ready_at,
-            completed_at,
-            job.id,
-        ),
+        (after.status.value, after.provider_job_id, after.polling_url, _json(list(after.output_urls)),
+         after.error_code, after.error_message, after.completion_source, after.progress, now,
+         submitted_at, ready_at, completed_at, job.id),
     )
 
 
-async def _materialize(
-    db: aiosqlite.Connection, job_id: str, effect: Effect, *, now: int, schedule: Schedule
+def _materialize(
+    conn: sqlite3.Connection, job_id: str, effect: Effect, *, now: int, schedule: Schedule
 ) -> None:
     if effect is Effect.SCHEDULE_POLL and schedule.poll_at is not None:
-        await _upsert_task(db, job_id, TaskKind.POLL, schedule.poll_at, now)
+        _upsert_task(conn, job_id, TaskKind.POLL, schedule.poll_at, now)
     elif effect is Effect.STOP_POLLING:
-        await db.execute("DELETE FROM tasks WHERE job_id = ? AND kind = ?", (job_id, TaskKind.POLL.value))
+        conn.execute("DELETE FROM tasks WHERE job_id = ? AND kind = ?", (job_id, TaskKind.POLL.value))
     elif effect is Effect.FETCH_OUTPUTS:
-        await _upsert_task(db, job_id, TaskKind.FETCH, schedule.fetch_at or now, now)
+        _upsert_task(conn, job_id, TaskKind.FETCH, schedule.fetch_at or now, now)
     elif effect is Effect.STOP_FETCHING:
-        await db.execute("DELETE FROM tasks WHERE job_id = ? AND kind = ?", (job_id, TaskKind.FETCH.value))
+        conn.execute("DELETE FROM tasks WHERE job_id = ? AND kind = ?", (job_id, TaskKind.FETCH.value))
 
 
-async def _end_task(db: aiosqlite.Connection, outcome: TaskOutcome, state: JobState) -> None:
-    row = _first(await db.execute_fetchall("SELECT kind FROM tasks WHERE id = ?", (outcome.task_id,)))
+def _end_task(conn: sqlite3.Connection, outcome: TaskOutcome, state: JobState) -> None:
+    row = conn.execute("SELECT kind FROM tasks WHERE id = ?", (outcome.task_id,)).fetchone()
     if row is None:
         return  # already ended by an effect of this or a concurrent transition
     polling_over = row["kind"] == TaskKind.POLL.value and not state.awaiting_provider
     if outcome.retry_at is None or polling_over or state.terminal:
-        await db.execute("DELETE FROM tasks WHERE id = ?", (outcome.task_id,))
+        conn.execute("DELETE FROM tasks WHERE id = ?", (outcome.task_id,))
     else:
-        await db.execute(
+        conn.execute(
             "UPDATE tasks SET due_at = ?, lease_until = 0, last_error = ? WHERE id = ?",
             (outcome.retry_at, outcome.error, outcome.task_id),
         )
 
 
-async def _upsert_task(db: aiosqlite.Connection, job_id: str, kind: TaskKind, due_at: int, now: int) -> None:
+def _upsert_task(conn: sqlite3.Connection, job_id: str, kind: TaskKind, due_at: int, now: int) -> None:
     # One live task per job and kind; asking again only ever brings it forward.
-    await db.execute(
+    conn.execute(
         """INSERT INTO tasks (job_id, kind, due_at, created_at) VALUES (?, ?, ?, ?)
            ON CONFLICT (job_id, kind) DO UPDATE SET due_at = MIN(due_at, excluded.due_at)""",
         (job_id, kind.value, due_at, now),
     )
-
-
-def _first(rows: Any) -> Any:
-    """The first row of an `execute_fetchall` result, or None (one thread hop, not two)."""
-    return rows[0] if rows else None
 
 
 def _json(value: Any) -> str:
