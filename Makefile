@@ -18,9 +18,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m service.demo
 
-## make test: the whole suite, end-to-end tests included (what CI runs)
+## make test: lint, types, and the whole suite, end-to-end tests included (what CI runs)
 test: $(STAMP)
-	$(BIN)/ruff check service handlers storage tests bench
+	$(BIN)/ruff check service handlers storage tests bench scripts
+	$(BIN)/mypy service handlers storage
 	$(BIN)/pytest
 
 ## make test-fast: everything but the slower end-to-end tests
