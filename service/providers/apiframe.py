@@ -26,6 +26,7 @@ from service.providers.base import (
     RawResponse,
     StatusReport,
     SubmitOrder,
+    callback_object,
     raise_for_error,
     required_text,
 )
@@ -147,14 +148,7 @@ class ApiframeAdapter:
         return Verdict.VERIFIED
 
     def parse_callback(self, body: bytes) -> StatusReport:
-        try:
-            value = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise CallbackRejected("callback body is not JSON", code="malformed_callback",
-                                   status_code=400) from exc
-        if not isinstance(value, dict):
-            raise CallbackRejected("callback body is not a JSON object",
-                                   code="malformed_callback", status_code=400)
+        value = callback_object(body)
         event = value.get("event")
         state = _EVENT_STATES.get(event.strip().lower()) if isinstance(event, str) else None
         if state is ProviderState.RUNNING:

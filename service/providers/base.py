@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from service.backoff import parse_retry_after
-from service.errors import ProviderRejected, ProviderRetryable
+from service.errors import CallbackRejected, ProviderRejected, ProviderRetryable
 from service.signing import Verdict
 
 
@@ -146,6 +146,19 @@ def _detail_text(item: Any) -> str:
         msg = item.get("msg") or item.get("message") or ""
         return f"{loc}: {msg}" if loc else str(msg)
     return str(item)
+
+
+def callback_object(body: bytes) -> dict[str, Any]:
+    """A callback body as a JSON object; CallbackRejected (400) when it is not one."""
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CallbackRejected("callback body is not JSON", code="malformed_callback",
+                               status_code=400) from exc
+    if not isinstance(value, dict):
+        raise CallbackRejected("callback body is not a JSON object", code="malformed_callback",
+                               status_code=400)
+    return value
 
 
 def required_text(body: Mapping[str, Any], *keys: str) -> str | None:

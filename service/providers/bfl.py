@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from service.errors import CallbackRejected, ProviderRejected
+from service.errors import ProviderRejected
 from service.providers.base import (
     Accepted,
     ProviderCall,
@@ -21,6 +21,7 @@ from service.providers.base import (
     RawResponse,
     StatusReport,
     SubmitOrder,
+    callback_object,
     raise_for_error,
     required_text,
 )
@@ -105,14 +106,7 @@ class BflAdapter:
         return verify_bfl_callback(headers, body, secret)
 
     def parse_callback(self, body: bytes) -> StatusReport:
-        try:
-            value = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise CallbackRejected("callback body is not JSON", code="malformed_callback",
-                                   status_code=400) from exc
-        if not isinstance(value, dict):
-            raise CallbackRejected("callback body is not a JSON object",
-                                   code="malformed_callback", status_code=400)
+        value = callback_object(body)
         return report_from_body(value)
 
     def cancel_call(self, provider_job_id: str) -> ProviderCall | None:
