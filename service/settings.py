@@ -62,7 +62,7 @@ SETTINGS: tuple[SettingDoc, ...] = (
     SettingDoc("FLUXHOOK_WEBHOOK_CONCURRENCY", "32", "How many deliveries one worker sends at once."),
     SettingDoc("FLUXHOOK_WEBHOOK_PER_DESTINATION", "4", "How many deliveries to one destination may be in flight at once, so a slow receiver never delays others."),
     SettingDoc("FLUXHOOK_ALLOW_PRIVATE_DESTINATIONS", "(none)", "Comma list of CIDRs, IPs, host names, `loopback` or `private` that notifications may go to although they are not public addresses (checked on the address actually connected to)."),
-    SettingDoc("BFL_API_KEY", "(unset)", "Black Forest Labs API key (`x-key`). A provider with no key is not configured, unless the simulator serves it."),
+    SettingDoc("BFL_API_KEY", "(unset)", "Black Forest Labs API key (`x-key`). A provider with no key is not configured, unless the simulator serves it (mounted, or its base URL is on this machine)."),
     SettingDoc("BFL_BASE_URL", "https://api.bfl.ai", "BFL API base URL. With the simulator on and no key: `<public URL>/simulator`."),
     SettingDoc("BFL_OUTPUT_HOSTS", "*.bfl.ai,bfldeliveryprod.blob.core.windows.net", "Hosts BFL outputs may be downloaded from (comma list, `*.` wildcards); the base URL's host is always added."),
     SettingDoc("COMETAPI_API_KEY", "(unset)", "CometAPI key (`Authorization: Bearer`)."),
@@ -265,6 +265,9 @@ def _provider_settings(
         key = SIMULATOR_API_KEY
     base_url = env.text(f"{spec.prefix}_BASE_URL", default_base).rstrip("/")
     _check_url(f"{spec.prefix}_BASE_URL", base_url)
+    if not key and is_loopback_host(urlsplit(base_url).hostname or ""):
+        # A base URL on this machine is a stand-in (`fluxhook simulator`), which needs no key.
+        key, simulated = SIMULATOR_API_KEY, True
     if not key:
         return None
     hosts = env.items(f"{spec.prefix}_OUTPUT_HOSTS", list(spec.default_hosts))

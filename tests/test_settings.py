@@ -56,3 +56,10 @@ def test_secrets_never_show_in_the_settings_repr(tmp_path):
     text = repr(settings) + repr(dict(settings.providers))
     for secret in ("api-secret", "bfl-secret", settings.secret_key, settings.webhook_secret):
         assert secret not in text
+
+
+def test_a_provider_without_a_key_is_configured_only_when_a_local_stand_in_serves_it(tmp_path):
+    settings = make(tmp_path, BFL_API_KEY="k", COMETAPI_BASE_URL="http://127.0.0.1:8100",
+                    APIFRAME_BASE_URL="https://api.apiframe.ai")
+    assert set(settings.providers) == {"bfl", "cometapi"}
+    assert settings.providers["cometapi"].simulated and not settings.providers["bfl"].simulated
