@@ -559,7 +559,7 @@ def _upsert_task(conn: sqlite3.Connection, job_id: str, kind: TaskKind, due_at: 
 
 
 def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+    return json.dumps(value, separators=(",", ":"))  # keeps the client's key order
 
 
 def encode_cursor(job: JobRecord) -> str:

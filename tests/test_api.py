@@ -198,3 +198,12 @@ async def test_api_key_guards_every_v1_route_but_callbacks(api):
 async def test_numbers_that_only_look_like_numbers_are_422s_not_500s(api, raw):
     assert_error_shape(await api.client.get(f"/v1/jobs?limit={raw}"), 422, "validation_failed")
     assert_error_shape(await api.client.get(f"/v1/jobs/job_x/outputs/{raw}"), 422, "validation_failed")
+
+
+async def test_input_and_metadata_come_back_in_the_order_they_were_sent(api):
+    body = {"model": "flux-pro-1.1", "input": {"width": 512, "prompt": "z first", "height": 256},
+            "metadata": {"zeta": 1, "alpha": 2}}
+    job = (await api.client.post("/v1/jobs", json=body)).json()
+    stored = (await api.client.get(f"/v1/jobs/{job['id']}")).json()
+    assert list(stored["input"]) == ["width", "prompt", "height"]
+    assert list(stored["metadata"]) == ["zeta", "alpha"]
