@@ -28,8 +28,11 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/pytest -m "not e2e"
 
+## make bench: callback-ingest throughput and callback-to-notification latency, each against
+## a bare baseline measured in the same run (a benchmark, not a test)
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/notify.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
