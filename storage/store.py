@@ -318,7 +318,8 @@ class Store(NotificationMethods, TaskMethods):
             if observation is not None:
                 transition = _apply_in_tx(conn, job, observation, now=now, schedule=schedule,
                                           public_url=self.public_url)
-            elif confirm_at is not None and job.state.awaiting_provider:
+            elif confirm_at is not None and job.state.awaiting_provider and not duplicate:
+                # A byte-identical repeat (a provider retrying) has already asked for its poll.
                 _upsert_task(conn, job_id, TaskKind.POLL, confirm_at, now)
             return Recorded(_must_select_job(conn, job_id), transition, duplicate)
 

@@ -214,3 +214,17 @@ async def test_late_callback_after_success_is_acknowledged_and_ignored(api, rout
     response = await api.client.post(path, content=late, headers=signed(late, secret))
     assert response.status_code == 200
     assert await snapshot(api, job["id"]) == before
+
+
+async def test_a_repeated_unsigned_hint_asks_for_its_confirming_poll_only_once(api, router):
+    router.get(f"{BASE}/v1/get_result", params={"id": "task-fox"}).mock(
+        return_value=httpx.Response(200, json={"id": "task-fox", "status": "Pending"}))
+    job, path, _ = await submitted_job(api)
+    body = ready_body("task-fox")
+    await api.client.post(path, content=body)
+    await Worker(api.ctx).run_once()  # the confirming poll: still pending, next poll later
+    [after_poll] = await api.ctx.store.get_tasks(job["id"])
+    assert after_poll.due_at > api.ctx.clock()
+    repeat = await api.client.post(path, content=body)
+    assert repeat.json()["duplicate"] is True
+    assert await api.ctx.store.get_tasks(job["id"]) == [after_poll]  # not pulled forward again
