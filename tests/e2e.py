@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -12,6 +16,39 @@ import anyio
 import httpx
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (yet): for a process to bind, or to be refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_fluxhook(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """`fluxhook <args>` as a real process, its output appended to `log`."""
+    with open(log, "ab") as handle:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "service.cli", *args],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+
+
+async def wait_up(url: str, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Until `url` answers at all (and `process`, if given, has not died)."""
+    async with httpx.AsyncClient() as client:
+        with anyio.fail_after(30):
+            while True:
+                assert process is None or process.poll() is None, "the process exited during start-up"
+                try:
+                    await client.get(url)
+                    return
+                except httpx.TransportError:
+                    await anyio.sleep(0.1)
 
 
 def fluxhook_env(data_dir: Path, public_url: str, provider_url: str, **extra: str) -> dict[str, str]:
@@ -35,9 +72,18 @@ def fluxhook_env(data_dir: Path, public_url: str, provider_url: str, **extra: st
 
 def job_body(n: int) -> dict[str, Any]:
     side = 256 + 32 * (n % 5)
-    return {"provider": "bfl", "model": "flux-pro-1.1", "metadata": {"n": n},
-            "input": {"prompt": f"e2e image number {n}", "width": side, "height": 256,
-                      "seed": n, "output_format": "png" if n % 2 else "jpeg"}}
+    return {
+        "provider": "bfl",
+        "model": "flux-pro-1.1",
+        "metadata": {"n": n},
+        "input": {
+            "prompt": f"e2e image number {n}",
+            "width": side,
+            "height": 256,
+            "seed": n,
+            "output_format": "png" if n % 2 else "jpeg",
+        },
+    }
 
 
 async def submit_jobs(client: httpx.AsyncClient, count: int) -> list[str]:
@@ -102,7 +148,10 @@ class Stack:
 
 @asynccontextmanager
 async def running_stack(
-    tmp_path: Path, sim_config: Any, *, provider_env: Callable[[str], dict[str, str]] | None = None,
+    tmp_path: Path,
+    sim_config: Any,
+    *,
+    provider_env: Callable[[str], dict[str, str]] | None = None,
     **env: str,
 ) -> AsyncIterator[Stack]:
     """Simulator + fluxhook (workers in-process), both on loopback, and a client for fluxhook.
@@ -118,6 +167,8 @@ async def running_stack(
         sock = bind_loopback()
         extra = {**(provider_env(provider_url) if provider_env else {}), **env}
         settings = Settings.from_env(fluxhook_env(tmp_path / "data", url_of(sock), provider_url, **extra))
-        async with serve(create_app(settings), sock) as base, \
-                httpx.AsyncClient(base_url=base, timeout=30) as client:
+        async with (
+            serve(create_app(settings), sock) as base,
+            httpx.AsyncClient(base_url=base, timeout=30) as client,
+        ):
             yield Stack(base, provider_url, client)

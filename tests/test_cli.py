@@ -2,45 +2,23 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import anyio
 import httpx
 import pytest
 
-from tests.e2e import fluxhook_env, simulator_tasks, submit_jobs, wait_terminal
+from tests.e2e import (
+    fluxhook_env,
+    free_port,
+    run_fluxhook,
+    simulator_tasks,
+    submit_jobs,
+    wait_terminal,
+    wait_up,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def fluxhook(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    with open(log, "ab") as handle:
-        return subprocess.Popen([sys.executable, "-m", "service.cli", *args], cwd=ROOT,
-                                env={**os.environ, **env}, stdout=handle, stderr=subprocess.STDOUT)
-
-
-async def wait_up(url: str) -> None:
-    async with httpx.AsyncClient() as client:
-        with anyio.fail_after(30):
-            while True:
-                try:
-                    await client.get(url)
-                    return
-                except httpx.TransportError:
-                    await anyio.sleep(0.1)
 
 
 @pytest.fixture
@@ -60,10 +38,15 @@ async def test_web_and_worker_processes_finish_jobs_against_the_simulator_proces
     sim_port, web_port = free_port(), free_port()
     provider, base = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{web_port}"
     log = tmp_path / "processes.log"
-    processes.append(fluxhook(["simulator", "--port", str(sim_port)],
-                              {"FLUXHOOK_SIM_CALLBACK_DROP_RATE": "0.5", "FLUXHOOK_SIM_SEED": "3"}, log))
+    processes.append(
+        run_fluxhook(
+            ["simulator", "--port", str(sim_port)],
+            {"FLUXHOOK_SIM_CALLBACK_DROP_RATE": "0.5", "FLUXHOOK_SIM_SEED": "3"},
+            log,
+        )
+    )
     env = fluxhook_env(tmp_path / "data", base, provider)
-    processes.append(fluxhook(["serve", "--no-workers", "--port", str(web_port)], env, log))
+    processes.append(run_fluxhook(["serve", "--no-workers", "--port", str(web_port)], env, log))
     await wait_up(f"{provider}/_sim/config")
     await wait_up(f"{base}/healthz")
     async with httpx.AsyncClient(base_url=base, timeout=10) as client:
@@ -71,7 +54,7 @@ async def test_web_and_worker_processes_finish_jobs_against_the_simulator_proces
         await anyio.sleep(0.5)
         queued = [(await client.get(f"/v1/jobs/{j}")).json()["status"] for j in ids]
         assert set(queued) == {"queued"}  # the web process alone submits nothing
-        processes.append(fluxhook(["worker"], env, log))
+        processes.append(run_fluxhook(["worker"], env, log))
         docs = await wait_terminal(client, ids, timeout=60)
     assert {d["status"] for d in docs.values()} == {"succeeded"}, log.read_text()[-2000:]
     assert len(await simulator_tasks(provider)) == 6
@@ -81,9 +64,9 @@ async def test_tick_run_like_cron_finishes_jobs_and_exits(tmp_path, processes):
     sim_port, web_port = free_port(), free_port()
     provider, base = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{web_port}"
     log = tmp_path / "processes.log"
-    processes.append(fluxhook(["simulator", "--port", str(sim_port)], {"FLUXHOOK_SIM_SEED": "4"}, log))
+    processes.append(run_fluxhook(["simulator", "--port", str(sim_port)], {"FLUXHOOK_SIM_SEED": "4"}, log))
     env = fluxhook_env(tmp_path / "data", base, provider)
-    processes.append(fluxhook(["serve", "--no-workers", "--port", str(web_port)], env, log))
+    processes.append(run_fluxhook(["serve", "--no-workers", "--port", str(web_port)], env, log))
     await wait_up(f"{provider}/_sim/config")
     await wait_up(f"{base}/healthz")
     async with httpx.AsyncClient(base_url=base, timeout=10) as client:
@@ -91,7 +74,7 @@ async def test_tick_run_like_cron_finishes_jobs_and_exits(tmp_path, processes):
         ticks = 0
         with anyio.fail_after(60):
             while True:
-                tick = fluxhook(["tick"], env, log)
+                tick = run_fluxhook(["tick"], env, log)
                 assert await anyio.to_thread.run_sync(tick.wait) == 0
                 ticks += 1
                 docs = [(await client.get(f"/v1/jobs/{j}")).json() for j in ids]

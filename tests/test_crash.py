@@ -2,68 +2,41 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import anyio
 import httpx
 import pytest
 
-from service.loopback import bind_loopback, serve
+from service.loopback import serve
 from service.simulator import SimulatorConfig, create_simulator_app
 from tests.e2e import (
     assert_outputs_match_simulator,
     fluxhook_env,
+    free_port,
+    run_fluxhook,
     simulator_tasks,
     submit_jobs,
     wait_terminal,
+    wait_up,
 )
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def start_fluxhook(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
-    with open(log, "ab") as handle:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
-            cwd=ROOT,
-            env={**os.environ, **env},
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
-
-
-async def wait_healthy(client: httpx.AsyncClient, process: subprocess.Popen) -> None:
-    with anyio.fail_after(30):
-        while True:
-            assert process.poll() is None, "fluxhook exited during start-up"
-            try:
-                if (await client.get("/healthz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await anyio.sleep(0.1)
 
 
 async def test_sigkill_with_callbacks_acknowledged_and_images_unstored_loses_nothing(tmp_path: Path):
     # Downloads are held for 3 s, so callbacks are acknowledged well before images are stored.
     simulator = create_simulator_app(SimulatorConfig(latency_s=(0.3, 1.0), download_delay_s=3.0, seed=5))
-    sock = bind_loopback()
-    port = sock.getsockname()[1]
-    sock.close()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "fluxhook.log"
     async with serve(simulator) as provider_url, httpx.AsyncClient(base_url=base, timeout=10) as client:
         env = fluxhook_env(tmp_path / "data", base, provider_url, FLUXHOOK_TASK_LEASE_SECONDS="2")
-        process = start_fluxhook(env, port, log)
+        process = run_fluxhook(["serve", "--port", str(port)], env, log)
         try:
-            await wait_healthy(client, process)
+            await wait_up(f"{base}/healthz", process)
             ids = await submit_jobs(client, 12)
 
             # Wait for the bad moment: callbacks acknowledged, their images not yet stored.
@@ -87,8 +60,8 @@ async def test_sigkill_with_callbacks_acknowledged_and_images_unstored_loses_not
             assert all(tasks[d["provider_job_id"]]["callbacks_acknowledged"] >= 1 for d in acked_unstored)
 
             await client.patch(f"{provider_url}/_sim/config", json={"download_delay_s": 0})
-            process = start_fluxhook(env, port, log)
-            await wait_healthy(client, process)
+            process = run_fluxhook(["serve", "--port", str(port)], env, log)
+            await wait_up(f"{base}/healthz", process)
             final = await wait_terminal(client, ids, timeout=60)
 
             assert {d["status"] for d in final.values()} == {"succeeded"}, log.read_text()[-3000:]
@@ -108,12 +81,8 @@ async def test_sigkill_with_deliveries_pending_delivers_them_all_after_restart(t
     from tests.receivers import Receiver
 
     simulator = create_simulator_app(SimulatorConfig(latency_s=(0.2, 0.5), seed=8))
-    sock = bind_loopback()
-    port = sock.getsockname()[1]
-    sock.close()
-    receiver_sock = bind_loopback()
-    receiver_url = f"http://127.0.0.1:{receiver_sock.getsockname()[1]}"
-    receiver_sock.close()  # nothing listens there yet: connection refused
+    port = free_port()
+    receiver_url = f"http://127.0.0.1:{free_port()}"  # nothing listens there yet: connection refused
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "fluxhook.log"
     receiver = Receiver(fetch_outputs=False)
@@ -127,9 +96,9 @@ async def test_sigkill_with_deliveries_pending_delivers_them_all_after_restart(t
             FLUXHOOK_WEBHOOK_TIMEOUT_SECONDS="1",
             FLUXHOOK_WEBHOOK_RETRY_SCHEDULE=",".join(["0", *["1"] * 60]),
         )
-        process = start_fluxhook(env, port, log)
+        process = run_fluxhook(["serve", "--port", str(port)], env, log)
         try:
-            await wait_healthy(client, process)
+            await wait_up(f"{base}/healthz", process)
             sub = (await client.post("/v1/subscriptions", json={"url": f"{receiver_url}/hook"})).json()
             ids = await submit_jobs(client, 5)
             await wait_terminal(client, ids, timeout=30)
@@ -144,8 +113,8 @@ async def test_sigkill_with_deliveries_pending_delivers_them_all_after_restart(t
             rebound.bind(("127.0.0.1", int(receiver_url.rsplit(":", 1)[1])))
             rebound.listen(64)
             async with serve(receiver.app(), rebound):
-                process = start_fluxhook(env, port, log)
-                await wait_healthy(client, process)
+                process = run_fluxhook(["serve", "--port", str(port)], env, log)
+                await wait_up(f"{base}/healthz", process)
                 expected = {d["event_id"] for d in pending}
                 with anyio.fail_after(30):
                     while not expected <= set(receiver.accepted_ids()):

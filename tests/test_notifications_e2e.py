@@ -10,7 +10,7 @@ from standardwebhooks import Webhook
 
 from service.loopback import serve
 from service.simulator import SimulatorConfig
-from tests.e2e import running_stack, submit_jobs, wait_terminal
+from tests.e2e import free_port, running_stack, submit_jobs, wait_terminal
 from tests.receivers import Receiver
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -23,12 +23,6 @@ FAST_RETRIES = {
 CONFIG = SimulatorConfig(latency_s=(0.3, 0.8), callback_drop_rate=0.3, seed=31)
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def wait_until(predicate, timeout: float = 30) -> None:
     with anyio.fail_after(timeout):
         while not await predicate():
@@ -36,7 +30,7 @@ async def wait_until(predicate, timeout: float = 30) -> None:
 
 
 async def test_failing_receivers_get_every_event_once_by_webhook_id_and_all_verify(tmp_path):
-    refusing_port = closed_port()
+    refusing_port = free_port()
     flaky, slow, late = (
         Receiver(fail_first=2, failure=503),
         Receiver(fail_first=1, failure="slow"),
