@@ -10,6 +10,7 @@ from typing import Any
 
 from service.catalog import Catalog, Model, validate_input
 from service.errors import ValidationFailed
+from service.fields import json_object, only_fields
 
 _FIELDS = ("provider", "model", "input", "metadata", "webhook_url", "webhook_events")
 MAX_METADATA_BYTES = 16_384
@@ -30,16 +31,8 @@ def parse_job_request(
     own_urls: tuple[str, ...] = (),
 ) -> JobRequest:
     """Validate a `POST /v1/jobs` body against the catalog, before any provider is called."""
-    if not isinstance(body, dict):
-        raise ValidationFailed("request body must be a JSON object",
-                               details=[{"field": "(body)", "rule": "type", "expected": "object"}])
-    unknown = sorted(set(body) - set(_FIELDS))
-    if unknown:
-        raise ValidationFailed(
-            f"unknown field(s): {', '.join(unknown)}",
-            details=[{"field": name, "rule": "unknown_field", "allowed": list(_FIELDS)}
-                     for name in unknown],
-        )
+    body = json_object(body)
+    only_fields(body, _FIELDS)
     model_name = body.get("model")
     if not isinstance(model_name, str) or not model_name:
         raise ValidationFailed("model is required", details=[

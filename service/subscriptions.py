@@ -9,6 +9,7 @@ from service.context import WorkContext
 from service.documents import rfc3339
 from service.egress import DestinationRefused
 from service.errors import ValidationFailed
+from service.fields import json_object, only_fields
 from service.ids import new_prefixed_id
 from service.webhook_signing import new_secret
 from storage.notifications import EVENT_TYPES, JOB_EVENT_TYPES
@@ -61,8 +62,8 @@ def check_event_types(value: Any, field: str, *, allowed: tuple[str, ...] = EVEN
 
 
 def parse_new_subscription(ctx: WorkContext, body: Any) -> SubscriptionRecord:
-    body = _object(body)
-    _no_unknown(body, ("url", "events", "description"))
+    body = json_object(body)
+    only_fields(body, ("url", "events", "description"))
     now = ctx.clock()
     return SubscriptionRecord(
         id=new_prefixed_id("sub", now),
@@ -81,8 +82,8 @@ def parse_new_subscription(ctx: WorkContext, body: Any) -> SubscriptionRecord:
 
 
 def parse_subscription_changes(ctx: WorkContext, body: Any) -> dict[str, Any]:
-    body = _object(body)
-    _no_unknown(body, ("url", "events", "description", "status"))
+    body = json_object(body)
+    only_fields(body, ("url", "events", "description", "status"))
     changes: dict[str, Any] = {}
     if "url" in body:
         changes["url"] = check_destination(ctx, body["url"], "url")
@@ -183,24 +184,6 @@ def delivery_document(delivery: DeliveryRecord, attempts: list[DeliveryAttemptRe
             for a in attempts
         ],
     }
-
-
-def _object(body: Any) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise ValidationFailed(
-            "request body must be a JSON object",
-            details=[{"field": "(body)", "rule": "type", "expected": "object"}],
-        )
-    return body
-
-
-def _no_unknown(body: dict[str, Any], allowed: tuple[str, ...]) -> None:
-    unknown = sorted(set(body) - set(allowed))
-    if unknown:
-        raise ValidationFailed(
-            f"unknown field(s): {', '.join(unknown)}",
-            details=[{"field": name, "rule": "unknown_field", "allowed": list(allowed)} for name in unknown],
-        )
 
 
 def _description(value: Any) -> str | None:

@@ -20,11 +20,6 @@ _FORMATS = {
 _ASPECT = re.compile(r"^(\d{1,3}):(\d{1,3})$")
 
 
-def content_type_for(fmt: str) -> str:
-    """The Content-Type served for an output format name (jpeg, jpg, png, webp)."""
-    return _FORMATS[fmt][1]
-
-
 def render_image(*, prompt: str, seed: int, width: int, height: int, fmt: str) -> tuple[bytes, str]:
     """Draw a picture of exactly width x height, encoded as fmt; return (bytes, content type).
 

@@ -1,0 +1,26 @@
+"""Checks every request-body parser starts with: a JSON object, with only the fields it knows."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+from service.errors import ValidationFailed
+
+
+def json_object(body: Any) -> dict[str, Any]:
+    """`body` itself when it is a JSON object; otherwise a 422 naming the body."""
+    if not isinstance(body, dict):
+        raise ValidationFailed("request body must be a JSON object",
+                               details=[{"field": "(body)", "rule": "type", "expected": "object"}])
+    return body
+
+
+def only_fields(body: dict[str, Any], allowed: Collection[str]) -> None:
+    """A 422 naming each field of `body` not in `allowed`, with what is allowed."""
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise ValidationFailed(
+            f"unknown field(s): {', '.join(unknown)}",
+            details=[{"field": name, "rule": "unknown_field", "allowed": list(allowed)} for name in unknown],
+        )
