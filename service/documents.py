@@ -47,6 +47,8 @@ def job_document(
             {"code": job.error_code, "message": job.error_message} if job.error_code else None
         ),
         "completion_source": job.completion_source,
+        "polls": job.poll_count,  # answered status polls; 0 when the callback did its job
+        "callbacks": job.callback_count,  # callbacks received, duplicates and hints included
         "webhook_url": job.webhook_url,
         "webhook_events": list(job.webhook_events),
         "attempts": [

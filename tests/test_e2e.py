@@ -49,8 +49,11 @@ async def test_fifty_jobs_succeed_with_dropped_and_duplicated_callbacks(tmp_path
     for task in delivered:
         assert task["poll_count"] == 0, task["id"]
         assert by_task[task["id"]]["completion_source"] == "callback"
+        assert by_task[task["id"]]["polls"] == 0  # fluxhook's own count agrees
+        assert by_task[task["id"]]["callbacks"] == task["callbacks_acknowledged"]
     # A job whose callback was dropped was finished by the fallback poller.
     for task in dropped:
         assert task["poll_count"] >= 1
         assert by_task[task["id"]]["completion_source"] == "poll"
+        assert by_task[task["id"]]["polls"] == task["poll_count"]
     assert len(delivered) + len(dropped) == 50
