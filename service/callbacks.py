@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+from service.adoption import TaskRole, classify_task
 from service.context import WorkContext
 from service.errors import CallbackRejected
 from service.jobs import Source
 from service.reports import observe
 from service.signing import Verdict
 from service.tokens import CallbackTarget
-from storage.records import JobRecord
+from storage.records import AttemptRecord, JobRecord
 from storage.store import Judgement, Recorded, Schedule
 
 log = logging.getLogger("fluxhook.callbacks")
@@ -33,21 +34,25 @@ async def ingest_callback(
                                code="unknown_provider", status_code=404)
     now = ctx.clock()
 
-    def judge(job: JobRecord) -> Judgement:
+    def judge(job: JobRecord, attempts: list[AttemptRecord]) -> Judgement:
         verdict = adapter.verify_callback(headers, body, job.webhook_secret)
         report = adapter.parse_callback(body)
-        if report.provider_job_id and job.provider_job_id and report.provider_job_id != job.provider_job_id:
+        verified = verdict is Verdict.VERIFIED
+        task = report.provider_job_id
+        role = classify_task(task, current=job.provider_job_id, provider=target.provider,
+                             attempts=attempts, verified=verified)
+        if role is TaskRole.FOREIGN:
             raise CallbackRejected("callback is about another job than its token names",
                                    code="wrong_job", status_code=403)
-        if verdict is not Verdict.VERIFIED:
-            return Judgement(verdict.value, report.state.value, confirm_at=now)
+        if not verified:
+            return Judgement(verdict.value, report.state.value, confirm_at=now, role=role, task=task)
         observation = observe(report, source=Source.CALLBACK, submitted_at=job.submitted_at,
                               now=now, not_found_grace_ms=ctx.ms(ctx.settings.not_found_grace_s))
-        return Judgement(verdict.value, report.state.value, observation)
+        return Judgement(verdict.value, report.state.value, observation, role=role, task=task)
 
     recorded = await ctx.store.record_callback(
         target.job_id, provider=target.provider, body=body, judge=judge, now=now,
-        schedule=Schedule(fetch_at=now),
+        schedule=Schedule(fetch_at=now, poll_at=now + ctx.ms(ctx.settings.poll_grace_s)),
     )
     job = recorded.job
     verdict_text = "verified" if recorded.transition is not None else "unsigned"

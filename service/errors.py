@@ -12,6 +12,7 @@
     │   └── StoreUnavailable      503  the database did not answer (nothing was recorded)
     ├── ProviderError             a call to a provider failed, classified at the adapter boundary
     │   ├── ProviderRetryable     429, 5xx, timeout, connection error: try again later
+    │   │   └── ProviderOutcomeUnknown  the request went out but its answer was lost
     │   └── ProviderRejected      any other 4xx, or an unusable answer: do not retry
     ├── OutputError               an output image could not be stored
     │   ├── OutputRetryable       transient: 5xx, timeout, connection error, not yet there
@@ -116,6 +117,12 @@ class ProviderRetryable(ProviderError):
     ) -> None:
         super().__init__(message, status=status)
         self.retry_after = retry_after
+
+
+class ProviderOutcomeUnknown(ProviderRetryable):
+    """The request may have reached the provider but its answer was lost (a read timeout, a
+    connection dropped mid-answer, a 2xx that cannot be read). For a submit this means a
+    provider task, and a charge, may exist: it must not be blindly repeated."""
 
 
 class ProviderRejected(ProviderError):

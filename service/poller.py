@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 
+from service.adoption import unconfirmed_tasks
 from service.backoff import next_delay, retry_delay
 from service.context import WorkContext
 from service.errors import ProviderError, ProviderRetryable
 from service.jobs import Source, TimedOut
+from service.providers.base import Adapter, ProviderState
 from service.providers.transport import send
 from service.reports import observe
-from storage.records import TaskRecord
+from storage.records import JobRecord, TaskRecord
 from storage.store import Schedule, TaskOutcome
 
 log = logging.getLogger("fluxhook.poller")
@@ -31,10 +33,18 @@ async def poll_job(ctx: WorkContext, task: TaskRecord) -> None:
         )
         return
     adapter = ctx.adapters.get(job.provider)
-    if adapter is None or job.provider_job_id is None:
-        # Not submitted yet (a hint callback beat the submit answer home): look again soon.
+    if adapter is None:
         await ctx.store.retry_task(task.id, due_at=now + ctx.ms(settings.poll_base_s),
-                                   error="not submitted yet")
+                                   error=f"provider {job.provider!r} is not configured")
+        return
+    job = await _confirm_named_tasks(ctx, job, adapter) or job
+    if not job.state.awaiting_provider:
+        await ctx.store.finish_task(task.id)
+        return
+    if job.provider_job_id is None:
+        # No task to ask about yet: the submit (or its answer) is still on the way, and it
+        # schedules the polls; a hint naming a task was confirmed or refuted above.
+        await ctx.store.finish_task(task.id)
         return
     try:
         raw = await send(ctx.client, adapter.status_call(job.provider_job_id, job.polling_url),
@@ -59,3 +69,37 @@ async def poll_job(ctx: WorkContext, task: TaskRecord) -> None:
     if recorded and recorded.transition and recorded.transition.changed_from(job.state):
         log.info("job %s: poll says %s -> %s", job.id, report.state, recorded.job.status)
         ctx.nudge()
+
+
+async def _confirm_named_tasks(ctx: WorkContext, job: JobRecord, adapter: Adapter) -> JobRecord | None:
+    """Poll the tasks unsigned callbacks named that no attempt accounts for: one the provider
+    knows came from a submit of this job whose answer was lost, and is adopted (or recorded as
+    an orphan); one it does not know was forged, and is never polled again."""
+    named = await ctx.store.named_tasks(job.id, job.provider)
+    if not named:
+        return None
+    attempts = (await ctx.store.get_attempts([job.id]))[job.id]
+    recorded = None
+    for candidate in unconfirmed_tasks(named, current=job.provider_job_id, attempts=attempts):
+        try:
+            raw = await send(ctx.client, adapter.status_call(candidate, None),
+                             timeout=ctx.settings.http_timeout_s)
+            report = adapter.parse_status(raw, now_ms=ctx.clock())
+        except ProviderError as exc:
+            log.info("job %s: could not confirm task %s yet: %s", job.id, candidate, exc.message)
+            continue
+        if report.state is ProviderState.NOT_FOUND:
+            log.warning("job %s: a hint named task %s, which %s does not know", job.id, candidate,
+                        job.provider)
+            await ctx.store.refute_task(job.id, candidate)
+            continue
+        now = ctx.clock()
+        observation = observe(report, source=Source.POLL, submitted_at=job.submitted_at or now, now=now,
+                              not_found_grace_ms=ctx.ms(ctx.settings.not_found_grace_s))
+        recorded = await ctx.store.adopt_task(
+            job.id, job.provider, candidate, observation, now=now,
+            schedule=Schedule(fetch_at=now, poll_at=now + ctx.ms(ctx.settings.poll_base_s)),
+        ) or recorded
+        log.info("job %s: task %s confirmed by polling it", job.id, candidate)
+        ctx.nudge()
+    return recorded.job if recorded else None

@@ -43,6 +43,8 @@ SETTINGS: tuple[SettingDoc, ...] = (
     SettingDoc("FLUXHOOK_JOB_TIMEOUT_SECONDS", "900", "A job with no final provider word this long after creation fails with `timeout`."),
     SettingDoc("FLUXHOOK_NOT_FOUND_GRACE_SECONDS", "60", "A provider's `Task not found` fails the job only this long after submit."),
     SettingDoc("FLUXHOOK_SUBMIT_TIMEOUT_SECONDS", "300", "How long retryable submit failures (429, 5xx, timeouts) are retried before the job fails."),
+    SettingDoc("FLUXHOOK_ADOPT_WINDOW_SECONDS", "180", "A submit whose answer was lost (read timeout, crash before the commit) may have created a provider task: for a provider that calls back, fluxhook waits this long after it for the task's callback and adopts the task it names, instead of submitting (and paying) again."),
+    SettingDoc("FLUXHOOK_CRASH_AT", "(unset)", "For crash tests only: a comma list of named points (`submit.before_send`, `submit.answered`) where the process kills itself with SIGKILL. Never set it in production."),
     SettingDoc("FLUXHOOK_OUTPUT_WINDOW_SECONDS", "600", "How long output downloads are retried after the provider says ready (BFL URLs live ~10 min)."),
     SettingDoc("FLUXHOOK_RETRY_BASE_SECONDS", "1", "First delay for submit and download retries; doubles with jitter."),
     SettingDoc("FLUXHOOK_RETRY_MAX_SECONDS", "60", "Cap on submit and download retry delays."),
@@ -121,6 +123,8 @@ class Settings:
     job_timeout_s: float = 900.0
     not_found_grace_s: float = 60.0
     submit_timeout_s: float = 300.0
+    adopt_window_s: float = 180.0
+    crash_at: frozenset[str] = frozenset()
     output_window_s: float = 600.0
     retry_base_s: float = 1.0
     retry_max_s: float = 60.0
@@ -217,6 +221,8 @@ class Settings:
             job_timeout_s=env.number("FLUXHOOK_JOB_TIMEOUT_SECONDS", 900.0),
             not_found_grace_s=env.number("FLUXHOOK_NOT_FOUND_GRACE_SECONDS", 60.0),
             submit_timeout_s=env.number("FLUXHOOK_SUBMIT_TIMEOUT_SECONDS", 300.0),
+            adopt_window_s=env.number("FLUXHOOK_ADOPT_WINDOW_SECONDS", 180.0),
+            crash_at=frozenset(env.items("FLUXHOOK_CRASH_AT", [])),
             output_window_s=env.number("FLUXHOOK_OUTPUT_WINDOW_SECONDS", 600.0),
             retry_base_s=env.number("FLUXHOOK_RETRY_BASE_SECONDS", 1.0),
             retry_max_s=env.number("FLUXHOOK_RETRY_MAX_SECONDS", 60.0),

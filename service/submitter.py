@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import logging
 
+from service.adoption import plan_submit
 from service.backoff import retry_delay
 from service.context import WorkContext
-from service.errors import ProviderError, ProviderRejected, ProviderRetryable
+from service.crash_points import crash_point
+from service.errors import ProviderError, ProviderOutcomeUnknown, ProviderRejected, ProviderRetryable
 from service.jobs import ErrorCode, JobStatus, SubmitRejected, Submitted
 from service.providers.base import SubmitOrder
 from service.providers.transport import send
@@ -54,6 +56,18 @@ async def submit_job(ctx: WorkContext, task: TaskRecord) -> None:
         )
         return
     webhook = adapter.supports_webhooks
+    attempts = (await ctx.store.get_attempts([job.id]))[job.id]
+    plan = plan_submit(attempts, job.provider, now=ctx.clock(), window_ms=ctx.ms(ctx.settings.adopt_window_s),
+                       calls_back=webhook, idempotent=adapter.submit_idempotent)
+    if not plan.submit:
+        assert plan.wait_until is not None
+        # A submit went out and its answer never came: a provider task may exist. Its callback
+        # adopts it; submitting again before the window is out could pay twice.
+        log.info("job %s: a submit to %s may be in flight; waiting for its callback until %d",
+                 job.id, job.provider, plan.wait_until)
+        await ctx.store.retry_task(task.id, due_at=plan.wait_until,
+                                   error="submit outcome unknown: waiting for the provider's callback")
+        return
     order = SubmitOrder(
         job_id=job.id,
         model=model.native_id,
@@ -61,11 +75,25 @@ async def submit_job(ctx: WorkContext, task: TaskRecord) -> None:
         webhook_url=ctx.webhook_url(job.provider, job.id) if webhook else None,
         webhook_secret=job.webhook_secret if webhook else None,
     )
+    reuse = plan.reuse.id if plan.reuse is not None else None
+    attempt_id = await ctx.store.begin_submit(job.id, job.provider, now=ctx.clock(), reuse=reuse)
+    if attempt_id is None:  # adopted, cancelled or moved on since it was read
+        await ctx.store.finish_task(task.id)
+        return
+    crash_point(ctx.settings, "submit.before_send")
     try:
         raw = await send(ctx.client, adapter.submit_call(order), timeout=ctx.settings.http_timeout_s)
+    except ProviderError as exc:
+        await _submit_failed(ctx, job, task, exc, attempt_id)
+        return
+    crash_point(ctx.settings, "submit.answered")
+    try:
         accepted = adapter.parse_submit(raw, now_ms=ctx.clock())
     except ProviderError as exc:
-        await _submit_failed(ctx, job, task, exc)
+        if 200 <= raw.status < 300:
+            # The provider took the request but its answer names no task we can use.
+            exc = ProviderOutcomeUnknown(f"unreadable submit answer: {exc.message}", status=raw.status)
+        await _submit_failed(ctx, job, task, exc, attempt_id)
         return
     now = ctx.clock()
     # Without a webhook the poller is the only way to hear back, so it starts at once.
@@ -78,18 +106,34 @@ async def submit_job(ctx: WorkContext, task: TaskRecord) -> None:
         task=TaskOutcome(task.id),
         observation=Submitted(accepted.provider_job_id, accepted.polling_url),
         schedule=Schedule(poll_at=now + ctx.ms(grace)),
+        attempt_id=attempt_id,
     )
     log.info("job %s: submitted to %s as %s", job.id, job.provider, accepted.provider_job_id)
 
 
-async def _submit_failed(ctx: WorkContext, job: JobRecord, task: TaskRecord, exc: ProviderError) -> None:
+async def _submit_failed(
+    ctx: WorkContext, job: JobRecord, task: TaskRecord, exc: ProviderError, attempt_id: int
+) -> None:
     now = ctx.clock()
+    if isinstance(exc, ProviderOutcomeUnknown):
+        # Not another provider, and not at once: the plan decides when (service/adoption.py).
+        log.warning("job %s: submit to %s may have been accepted (%s); not repeating it blindly",
+                    job.id, job.provider, exc.message)
+        delay = retry_delay(task.attempts - 1, base=ctx.settings.retry_base_s, cap=ctx.settings.retry_max_s,
+                            rand=ctx.rand.random)
+        await ctx.store.record_submit(
+            job.id, Attempt(job.provider, "unknown", exc.status, exc.message), now=now,
+            task=TaskOutcome(task.id, retry_at=now + ctx.ms(delay), error=exc.message),
+            attempt_id=attempt_id,
+        )
+        ctx.nudge()
+        return
     following = next_candidate(job) if another_provider_could_fix(exc) else None
     if following is not None:
         log.info("job %s: %s failed (%s); failing over to %s", job.id, job.provider, exc.message, following)
         await ctx.store.record_submit(
             job.id, Attempt(job.provider, "failed_over", exc.status, exc.message), now=now,
-            task=TaskOutcome(task.id, retry_at=now), switch_to=following,
+            task=TaskOutcome(task.id, retry_at=now), switch_to=following, attempt_id=attempt_id,
         )
         ctx.nudge()
         return
@@ -97,7 +141,7 @@ async def _submit_failed(ctx: WorkContext, job: JobRecord, task: TaskRecord, exc
         log.info("job %s: submit rejected by %s: %s", job.id, job.provider, exc.message)
         await ctx.store.record_submit(
             job.id, Attempt(job.provider, "rejected", exc.status, exc.message), now=now,
-            task=TaskOutcome(task.id), observation=SubmitRejected(exc.message),
+            task=TaskOutcome(task.id), observation=SubmitRejected(exc.message), attempt_id=attempt_id,
         )
         return
     assert isinstance(exc, ProviderRetryable)
@@ -108,12 +152,12 @@ async def _submit_failed(ctx: WorkContext, job: JobRecord, task: TaskRecord, exc
         log.warning("job %s: giving up submitting after %d tries: %s", job.id, task.attempts, exc.message)
         await ctx.store.record_submit(
             job.id, Attempt(job.provider, "unavailable", exc.status, exc.message), now=now,
-            task=TaskOutcome(task.id),
+            task=TaskOutcome(task.id), attempt_id=attempt_id,
             observation=SubmitRejected(f"provider unavailable: {exc.message}", ErrorCode.PROVIDER_ERROR),
         )
         return
     log.info("job %s: submit retry in %.1fs: %s", job.id, delay, exc.message)
     await ctx.store.record_submit(
         job.id, Attempt(job.provider, "unavailable", exc.status, exc.message), now=now,
-        task=TaskOutcome(task.id, retry_at=now + ctx.ms(delay), error=exc.message),
+        task=TaskOutcome(task.id, retry_at=now + ctx.ms(delay), error=exc.message), attempt_id=attempt_id,
     )

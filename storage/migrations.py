@@ -164,4 +164,9 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX delivery_attempts_by_delivery ON delivery_attempts (delivery_id, id);
     """,
+    # 4: never pay twice: the provider task each callback names, so an unsigned one can be
+    #    confirmed by polling that task before the job adopts it (service/adoption.py)
+    """
+    ALTER TABLE callbacks ADD COLUMN provider_job_id TEXT;
+    """,
 )

@@ -142,7 +142,7 @@ class NewJob:
 
 @dataclass(frozen=True)
 class AttemptRecord:
-    """One submit to one provider: accepted, rejected, unavailable or failed over."""
+    """One submit to one provider; `outcome` as in service/adoption.py."""
 
     provider: str
     outcome: str
@@ -150,11 +150,12 @@ class AttemptRecord:
     message: str | None
     provider_job_id: str | None
     at: int
+    id: int = 0
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> AttemptRecord:
         return cls(row["provider"], row["outcome"], row["http_status"], row["message"],
-                   row["provider_job_id"], row["at"])
+                   row["provider_job_id"], row["at"], row["id"])
 
 
 @dataclass(frozen=True)

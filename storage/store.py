@@ -25,8 +25,19 @@ from typing import Any, TypeVar
 import aiosqlite
 import anyio
 
+from service.adoption import ADOPTED, ORPHANED, UNKNOWN, TaskRole
 from service.errors import CallbackRejected, Conflict, MalformedRequest, StoreUnavailable
-from service.jobs import TERMINAL, Effect, JobState, JobStatus, Observation, Transition, apply
+from service.jobs import (
+    TERMINAL,
+    Effect,
+    JobState,
+    JobStatus,
+    Observation,
+    ProviderSucceeded,
+    Submitted,
+    Transition,
+    apply,
+)
 from storage.migrations import MIGRATIONS
 from storage.notifications import NotificationMethods, emit_job_event
 from storage.records import AttemptRecord, JobRecord, NewJob, OutputRecord, UploadRecord
@@ -67,6 +78,8 @@ class Judgement:
     state: str | None
     observation: Observation | None = None
     confirm_at: int | None = None
+    role: TaskRole = TaskRole.CURRENT  # which provider task it is about (service/adoption.py)
+    task: str | None = None  # the provider task it names
 
 
 @dataclass(frozen=True)
@@ -286,7 +299,7 @@ class Store(NotificationMethods, TaskMethods):
         *,
         provider: str,
         body: bytes,
-        judge: Callable[[JobRecord], Judgement],
+        judge: Callable[[JobRecord, list[AttemptRecord]], Judgement],
         now: int,
         schedule: Schedule,
     ) -> Recorded:
@@ -294,8 +307,9 @@ class Store(NotificationMethods, TaskMethods):
 
         `judge` is pure (signature check, parsing) and may raise to refuse the callback, which
         then changes nothing; it runs in the database thread, inside the transaction. A verified
-        observation is applied; for a hint (no verifiable signature) the confirming poll is made
-        due at `judgement.confirm_at`.
+        observation is applied; a task from a submit whose answer was lost is adopted (or
+        recorded as an orphan: service/adoption.py); for a hint (no verifiable signature) the
+        confirming poll is made due at `judgement.confirm_at`.
         """
         digest = hashlib.sha256(body).hexdigest()
 
@@ -304,18 +318,23 @@ class Store(NotificationMethods, TaskMethods):
             if job is None:
                 raise CallbackRejected("callback token names no job here", code="unknown_job",
                                        status_code=403)
-            judgement = judge(job)
-            verdict, state = judgement.verdict, judgement.state
-            observation, confirm_at = judgement.observation, judgement.confirm_at
+            judgement = judge(job, _select_attempts(conn, job_id))
             cursor = conn.execute(
-                """INSERT INTO callbacks (job_id, provider, body_sha256, verdict, state, body, received_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, body_sha256) DO NOTHING""",
-                (job_id, provider, digest, verdict, state, body, now),
+                """INSERT INTO callbacks (job_id, provider, body_sha256, verdict, state, body,
+                                          received_at, provider_job_id)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, body_sha256) DO NOTHING""",
+                (job_id, provider, digest, judgement.verdict, judgement.state, body, now,
+                 judgement.task),
             )
             duplicate = cursor.rowcount == 0
             conn.execute("UPDATE jobs SET callback_count = callback_count + 1 WHERE id = ?", (job_id,))
             transition = None
-            if observation is not None:
+            observation, confirm_at = judgement.observation, judgement.confirm_at
+            if judgement.role in (TaskRole.ADOPT, TaskRole.ORPHAN) and judgement.task:
+                transition = _take_task(conn, job, provider, judgement.task, observation, now=now,
+                                        schedule=schedule, public_url=self.public_url,
+                                        how="named by a verified callback")
+            elif observation is not None:
                 transition = _apply_in_tx(conn, job, observation, now=now, schedule=schedule,
                                           public_url=self.public_url)
             elif confirm_at is not None and job.state.awaiting_provider and not duplicate:
@@ -324,6 +343,60 @@ class Store(NotificationMethods, TaskMethods):
             return Recorded(_must_select_job(conn, job_id), transition, duplicate)
 
         return await self._transact(record)
+
+    async def named_tasks(self, job_id: str, provider: str) -> list[str]:
+        """Provider tasks that unsigned callbacks for this job named, oldest first (a task a poll
+        refuted is never named again)."""
+        rows = await self._query(
+            lambda conn: conn.execute(
+                """SELECT provider_job_id FROM callbacks
+                   WHERE job_id = ? AND provider = ? AND verdict = 'unsigned'
+                     AND provider_job_id IS NOT NULL
+                     AND provider_job_id NOT IN (
+                         SELECT provider_job_id FROM callbacks
+                         WHERE job_id = ? AND verdict = 'refuted' AND provider_job_id IS NOT NULL)
+                   GROUP BY provider_job_id ORDER BY MIN(id)""",
+                (job_id, provider, job_id),
+            ).fetchall()
+        )
+        return [row[0] for row in rows]
+
+    async def refute_task(self, job_id: str, task: str) -> None:
+        """A task an unsigned callback named that the provider does not know: a forgery, never
+        polled again."""
+
+        def refute(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE callbacks SET verdict = 'refuted' WHERE job_id = ? AND provider_job_id = ? "
+                "AND verdict = 'unsigned'",
+                (job_id, task),
+            )
+
+        await self._transact(refute)
+
+    async def adopt_task(
+        self,
+        job_id: str,
+        provider: str,
+        task: str,
+        observation: Observation | None,
+        *,
+        now: int,
+        schedule: Schedule,
+    ) -> Recorded | None:
+        """A task a hint named, confirmed by polling it: the job adopts it, or records it as an
+        orphan when the job already has a task of its own (service/adoption.py)."""
+
+        def adopt(conn: sqlite3.Connection) -> Recorded | None:
+            job = _select_job(conn, job_id)
+            if job is None:
+                return None
+            conn.execute("UPDATE jobs SET poll_count = poll_count + 1 WHERE id = ?", (job_id,))
+            transition = _take_task(conn, job, provider, task, observation, now=now, schedule=schedule,
+                                    public_url=self.public_url, how="confirmed by polling it")
+            return Recorded(_must_select_job(conn, job_id), transition)
+
+        return await self._transact(adopt)
 
     async def record_outputs(
         self,
@@ -354,6 +427,28 @@ class Store(NotificationMethods, TaskMethods):
 
         return await self._transact(record)
 
+    async def begin_submit(
+        self, job_id: str, provider: str, *, now: int, reuse: int | None = None
+    ) -> int | None:
+        """Write the submit down as `unknown` before it goes out, so a crash or a lost answer
+        leaves a trace (service/adoption.py); its attempt id, or None when the job is no longer
+        queued. `reuse` re-sends over an earlier attempt (an idempotent provider)."""
+
+        def begin(conn: sqlite3.Connection) -> int | None:
+            job = _select_job(conn, job_id)
+            if job is None or job.status is not JobStatus.QUEUED or job.provider != provider:
+                return None
+            if reuse is not None:
+                conn.execute("UPDATE attempts SET message = NULL WHERE id = ?", (reuse,))
+                return reuse
+            cursor = conn.execute(
+                "INSERT INTO attempts (job_id, provider, outcome, at) VALUES (?, ?, ?, ?)",
+                (job_id, provider, UNKNOWN, now),
+            )
+            return cursor.lastrowid
+
+        return await self._transact(begin)
+
     async def record_submit(
         self,
         job_id: str,
@@ -364,28 +459,18 @@ class Store(NotificationMethods, TaskMethods):
         observation: Observation | None = None,
         schedule: Schedule = Schedule(),
         switch_to: str | None = None,
+        attempt_id: int | None = None,
     ) -> Recorded | None:
-        """One submit's outcome: its attempt row, the job's change (accepted, rejected, or moved
-        to the next provider), and the submit task's end, in one transaction."""
+        """One submit's outcome: its attempt row (written over the `unknown` one `begin_submit`
+        wrote, when given), the job's change (accepted, rejected, or moved to the next
+        provider), and the submit task's end, in one transaction."""
 
         def record(conn: sqlite3.Connection) -> Recorded | None:
             job = _select_job(conn, job_id)
             if job is None:
                 conn.execute("DELETE FROM tasks WHERE id = ?", (task.task_id,))
                 return None
-            conn.execute(
-                """INSERT INTO attempts (job_id, provider, outcome, http_status, message, provider_job_id, at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?)""",
-                (
-                    job_id,
-                    attempt.provider,
-                    attempt.outcome,
-                    attempt.http_status,
-                    (attempt.message or "")[:500] or None,
-                    attempt.provider_job_id,
-                    now,
-                ),
-            )
+            _write_attempt(conn, job_id, attempt, now=now, attempt_id=attempt_id)
             transition = None
             if switch_to is not None and job.status is JobStatus.QUEUED:
                 conn.execute("UPDATE jobs SET provider = ?, updated_at = ? WHERE id = ?",
@@ -469,6 +554,95 @@ def _must_select_job(conn: sqlite3.Connection, job_id: str) -> JobRecord:
     job = _select_job(conn, job_id)
     assert job is not None  # written in this same transaction
     return job
+
+
+def _select_attempts(conn: sqlite3.Connection, job_id: str) -> list[AttemptRecord]:
+    rows = conn.execute("SELECT * FROM attempts WHERE job_id = ? ORDER BY id", (job_id,)).fetchall()
+    return [AttemptRecord.from_row(r) for r in rows]
+
+
+def _write_attempt(
+    conn: sqlite3.Connection, job_id: str, attempt: Attempt, *, now: int, attempt_id: int | None
+) -> None:
+    message = (attempt.message or "")[:500] or None
+    if attempt_id is None:
+        conn.execute(
+            """INSERT INTO attempts (job_id, provider, outcome, http_status, message, provider_job_id, at)
+               VALUES (?, ?, ?, ?, ?, ?, ?)""",
+            (job_id, attempt.provider, attempt.outcome, attempt.http_status, message,
+             attempt.provider_job_id, now),
+        )
+        return
+    # A callback may have adopted this very task while its answer was on the way: the answer
+    # settles it as accepted, but an error answer never overwrites what the callback proved.
+    conn.execute(
+        """UPDATE attempts SET outcome = ?, http_status = ?, message = ?,
+               provider_job_id = COALESCE(?, provider_job_id)
+           WHERE id = ? AND (outcome = ? OR ? = 'accepted')""",
+        (attempt.outcome, attempt.http_status, message, attempt.provider_job_id, attempt_id,
+         UNKNOWN, attempt.outcome),
+    )
+
+
+def _take_task(
+    conn: sqlite3.Connection,
+    job: JobRecord,
+    provider: str,
+    task: str,
+    observation: Observation | None,
+    *,
+    now: int,
+    schedule: Schedule,
+    public_url: str,
+    how: str,
+) -> Transition | None:
+    """A provider task from one of this job's own submits whose answer was lost.
+
+    A job with no task yet adopts it (as if the submit's answer had arrived) and stops waiting
+    to submit again. A job that already has one keeps it; the other is an orphan, recorded, and
+    its result is used only if it is the first to arrive (one result, never two).
+    """
+    if job.provider_job_id is None and job.provider == provider and not job.state.terminal:
+        _mark_attempt(conn, job.id, provider, task, ADOPTED, now=now, how=how)
+        conn.execute("DELETE FROM tasks WHERE job_id = ? AND kind = ?", (job.id, TaskKind.SUBMIT.value))
+        transition = _apply_in_tx(conn, job, Submitted(task), now=now, schedule=schedule,
+                                  public_url=public_url)
+        if observation is not None:
+            transition = _apply_in_tx(conn, _must_select_job(conn, job.id), observation, now=now,
+                                      schedule=schedule, public_url=public_url)
+        return transition
+    first_result = isinstance(observation, ProviderSucceeded) and job.state.awaiting_provider
+    _mark_attempt(conn, job.id, provider, task, ADOPTED if first_result else ORPHANED, now=now, how=how)
+    if first_result and observation is not None:
+        return _apply_in_tx(conn, job, observation, now=now, schedule=schedule, public_url=public_url)
+    return None
+
+
+def _mark_attempt(
+    conn: sqlite3.Connection, job_id: str, provider: str, task: str, outcome: str, *, now: int, how: str
+) -> None:
+    """Give the provider task its attempt: the one already naming it, else the oldest submit
+    whose answer never came, else a new row (a task no attempt accounts for)."""
+    row = conn.execute(
+        "SELECT id, outcome FROM attempts WHERE job_id = ? AND provider = ? AND provider_job_id = ?",
+        (job_id, provider, task),
+    ).fetchone()
+    if row is None:
+        row = conn.execute(
+            """SELECT id, outcome FROM attempts WHERE job_id = ? AND provider = ? AND outcome = ?
+                   AND provider_job_id IS NULL ORDER BY id LIMIT 1""",
+            (job_id, provider, UNKNOWN),
+        ).fetchone()
+    message = f"its submit's answer was lost; task {how}"
+    if row is None:
+        conn.execute(
+            """INSERT INTO attempts (job_id, provider, outcome, message, provider_job_id, at)
+               VALUES (?, ?, ?, ?, ?, ?)""",
+            (job_id, provider, outcome, message, task, now),
+        )
+    elif row["outcome"] in (UNKNOWN, ORPHANED):
+        conn.execute("UPDATE attempts SET outcome = ?, message = ?, provider_job_id = ? WHERE id = ?",
+                     (outcome, message, task, row["id"]))
 
 
 def _apply_in_tx(

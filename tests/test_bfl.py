@@ -107,7 +107,7 @@ async def test_transient_submit_failures_are_retried_with_the_same_secret(ctx, m
     route = router.post(f"{BASE}/v1/flux-pro-1.1").mock(side_effect=[
         httpx.ConnectError("refused"),
         httpx.Response(503, text="<html><body>502 Bad Gateway</body></html>"),
-        httpx.ReadTimeout("slow"),
+        httpx.ConnectTimeout("no connection"),  # never sent: safe to repeat at once
         accepted("task-9"),
     ])
     job = await make_job()

@@ -128,7 +128,7 @@ async def test_a_refused_callback_changes_nothing(store: Store):
     job = await submitted_job(store)
     before = await store._query(lambda conn: (count(conn, "callbacks"), count(conn, "events")))
 
-    def judge(seen: JobRecord) -> Judgement:
+    def judge(seen: JobRecord, attempts: list) -> Judgement:
         assert seen.id == job.id
         raise CallbackRejected("signature does not match", code="bad_signature", status_code=401)
 
@@ -141,7 +141,7 @@ async def test_a_refused_callback_changes_nothing(store: Store):
 
 
 async def test_a_callback_for_no_job_is_rejected_without_judging(store: Store):
-    def judge(job: JobRecord) -> Judgement:
+    def judge(job: JobRecord, attempts: list) -> Judgement:
         raise AssertionError("judged a job that does not exist")
 
     with pytest.raises(CallbackRejected) as caught:

@@ -70,6 +70,8 @@ class ApiframeAdapter:
     output_hosts: tuple[str, ...]
     name: str = "apiframe"
     supports_webhooks: bool = True
+    # Idempotency-Key = the job id: a repeated submit answers with the task it created.
+    submit_idempotent: bool = True
 
     def auth_headers(self) -> dict[str, str]:
         return {"X-API-Key": self.api_key, "Accept": "application/json"}

@@ -57,6 +57,7 @@ class BflAdapter:
     result_path: str = "/v1/get_result"
     api_hosts: tuple[str, ...] = ("*.bfl.ai",)
     supports_webhooks: bool = True
+    submit_idempotent: bool = False
 
     def auth_headers(self) -> dict[str, str]:
         return {"x-key": self.api_key}

@@ -34,6 +34,7 @@ class CometApiAdapter(BflAdapter):
     # base URL's host, which is how the embedded simulator is reached).
     api_hosts: tuple[str, ...] = ("*.cometapi.com",)
     supports_webhooks: bool = True
+    submit_idempotent: bool = False
 
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"}

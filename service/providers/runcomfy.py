@@ -57,6 +57,7 @@ class RunComfyAdapter:
     output_hosts: tuple[str, ...]
     name: str = "runcomfy"
     supports_webhooks: bool = False
+    submit_idempotent: bool = False
     # result_url receives the key, so it is only followed to RunComfy's hosts or the base host.
     api_hosts: tuple[str, ...] = ("*.runcomfy.net",)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from service.errors import ProviderRetryable
+from service.errors import ProviderOutcomeUnknown, ProviderRetryable
 from service.providers.base import ProviderCall, RawResponse
 
 MAX_RESPONSE_BYTES = 1_048_576  # a status answer is small; never buffer a runaway body
@@ -31,12 +31,19 @@ async def send(client: httpx.AsyncClient, call: ProviderCall, *, timeout: float)
                         status=response.status_code,
                     )
             return RawResponse(response.status_code, dict(response.headers), bytes(body))
-    except httpx.TimeoutException as exc:
-        raise ProviderRetryable(f"{call.method} {_safe(call.url)}: timed out") from exc
+    except _NOT_SENT as exc:
+        # No connection was made, so the provider cannot have seen the request.
+        raise ProviderRetryable(f"{call.method} {_safe(call.url)}: {_what(exc)}") from exc
     except httpx.HTTPError as exc:
-        raise ProviderRetryable(
-            f"{call.method} {_safe(call.url)}: {type(exc).__name__}"
-        ) from exc
+        # The request may have arrived: a read timeout, a connection dropped mid-answer.
+        raise ProviderOutcomeUnknown(f"{call.method} {_safe(call.url)}: {_what(exc)}") from exc
+
+
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+
+
+def _what(exc: httpx.HTTPError) -> str:
+    return "timed out" if isinstance(exc, httpx.TimeoutException) else type(exc).__name__
 
 
 def _safe(url: str) -> str:
