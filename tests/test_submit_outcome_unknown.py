@@ -218,3 +218,34 @@ async def test_a_connection_that_never_opened_is_retried_without_waiting(api, ro
 
     assert submit.call_count == 2
     assert await attempts(api, job_id) == [("unavailable", None), ("accepted", "task-1")]
+
+
+async def test_an_idempotent_provider_is_resent_at_once_over_the_same_attempt(make_settings, clock, router):
+    import random
+
+    from service.app import open_context
+    from service.ids import new_job_id, new_webhook_secret
+    from storage.records import NewJob
+
+    base = "https://api.apiframe.ai"
+    generate = router.post(f"{base}/v2/images/generate").mock(side_effect=[
+        httpx.ReadTimeout("answer lost"), httpx.Response(202, json={"jobId": "af-1", "status": "QUEUED"})])
+    settings = make_settings(APIFRAME_API_KEY="af-key", APIFRAME_BASE_URL=base)
+    async with open_context(settings, transport=httpx.MockTransport(router.async_handler), clock=clock,
+                            rand=random.Random(3)) as ctx:
+        job, _ = await ctx.store.create_job(NewJob(
+            id=new_job_id(clock()), provider="apiframe", model="flux-1.1-pro",
+            input={"prompt": "fox", "aspect_ratio": "1:1"}, metadata={},
+            webhook_secret=new_webhook_secret(), idempotency_key=None, request_hash=None,
+            deadline_at=clock() + 900_000), now=clock())
+        worker = Worker(ctx)
+        await worker.run_once()
+        clock.advance(5)  # past the retry backoff, far inside the adopt window
+        await worker.run_once()
+
+        assert generate.call_count == 2
+        keys = {call.request.headers["Idempotency-Key"] for call in generate.calls}
+        assert keys == {job.id}
+        rows = (await ctx.store.get_attempts([job.id]))[job.id]
+        assert [(a.outcome, a.provider_job_id) for a in rows] == [("accepted", "af-1")]
+        assert (await ctx.store.get_job(job.id)).provider_job_id == "af-1"
