@@ -35,9 +35,9 @@ TASK_OUTCOMES = {"unknown", "accepted", "adopted", "orphaned"}  # attempts that 
 
 
 async def crash_the_worker_after_the_provider_answers(
-    tmp_path: Path, sim_config: SimulatorConfig, **env: str
+    tmp_path: Path, sim_config: SimulatorConfig, *, at: str = "submit.answered", **env: str
 ) -> tuple[dict[str, dict], dict[str, dict], list[str]]:
-    """Jobs submitted by a worker that dies at `submit.answered`, then finished by a new worker.
+    """Jobs submitted by a worker that dies at crash point `at`, then finished by a new worker.
     Returns the final job documents, the simulator's tasks, and the ids of the jobs whose submit
     answer the crash lost."""
     port = free_port()
@@ -54,7 +54,7 @@ async def crash_the_worker_after_the_provider_answers(
             await wait_up(f"{base}/healthz", web)
             ids = await submit_jobs(client, JOBS)
             # One submit at a time, so the crash lands after exactly one provider answer.
-            worker = run_fluxhook(["worker"], {**settings, "FLUXHOOK_CRASH_AT": "submit.answered",
+            worker = run_fluxhook(["worker"], {**settings, "FLUXHOOK_CRASH_AT": at,
                                                "FLUXHOOK_WORKER_CONCURRENCY": "1"}, log)
             with anyio.fail_after(30):  # the simulator answers from this event loop: never block it
                 while worker.poll() is None:
@@ -66,7 +66,8 @@ async def crash_the_worker_after_the_provider_answers(
                 if any(a["outcome"] == "unknown" for a in doc["attempts"]):
                     lost.append(job_id)
             tasks_at_crash = await simulator_tasks(provider_url)
-            assert len(lost) == 1 and len(tasks_at_crash) == 1, "the crash did not lose one answer"
+            sent = 1 if at == "submit.answered" else 0
+            assert len(lost) == 1 and len(tasks_at_crash) == sent, "the crash did not land where meant"
 
             worker = run_fluxhook(["worker"], settings, log)  # no crash point this time
             final = await wait_terminal(client, ids, timeout=60)
@@ -119,3 +120,13 @@ async def test_crash_after_the_provider_answered_with_the_callback_dropped_still
             # Nothing was heard within the window: submitted again, the lost one kept as unknown.
             assert [a["outcome"] for a in doc["attempts"]] == ["unknown", "accepted"]
             assert per_prompt[doc["input"]["prompt"]] == 2
+
+
+async def test_crash_before_the_request_went_out_submits_once_after_the_window(tmp_path: Path):
+    config = SimulatorConfig(latency_s=(0.3, 0.6), seed=13)
+    final, tasks, lost = await crash_the_worker_after_the_provider_answers(
+        tmp_path, config, at="submit.before_send", FLUXHOOK_ADOPT_WINDOW_SECONDS="2")
+
+    assert len(tasks) == JOBS and set(tasks_by_prompt(tasks).values()) == {1}
+    [doc] = [final[job_id] for job_id in lost]
+    assert [a["outcome"] for a in doc["attempts"]] == ["unknown", "accepted"]
