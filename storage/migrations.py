@@ -164,4 +164,14 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX delivery_attempts_by_delivery ON delivery_attempts (delivery_id, id);
     """,
+    # 8: the address the web process serves, announced for workers that were given none
+    #    (one row; `owner` is the announcing process, so only it withdraws the row)
+    """
+    CREATE TABLE announced_address (
+        id           INTEGER PRIMARY KEY CHECK (id = 1),
+        owner        TEXT NOT NULL,
+        public_url   TEXT NOT NULL,
+        announced_at INTEGER NOT NULL
+    );
+    """,
 )

@@ -27,6 +27,7 @@ import anyio
 
 from service.errors import CallbackRejected, Conflict, MalformedRequest, StoreUnavailable
 from service.jobs import TERMINAL, Effect, JobState, JobStatus, Observation, Transition, apply
+from storage.addresses import AddressMethods
 from storage.migrations import MIGRATIONS
 from storage.notifications import NotificationMethods, emit_job_event
 from storage.records import AttemptRecord, JobRecord, NewJob, OutputRecord, UploadRecord
@@ -99,7 +100,7 @@ class Recorded:
     duplicate: bool = False
 
 
-class Store(NotificationMethods, TaskMethods):
+class Store(NotificationMethods, TaskMethods, AddressMethods):
     def __init__(self, db: aiosqlite.Connection, *, public_url: str = "") -> None:
         self._db = db
         self._lock = anyio.Lock()
