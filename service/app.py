@@ -36,6 +36,7 @@ from handlers.subscriptions import (
     webhook_secret,
 )
 from handlers.uploads import create_upload, get_upload
+from service.address import announce, withdraw
 from service.catalog import Catalog
 from service.context import Clock, WorkContext
 from service.egress import EgressPolicy, guarded_transport
@@ -152,6 +153,9 @@ def create_app(
                 )
             )
             app.state.ctx = ctx  # for tests and tools holding the app; handlers use request.state
+            # Workers in other processes that were given no FLUXHOOK_PUBLIC_URL use this address.
+            owner = await announce(ctx)
+            stack.push_async_callback(withdraw, ctx, owner)
             async with anyio.create_task_group() as group:
                 if run_workers:
                     group.start_soon(Worker(ctx).run)

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from functools import partial
 
 import anyio
 import uvicorn
@@ -42,6 +43,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fluxhook: configuration error: {exc}", file=sys.stderr)
         return 2
     _logging(settings.log_level)
+    if args.command != "serve":
+        # Only `serve` may build the public URL from its own host and port (service/address.py).
+        from service.address import AddressUnknown, agreed_settings
+
+        try:
+            wait = args.command == "worker"  # a worker waits for the web process; tick cannot
+            settings = anyio.run(partial(agreed_settings, settings, os.environ, wait=wait))
+        except AddressUnknown as exc:
+            print(f"fluxhook: {exc}", file=sys.stderr)
+            return 2
     for warning in settings.warnings():
         log.warning("%s", warning)
     if args.command == "serve":
@@ -73,6 +84,7 @@ def _serve(settings: Settings, *, run_workers: bool) -> int:
 
 
 async def _worker(settings: Settings) -> int:
+    from service.address import follow_address
     from service.app import open_context
     from service.notifier import Notifier
     from service.worker import Worker
@@ -83,6 +95,7 @@ async def _worker(settings: Settings) -> int:
             async with anyio.create_task_group() as group:
                 group.start_soon(Worker(ctx).run)
                 group.start_soon(Notifier(ctx).run)
+                group.start_soon(follow_address, ctx, os.environ)
                 async for _ in signals:
                     group.cancel_scope.cancel()
                     break

@@ -21,9 +21,9 @@ import httpcore
 import httpx
 
 from service.errors import FluxhookError
+from service.hosts import Host, InvalidHost, IPAddress, canonical_host, check_port, embedded_ipv4
 from service.urls import host_matches
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
 
@@ -55,23 +55,13 @@ _REFUSED: tuple[tuple[IPNetwork, str], ...] = tuple((_net(cidr), label) for cidr
     *((cidr, "reserved") for cidr in ("2001::/23", "2001:db8::/32", "3fff::/20")),
 ))
 _GLOBAL_UNICAST = _net("2000::/3")
-_NAT64 = _net("64:ff9b::/96")
 _LOOPBACK = (_net("127.0.0.0/8"), _net("::1/128"))
 _PRIVATE = (_net("10.0.0.0/8"), _net("172.16.0.0/12"), _net("192.168.0.0/16"), _net("fc00::/7"))
 
 
-def _embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 address stands for (mapped, NAT64, 6to4): the one really reached."""
-    if not isinstance(address, ipaddress.IPv6Address):
-        return None
-    if address in _NAT64:
-        return ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF)
-    return address.ipv4_mapped or address.sixtofour
-
-
 def _refusal_reason(address: IPAddress) -> str | None:
     """Why the default policy refuses `address`, or None if it is a public address."""
-    inner = _embedded_ipv4(address)
+    inner = embedded_ipv4(address)
     if inner is not None:
         reason = _refusal_reason(inner)
         return f"{reason} (embedded in {address})" if reason else None
@@ -138,30 +128,33 @@ class EgressPolicy:
 
     def address_allowed(self, address: IPAddress) -> bool:
         # An allowed network also allows its IPv6-embedded forms: ::ffff:127.0.0.1 is loopback.
-        inner = _embedded_ipv4(address)
+        inner = embedded_ipv4(address)
         candidates = [address] if inner is None else [address, inner]
         if any(candidate in network for candidate in candidates for network in self.allowed):
             return True
         return _refusal_reason(address) is None
 
     def check_url(self, url: str) -> None:
-        """Refuse a submitted webhook URL early: wrong scheme, no host, credentials, private IP.
+        """Refuse a submitted webhook URL early: wrong scheme, no host, credentials, a bad port
+        or host name, a private IP however it is spelled.
 
         Host names pass here; they are checked on every connection by `guarded_transport`.
-        Parsed with httpx, the parser that will send the request, so the two cannot disagree.
+        Parsed with httpx, the parser that will send the request, and its host read by
+        `canonical_host` as the guard reads it when connecting, so the two cannot disagree.
         """
         try:
             parsed = httpx.URL(url)
         except (httpx.InvalidURL, TypeError):
             raise DestinationRefused("", None, "not a valid URL") from None
-        host = parsed.host
+        host = parsed.raw_host.decode("ascii")  # what the connection will be given (IDNA-encoded)
         if parsed.scheme not in ("http", "https"):
             raise DestinationRefused(host, None, "scheme must be http or https")
         if not host:
             raise DestinationRefused(host, None, "URL has no host")
         if parsed.userinfo:
             raise DestinationRefused(host, None, "URL must not contain credentials")
-        address = _literal_address(host)
+        canonical = _canonical(host, parsed.port)
+        address = canonical.address
         if address is not None and not self.address_allowed(address):
             raise DestinationRefused(host, address, _refusal_reason(address) or "not allowed")
 
@@ -179,17 +172,13 @@ def _is_host_pattern(item: str) -> bool:
                and not label.startswith("-") and not label.endswith("-") for label in labels)
 
 
-def _literal_address(host: str) -> IPAddress | None:
-    """The IP a host string denotes without DNS, including inet_aton forms like 127.1 or 0x7f.1."""
+def _canonical(host: str, port: int | None) -> Host:
+    """`host` as `canonical_host` reads it, or the refusal of a host or port nothing may reach."""
     try:
-        return ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        pass
-    try:
-        # getaddrinfo accepts these legacy spellings too, so the pre-check must see through them.
-        return ipaddress.IPv4Address(socket.inet_aton(host))
-    except OSError:
-        return None
+        check_port(port)
+        return canonical_host(host)
+    except InvalidHost as exc:
+        raise DestinationRefused(host, None, exc.reason) from None
 
 
 async def resolve(host: str, port: int) -> list[IPAddress]:
@@ -216,8 +205,12 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
         deadline = None if timeout is None else anyio.current_time() + timeout
-        addresses = await self._addresses(host, port, timeout)
-        if self._policy._host_allowed(host):  # the operator vouches for the name, not the address
+        try:
+            canonical = _canonical(host, port)  # as check_url read it when the URL was accepted
+        except DestinationRefused as exc:
+            raise _RefusedConnection(exc) from None
+        addresses = await self._addresses(canonical, port, timeout)
+        if self._policy._host_allowed(canonical.name):  # the operator vouches for the name, not the address
             allowed = addresses
         else:
             allowed = [address for address in addresses if self._policy.address_allowed(address)]
@@ -235,10 +228,10 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         assert error is not None
         raise error
 
-    async def _addresses(self, host: str, port: int, timeout: float | None) -> list[IPAddress]:
-        literal = _literal_address(host)
-        if literal is not None:
-            return [literal]
+    async def _addresses(self, canonical: Host, port: int, timeout: float | None) -> list[IPAddress]:
+        if canonical.address is not None:
+            return [canonical.address]  # a literal, however spelled: no DNS
+        host = canonical.name
         try:
             with anyio.fail_after(timeout):
                 addresses = await self._resolver(host, port)

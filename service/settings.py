@@ -28,7 +28,7 @@ class SettingDoc:
 
 SETTINGS: tuple[SettingDoc, ...] = (
     SettingDoc("FLUXHOOK_DATA_DIR", "./data", "Where the SQLite database, images and signing key live."),
-    SettingDoc("FLUXHOOK_PUBLIC_URL", "http://127.0.0.1:<port>", "Base URL providers call back and clients fetch outputs from."),
+    SettingDoc("FLUXHOOK_PUBLIC_URL", "(the web's own address)", "Base URL providers call back and clients fetch outputs from. Unset: `fluxhook serve` uses `http://127.0.0.1:<port>` and announces it in the database; `worker` and `tick` use the announced URL, never one built from their own `PORT` (until one is announced a worker waits, submitting nothing, and `tick` exits 2)."),
     SettingDoc("FLUXHOOK_HOST", "127.0.0.1", "Address `fluxhook serve` listens on (`--host` overrides)."),
     SettingDoc("FLUXHOOK_PORT", "8000", "Port `fluxhook serve` listens on (`--port` overrides; `PORT` also works)."),
     SettingDoc("FLUXHOOK_API_KEY", "(unset: open)", "When set, every `/v1/` route except callbacks needs `Authorization: Bearer <key>`."),
@@ -105,6 +105,9 @@ class Settings:
     simulator: bool
     providers: Mapping[str, ProviderSettings]
     provider_order: tuple[str, ...] = ("bfl", "cometapi", "apiframe", "runcomfy")
+    # False: public_url was built from this process's own host and port, which is right only
+    # for `fluxhook serve`; workers adopt the address the web process announces (service/address.py).
+    public_url_configured: bool = False
     upload_max_bytes: int = 10_485_760
     upload_url_ttl_s: float = 86_400.0
     webhook_secret: str = field(default="", repr=False)
@@ -169,15 +172,25 @@ class Settings:
 
     @classmethod
     def from_env(
-        cls, environ: Mapping[str, str], *, host: str | None = None, port: int | None = None
+        cls,
+        environ: Mapping[str, str],
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        public_url: str | None = None,
     ) -> Settings:
-        """Read every setting from `environ` (tests pass a dict). Fails fast on bad values."""
+        """Read every setting from `environ` (tests pass a dict). Fails fast on bad values.
+
+        `public_url` is the address a web process announced, used when FLUXHOOK_PUBLIC_URL is
+        not set; without either, the public URL is this process's own `host` and `port`.
+        """
         env = _Env(environ)
         data_dir = Path(env.text("FLUXHOOK_DATA_DIR", "./data")).resolve()
         host = host or env.text("FLUXHOOK_HOST", "127.0.0.1")
         port = port or env.integer("FLUXHOOK_PORT", env.integer("PORT", 8000))
         local_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
-        public_url = env.text("FLUXHOOK_PUBLIC_URL", f"http://{local_host}:{port}").rstrip("/")
+        configured = env.text("FLUXHOOK_PUBLIC_URL", "")
+        public_url = (configured or public_url or f"http://{local_host}:{port}").rstrip("/")
         _check_url("FLUXHOOK_PUBLIC_URL", public_url)
 
         simulator_mode = env.text("FLUXHOOK_SIMULATOR", "auto").lower()
@@ -202,6 +215,7 @@ class Settings:
             simulator=simulator,
             providers=providers,
             provider_order=tuple(dict.fromkeys([*order, *PROVIDER_NAMES])),
+            public_url_configured=bool(configured),
             upload_max_bytes=env.integer("FLUXHOOK_UPLOAD_MAX_BYTES", 10_485_760),
             upload_url_ttl_s=env.number("FLUXHOOK_UPLOAD_URL_TTL_SECONDS", 86_400.0),
             webhook_secret=_webhook_secret(env.text("FLUXHOOK_WEBHOOK_SECRET", ""), data_dir),

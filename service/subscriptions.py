@@ -30,17 +30,10 @@ def check_destination(ctx: WorkContext, url: Any, field: str) -> str:
     try:
         ctx.egress.check_url(url)
     except DestinationRefused as exc:
-        raise ValidationFailed(
-            f"{field} is refused: {exc.reason}",
-            details=[
-                {
-                    "field": field,
-                    "rule": "destination",
-                    "message": exc.reason,
-                    "hint": "private and loopback destinations need FLUXHOOK_ALLOW_PRIVATE_DESTINATIONS",
-                }
-            ],
-        ) from exc
+        detail = {"field": field, "rule": "destination", "message": exc.reason}
+        if exc.address is not None:  # a private address, not a malformed host or port
+            detail["hint"] = "private and loopback destinations need FLUXHOOK_ALLOW_PRIVATE_DESTINATIONS"
+        raise ValidationFailed(f"{field} is refused: {exc.reason}", details=[detail]) from exc
     return url
 
 

@@ -169,4 +169,14 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE callbacks ADD COLUMN provider_job_id TEXT;
     """,
+    # 5: the address the web process serves, announced for workers that were given none
+    #    (one row; `owner` is the announcing process, so only it withdraws the row)
+    """
+    CREATE TABLE announced_address (
+        id           INTEGER PRIMARY KEY CHECK (id = 1),
+        owner        TEXT NOT NULL,
+        public_url   TEXT NOT NULL,
+        announced_at INTEGER NOT NULL
+    );
+    """,
 )

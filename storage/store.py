@@ -38,6 +38,7 @@ from service.jobs import (
     Transition,
     apply,
 )
+from storage.addresses import AddressMethods
 from storage.migrations import MIGRATIONS
 from storage.notifications import NotificationMethods, emit_job_event
 from storage.records import AttemptRecord, JobRecord, NewJob, OutputRecord, UploadRecord
@@ -112,7 +113,7 @@ class Recorded:
     duplicate: bool = False
 
 
-class Store(NotificationMethods, TaskMethods):
+class Store(NotificationMethods, TaskMethods, AddressMethods):
     def __init__(self, db: aiosqlite.Connection, *, public_url: str = "") -> None:
         self._db = db
         self._lock = anyio.Lock()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -172,3 +173,47 @@ async def running_stack(
             httpx.AsyncClient(base_url=base, timeout=30) as client,
         ):
             yield Stack(base, provider_url, client)
+
+
+PROVIDER_PREFIXES = ("FLUXHOOK_", "BFL_", "COMETAPI_", "APIFRAME_", "RUNCOMFY_")
+
+
+def procfile() -> dict[str, str]:
+    """The Procfile's process types and their command lines, as a Procfile runner reads them."""
+    types: dict[str, str] = {}
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, command = line.split(":", 1)
+            types[name.strip()] = command.strip()
+    return types
+
+
+def run_process_type(
+    command: str, *, port: int, cwd: Path, env: dict[str, str], log: Path
+) -> subprocess.Popen[bytes]:
+    """One Procfile line run as honcho and foreman run it: `sh -c` in the app's directory, with
+    a PORT of its own and the installed `fluxhook` on PATH. Nothing of fluxhook's settings is
+    inherited from this test's environment; `env` is all the configuration there is. Its own
+    session, so `stop_process_type` can stop the shell and whatever it started."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(PROVIDER_PREFIXES)}
+    path = os.pathsep.join([str(Path(sys.executable).parent), inherited.get("PATH", "")])
+    with open(log, "ab") as handle:
+        return subprocess.Popen(
+            ["sh", "-c", command],  # noqa: S607  (what a Procfile runner does)
+            cwd=cwd,
+            env={**inherited, "PATH": path, "PORT": str(port), **env},
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop_process_type(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the process group, as a Procfile runner does on stop; SIGKILL if ignored."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

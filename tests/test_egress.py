@@ -19,7 +19,9 @@ from service.egress import (
     guarded_transport,
     refused_cause,
 )
+from service.hosts import embedded_ipv4
 from service.loopback import serve
+from tests.destinations import ALL, INVALID, ODD_LITERALS
 
 ip = ipaddress.ip_address
 
@@ -263,3 +265,106 @@ async def test_unresolvable_name_is_a_plain_connect_error():
     with pytest.raises(httpx.ConnectError) as info:
         await post("http://nowhere.example/hook", EgressPolicy(), resolver=fails)
     assert refused_cause(info.value) is None
+
+
+# --- odd spellings: refused when a URL is accepted and again when connecting --------------------
+
+HTTPX_CANNOT_PARSE = {"octal"}  # httpx refuses 0177.0.0.1 outright, so no request can carry it
+
+
+@pytest.mark.parametrize(("host", "reason"), list(ALL.values()), ids=list(ALL))
+def test_oddly_spelled_or_invalid_destination_is_refused_when_the_url_is_checked(host, reason):
+    with pytest.raises(DestinationRefused) as info:
+        EgressPolicy().check_url(f"http://{host}/hook")
+    if host == ODD_LITERALS["octal"][0]:
+        reason = "not a valid URL"
+    assert info.value.reason.startswith(reason)
+
+
+@pytest.mark.parametrize(("host", "reason"), list(ODD_LITERALS.values()), ids=list(ODD_LITERALS))
+def test_oddly_spelled_private_literal_is_judged_as_the_address_it_is(host, reason):
+    with pytest.raises(DestinationRefused) as info:
+        EgressPolicy().check_url(f"http://{host}/hook")
+    if host != ODD_LITERALS["octal"][0]:
+        assert info.value.address is not None
+        assert embedded_ipv4(info.value.address) or info.value.address in (
+            ip("127.0.0.1"), ip("169.254.169.254"))
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1.", "2130706433", "0x7f.1", "[::ffff:127.0.0.1]"])
+def test_allowed_private_literal_passes_however_it_is_spelled(host):
+    assert EgressPolicy.from_setting("loopback").check_url(f"http://{host}:8000/hook") is None
+
+
+def no_dns(calls: list[str]):
+    """A resolver that records being asked and fails: a literal must never reach DNS."""
+    async def resolver(host: str, port: int) -> list[IPAddress]:
+        calls.append(host)
+        raise OSError("no DNS in this test")
+    return resolver
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("host", "reason"), list(ODD_LITERALS.values()), ids=list(ODD_LITERALS))
+async def test_oddly_spelled_private_literal_is_refused_at_connect(receiver, host, reason):
+    recv, port = receiver
+    url = f"http://{host}:{port}/hook"
+    if host in {ODD_LITERALS[k][0] for k in HTTPX_CANNOT_PARSE}:
+        with pytest.raises(httpx.InvalidURL):
+            await post(url, EgressPolicy())
+        return
+    asked: list[str] = []
+    with pytest.raises(httpx.ConnectError) as info:
+        await post(url, EgressPolicy(), resolver=no_dns(asked))
+    refused = refused_cause(info.value)
+    assert refused is not None, info.value
+    assert refused.reason.startswith(reason)
+    assert asked == []  # judged as the literal it is, not looked up as a name
+    assert recv.hosts == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("host", ["127.0.0.1.", "2130706433", "0x7f000001."])
+async def test_oddly_spelled_loopback_is_dialled_as_loopback_when_allowed(receiver, host):
+    recv, port = receiver
+    response = await post(f"http://{host}:{port}/hook", EgressPolicy.from_setting("loopback"),
+                          resolver=no_dns([]))
+    assert response.status_code == 200
+    assert len(recv.hosts) == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("port", [65536, 99999])  # port 0 reaches no connection: httpcore dials 80
+async def test_invalid_port_is_refused_at_connect_even_to_an_allowed_address(receiver, port):
+    recv, _ = receiver
+    with pytest.raises(httpx.ConnectError) as info:
+        await post(f"http://127.0.0.1:{port}/hook", EgressPolicy.from_setting("loopback"))
+    assert_refused(info, "port must be between 1 and 65535")
+    assert recv.hosts == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("key", ["label-64", "name-254"])
+async def test_invalid_host_name_is_refused_at_connect_before_any_lookup(receiver, key):
+    recv, port = receiver
+    host, reason = INVALID[key]
+    # Were the name looked up, it would resolve to the receiver, which this policy allows.
+    with pytest.raises(httpx.ConnectError) as info:
+        await post(f"http://{host}:{port}/hook", EgressPolicy.from_setting("loopback"),
+                   resolver=resolving_to("127.0.0.1"))
+    assert_refused(info, reason)
+    assert recv.hosts == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("address", "reason"), [
+    ("::ffff:127.0.0.1", "loopback"), ("::ffff:7f00:1", "loopback"), ("::127.0.0.1", "loopback"),
+    ("169.254.169.254", "cloud metadata"), ("64:ff9b::a9fe:a9fe", "cloud metadata"),
+])
+async def test_a_name_resolving_to_a_wrapped_private_address_is_refused(receiver, address, reason):
+    recv, port = receiver
+    with pytest.raises(httpx.ConnectError) as info:
+        await post(f"http://hooks.example.com.:{port}/hook", EgressPolicy(), resolver=resolving_to(address))
+    refused = refused_cause(info.value)
+    assert refused is not None and refused.reason.startswith(reason)
+    assert recv.hosts == []
