@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service.errors import ApiError
+from service.strict_json import JsonRefused
 
 log = logging.getLogger("fluxhook.http")
 
@@ -29,6 +30,13 @@ async def api_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, exc.code, exc.message, exc.details)
 
 
+async def json_refused(request: Request, exc: Exception) -> Response:
+    # A value that reached the store and could not be serialized: refused, nothing written.
+    assert isinstance(exc, JsonRefused)
+    error = exc.as_api_error()
+    return error_response(error.status_code, error.code, error.message, error.details)
+
+
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
@@ -45,6 +53,7 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
 
 EXCEPTION_HANDLERS = {
     ApiError: api_error,
+    JsonRefused: json_refused,
     HTTPException: http_error,
     Exception: unexpected_error,
 }
