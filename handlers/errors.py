@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -10,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service.errors import ApiError
-from service.strict_json import JsonRefused
+from service.strict_json import JsonRefused, dumps, loads, repair_text
 
 log = logging.getLogger("fluxhook.http")
 
@@ -21,8 +22,20 @@ def error_response(
     status: int, code: str, message: str, details: list[dict[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    body = {"error": {"code": code, "message": message, "details": details or []}}
+    body = writable({"error": {"code": code, "message": message, "details": details or []}})
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def writable(body: dict[str, Any]) -> dict[str, Any]:
+    """`body`, or a copy that serializes when a message quotes a client's unwritable value
+    (a lone surrogate, say): the error itself must never become a 500."""
+    try:
+        dumps(body)
+    except JsonRefused:
+        repaired = repair_text(json.dumps(body, default=repr))
+        return dict(loads(repaired)) if repaired else {"error": body["error"] | {"message": "(unprintable)",
+                                                                                "details": []}}
+    return body
 
 
 async def api_error(request: Request, exc: Exception) -> Response:

@@ -37,7 +37,9 @@ class JsonRefused(ValueError):
 
     def __init__(self, reason: str, *, rule: str, path: str = "",
                  line: int | None = None, column: int | None = None) -> None:
-        if len(path) > MAX_PATH_CHARS:  # a path echoes the client's keys: keep error bodies small
+        # A path echoes the client's keys: keep it short, and writable in an error body.
+        path = _printable(path)
+        if len(path) > MAX_PATH_CHARS:
             path = path[:MAX_PATH_CHARS] + "..."
         super().__init__(f"{path or '(document)'}: {reason}")
         self.reason = reason

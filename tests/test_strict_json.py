@@ -159,3 +159,13 @@ def test_a_cursor_this_service_did_not_issue_is_a_400(cursor):
     with pytest.raises(MalformedRequest) as caught:
         decode_cursor(cursor)
     assert caught.value.details == [{"field": "cursor", "rule": "format"}]
+
+
+def test_an_error_quoting_an_unwritable_value_still_has_the_one_shape():
+    from handlers.errors import error_response
+
+    response = error_response(422, "validation_failed", "no field '\ud800'",
+                              [{"field": "a\udc00", "rule": "x", "score": math.nan}])
+    body = loads(response.body)
+    assert body == {"error": {"code": "validation_failed", "message": "no field '\ufffd'",
+                              "details": [{"field": "a\ufffd", "rule": "x", "score": None}]}}
