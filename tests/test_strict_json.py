@@ -169,3 +169,17 @@ def test_an_error_quoting_an_unwritable_value_still_has_the_one_shape():
     body = loads(response.body)
     assert body == {"error": {"code": "validation_failed", "message": "no field '\ufffd'",
                               "details": [{"field": "a\ufffd", "rule": "x", "score": None}]}}
+
+
+@pytest.mark.parametrize("body", [b'{"id": "t", "progress": NaN}', b'{"id": "\\ud800"}',
+                                  b'{"id": ' + b"9" * 5000 + b"}", b"[" * 100_000])
+def test_a_provider_answer_that_breaks_the_rules_is_not_an_object_we_read(body):
+    from service.errors import CallbackRejected
+    from service.providers.base import RawResponse, callback_object
+
+    assert RawResponse(200, {}, body).json_object() is None
+    with pytest.raises(CallbackRejected) as caught:
+        callback_object(body)
+    assert caught.value.status_code == 400
+    assert caught.value.code == "malformed_callback"
+    assert caught.value.details and caught.value.details[0]["rule"]
