@@ -6,9 +6,9 @@ from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 
-from service.errors import MalformedRequest, PayloadTooLarge
+from service.errors import JsonRefused, MalformedRequest, PayloadTooLarge
 from service.parsing import parse_count
-from service.strict_json import JsonRefused, loads
+from service.strict_json import loads
 
 
 async def read_body(request: Request, *, limit: int) -> bytes:

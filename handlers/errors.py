@@ -10,8 +10,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from service.errors import ApiError
-from service.strict_json import JsonRefused, dumps, loads, repair_text
+from service.errors import ApiError, JsonRefused
+from service.strict_json import dumps, loads, repair_text
 
 log = logging.getLogger("fluxhook.http")
 
@@ -32,9 +32,10 @@ def writable(body: dict[str, Any]) -> dict[str, Any]:
     try:
         dumps(body)
     except JsonRefused:
-        repaired = repair_text(json.dumps(body, default=repr))
-        return dict(loads(repaired)) if repaired else {"error": body["error"] | {"message": "(unprintable)",
-                                                                                "details": []}}
+        # The stdlib writes a lone surrogate as an escape and NaN as a literal; the repair
+        # turns them into U+FFFD and null.
+        text = json.dumps(body, default=repr)
+        return dict(loads(repair_text(text) or text))
     return body
 
 

@@ -9,8 +9,8 @@ Standard JSON only, as I-JSON (RFC 7493) narrows RFC 8259:
 - nesting at most `MAX_DEPTH` arrays or objects deep, checked before parsing, so a body of
   100,000 `[` is refused without a `RecursionError`.
 
-A refusal is one `JsonRefused`, naming the path of the offending value (`metadata.a.b`,
-`input.prompt`, `events[0]`; `""` for the whole document). `repair` turns a value stored
+A refusal is one `JsonRefused` (service/errors.py), naming the path of the offending value (`metadata.a.b`,
+`input.prompt`, `events[0]`; `""` for the whole document). `repair_text` turns a value stored
 before these rules into one that obeys them (migration 5).
 """
 
@@ -21,43 +21,13 @@ import math
 import re
 from typing import Any
 
-from service.errors import ApiError, MalformedRequest, ValidationFailed
+from service.errors import JsonRefused
+
+__all__ = ["MAX_DEPTH", "MAX_NUMBER_CHARS", "JsonRefused", "dumps", "dumps_bytes", "join", "loads",
+           "repair_text"]
 
 MAX_DEPTH = 64
 MAX_NUMBER_CHARS = 64  # a 64-bit integer has 20; a double's shortest repr has at most 24
-MAX_PATH_CHARS = 300
-
-# Rules whose breach means the text is not JSON at all (a 400); the others are JSON values
-# fluxhook refuses (a 422).
-SYNTAX_RULES = frozenset({"json", "utf-8", "depth", "non_finite_literal"})
-
-
-class JsonRefused(ValueError):
-    """A JSON text or value the boundary refuses. `path` names the value ("" for the whole)."""
-
-    def __init__(self, reason: str, *, rule: str, path: str = "",
-                 line: int | None = None, column: int | None = None) -> None:
-        # A path echoes the client's keys: keep it short, and writable in an error body.
-        path = _printable(path)
-        if len(path) > MAX_PATH_CHARS:
-            path = path[:MAX_PATH_CHARS] + "..."
-        super().__init__(f"{path or '(document)'}: {reason}")
-        self.reason = reason
-        self.rule = rule
-        self.path = path
-        self.line = line
-        self.column = column
-
-    def as_api_error(self, field_prefix: str = "", *, body_name: str = "(body)") -> ApiError:
-        """The one error body for this refusal: 400 when the text is not JSON, else 422."""
-        field = join(field_prefix, self.path) or body_name
-        detail: dict[str, Any] = {"field": field, "rule": self.rule, "message": self.reason}
-        if self.line is not None:
-            detail.update(line=self.line, column=self.column)
-        if self.rule in SYNTAX_RULES:
-            return MalformedRequest(f"{field} is not valid JSON: {self.reason}",
-                                    code="malformed_json", details=[detail])
-        return ValidationFailed(f"{field}: {self.reason}", details=[detail])
 
 
 # Parsing -------------------------------------------------------------------------------------
@@ -176,7 +146,7 @@ def _check_value(root: Any) -> None:
             for key, item in value.items():
                 if not _well_formed(key):
                     raise JsonRefused("member name holds a lone UTF-16 surrogate", rule="unicode",
-                                      path=join(path, _printable(key)))
+                                      path=join(path, key))
                 stack.append((item, join(path, key)))
         elif isinstance(value, list):
             stack.extend((item, f"{path}[{i}]") for i, item in enumerate(value))
@@ -190,11 +160,6 @@ def _well_formed(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def _printable(key: str) -> str:
-    """A name safe to put in an error body: lone surrogates written as `\\udXXX` escapes."""
-    return key.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def join(prefix: str, name: str) -> str:
@@ -243,7 +208,7 @@ def _explain(root: Any, base: str) -> JsonRefused:
                     return JsonRefused("member names must be strings", rule="type", path=path)
                 if not _well_formed(key):
                     return JsonRefused("member name holds a lone UTF-16 surrogate", rule="unicode",
-                                       path=join(path, _printable(key)))
+                                       path=join(path, key))
                 stack.append((item, join(path, key), depth + 1))
         elif isinstance(value, list | tuple):
             stack.extend((item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value))

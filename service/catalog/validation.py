@@ -26,9 +26,9 @@ def validate_input(
     Every detail names its field (`input.<name>`), the rule broken and what is allowed:
     `allowed` (enum, unknown field), `minimum`/`maximum`, `multipleOf`, `expected` (type).
     `null` is refused unless the parameter's published schema allows it (`"type"` naming
-    `"null"`): the schemas `GET /v1/models` publishes, and BFL's own, refuse it. A URL starting with one of
-    `own_urls` (fluxhook's own signed upload URLs) passes a URL rule even when it is not https,
-    as on a development machine.
+    `"null"`): the schemas `GET /v1/models` publishes, and BFL's own, refuse it. A URL starting
+    with one of `own_urls` (fluxhook's own signed upload URLs) passes a URL rule even when it is
+    not https, as on a development machine.
     """
     if not isinstance(value, dict):
         raise ValidationFailed(

@@ -14,9 +14,9 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from service.backoff import parse_retry_after
-from service.errors import CallbackRejected, ProviderRejected, ProviderRetryable
+from service.errors import CallbackRejected, JsonRefused, ProviderRejected, ProviderRetryable
 from service.signing import Verdict
-from service.strict_json import JsonRefused, loads
+from service.strict_json import loads
 
 
 @dataclass(frozen=True)
