@@ -23,10 +23,13 @@ from typing import Any
 
 from service.errors import JsonRefused
 
-__all__ = ["MAX_DEPTH", "MAX_NUMBER_CHARS", "JsonRefused", "dumps", "dumps_bytes", "join", "loads",
-           "repair_text"]
+__all__ = ["DOCUMENT_DEPTH", "MAX_DEPTH", "MAX_NUMBER_CHARS", "JsonRefused", "dumps", "dumps_bytes",
+           "join", "loads", "repair_text"]
 
 MAX_DEPTH = 64
+# A document fluxhook writes around a client's value (an event's envelope around a job's
+# metadata) nests a few levels deeper than the client could.
+DOCUMENT_DEPTH = MAX_DEPTH + 8
 MAX_NUMBER_CHARS = 64  # a 64-bit integer has 20; a double's shortest repr has at most 24
 
 
@@ -88,7 +91,7 @@ _STRING_OR_BRACKET = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
-def loads(data: bytes | bytearray | str) -> Any:
+def loads(data: bytes | bytearray | str, *, max_depth: int = MAX_DEPTH) -> Any:
     """Parse one JSON text under the rules above; JsonRefused names what broke which rule."""
     if isinstance(data, bytes | bytearray):
         try:
@@ -99,7 +102,7 @@ def loads(data: bytes | bytearray | str) -> Any:
         text = data
         if not _well_formed(text):
             raise JsonRefused("text holds a lone UTF-16 surrogate", rule="utf-8")
-    _check_depth(text)
+    _check_depth(text, max_depth)
     try:
         value = json.loads(text, object_pairs_hook=_members, parse_int=_parse_int,
                            parse_float=_parse_float, parse_constant=_parse_constant)
@@ -107,21 +110,21 @@ def loads(data: bytes | bytearray | str) -> Any:
         raise JsonRefused(f"{exc.msg} at line {exc.lineno} column {exc.colno}", rule="json",
                           line=exc.lineno, column=exc.colno) from exc
     except RecursionError as exc:  # not reached: _check_depth bounds the nesting first
-        raise JsonRefused(f"nested deeper than {MAX_DEPTH}", rule="depth") from exc
+        raise JsonRefused(f"nested deeper than {max_depth}", rule="depth") from exc
     _check_value(value)
     return value
 
 
-def _check_depth(text: str) -> None:
-    if text.count("[") + text.count("{") <= MAX_DEPTH:
+def _check_depth(text: str, max_depth: int) -> None:
+    if text.count("[") + text.count("{") <= max_depth:
         return
     depth = 0
     for match in _STRING_OR_BRACKET.finditer(text):
         found = match.group()
         if found in "[{":
             depth += 1
-            if depth > MAX_DEPTH:
-                raise JsonRefused(f"nested deeper than {MAX_DEPTH} arrays or objects", rule="depth")
+            if depth > max_depth:
+                raise JsonRefused(f"nested deeper than {max_depth} arrays or objects", rule="depth")
         elif found in "]}":
             depth -= 1
 
@@ -220,16 +223,16 @@ def _explain(root: Any, base: str) -> JsonRefused:
 # Repair (for rows stored before these rules) --------------------------------------------------
 
 
-def repair_text(text: str | bytes) -> str | None:
+def repair_text(text: str | bytes, *, max_depth: int = MAX_DEPTH) -> str | None:
     """The JSON text with every value `loads` would refuse replaced: non-finite and over-long
-    numbers by null, lone surrogates by U+FFFD, nesting past MAX_DEPTH by null.
+    numbers by null, lone surrogates by U+FFFD, nesting past `max_depth` by null.
 
     None when `text` already obeys the rules (nothing to write) or is not JSON at all (left as
     it is: a repair that guessed could lose a client's data).
     """
     raw = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
     try:
-        loads(raw)
+        loads(raw, max_depth=max_depth)
     except JsonRefused:
         pass
     else:
@@ -238,24 +241,24 @@ def repair_text(text: str | bytes) -> str | None:
         value = json.loads(raw, parse_int=_lenient_int, parse_constant=lambda _: None)
     except (ValueError, RecursionError):
         return None
-    return dumps(_repaired(value, 0))
+    return dumps(_repaired(value, 0, max_depth))
 
 
 def _lenient_int(text: str) -> int | None:
     return int(text) if len(text) <= MAX_NUMBER_CHARS else None
 
 
-def _repaired(value: Any, depth: int) -> Any:
+def _repaired(value: Any, depth: int, max_depth: int) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, str):
         return _clean(value)
-    if isinstance(value, dict | list) and depth >= MAX_DEPTH:
+    if isinstance(value, dict | list) and depth >= max_depth:
         return None
     if isinstance(value, dict):
-        return {_clean(k): _repaired(v, depth + 1) for k, v in value.items()}
+        return {_clean(k): _repaired(v, depth + 1, max_depth) for k, v in value.items()}
     if isinstance(value, list):
-        return [_repaired(v, depth + 1) for v in value]
+        return [_repaired(v, depth + 1, max_depth) for v in value]
     return value
 
 

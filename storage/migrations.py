@@ -10,17 +10,18 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
-from service.strict_json import repair_text
+from service.strict_json import DOCUMENT_DEPTH, MAX_DEPTH, repair_text
 
-# Every JSON column, as (table, key column, JSON column); events' bodies are the exact bytes sent.
+# Every JSON column, as (table, key column, JSON column, depth allowed); events' bodies are the
+# exact bytes sent, an envelope around a job document around the client's input and metadata.
 JSON_COLUMNS = (
-    ("jobs", "id", "input"),
-    ("jobs", "id", "metadata"),
-    ("jobs", "id", "output_urls"),
-    ("jobs", "id", "candidates"),
-    ("jobs", "id", "webhook_events"),
-    ("subscriptions", "id", "events"),
-    ("events", "seq", "body"),
+    ("jobs", "id", "input", MAX_DEPTH),
+    ("jobs", "id", "metadata", MAX_DEPTH),
+    ("jobs", "id", "output_urls", MAX_DEPTH),
+    ("jobs", "id", "candidates", MAX_DEPTH),
+    ("jobs", "id", "webhook_events", MAX_DEPTH),
+    ("subscriptions", "id", "events", MAX_DEPTH),
+    ("events", "seq", "body", DOCUMENT_DEPTH),
 )
 
 
@@ -30,12 +31,12 @@ def repair_stored_json(conn: sqlite3.Connection) -> None:
     `GET /v1/jobs` page holding it a 500, and its events invalid JSON. Non-finite and over-long
     numbers become null and lone surrogates U+FFFD; rows already well-formed are not touched.
     """
-    for table, key, column in JSON_COLUMNS:
+    for table, key, column, max_depth in JSON_COLUMNS:
         rows = conn.execute(f"SELECT {key}, {column} FROM {table}").fetchall()  # noqa: S608
         for row_key, value in rows:
             if value is None:
                 continue
-            repaired = repair_text(value)
+            repaired = repair_text(value, max_depth=max_depth)
             if repaired is None:
                 continue
             stored: str | bytes = repaired.encode("utf-8") if isinstance(value, bytes) else repaired

@@ -33,7 +33,7 @@ from service.app import create_app
 from service.catalog.params import VOCABULARY
 from service.context import WorkContext
 from service.settings import Settings
-from service.strict_json import JsonRefused, loads
+from service.strict_json import DOCUMENT_DEPTH, JsonRefused, loads
 from tests.conftest import BFL_TEST_ENV, START_MS, FakeClock, assert_error_shape
 
 ALL_PROVIDERS = {"COMETAPI_API_KEY": "c", "APIFRAME_API_KEY": "afk_x", "RUNCOMFY_API_TOKEN": "r"}
@@ -319,6 +319,6 @@ def test_after_all_that_every_stored_document_still_reads_back(harness):
     with sqlite3.connect(harness.db_path) as conn:
         for (body,) in conn.execute("SELECT body FROM events"):
             try:
-                loads(body)
+                loads(body, max_depth=DOCUMENT_DEPTH)
             except JsonRefused as exc:  # pragma: no cover - the failure message is the point
                 pytest.fail(f"a stored event does not read back: {exc}")

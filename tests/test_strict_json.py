@@ -183,3 +183,13 @@ def test_a_provider_answer_that_breaks_the_rules_is_not_an_object_we_read(body):
     assert caught.value.status_code == 400
     assert caught.value.code == "malformed_callback"
     assert caught.value.details and caught.value.details[0]["rule"]
+
+
+def test_an_event_around_the_deepest_metadata_a_client_may_send_reads_back_unrepaired():
+    from service.strict_json import DOCUMENT_DEPTH
+
+    metadata = loads('{"m": ' + "[" * (MAX_DEPTH - 2) + "]" * (MAX_DEPTH - 2) + "}")  # a body at 64
+    event = dumps({"id": "evt_1", "data": {"metadata": metadata}})
+    assert loads(event, max_depth=DOCUMENT_DEPTH)["data"]["metadata"] == metadata
+    assert repair_text(event, max_depth=DOCUMENT_DEPTH) is None
+    assert repair_text(event) is not None  # at the client's limit the envelope would be cut
