@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 
-from service.errors import MalformedRequest, PayloadTooLarge
+from service.errors import JsonRefused, MalformedRequest, PayloadTooLarge
 from service.parsing import parse_count
+from service.strict_json import loads
 
 
 async def read_body(request: Request, *, limit: int) -> bytes:
@@ -32,16 +32,10 @@ async def read_json(request: Request, *, limit: int) -> Any:
         raise MalformedRequest("request body is empty; expected JSON",
                                code="malformed_json", details=[{"field": "(body)", "rule": "json"}])
     try:
-        return json.loads(body)
-    except UnicodeDecodeError as exc:
-        raise MalformedRequest("request body is not UTF-8", code="malformed_json",
-                               details=[{"field": "(body)", "rule": "utf-8"}]) from exc
-    except json.JSONDecodeError as exc:
-        raise MalformedRequest(
-            f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-            code="malformed_json",
-            details=[{"field": "(body)", "rule": "json", "line": exc.lineno, "column": exc.colno}],
-        ) from exc
+        return loads(body)
+    except JsonRefused as exc:
+        # 400 when the body is not JSON (NaN included), 422 naming the value otherwise.
+        raise exc.as_api_error() from exc
 
 
 def _too_large(limit: int) -> PayloadTooLarge:

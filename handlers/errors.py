@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -9,7 +10,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from service.errors import ApiError
+from service.errors import ApiError, JsonRefused
+from service.strict_json import dumps, loads, repair_text
 
 log = logging.getLogger("fluxhook.http")
 
@@ -20,13 +22,33 @@ def error_response(
     status: int, code: str, message: str, details: list[dict[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    body = {"error": {"code": code, "message": message, "details": details or []}}
+    body = writable({"error": {"code": code, "message": message, "details": details or []}})
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def writable(body: dict[str, Any]) -> dict[str, Any]:
+    """`body`, or a copy that serializes when a message quotes a client's unwritable value
+    (a lone surrogate, say): the error itself must never become a 500."""
+    try:
+        dumps(body)
+    except JsonRefused:
+        # The stdlib writes a lone surrogate as an escape and NaN as a literal; the repair
+        # turns them into U+FFFD and null.
+        text = json.dumps(body, default=repr)
+        return dict(loads(repair_text(text) or text))
+    return body
 
 
 async def api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     return error_response(exc.status_code, exc.code, exc.message, exc.details)
+
+
+async def json_refused(request: Request, exc: Exception) -> Response:
+    # A value that reached the store and could not be serialized: refused, nothing written.
+    assert isinstance(exc, JsonRefused)
+    error = exc.as_api_error()
+    return error_response(error.status_code, error.code, error.message, error.details)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -45,6 +67,7 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
 
 EXCEPTION_HANDLERS = {
     ApiError: api_error,
+    JsonRefused: json_refused,
     HTTPException: http_error,
     Exception: unexpected_error,
 }

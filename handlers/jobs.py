@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import anyio
@@ -22,6 +23,7 @@ from storage.store import decode_cursor, encode_cursor
 
 MAX_IDEMPOTENCY_KEY = 255
 MAX_WAIT_S = 60
+_DECIMAL = re.compile(r"[0-9]{1,6}(?:\.[0-9]{1,6})?", re.ASCII)
 
 
 def _ctx(request: Request) -> WorkContext:
@@ -161,10 +163,8 @@ async def get_output(request: Request) -> Response:
 def _wait(raw: str | None) -> float:
     if raw is None or raw == "":
         return 0.0
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
+    # Plain decimals only: float() also takes "nan", "inf", "1e400", " 5" and "1_0".
+    value = float(raw) if _DECIMAL.fullmatch(raw) else -1.0
     if not 0 <= value <= MAX_WAIT_S:
         raise ValidationFailed(
             f"wait must be a number of seconds from 0 to {MAX_WAIT_S}",

@@ -18,6 +18,8 @@
     │   ├── OutputRetryable       transient: 5xx, timeout, connection error, not yet there
     │   └── OutputRejected        never will be: host not allowed, not an image, too large
     ├── DestinationRefused        a notification URL resolves to a non-public address (egress.py)
+    ├── JsonRefused               JSON text or a value breaking the strict rules (strict_json.py);
+    │                             `as_api_error()`: 400 when it is not JSON, else 422 naming its path
     └── ConfigError               a setting is missing or malformed (fails fast at start)
 
 Nothing above the adapters and the store catches httpx or sqlite3 exceptions: they are
@@ -144,6 +146,45 @@ class OutputRetryable(OutputError):
 
 class OutputRejected(OutputError):
     """Will never succeed for this URL."""
+
+
+# Rules whose breach means the text is not JSON at all (a 400); the others are JSON values
+# fluxhook refuses (a 422).
+JSON_SYNTAX_RULES = frozenset({"json", "utf-8", "depth", "non_finite_literal"})
+MAX_PATH_CHARS = 300
+
+
+class JsonRefused(FluxhookError, ValueError):
+    """JSON text or a value the strict boundary refuses; `path` names the value ("" for all)."""
+
+    def __init__(self, reason: str, *, rule: str, path: str = "",
+                 line: int | None = None, column: int | None = None) -> None:
+        # A path echoes the client's keys: keep it short, and writable in an error body (a lone
+        # surrogate in a key becomes the text `\udXXX`).
+        path = path.encode("utf-8", "backslashreplace").decode("utf-8")
+        if len(path) > MAX_PATH_CHARS:
+            path = path[:MAX_PATH_CHARS] + "..."
+        super().__init__(f"{path or '(document)'}: {reason}")
+        self.reason = reason
+        self.rule = rule
+        self.path = path
+        self.line = line
+        self.column = column
+
+    def as_api_error(self, field_prefix: str = "", *, body_name: str = "(body)") -> ApiError:
+        """The one error body for this refusal: 400 when the text is not JSON, else 422."""
+        if field_prefix and self.path:
+            field = self.path if self.path.startswith("[") else f".{self.path}"
+            field = f"{field_prefix}{field}"
+        else:
+            field = field_prefix or self.path or body_name
+        detail: dict[str, Any] = {"field": field, "rule": self.rule, "message": self.reason}
+        if self.line is not None:
+            detail.update(line=self.line, column=self.column)
+        if self.rule in JSON_SYNTAX_RULES:
+            return MalformedRequest(f"{field} is not valid JSON: {self.reason}",
+                                    code="malformed_json", details=[detail])
+        return ValidationFailed(f"{field}: {self.reason}", details=[detail])
 
 
 class ConfigError(FluxhookError):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from service.catalog import Catalog, Model, validate_input
 from service.errors import ValidationFailed
 from service.fields import json_object, only_fields
+from service.strict_json import dumps
 
 _FIELDS = ("provider", "model", "input", "metadata", "webhook_url", "webhook_events")
 MAX_METADATA_BYTES = 16_384
@@ -59,10 +59,11 @@ def parse_job_request(
     if not isinstance(metadata, dict):
         raise ValidationFailed("metadata must be an object",
                                details=[{"field": "metadata", "rule": "type", "expected": "object"}])
-    if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
+    if len(dumps(metadata, path="metadata", ensure_ascii=True)) > MAX_METADATA_BYTES:
         raise ValidationFailed("metadata is too large", details=[
             {"field": "metadata", "rule": "maxBytes", "maximum": MAX_METADATA_BYTES}])
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    # ASCII and sorted, byte for byte as before: a retried submit must hash the same across releases.
+    canonical = dumps(body, sort_keys=True, ensure_ascii=True)
     return JobRequest(provider, model, payload, metadata,
                       hashlib.sha256(canonical.encode()).hexdigest(), tuple(candidates))
 

@@ -1,11 +1,52 @@
 """The SQLite schema as numbered migrations, applied in order through `PRAGMA user_version`.
 
-Times are integer epoch milliseconds, UTC. JSON columns hold compact JSON text.
+Times are integer epoch milliseconds, UTC. JSON columns hold compact JSON text that reads back
+under service/strict_json.py. A step is SQL text, or a function over the connection for a
+repair SQL cannot express; each runs inside the migrating transaction.
 """
 
 from __future__ import annotations
 
-MIGRATIONS: tuple[str, ...] = (
+import sqlite3
+from collections.abc import Callable
+
+from service.strict_json import DOCUMENT_DEPTH, MAX_DEPTH, repair_text
+
+# Every JSON column, as (table, key column, JSON column, depth allowed); events' bodies are the
+# exact bytes sent, an envelope around a job document around the client's input and metadata.
+JSON_COLUMNS = (
+    ("jobs", "id", "input", MAX_DEPTH),
+    ("jobs", "id", "metadata", MAX_DEPTH),
+    ("jobs", "id", "output_urls", MAX_DEPTH),
+    ("jobs", "id", "candidates", MAX_DEPTH),
+    ("jobs", "id", "webhook_events", MAX_DEPTH),
+    ("subscriptions", "id", "events", MAX_DEPTH),
+    ("events", "seq", "body", DOCUMENT_DEPTH),
+)
+
+
+def repair_stored_json(conn: sqlite3.Connection) -> None:
+    """Rewrite every stored JSON value the strict parser would refuse (NaN, Infinity, numbers
+    too long, lone surrogates, nesting too deep) so it reads back: such a row made every
+    `GET /v1/jobs` page holding it a 500, and its events invalid JSON. Non-finite and over-long
+    numbers become null and lone surrogates U+FFFD; rows already well-formed are not touched.
+    """
+    for table, key, column, max_depth in JSON_COLUMNS:
+        rows = conn.execute(f"SELECT {key}, {column} FROM {table}").fetchall()  # noqa: S608
+        for row_key, value in rows:
+            if value is None:
+                continue
+            repaired = repair_text(value, max_depth=max_depth)
+            if repaired is None:
+                continue
+            stored: str | bytes = repaired.encode("utf-8") if isinstance(value, bytes) else repaired
+            conn.execute(f"UPDATE {table} SET {column} = ? WHERE {key} = ?",  # noqa: S608
+                         (stored, row_key))
+
+
+Migration = str | Callable[[sqlite3.Connection], None]
+
+MIGRATIONS: tuple[Migration, ...] = (
     # 1: jobs, their stored outputs, the work queue (transactional outbox), inbound callbacks
     """
     CREATE TABLE jobs (
@@ -179,4 +220,6 @@ MIGRATIONS: tuple[str, ...] = (
         announced_at INTEGER NOT NULL
     );
     """,
+    # 6: stored JSON that the strict boundary would refuse
+    repair_stored_json,
 )

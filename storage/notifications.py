@@ -9,7 +9,6 @@ functions over the `sqlite3.Connection`, run in one hop by `Store._transact` and
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from service.documents import job_document, rfc3339
 from service.ids import new_prefixed_id
+from service.strict_json import dumps, dumps_bytes, loads
 from storage.records import (
     AttemptRecord,
     DeliveryAttemptRecord,
@@ -46,7 +46,7 @@ def envelope(event_id: str, event_type: str, now: int, data: Any, sequence: int 
     if sequence is not None:
         body["sequence"] = sequence
     body["data"] = data
-    return json.dumps(body, separators=(",", ":")).encode()
+    return dumps_bytes(body)  # refuses what would not read back, before anything is written
 
 
 def emit_job_event(
@@ -91,7 +91,7 @@ def emit_system_event(conn: sqlite3.Connection, event_type: str, data: Mapping[s
 def _fan_out(conn: sqlite3.Connection, seq: int, event_type: str, *, job_id: str | None, now: int) -> None:
     rows = conn.execute("SELECT id, url, events FROM subscriptions WHERE status = 'enabled'").fetchall()
     for row in rows:
-        wanted = json.loads(row["events"])
+        wanted = loads(row["events"])
         if not wanted or event_type in wanted:
             _add_delivery(conn, seq, row["id"], job_id, row["url"], now)
 
@@ -154,7 +154,7 @@ class NotificationMethods:
                 (
                     sub.id,
                     sub.url,
-                    json.dumps(list(sub.events)),
+                    dumps(list(sub.events), path="events"),
                     sub.description,
                     sub.secret,
                     sub.status,
@@ -185,7 +185,7 @@ class NotificationMethods:
                 return None
             for name, value in changes.items():
                 if name == "events":
-                    value = json.dumps(list(value))
+                    value = dumps(list(value), path="events")
                 assert name in ("url", "events", "description", "status")
                 conn.execute(f"UPDATE subscriptions SET {name} = ? WHERE id = ?", (value, sub_id))  # noqa: S608
             if changes.get("status") == "enabled":

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
 from service.jobs import JobState, JobStatus
+from service.strict_json import loads
 
 
 @dataclass(frozen=True)
@@ -64,12 +64,12 @@ class JobRecord:
             provider=row["provider"],
             model=row["model"],
             status=JobStatus(row["status"]),
-            input=json.loads(row["input"]),
-            metadata=json.loads(row["metadata"]),
+            input=loads(row["input"]),
+            metadata=loads(row["metadata"]),
             provider_job_id=row["provider_job_id"],
             polling_url=row["polling_url"],
             webhook_secret=row["webhook_secret"],
-            output_urls=tuple(json.loads(row["output_urls"])),
+            output_urls=tuple(loads(row["output_urls"])),
             error_code=row["error_code"],
             error_message=row["error_message"],
             completion_source=row["completion_source"],
@@ -84,9 +84,9 @@ class JobRecord:
             deadline_at=row["deadline_at"],
             poll_count=row["poll_count"],
             callback_count=row["callback_count"],
-            candidates=tuple(json.loads(row["candidates"])),
+            candidates=tuple(loads(row["candidates"])),
             webhook_url=row["webhook_url"],
-            webhook_events=tuple(json.loads(row["webhook_events"])),
+            webhook_events=tuple(loads(row["webhook_events"])),
             event_count=row["event_count"],
         )
 
@@ -193,7 +193,7 @@ class SubscriptionRecord:
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> SubscriptionRecord:
-        return cls(row["id"], row["url"], tuple(json.loads(row["events"])), row["description"],
+        return cls(row["id"], row["url"], tuple(loads(row["events"])), row["description"],
                    row["secret"], row["previous_secret"], row["previous_secret_until"], row["status"],
                    row["disabled_reason"], row["failing_since"], row["created_at"], row["updated_at"])
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,6 +37,8 @@ from service.jobs import (
     Transition,
     apply,
 )
+from service.parsing import parse_count
+from service.strict_json import dumps
 from storage.addresses import AddressMethods
 from storage.migrations import MIGRATIONS
 from storage.notifications import NotificationMethods, emit_job_event
@@ -256,10 +257,11 @@ class Store(NotificationMethods, TaskMethods, AddressMethods):
                        idempotency_key, request_hash, created_at, updated_at, deadline_at, candidates,
                        webhook_url, webhook_events)
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                (new.id, new.provider, new.model, JobStatus.QUEUED.value, _json(new.input),
-                 _json(new.metadata), new.webhook_secret, new.idempotency_key, new.request_hash, now, now,
-                 new.deadline_at, _json(list(new.candidates or (new.provider,))), new.webhook_url,
-                 _json(list(new.webhook_events))),
+                (new.id, new.provider, new.model, JobStatus.QUEUED.value, _json(new.input, "input"),
+                 _json(new.metadata, "metadata"), new.webhook_secret, new.idempotency_key,
+                 new.request_hash, now, now, new.deadline_at,
+                 _json(list(new.candidates or (new.provider,)), "candidates"), new.webhook_url,
+                 _json(list(new.webhook_events), "webhook_events")),
             )
             _upsert_task(conn, new.id, TaskKind.SUBMIT, now, now)
             return _must_select_job(conn, new.id), True
@@ -535,11 +537,14 @@ def _reading(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) ->
 
 def _migrate(conn: sqlite3.Connection) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
-    for number, script in enumerate(MIGRATIONS, start=1):
+    for number, step in enumerate(MIGRATIONS, start=1):
         if number <= version:
             continue
-        for statement in filter(None, (s.strip() for s in script.split(";"))):
-            conn.execute(statement)
+        if callable(step):  # a repair of stored rows, which SQL alone cannot express
+            step(conn)
+        else:
+            for statement in filter(None, (s.strip() for s in step.split(";"))):
+                conn.execute(statement)
         conn.execute(f"PRAGMA user_version={number}")
 
 
@@ -692,9 +697,9 @@ def _write_state(
                error_code = ?, error_message = ?, completion_source = ?, progress = ?,
                updated_at = ?, submitted_at = ?, ready_at = ?, completed_at = ?
            WHERE id = ?""",
-        (after.status.value, after.provider_job_id, after.polling_url, _json(list(after.output_urls)),
-         after.error_code, after.error_message, after.completion_source, after.progress, now,
-         submitted_at, ready_at, completed_at, job.id),
+        (after.status.value, after.provider_job_id, after.polling_url,
+         _json(list(after.output_urls), "output_urls"), after.error_code, after.error_message,
+         after.completion_source, after.progress, now, submitted_at, ready_at, completed_at, job.id),
     )
 
 
@@ -734,8 +739,10 @@ def _upsert_task(conn: sqlite3.Connection, job_id: str, kind: TaskKind, due_at: 
     )
 
 
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))  # keeps the client's key order
+def _json(value: Any, path: str) -> str:
+    # The one serializer: a value that would not read back (NaN, a lone surrogate) raises
+    # JsonRefused naming `path`, inside the transaction, so nothing is written.
+    return dumps(value, path=path)  # keeps the client's key order
 
 
 def encode_cursor(job: JobRecord) -> str:
@@ -746,10 +753,19 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         created, job_id = base64.urlsafe_b64decode(padded).decode().split(":", 1)
-        return int(created), job_id
     except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedRequest(
-            "cursor is not one this service issued",
-            code="invalid_cursor",
-            details=[{"field": "cursor", "rule": "format"}],
-        ) from exc
+        raise _bad_cursor() from exc
+    # int() alone would take "+1", "1_0", "٣" and numbers past SQLite's 64-bit range, which
+    # fail as OverflowError when bound to the query (a 500).
+    created_at = parse_count(created, max_digits=18)
+    if created_at is None:
+        raise _bad_cursor()
+    return created_at, job_id
+
+
+def _bad_cursor() -> MalformedRequest:
+    return MalformedRequest(
+        "cursor is not one this service issued",
+        code="invalid_cursor",
+        details=[{"field": "cursor", "rule": "format"}],
+    )

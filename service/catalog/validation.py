@@ -25,9 +25,10 @@ def validate_input(
 
     Every detail names its field (`input.<name>`), the rule broken and what is allowed:
     `allowed` (enum, unknown field), `minimum`/`maximum`, `multipleOf`, `expected` (type).
-    `null` counts as absent, as in the providers' own schemas. A URL starting with one of
-    `own_urls` (fluxhook's own signed upload URLs) passes a URL rule even when it is not https,
-    as on a development machine.
+    `null` is refused unless the parameter's published schema allows it (`"type"` naming
+    `"null"`): the schemas `GET /v1/models` publishes, and BFL's own, refuse it. A URL starting
+    with one of `own_urls` (fluxhook's own signed upload URLs) passes a URL rule even when it is
+    not https, as on a development machine.
     """
     if not isinstance(value, dict):
         raise ValidationFailed(
@@ -47,7 +48,11 @@ def validate_input(
             problems.append({"field": path, "rule": "unknown_field",
                              "message": f"{name} is not a parameter of {model.name}",
                              "allowed": sorted(model.parameters)})
-        elif item is not None:
+        elif item is None:
+            if name not in model.required and not allows_null(spec):
+                problems.append({"field": path, "rule": "type", "expected": spec.get("type"),
+                                 "message": f"must be of type {spec.get('type')}, not null"})
+        else:
             if own_urls and spec.get("format") == "uri" and isinstance(item, str) \
                     and item.startswith(own_urls):
                 continue
@@ -56,6 +61,12 @@ def validate_input(
         fields = ", ".join(dict.fromkeys(p["field"] for p in problems))
         raise ValidationFailed(f"invalid input for {model.name}: {fields}", details=problems)
     return value
+
+
+def allows_null(spec: Mapping[str, Any]) -> bool:
+    """Whether a parameter's JSON Schema admits `null` (`"type": "null"` or a list naming it)."""
+    kind = spec.get("type")
+    return kind == "null" or (isinstance(kind, list | tuple) and "null" in kind)
 
 
 def check_value(path: str, item: Any, spec: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -14,8 +14,9 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from service.backoff import parse_retry_after
-from service.errors import CallbackRejected, ProviderRejected, ProviderRetryable
+from service.errors import CallbackRejected, JsonRefused, ProviderRejected, ProviderRetryable
 from service.signing import Verdict
+from service.strict_json import loads
 
 
 @dataclass(frozen=True)
@@ -33,10 +34,11 @@ class RawResponse:
     body: bytes
 
     def json_object(self) -> dict[str, Any] | None:
-        """The body as a JSON object, or None when it is not one (an HTML 502, say)."""
+        """The body as a JSON object, or None when it is not one (an HTML 502, say) or breaks
+        the strict rules (NaN, lone surrogates...): nothing a provider says is stored unchecked."""
         try:
-            value = json.loads(self.body)
-        except (ValueError, UnicodeDecodeError):
+            value = loads(self.body)
+        except JsonRefused:
             return None
         return value if isinstance(value, dict) else None
 
@@ -155,12 +157,14 @@ def _detail_text(item: Any) -> str:
 
 
 def callback_object(body: bytes) -> dict[str, Any]:
-    """A callback body as a JSON object; CallbackRejected (400) when it is not one."""
+    """A callback body as a JSON object; CallbackRejected (400) when it is not one, or holds a
+    value the strict parser refuses (the detail names it)."""
     try:
-        value = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CallbackRejected("callback body is not JSON", code="malformed_callback",
-                               status_code=400) from exc
+        value = loads(body)
+    except JsonRefused as exc:
+        refused = exc.as_api_error()
+        raise CallbackRejected(f"callback body is not acceptable JSON: {exc}", code="malformed_callback",
+                               status_code=400, details=refused.details) from exc
     if not isinstance(value, dict):
         raise CallbackRejected("callback body is not a JSON object", code="malformed_callback",
                                status_code=400)

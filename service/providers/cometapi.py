@@ -8,7 +8,6 @@ and polling `get_result` stays the authority.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 from service.errors import ProviderRejected
@@ -17,6 +16,7 @@ from service.providers.base import (
     ProviderState,
     RawResponse,
     StatusReport,
+    callback_object,
     error_message,
 )
 from service.providers.bfl import BflAdapter, report_from_body
@@ -57,7 +57,7 @@ class CometApiAdapter(BflAdapter):
         report = super().parse_callback(body)  # rejects non-JSON and non-object bodies
         if report.state is not ProviderState.FAILED:
             return report
-        value = json.loads(body)
+        value = callback_object(body)
         # Would the same body with a URL have been READY? Then only the URL was missing.
         probe = report_from_body({**value, "result": {"sample": "https://probe.invalid/x"}})
         if probe.state is ProviderState.READY:
