@@ -15,7 +15,7 @@ import contextlib
 import hashlib
 import json
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import partial
@@ -452,9 +452,20 @@ def _migrate(conn: sqlite3.Connection) -> None:
     for number, script in enumerate(MIGRATIONS, start=1):
         if number <= version:
             continue
-        for statement in filter(None, (s.strip() for s in script.split(";"))):
+        for statement in _statements(script):
             conn.execute(statement)
         conn.execute(f"PRAGMA user_version={number}")
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of a script, in order; a trigger's body keeps its own semicolons."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                yield pending.strip()
+            pending = ""
 
 
 # Transaction bodies (they run inside `_transact`) -----------------------------------------------
