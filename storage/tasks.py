@@ -12,9 +12,10 @@ providers (`"provider": "auto"`) overflows to a later one with room instead of w
 
 from __future__ import annotations
 
+import heapq
 import json
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
@@ -119,13 +120,17 @@ class TaskMethods:
 
 # Claiming (inside the transaction) ---------------------------------------------------------------
 # Every query below reads an index range (migration 7): the polls and fetches in due order, one
-# provider's submits in due order, one provider's leased submits, one provider's active jobs.
+# provider's (or one model's) submits in due order, its leased submits, its active jobs. A model
+# at its cap is never walked, so a long queue for it costs nothing to the others.
 
-# The submits waiting for one provider: due, not leased, earliest due first.
-_WAITING = """SELECT t.id, t.job_id, t.due_at, j.model, j.status, j.candidates
+_WAITING = """SELECT t.id, t.job_id, t.due_at, t.model, j.status, j.candidates
               FROM tasks t JOIN jobs j ON j.id = t.job_id
-              WHERE t.kind = 'submit' AND t.provider = ? AND t.due_at <= ? AND t.lease_until <= ?
+              WHERE t.kind = 'submit' AND t.provider = ? {model} AND t.due_at <= ? AND +t.lease_until <= ?
               ORDER BY t.due_at, t.id"""
+# The submits waiting (due, not leased) for one provider, or for one of its models, walked in due
+# order; `+lease_until` keeps the planner from walking the (short) leased range instead.
+_WAITING_FOR_PROVIDER = _WAITING.format(model="")
+_WAITING_FOR_MODEL = _WAITING.format(model="AND t.model = ?")
 
 
 def _others_due(conn: sqlite3.Connection, now: int, limit: int) -> list[_Pick]:
@@ -138,26 +143,24 @@ def _others_due(conn: sqlite3.Connection, now: int, limit: int) -> list[_Pick]:
 
 
 def _submits_due(conn: sqlite3.Connection, now: int, limit: int, caps: SubmitCaps) -> list[_Pick]:
-    """Up to `limit` submits per provider that fit its caps; then submits that do not fit move
-    to a later candidate provider with room, if their job has one."""
+    """Up to `limit` submits per provider that fit its caps; then the submits at the head of a
+    queue that do not fit move to a later candidate provider with room, if their job has one."""
     room = _Room(conn, now, caps)
     picks: list[_Pick] = []
     blocked: list[tuple[str, sqlite3.Row]] = []
     for provider in _submit_providers(conn):
-        taken, offered = 0, 0
-        for row in conn.execute(_WAITING, (provider, now, now)):
-            if taken == limit:
-                break
-            if room.admits(provider, row):
-                room.take(provider, row["model"])
+        mine = _fitting(conn, provider, now, limit, room)
+        picks += mine
+        if len(mine) == limit:
+            continue  # enough to do: nothing here needs to go elsewhere
+        chosen = {pick.task_id for pick in mine}
+        for row in conn.execute(f"{_WAITING_FOR_PROVIDER} LIMIT ?", (provider, now, now, limit)):
+            if row["id"] in chosen:
+                continue
+            if _needs_no_place(row):
                 picks.append(_Pick(row["due_at"], row["id"]))
-                taken += 1
-            elif offered < limit:
-                # Only the head of the queue is offered elsewhere, so this stays cheap.
+            elif not room.fits(provider, row["model"]):
                 blocked.append((provider, row))
-                offered += 1
-            elif room.free(provider) == 0:
-                break  # nothing behind it fits either; past a full model, something may
     for provider, row in blocked:
         later = _later_candidates(row["candidates"], provider)
         target = next((p for p in later if p in caps.providers and room.fits(p, row["model"])), None)
@@ -165,6 +168,35 @@ def _submits_due(conn: sqlite3.Connection, now: int, limit: int, caps: SubmitCap
             room.take(target, row["model"])
             picks.append(_Pick(row["due_at"], row["id"], row["job_id"], target))
     return picks
+
+
+def _fitting(conn: sqlite3.Connection, provider: str, now: int, limit: int, room: _Room) -> list[_Pick]:
+    """Up to `limit` of the provider's waiting submits, earliest due first, within its caps:
+    the queues of its models with room, merged; a model that fills up drops out."""
+    queues = [conn.execute(_WAITING_FOR_MODEL, (provider, model, now, now))
+              for model in _submit_models(conn, provider) if room.fits(provider, model)]
+    heads = [(row["due_at"], row["id"], n, row) for n, queue in enumerate(queues)
+             if (row := queue.fetchone()) is not None]
+    heapq.heapify(heads)
+    picks: list[_Pick] = []
+    while heads and len(picks) < limit:
+        _, _, n, row = heapq.heappop(heads)
+        if not _needs_no_place(row):
+            if not room.fits(provider, row["model"]):
+                if room.free(provider) == 0:
+                    break
+                continue  # this model is full now: the rest of its queue waits too
+            room.take(provider, row["model"])
+        picks.append(_Pick(row["due_at"], row["id"]))
+        if (following := queues[n].fetchone()) is not None:
+            heapq.heappush(heads, (following["due_at"], following["id"], n, following))
+    return picks
+
+
+def _needs_no_place(row: sqlite3.Row) -> bool:
+    """A submit whose job is no longer queued (cancelled while waiting) sends nothing: the
+    submitter just ends it, so no cap holds it back."""
+    return bool(row["status"] != "queued")
 
 
 def _next_due(conn: sqlite3.Connection, now: int, caps: SubmitCaps) -> int | None:
@@ -176,16 +208,17 @@ def _next_due(conn: sqlite3.Connection, now: int, caps: SubmitCaps) -> int | Non
         times.append(row[0])
     room = _Room(conn, now, caps)
     for provider in _submit_providers(conn):
-        if room.free(provider) != 0:
-            unleased = conn.execute(
-                """SELECT t.due_at, j.model, j.status FROM tasks t JOIN jobs j ON j.id = t.job_id
-                   WHERE t.kind = 'submit' AND t.provider = ? AND t.lease_until <= ?
-                   ORDER BY t.due_at, t.id""",
-                (provider, now),
-            )
-            first = next((r["due_at"] for r in unleased if room.admits(provider, r)), None)
+        for model in _submit_models(conn, provider):
+            if not room.fits(provider, model):
+                continue
+            first = conn.execute(
+                """SELECT due_at FROM tasks
+                   WHERE kind = 'submit' AND provider = ? AND model = ? AND +lease_until <= ?
+                   ORDER BY due_at, id LIMIT 1""",
+                (provider, model, now),
+            ).fetchone()
             if first is not None:
-                times.append(first)
+                times.append(first[0])
         leased = conn.execute(
             """SELECT MIN(lease_until) FROM tasks
                WHERE kind = 'submit' AND provider = ? AND lease_until > ?""",
@@ -196,17 +229,26 @@ def _next_due(conn: sqlite3.Connection, now: int, caps: SubmitCaps) -> int | Non
     return min(times, default=None)
 
 
-def _submit_providers(conn: sqlite3.Connection) -> Iterator[str]:
-    """Each provider with a submit task, in name order: one index seek per provider."""
-    row = conn.execute(
-        "SELECT provider FROM tasks WHERE kind = 'submit' AND provider >= '' ORDER BY provider LIMIT 1"
-    ).fetchone()
+def _submit_providers(conn: sqlite3.Connection) -> list[str]:
+    """Each provider with a submit task, in name order."""
+    return _distinct(conn, "provider", "", ())
+
+
+def _submit_models(conn: sqlite3.Connection, provider: str) -> list[str]:
+    """Each model with a submit task at `provider`, in name order."""
+    return _distinct(conn, "model", "AND provider = ?", (provider,))
+
+
+def _distinct(conn: sqlite3.Connection, column: str, where: str, params: tuple[str, ...]) -> list[str]:
+    """The distinct values of a submit tasks' column: one index seek per value, not a scan."""
+    sql = (f"SELECT {column} FROM tasks WHERE kind = 'submit' {where} AND {column} {{}} ? "  # noqa: S608
+           f"ORDER BY {column} LIMIT 1")
+    found: list[str] = []
+    row = conn.execute(sql.format(">="), (*params, "")).fetchone()
     while row is not None:
-        yield row[0]
-        row = conn.execute(
-            "SELECT provider FROM tasks WHERE kind = 'submit' AND provider > ? ORDER BY provider LIMIT 1",
-            (row[0],),
-        ).fetchone()
+        found.append(row[0])
+        row = conn.execute(sql.format(">"), (*params, row[0])).fetchone()
+    return found
 
 
 def _active(conn: sqlite3.Connection, provider: str, now: int) -> dict[str, int]:
@@ -250,11 +292,6 @@ class _Room:
         if cap is None:
             return None
         return max(0, cap - sum(self._counts(provider).values()))
-
-    def admits(self, provider: str, row: sqlite3.Row) -> bool:
-        """Whether a waiting submit may be claimed now. One whose job is no longer queued
-        (cancelled while waiting) sends nothing, so no cap holds it back."""
-        return row["status"] != "queued" or self.fits(provider, row["model"])
 
     def fits(self, provider: str, model: str) -> bool:
         if self.free(provider) == 0:
