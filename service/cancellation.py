@@ -22,6 +22,7 @@ async def cancel_job(ctx: WorkContext, job_id: str) -> JobRecord:
     message = await _cancel_at_provider(ctx, job)
     recorded = await ctx.store.record_observation(job.id, Cancelled(message), now=ctx.clock())
     assert recorded is not None
+    ctx.nudge()  # a job that was active at its provider frees a place for a waiting submit
     if recorded.job.status != "cancelled":
         _refuse_if_final(recorded.job)  # it finished while the provider was being asked
     log.info("job %s: cancelled (%s)", job.id, message)

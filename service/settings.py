@@ -66,15 +66,19 @@ SETTINGS: tuple[SettingDoc, ...] = (
     SettingDoc("FLUXHOOK_ALLOW_PRIVATE_DESTINATIONS", "(none)", "Comma list of CIDRs, IPs, host names, `loopback` or `private` that notifications may go to although they are not public addresses (checked on the address actually connected to)."),
     SettingDoc("BFL_API_KEY", "(unset)", "Black Forest Labs API key (`x-key`). A provider with no key is not configured, unless the simulator serves it (mounted, or its base URL is on this machine)."),
     SettingDoc("BFL_BASE_URL", "https://api.bfl.ai", "BFL API base URL. With the simulator on and no key: `<public URL>/simulator`."),
+    SettingDoc("BFL_MAX_ACTIVE_TASKS", "24", "Most jobs active at BFL at once (submitted and without its final word): BFL allows 24 per account (6 for `flux-kontext-max`, a cap the catalog adds) and answers 429 past that. Jobs beyond it wait in fluxhook, in order, and are submitted as slots free up; `\"provider\": \"auto\"` jobs may overflow to the next provider. `0` = no cap."),
     SettingDoc("BFL_OUTPUT_HOSTS", "*.bfl.ai,bfldeliveryprod.blob.core.windows.net", "Hosts BFL outputs may be downloaded from (comma list, `*.` wildcards); the base URL's host is always added."),
     SettingDoc("COMETAPI_API_KEY", "(unset)", "CometAPI key (`Authorization: Bearer`)."),
     SettingDoc("COMETAPI_BASE_URL", "https://api.cometapi.com", "CometAPI base URL (simulator: `<public URL>/simulator`)."),
+    SettingDoc("COMETAPI_MAX_ACTIVE_TASKS", "0", "Most jobs active at CometAPI at once, as for BFL; `0` = no cap (CometAPI documents none)."),
     SettingDoc("COMETAPI_OUTPUT_HOSTS", "*.bfl.ai,bfldeliveryprod.blob.core.windows.net,*.cometapi.com", "Hosts CometAPI outputs may be downloaded from; the base URL's host is always added."),
     SettingDoc("APIFRAME_API_KEY", "(unset)", "Apiframe key (`X-API-Key`); its SHA-256 also verifies Apiframe's callbacks."),
     SettingDoc("APIFRAME_BASE_URL", "https://api.apiframe.ai", "Apiframe base URL (simulator: `<public URL>/simulator`)."),
+    SettingDoc("APIFRAME_MAX_ACTIVE_TASKS", "0", "Most jobs active at Apiframe at once, as for BFL; `0` = no cap (Apiframe documents none)."),
     SettingDoc("APIFRAME_OUTPUT_HOSTS", "*.apiframe.ai", "Hosts Apiframe outputs may be downloaded from; the base URL's host is always added."),
     SettingDoc("RUNCOMFY_API_TOKEN", "(unset)", "RunComfy token (`Authorization: Bearer`)."),
     SettingDoc("RUNCOMFY_BASE_URL", "https://model-api.runcomfy.net", "RunComfy Model API base URL (simulator: `<public URL>/simulator`)."),
+    SettingDoc("RUNCOMFY_MAX_ACTIVE_TASKS", "0", "Most jobs active at RunComfy at once, as for BFL; `0` = no cap (RunComfy documents none: it queues)."),
     SettingDoc("RUNCOMFY_OUTPUT_HOSTS", "*.runcomfy.net,*.runcomfy.com", "Hosts RunComfy outputs may be downloaded from; the base URL's host is always added."),
 )
 
@@ -86,11 +90,13 @@ class ProviderSettings:
     api_key: str = field(repr=False)
     output_hosts: tuple[str, ...]
     simulated: bool = False
+    max_active_tasks: int | None = None  # None: no cap
 
     def __repr__(self) -> str:
         return (
             f"ProviderSettings(name={self.name!r}, base_url={self.base_url!r}, "
-            f"api_key='***', output_hosts={self.output_hosts!r}, simulated={self.simulated})"
+            f"api_key='***', output_hosts={self.output_hosts!r}, simulated={self.simulated}, "
+            f"max_active_tasks={self.max_active_tasks})"
         )
 
 
@@ -260,11 +266,14 @@ class _ProviderSpec:
     key_var: str
     default_base: str
     default_hosts: tuple[str, ...]
+    default_max_active: int = 0  # what the provider documents; 0: nothing documented, no cap
 
 
 _PROVIDER_SPECS = {
     "bfl": _ProviderSpec("BFL", "BFL_API_KEY", "https://api.bfl.ai",
-                         ("*.bfl.ai", "bfldeliveryprod.blob.core.windows.net")),
+                         ("*.bfl.ai", "bfldeliveryprod.blob.core.windows.net"),
+                         # help.bfl.ai "What is the concurrency limit for the API?" (providers.md a.5)
+                         default_max_active=24),
     "cometapi": _ProviderSpec("COMETAPI", "COMETAPI_API_KEY", "https://api.cometapi.com",
                               ("*.bfl.ai", "bfldeliveryprod.blob.core.windows.net", "*.cometapi.com")),
     "apiframe": _ProviderSpec("APIFRAME", "APIFRAME_API_KEY", "https://api.apiframe.ai", ("*.apiframe.ai",)),
@@ -292,12 +301,14 @@ def _provider_settings(
         return None
     hosts = env.items(f"{spec.prefix}_OUTPUT_HOSTS", list(spec.default_hosts))
     base_host = urlsplit(base_url).hostname or ""
+    max_active = env.integer(f"{spec.prefix}_MAX_ACTIVE_TASKS", spec.default_max_active)
     return ProviderSettings(
         name=name,
         base_url=base_url,
         api_key=key,
         output_hosts=tuple(dict.fromkeys([*hosts, base_host])),
         simulated=simulated,
+        max_active_tasks=max_active or None,
     )
 
 

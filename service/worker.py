@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from functools import cached_property
 
 import anyio
 
 from service.backoff import next_delay
+from service.catalog import Catalog
 from service.context import Signal, WorkContext
 from service.fetcher import fetch_outputs
 from service.loops import ClaimLoop
 from service.poller import poll_job
+from service.settings import Settings
 from service.submitter import submit_job
 from storage.records import TaskRecord
 from storage.store import TaskKind
+from storage.tasks import SubmitCaps
 
 log = logging.getLogger("fluxhook.worker")
 
@@ -38,13 +42,18 @@ class Worker(ClaimLoop[TaskRecord]):
     def signal(self) -> Signal:
         return self.ctx.signals.work
 
+    @cached_property
+    def caps(self) -> SubmitCaps:
+        return submit_caps(self.ctx.settings, self.ctx.catalog)
+
     async def claim(self, limit: int) -> list[TaskRecord]:
         return await self.ctx.store.claim_due_tasks(
-            now=self.ctx.clock(), limit=limit, lease_ms=self.ctx.ms(self.ctx.settings.task_lease_s)
+            now=self.ctx.clock(), limit=limit, lease_ms=self.ctx.ms(self.ctx.settings.task_lease_s),
+            caps=self.caps,
         )
 
     async def next_due(self) -> int | None:
-        return await self.ctx.store.next_due_at()
+        return await self.ctx.store.next_due_at(now=self.ctx.clock(), caps=self.caps)
 
     async def handle(self, item: TaskRecord) -> None:
         await self.run_task(item)
@@ -75,3 +84,15 @@ class Worker(ClaimLoop[TaskRecord]):
                     )
                 except Exception:
                     log.exception("could not reschedule task %s", task.id)
+
+
+def submit_caps(settings: Settings, catalog: Catalog) -> SubmitCaps:
+    """Each configured provider's cap on active jobs, and the catalog's lower caps on some of
+    its models (BFL's flux-kontext-max: 6), which apply only where the provider is capped."""
+    providers = {name: p.max_active_tasks for name, p in settings.providers.items()}
+    models = {
+        (name, model.name): min(model.max_active_tasks, cap)
+        for name, cap in providers.items() if cap is not None
+        for model in catalog.models(name) if model.max_active_tasks is not None
+    }
+    return SubmitCaps(providers, models)

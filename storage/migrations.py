@@ -209,6 +209,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     #    confirmed by polling that task before the job adopts it (service/adoption.py)
     """
     ALTER TABLE callbacks ADD COLUMN provider_job_id TEXT;
+    CREATE INDEX attempts_unknown ON attempts (provider, job_id)
+        WHERE outcome = 'unknown' AND provider_job_id IS NULL;
     """,
     # 5: the address the web process serves, announced for workers that were given none
     #    (one row; `owner` is the announcing process, so only it withdraws the row)
@@ -222,4 +224,33 @@ MIGRATIONS: tuple[Migration, ...] = (
     """,
     # 6: stored JSON that the strict boundary would refuse
     repair_stored_json,
+    # 7: per-provider caps on active jobs (storage/tasks.py claim_due_tasks). A submit task
+    #    carries its job's provider and model, so the submits waiting for one provider (or one
+    #    of its models) are an index range in due order; triggers keep the copies equal to the
+    #    job's (also through a failover), whatever code inserts the task or moves the job. The
+    #    jobs active at a provider (sent, without its final word) are a partial index, so
+    #    counting them reads only them.
+    """
+    ALTER TABLE tasks ADD COLUMN provider TEXT NOT NULL DEFAULT '';
+    ALTER TABLE tasks ADD COLUMN model TEXT NOT NULL DEFAULT '';
+    UPDATE tasks SET provider = COALESCE((SELECT provider FROM jobs WHERE jobs.id = tasks.job_id), ''),
+                     model = COALESCE((SELECT model FROM jobs WHERE jobs.id = tasks.job_id), '')
+        WHERE kind = 'submit';
+    CREATE TRIGGER submit_task_takes_job_provider AFTER INSERT ON tasks WHEN NEW.kind = 'submit'
+    BEGIN
+        UPDATE tasks SET provider = COALESCE((SELECT provider FROM jobs WHERE id = NEW.job_id), ''),
+                         model = COALESCE((SELECT model FROM jobs WHERE id = NEW.job_id), '')
+            WHERE id = NEW.id;
+    END;
+    CREATE TRIGGER submit_task_follows_job_provider AFTER UPDATE OF provider ON jobs
+    BEGIN
+        UPDATE tasks SET provider = NEW.provider WHERE job_id = NEW.id AND kind = 'submit';
+    END;
+    CREATE INDEX tasks_submits_due ON tasks (provider, due_at) WHERE kind = 'submit';
+    CREATE INDEX tasks_submits_due_by_model ON tasks (provider, model, due_at) WHERE kind = 'submit';
+    CREATE INDEX tasks_submits_leased ON tasks (provider, lease_until) WHERE kind = 'submit';
+    CREATE INDEX tasks_others_due ON tasks (due_at, lease_until) WHERE kind != 'submit';
+    CREATE INDEX jobs_active_at_provider ON jobs (provider, model)
+        WHERE status IN ('submitted', 'running') AND output_urls = '[]';
+    """,
 )

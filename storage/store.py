@@ -14,7 +14,7 @@ import base64
 import contextlib
 import hashlib
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import partial
@@ -543,9 +543,20 @@ def _migrate(conn: sqlite3.Connection) -> None:
         if callable(step):  # a repair of stored rows, which SQL alone cannot express
             step(conn)
         else:
-            for statement in filter(None, (s.strip() for s in step.split(";"))):
+            for statement in _statements(step):
                 conn.execute(statement)
         conn.execute(f"PRAGMA user_version={number}")
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of a script, in order; a trigger's body keeps its own semicolons."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                yield pending.strip()
+            pending = ""
 
 
 # Transaction bodies (they run inside `_transact`) -----------------------------------------------

@@ -2,17 +2,46 @@
 
 Tasks are written by the job transitions in storage/store.py, in the same transaction as the
 change that causes them (the transactional outbox); workers lease them here, at least once.
+
+Submits are held back by per-provider caps (`SubmitCaps`): a job is active at its provider from
+the moment its submit is claimed until the provider's final word, and a provider at its cap gets
+no more submits until one of its jobs is done. The submits waiting for one provider are claimed
+in the order they became due (creation order for a first try), and a job that may use several
+providers (`"provider": "auto"`) overflows to a later one with room instead of waiting.
 """
 
 from __future__ import annotations
 
+import heapq
+import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 from storage.records import TaskRecord
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SubmitCaps:
+    """How many jobs may be active at once: per configured provider (None: no cap), and per
+    (provider, model) below that. Jobs of providers not listed are never capped, and a job
+    only overflows to a listed provider."""
+
+    providers: Mapping[str, int | None] = field(default_factory=dict)
+    models: Mapping[tuple[str, str], int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Pick:
+    """A task to lease; `move_to` names the provider an overflowing submit moves to."""
+
+    due_at: int
+    task_id: int
+    job_id: str = ""
+    move_to: str | None = None
 
 
 class TaskMethods:
@@ -23,12 +52,11 @@ class TaskMethods:
         async def _transact(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
         async def _query(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
 
-    async def next_due_at(self) -> int | None:
-        """When the earliest task becomes claimable (due and not leased)."""
-        row = await self._query(
-            lambda conn: conn.execute("SELECT MIN(MAX(due_at, lease_until)) FROM tasks").fetchone()
-        )
-        return row[0] if row and row[0] is not None else None
+    async def next_due_at(self, *, now: int, caps: SubmitCaps = SubmitCaps()) -> int | None:
+        """When the earliest task becomes claimable: due, not leased, and (for a submit) with
+        room at its provider. A provider at its cap has room again only when one of its jobs
+        ends, which commits and wakes the workers, or when a claimed submit's lease runs out."""
+        return await self._query(lambda conn: _next_due(conn, now, caps))
 
     async def get_tasks(self, job_id: str) -> list[TaskRecord]:
         rows = await self._query(
@@ -44,18 +72,35 @@ class TaskMethods:
         )
         return {row[0]: row[1] for row in rows}
 
-    async def claim_due_tasks(self, *, now: int, limit: int, lease_ms: int) -> list[TaskRecord]:
-        """Lease up to `limit` due tasks. The attempt is counted now, so a crash uses up a try."""
-        rows = await self._transact(
-            lambda conn: conn.execute(
-                """UPDATE tasks SET lease_until = ?, attempts = attempts + 1
-                   WHERE id IN (SELECT id FROM tasks WHERE due_at <= ? AND lease_until <= ?
-                                ORDER BY due_at LIMIT ?)
-                   RETURNING *""",
-                (now + lease_ms, now, now, limit),
+    async def count_active(self, provider: str, *, now: int) -> int:
+        """Jobs active at `provider`: claimed submits, and jobs sent without a final word."""
+        return await self._query(lambda conn: sum(_active(conn, provider, now).values()))
+
+    async def claim_due_tasks(
+        self, *, now: int, limit: int, lease_ms: int, caps: SubmitCaps = SubmitCaps()
+    ) -> list[TaskRecord]:
+        """Lease up to `limit` due tasks, earliest due first, keeping submits within `caps`.
+        The attempt is counted now, so a crash uses up a try."""
+
+        def claim(conn: sqlite3.Connection) -> list[TaskRecord]:
+            due = _others_due(conn, now, limit) + _submits_due(conn, now, limit, caps)
+            picks = sorted(due, key=lambda pick: (pick.due_at, pick.task_id))[:limit]
+            if not picks:
+                return []
+            for pick in picks:
+                if pick.move_to is not None:  # its submit task follows (a trigger, migration 7)
+                    conn.execute("UPDATE jobs SET provider = ?, updated_at = ? WHERE id = ?",
+                                 (pick.move_to, now, pick.job_id))
+            ids = [pick.task_id for pick in picks]
+            marks = ",".join("?" * len(ids))
+            rows = conn.execute(
+                f"""UPDATE tasks SET lease_until = ?, attempts = attempts + 1
+                    WHERE id IN ({marks}) RETURNING *""",  # noqa: S608
+                (now + lease_ms, *ids),
             ).fetchall()
-        )
-        return sorted((TaskRecord.from_row(r) for r in rows), key=lambda t: t.due_at)
+            return sorted((TaskRecord.from_row(r) for r in rows), key=lambda t: (t.due_at, t.id))
+
+        return await self._transact(claim)
 
     async def retry_task(self, task_id: int, *, due_at: int, error: str) -> None:
         def retry(conn: sqlite3.Connection) -> None:
@@ -71,3 +116,211 @@ class TaskMethods:
             conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
 
         await self._transact(finish)
+
+
+# Claiming (inside the transaction) ---------------------------------------------------------------
+# Every query below reads an index range (migration 7): the polls and fetches in due order, one
+# provider's (or one model's) submits in due order, its leased submits, its active jobs. A model
+# at its cap is never walked, so a long queue for it costs nothing to the others.
+
+_WAITING = """SELECT t.id, t.job_id, t.due_at, t.model, j.status, j.candidates,
+                     EXISTS (SELECT 1 FROM attempts a WHERE a.job_id = t.job_id AND a.provider = t.provider
+                             AND a.outcome = 'unknown' AND a.provider_job_id IS NULL) AS holds_place
+              FROM tasks t JOIN jobs j ON j.id = t.job_id
+              WHERE t.kind = 'submit' AND t.provider = ? {model} AND t.due_at <= ? AND +t.lease_until <= ?
+              ORDER BY t.due_at, t.id"""
+# The submits waiting (due, not leased) for one provider, or for one of its models, walked in due
+# order; `+lease_until` keeps the planner from walking the (short) leased range instead.
+_WAITING_FOR_PROVIDER = _WAITING.format(model="")
+_WAITING_FOR_MODEL = _WAITING.format(model="AND t.model = ?")
+
+
+def _others_due(conn: sqlite3.Connection, now: int, limit: int) -> list[_Pick]:
+    rows = conn.execute(
+        """SELECT id, due_at FROM tasks WHERE kind != 'submit' AND due_at <= ? AND lease_until <= ?
+           ORDER BY due_at LIMIT ?""",
+        (now, now, limit),
+    ).fetchall()
+    return [_Pick(row["due_at"], row["id"]) for row in rows]
+
+
+def _submits_due(conn: sqlite3.Connection, now: int, limit: int, caps: SubmitCaps) -> list[_Pick]:
+    """Up to `limit` submits per provider that fit its caps; then the submits at the head of a
+    queue that do not fit move to a later candidate provider with room, if their job has one."""
+    room = _Room(conn, now, caps)
+    picks: list[_Pick] = []
+    blocked: list[tuple[str, sqlite3.Row]] = []
+    for provider in _submit_providers(conn):
+        mine = _fitting(conn, provider, now, limit, room)
+        picks += mine
+        if len(mine) == limit:
+            continue  # enough to do: nothing here needs to go elsewhere
+        chosen = {pick.task_id for pick in mine}
+        for row in conn.execute(f"{_WAITING_FOR_PROVIDER} LIMIT ?", (provider, now, now, limit)):
+            if row["id"] in chosen:
+                continue
+            if _needs_no_place(row):
+                picks.append(_Pick(row["due_at"], row["id"]))
+            elif not room.fits(provider, row["model"]):
+                blocked.append((provider, row))
+    for provider, row in blocked:
+        later = _later_candidates(row["candidates"], provider)
+        target = next((p for p in later if p in caps.providers and room.fits(p, row["model"])), None)
+        if target is not None:
+            room.take(target, row["model"])
+            picks.append(_Pick(row["due_at"], row["id"], row["job_id"], target))
+    return picks
+
+
+def _fitting(conn: sqlite3.Connection, provider: str, now: int, limit: int, room: _Room) -> list[_Pick]:
+    """Up to `limit` of the provider's waiting submits, earliest due first, within its caps:
+    the queues of its models with room, merged; a model that fills up drops out."""
+    queues = [conn.execute(_WAITING_FOR_MODEL, (provider, model, now, now))
+              for model in _submit_models(conn, provider) if room.fits(provider, model)]
+    heads = [(row["due_at"], row["id"], n, row) for n, queue in enumerate(queues)
+             if (row := queue.fetchone()) is not None]
+    heapq.heapify(heads)
+    picks: list[_Pick] = []
+    while heads and len(picks) < limit:
+        _, _, n, row = heapq.heappop(heads)
+        if not _needs_no_place(row):
+            if not room.fits(provider, row["model"]):
+                if room.free(provider) == 0:
+                    break
+                continue  # this model is full now: the rest of its queue waits too
+            room.take(provider, row["model"])
+        picks.append(_Pick(row["due_at"], row["id"]))
+        if (following := queues[n].fetchone()) is not None:
+            heapq.heappush(heads, (following["due_at"], following["id"], n, following))
+    return picks
+
+
+def _needs_no_place(row: sqlite3.Row) -> bool:
+    """A submit whose job is no longer queued (cancelled while waiting) sends nothing: the
+    submitter just ends it, so no cap holds it back. One whose earlier answer was lost already
+    holds its place (its task may be running): sending again takes no second one."""
+    return bool(row["status"] != "queued" or row["holds_place"])
+
+
+def _next_due(conn: sqlite3.Connection, now: int, caps: SubmitCaps) -> int | None:
+    times: list[int] = []
+    row = conn.execute(
+        "SELECT MIN(MAX(due_at, lease_until)) FROM tasks WHERE kind != 'submit'"
+    ).fetchone()
+    if row[0] is not None:
+        times.append(row[0])
+    room = _Room(conn, now, caps)
+    for provider in _submit_providers(conn):
+        for model in _submit_models(conn, provider):
+            if not room.fits(provider, model):
+                continue
+            first = conn.execute(
+                """SELECT due_at FROM tasks
+                   WHERE kind = 'submit' AND provider = ? AND model = ? AND +lease_until <= ?
+                   ORDER BY due_at, id LIMIT 1""",
+                (provider, model, now),
+            ).fetchone()
+            if first is not None:
+                times.append(first[0])
+        leased = conn.execute(
+            """SELECT MIN(lease_until) FROM tasks
+               WHERE kind = 'submit' AND provider = ? AND lease_until > ?""",
+            (provider, now),
+        ).fetchone()
+        if leased[0] is not None:
+            times.append(leased[0])  # a crashed worker's submit: claimable again, its slot free
+    return min(times, default=None)
+
+
+def _submit_providers(conn: sqlite3.Connection) -> list[str]:
+    """Each provider with a submit task, in name order."""
+    return _distinct(conn, "provider", "", ())
+
+
+def _submit_models(conn: sqlite3.Connection, provider: str) -> list[str]:
+    """Each model with a submit task at `provider`, in name order."""
+    return _distinct(conn, "model", "AND provider = ?", (provider,))
+
+
+def _distinct(conn: sqlite3.Connection, column: str, where: str, params: tuple[str, ...]) -> list[str]:
+    """The distinct values of a submit tasks' column: one index seek per value, not a scan."""
+    sql = (f"SELECT {column} FROM tasks WHERE kind = 'submit' {where} AND {column} {{}} ? "  # noqa: S608
+           f"ORDER BY {column} LIMIT 1")
+    found: list[str] = []
+    row = conn.execute(sql.format(">="), (*params, "")).fetchone()
+    while row is not None:
+        found.append(row[0])
+        row = conn.execute(sql.format(">"), (*params, row[0])).fetchone()
+    return found
+
+
+def _active(conn: sqlite3.Connection, provider: str, now: int) -> dict[str, int]:
+    """Per model, the jobs active at `provider`: sent and awaiting the provider's final word
+    (service/jobs.py JobState.awaiting_provider), or queued with their submit claimed."""
+    counts: dict[str, int] = {}
+    rows = [
+        *conn.execute(
+            """SELECT model, COUNT(*) FROM jobs
+               WHERE provider = ? AND status IN ('submitted', 'running') AND output_urls = '[]'
+               GROUP BY model""",
+            (provider,),
+        ),
+        *conn.execute(
+            """SELECT j.model, COUNT(*) FROM tasks t JOIN jobs j ON j.id = t.job_id
+               WHERE t.kind = 'submit' AND t.provider = ? AND t.lease_until > ? AND j.status = 'queued'
+               GROUP BY j.model""",
+            (provider, now),
+        ),
+        # Queued with a submit whose answer was lost (service/adoption.py): its task may be
+        # running at the provider, so it holds a place while the job waits to hear of it.
+        *conn.execute(
+            """SELECT j.model, COUNT(DISTINCT j.id) FROM attempts a JOIN jobs j ON j.id = a.job_id
+               WHERE a.provider = ? AND a.outcome = 'unknown' AND a.provider_job_id IS NULL
+                 AND j.provider = a.provider AND j.status = 'queued'
+                 AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.job_id = j.id AND t.kind = 'submit'
+                                 AND t.lease_until > ?)
+               GROUP BY j.model""",
+            (provider, now),
+        ),
+    ]
+    for model, count in rows:
+        counts[model] = counts.get(model, 0) + count
+    return counts
+
+
+class _Room:
+    """The free places under each cap, counted once per provider and spent as submits are picked."""
+
+    def __init__(self, conn: sqlite3.Connection, now: int, caps: SubmitCaps) -> None:
+        self._conn, self._now, self._caps = conn, now, caps
+        self._active: dict[str, dict[str, int]] = {}
+
+    def _counts(self, provider: str) -> dict[str, int]:
+        if provider not in self._active:
+            self._active[provider] = _active(self._conn, provider, self._now)
+        return self._active[provider]
+
+    def free(self, provider: str) -> int | None:
+        """Free places at `provider`; None when it has no cap."""
+        cap = self._caps.providers.get(provider)
+        if cap is None:
+            return None
+        return max(0, cap - sum(self._counts(provider).values()))
+
+    def fits(self, provider: str, model: str) -> bool:
+        if self.free(provider) == 0:
+            return False
+        cap = self._caps.models.get((provider, model))
+        return cap is None or self._counts(provider).get(model, 0) < cap
+
+    def take(self, provider: str, model: str) -> None:
+        if self._caps.providers.get(provider) is None and (provider, model) not in self._caps.models:
+            return  # nothing to count
+        counts = self._counts(provider)
+        counts[model] = counts.get(model, 0) + 1
+
+
+def _later_candidates(candidates: str, provider: str) -> list[str]:
+    """The providers a job may still move to: those after `provider` in its candidates."""
+    names = json.loads(candidates)
+    return names[names.index(provider) + 1:] if provider in names else []

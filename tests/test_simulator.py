@@ -559,6 +559,39 @@ async def test_runcomfy_reports_queue_position_and_its_error_codes(simulator: An
         assert broke.status_code == 400 and broke.json()["error_code"] == 400002
 
 
+# ---------------------------------------------------------------------------- account limits
+
+
+async def test_submits_past_the_active_task_limit_get_429_until_a_task_ends(simulator: Any) -> None:
+    clock = FakeClock()
+    config = SimulatorConfig(latency_s=(10.0, 10.0), max_active_tasks=2, retry_after_s=3)
+    async with simulator(config, clock=clock) as (client, _sim):
+
+        async def submit() -> httpx.Response:
+            return await client.post("/v1/flux-dev", headers=BFL_KEY, json={"prompt": "x"})
+
+        assert [(await submit()).status_code for _ in range(2)] == [200, 200]
+        refused = await submit()
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "3"
+        # The limit is per account, and each protocol is its own account.
+        comet = await client.post("/flux/v1/flux-dev", headers={"Authorization": "Bearer k"},
+                                  json={"prompt": "x"})
+        assert comet.status_code == 200
+        clock.now += 10.0  # both BFL tasks are terminal now: two slots are free again
+        assert (await submit()).status_code == 200
+        stats = (await client.get("/_sim/stats")).json()
+    assert stats["bfl"] == {"submitted": 3, "peak_active": 2, "answered_429": 1, "active": 1}
+    assert stats["cometapi"] == {"submitted": 1, "peak_active": 1, "answered_429": 0, "active": 0}
+
+
+async def test_injected_429s_are_counted_too(simulator: Any) -> None:
+    async with simulator(SimulatorConfig(submit_429_rate=1.0)) as (client, _sim):
+        refused = await client.post("/v1/flux-dev", headers=BFL_KEY, json={"prompt": "x"})
+        stats = (await client.get("/_sim/stats")).json()
+    assert refused.status_code == 429
+    assert stats["bfl"]["answered_429"] == 1 and stats["bfl"]["submitted"] == 0
+
+
 # ---------------------------------------------------------------------------- config, lifecycle
 
 

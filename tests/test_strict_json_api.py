@@ -26,7 +26,7 @@ from service.strict_json import JsonRefused
 from service.worker import Worker
 from storage.migrations import MIGRATIONS, repair_stored_json
 from storage.records import NewJob
-from storage.store import Store
+from storage.store import Store, _statements
 from tests.conftest import Api, assert_error_shape
 from tests.test_catalog import SERVED, minimal_input
 
@@ -267,26 +267,28 @@ async def test_migration_repairs_stored_rows_that_break_the_rules(
     make_settings: Callable[..., Settings], clock, transport
 ):
     settings = make_settings()
-    store = await Store.open(settings.db_path)
+    settings.db_path.parent.mkdir(parents=True, exist_ok=True)
     job_id = new_job_id(clock())
-    await store.create_job(NewJob(
-        id=job_id, provider="bfl", model="flux-pro-1.1", input={"prompt": "fox"}, metadata={},
-        webhook_secret=new_webhook_secret(), idempotency_key=None, request_hash=None,
-        deadline_at=clock() + 900_000), now=clock())
-    await store.close()
-    # What older releases let through, written as they would have stored it.
+    # A database as the release before the repair left it, holding what it let through.
     number = MIGRATIONS.index(repair_stored_json) + 1
     with sqlite3.connect(settings.db_path) as conn:
-        conn.execute("UPDATE jobs SET input = ?, metadata = ? WHERE id = ?",
-                     ('{"prompt":"a \\ud800 fox"}', '{"a":NaN,"b":[Infinity,-Infinity],"\\udc00":1e400}',
-                      job_id))
+        for step in MIGRATIONS[: number - 1]:
+            assert isinstance(step, str)
+            for statement in _statements(step):
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {number - 1}")
+        conn.execute(
+            """INSERT INTO jobs (id, provider, model, status, input, metadata, webhook_secret,
+                                 created_at, updated_at, deadline_at)
+               VALUES (?, 'bfl', 'flux-pro-1.1', 'queued', ?, ?, ?, ?, ?, ?)""",
+            (job_id, '{"prompt":"a \\ud800 fox"}', '{"a":NaN,"b":[Infinity,-Infinity],"\\udc00":1e400}',
+             new_webhook_secret(), clock(), clock(), clock() + 900_000))
         conn.execute(
             "INSERT INTO events (id, job_id, job_seq, type, body, created_at) VALUES (?, ?, 1, ?, ?, ?)",
             ("evt_1", job_id, "job.submitted", b'{"data":{"metadata":{"a":NaN}}}', clock()))
         conn.execute(
             """INSERT INTO subscriptions (id, url, events, secret, status, created_at, updated_at)
                VALUES ('sub_1', ?, '["job.failed","\\ud800"]', 'whsec_x', 'enabled', 0, 0)""", (HOOK,))
-        conn.execute(f"PRAGMA user_version = {number - 1}")
 
     async with running(settings, transport, clock) as api:
         response = await api.client.get("/v1/jobs")

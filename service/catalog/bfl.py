@@ -15,9 +15,9 @@ from service.catalog.model import Model, capabilities
 FORMATS = ("jpeg", "png", "webp")  # OpenAPI `OutputFormat`
 
 
-def bfl_model(name: str, parameters: dict[str, Any]) -> Model:
+def bfl_model(name: str, parameters: dict[str, Any], *, max_active_tasks: int | None = None) -> Model:
     caps = capabilities(webhook=True, cancel=False, parameters=parameters)
-    return Model(name, name, parameters, capabilities=caps)
+    return Model(name, name, parameters, capabilities=caps, max_active_tasks=max_active_tasks)
 
 
 def pro_11(formats: tuple[str, ...] = FORMATS) -> dict[str, Any]:
@@ -103,7 +103,8 @@ def models() -> tuple[Model, ...]:
         bfl_model("flux-pro-1.1-ultra", ultra()),
         bfl_model("flux-dev", dev()),
         bfl_model("flux-kontext-pro", kontext()),
-        bfl_model("flux-kontext-max", kontext()),
+        # "flux-kontext-max … limited to 6 active tasks" (help.bfl.ai, providers.md a.5).
+        bfl_model("flux-kontext-max", kontext(), max_active_tasks=6),
         bfl_model("flux-2-pro", flux_2()),
         bfl_model("flux-2-max", flux_2()),
         bfl_model("flux-2-flex", flux_2_flex()),

@@ -26,6 +26,8 @@ class Model:
     parameters: Mapping[str, Mapping[str, Any]]
     required: tuple[str, ...] = ("prompt",)
     capabilities: Mapping[str, bool] = field(default_factory=dict)
+    # The provider's own limit on this model's active tasks, below its account-wide one.
+    max_active_tasks: int | None = None
 
     def __post_init__(self) -> None:
         # Native parameter names belong in the adapters; the catalog speaks only the vocabulary.

@@ -28,6 +28,7 @@ from service.simulator.wire import (
     is_http_url,
     is_int,
     read_json_object,
+    refuse_past_active_limit,
     simulator_of,
 )
 
@@ -266,6 +267,9 @@ async def generate(request: Request) -> Response:
             )
     if sim.config.insufficient_credits:
         return _error(402, "credits", "Insufficient credits")
+    throttled = refuse_past_active_limit(request, _DIALECT)
+    if throttled is not None:
+        return throttled
     webhook = None
     if parsed.webhook_url:
         webhook = Webhook(url=parsed.webhook_url, api_key=api_key, events=parsed.webhook_events)

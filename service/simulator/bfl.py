@@ -31,6 +31,7 @@ from service.simulator.wire import (
     is_int,
     json_response,
     read_json_object,
+    refuse_past_active_limit,
     simulator_of,
 )
 
@@ -218,6 +219,9 @@ def provider_routes(flavour: Flavour) -> list[Route]:
         sim = simulator_of(request)
         if sim.config.insufficient_credits:
             return dialect.error(402, "credits", "Insufficient credits")
+        throttled = refuse_past_active_limit(request, dialect)
+        if throttled is not None:
+            return throttled
         base = base_url_of(request)
         webhook = None
         if inputs.webhook_url:

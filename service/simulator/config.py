@@ -58,7 +58,10 @@ class SimulatorConfig:
     submit_5xx_rate: float = _knob(0.0, "rate")
     poll_429_rate: float = _knob(0.0, "rate")
     poll_5xx_rate: float = _knob(0.0, "rate")
-    # Value of the Retry-After header on injected 429s, in whole seconds.
+    # Account-wide limit on active tasks (submitted, not yet terminal) per provider protocol;
+    # past it a submit is answered 429 with Retry-After, as BFL does past its 24. 0 = no limit.
+    max_active_tasks: int = _knob(0, "count")
+    # Value of the Retry-After header on 429s (injected or past max_active_tasks), in seconds.
     retry_after_s: int = _knob(1, "count")
     # Image URLs answer 404 once this long has passed since the task became ready (BFL: 10 min).
     delivery_url_ttl_s: float = _knob(600.0, "seconds")

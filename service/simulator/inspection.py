@@ -1,4 +1,5 @@
-"""The simulator's own API for tests and the demo: task records and live config under /_sim."""
+"""The simulator's own API for tests and the demo: task records, account counters and live
+config under /_sim."""
 
 from __future__ import annotations
 
@@ -35,6 +36,11 @@ async def get_task(request: Request) -> Response:
     return JSONResponse(await _record(sim, task))
 
 
+async def get_stats(request: Request) -> Response:
+    """GET /_sim/stats: per protocol, tasks submitted, active now and at most, and 429s answered."""
+    return JSONResponse(simulator_of(request).public_stats())
+
+
 async def get_config(request: Request) -> Response:
     """GET /_sim/config: the live knobs, API key masked."""
     return JSONResponse(simulator_of(request).config.to_public())
@@ -58,6 +64,7 @@ def routes() -> list[Route]:
     return [
         Route("/_sim/tasks", list_tasks, methods=["GET"]),
         Route("/_sim/tasks/{task_id}", get_task, methods=["GET"]),
+        Route("/_sim/stats", get_stats, methods=["GET"]),
         Route("/_sim/config", get_config, methods=["GET"]),
         Route("/_sim/config", patch_config, methods=["PATCH"]),
     ]

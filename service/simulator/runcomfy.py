@@ -27,6 +27,7 @@ from service.simulator.wire import (
     is_http_url,
     is_int,
     read_json_object,
+    refuse_past_active_limit,
     simulator_of,
 )
 
@@ -146,6 +147,9 @@ async def submit(request: Request) -> Response:
     if sim.config.insufficient_credits:
         # RunComfy reports an empty balance as HTTP 400 with code 400002, not as a 402.
         return _error(400, "credits", "InsufficientResources")
+    throttled = refuse_past_active_limit(request, _DIALECT)
+    if throttled is not None:
+        return throttled
     base = base_url_of(request)
     task = sim.submit(
         protocol="runcomfy",

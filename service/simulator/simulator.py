@@ -10,7 +10,7 @@ import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import anyio
@@ -21,7 +21,7 @@ import httpx
 from service.simulator.callbacks import Callback, CallbackFormat, deliver
 from service.simulator.config import SimulatorConfig
 from service.simulator.images import render_image
-from service.simulator.state import Fate, Phase, Task, Webhook
+from service.simulator.state import NATIVE_STATUS, TERMINAL, Fate, Phase, Task, Webhook
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,15 @@ class Fault:
     html: bool = False
 
 
+@dataclass
+class AccountStats:
+    """What one protocol's account saw, for tests of fluxhook's own limits (`GET /_sim/stats`)."""
+
+    submitted: int = 0
+    peak_active: int = 0  # the most tasks active at once (reached, by definition, at a submit)
+    answered_429: int = 0  # every 429 answered, injected or past max_active_tasks
+
+
 class Simulator:
     """State shared by every simulated provider; ``app.state.simulator`` is one of these."""
 
@@ -44,6 +53,7 @@ class Simulator:
         self.tasks: dict[str, Task] = {}
         # Apiframe Idempotency-Key: (api key, idempotency key) -> job id.
         self.idempotency: dict[tuple[str, str], str] = {}
+        self.stats: dict[str, AccountStats] = {protocol: AccountStats() for protocol in NATIVE_STATUS}
         self.client: httpx.AsyncClient | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
 
@@ -93,6 +103,21 @@ class Simulator:
         if roll < rate_429 + rate_5xx:
             return Fault(503, html=html)
         return None
+
+    def active_tasks(self, protocol: str) -> int:
+        """Tasks submitted through `protocol` and not yet terminal: what BFL's limit counts."""
+        now = self.clock()
+        return sum(1 for t in self.tasks.values() if t.protocol == protocol and t.phase(now) not in TERMINAL)
+
+    def at_active_limit(self, protocol: str) -> bool:
+        """True when one more task would exceed `max_active_tasks` (0: no limit)."""
+        limit = self.config.max_active_tasks
+        return limit > 0 and self.active_tasks(protocol) >= limit
+
+    def public_stats(self) -> dict[str, dict[str, int]]:
+        """Per protocol: the counters and the tasks active now."""
+        return {protocol: {**asdict(stats), "active": self.active_tasks(protocol)}
+                for protocol, stats in self.stats.items()}
 
     def submit(
         self,
@@ -152,6 +177,9 @@ class Simulator:
             idempotency_fingerprint=idempotency_fingerprint,
         )
         self.tasks[task_id] = task
+        stats = self.stats[protocol]
+        stats.submitted += 1
+        stats.peak_active = max(stats.peak_active, self.active_tasks(protocol))
         if webhook is not None and callback_format is not None:
             self._spawn(self._run_webhooks, task, callback_format)
         return task

@@ -83,12 +83,30 @@ def admit(request: Request, dialect: Dialect, stage: str) -> Response | None:
     if fault is None:
         return None
     if fault.status == 429:
-        response = dialect.error(429, "rate_limited", "Too many requests, retry later")
-        response.headers["Retry-After"] = str(sim.config.retry_after_s)
-        return response
+        return too_many_requests(sim, dialect, "Too many requests, retry later")
     if fault.html:
         return Response(PROXY_503_HTML, status_code=503, media_type="text/html")
     response = dialect.error(503, "unavailable", "Service temporarily unavailable")
+    response.headers["Retry-After"] = str(sim.config.retry_after_s)
+    return response
+
+
+def refuse_past_active_limit(request: Request, dialect: Dialect) -> Response | None:
+    """429 when the account already has `max_active_tasks` active tasks, as BFL answers.
+
+    Call it just before `Simulator.submit`, with no `await` in between, so two concurrent
+    submits cannot both take the last slot.
+    """
+    sim = simulator_of(request)
+    if not sim.at_active_limit(dialect.protocol):
+        return None
+    return too_many_requests(sim, dialect, "Too many active tasks, retry later")
+
+
+def too_many_requests(sim: Simulator, dialect: Dialect, message: str) -> Response:
+    """A counted 429 with Retry-After, in the provider's error dialect."""
+    sim.stats[dialect.protocol].answered_429 += 1
+    response = dialect.error(429, "rate_limited", message)
     response.headers["Retry-After"] = str(sim.config.retry_after_s)
     return response
 
