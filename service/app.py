@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -99,7 +100,11 @@ async def open_context(
         raise ConfigError(f"FLUXHOOK_ALLOW_PRIVATE_DESTINATIONS: {exc}") from exc
     if notify_transport is None:
         notify_transport = guarded_transport(policy)
+    blobs = BlobStore(settings.blob_dir)
     try:
+        removed = await anyio.to_thread.run_sync(blobs.remove_partials)
+        if removed:
+            log.info("removed %d partial download(s) left by an earlier process", removed)
         limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
         async with (
             httpx.AsyncClient(transport=transport, limits=limits, timeout=settings.http_timeout_s) as client,
@@ -110,7 +115,7 @@ async def open_context(
             yield WorkContext(
                 settings=settings,
                 store=store,
-                blobs=BlobStore(settings.blob_dir),
+                blobs=blobs,
                 adapters=build_adapters(settings),
                 catalog=Catalog.default(),
                 client=client,
@@ -123,6 +128,16 @@ async def open_context(
             )
     finally:
         await store.close()
+
+
+def _callable_from_signal_handler(fn: Callable[[], None]) -> Callable[[], None]:
+    """`fn`, to be run in this event loop, callable from a signal handler or another thread."""
+    loop = asyncio.get_running_loop()  # uvicorn runs asyncio
+
+    def call() -> None:
+        loop.call_soon_threadsafe(fn)
+
+    return call
 
 
 def create_app(
@@ -152,13 +167,17 @@ def create_app(
                 )
             )
             app.state.ctx = ctx  # for tests and tools holding the app; handlers use request.state
+            stop = anyio.Event()
+            # `fluxhook serve` calls this from its SIGTERM handler, so the workers stop claiming
+            # at once and wind down while uvicorn drains connections, not after.
+            app.state.stop_workers = _callable_from_signal_handler(stop.set)
             async with anyio.create_task_group() as group:
                 if run_workers:
-                    group.start_soon(Worker(ctx).run)
-                    group.start_soon(Notifier(ctx).run)
+                    group.start_soon(Worker(ctx, stop=stop).run)
+                    group.start_soon(Notifier(ctx, stop=stop).run)
                 log.info("fluxhook ready: %r", settings)
                 yield {"ctx": ctx}
-                group.cancel_scope.cancel()
+                stop.set()  # the loops finish or hand back their work within the grace, and return
 
     routes: list[Route | Mount] = [
         Route("/healthz", healthz, methods=["GET"]),

@@ -50,6 +50,7 @@ SETTINGS: tuple[SettingDoc, ...] = (
     SettingDoc("FLUXHOOK_WORKER_CONCURRENCY", "16", "How many submits, polls and downloads one worker runs at once."),
     SettingDoc("FLUXHOOK_WORKER_IDLE_SECONDS", "0.25", "Longest a worker sleeps before looking for due work it was not woken for (work committed by another process, e.g. callbacks received by a separate web process)."),
     SettingDoc("FLUXHOOK_TASK_LEASE_SECONDS", "120", "A claimed piece of work not finished in this time (a crashed worker) is claimed again."),
+    SettingDoc("FLUXHOOK_SHUTDOWN_GRACE_SECONDS", "8", "On SIGTERM/SIGINT the workers stop claiming at once and give work in flight this long to finish; what is left is cancelled and handed back for another process to take at once (8 fits a platform's usual 10 s grace)."),
     SettingDoc("FLUXHOOK_SQLITE_SYNCHRONOUS", "FULL", "SQLite `synchronous` pragma: FULL survives power loss, NORMAL only process crashes."),
     SettingDoc("FLUXHOOK_LOG_LEVEL", "info", "Log level (debug, info, warning, error)."),
     SettingDoc("FLUXHOOK_PROVIDER_ORDER", "bfl,cometapi,apiframe,runcomfy", "Order in which `\"provider\": \"auto\"` tries the configured providers that serve a model; a submit another provider could fix (429, 5xx, timeout, no credits) fails over to the next."),
@@ -128,6 +129,7 @@ class Settings:
     worker_concurrency: int = 16
     worker_idle_s: float = 0.25
     task_lease_s: float = 120.0
+    shutdown_grace_s: float = 8.0
     sqlite_synchronous: str = "FULL"
     log_level: str = "info"
 
@@ -224,6 +226,7 @@ class Settings:
             worker_concurrency=env.integer("FLUXHOOK_WORKER_CONCURRENCY", 16),
             worker_idle_s=env.number("FLUXHOOK_WORKER_IDLE_SECONDS", 0.25),
             task_lease_s=env.number("FLUXHOOK_TASK_LEASE_SECONDS", 120.0),
+            shutdown_grace_s=env.number("FLUXHOOK_SHUTDOWN_GRACE_SECONDS", 8.0),
             sqlite_synchronous=_synchronous(env.text("FLUXHOOK_SQLITE_SYNCHRONOUS", "FULL")),
             log_level=env.text("FLUXHOOK_LOG_LEVEL", "info").lower(),
         )

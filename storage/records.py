@@ -117,11 +117,12 @@ class TaskRecord:
     due_at: int
     attempts: int
     last_error: str | None
+    lease_until: int = 0  # as leased by a claim: which lease to hand back (storage/tasks.py)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> TaskRecord:
         return cls(row["id"], row["job_id"], row["kind"], row["due_at"], row["attempts"],
-                   row["last_error"])
+                   row["last_error"], row["lease_until"])
 
 
 @dataclass(frozen=True)
