@@ -21,7 +21,7 @@ from handlers.callbacks import receive_callback
 from handlers.errors import EXCEPTION_HANDLERS
 from handlers.events import stream_events
 from handlers.health import healthz
-from handlers.jobs import cancel_job, create_job, get_job, get_output, list_jobs
+from handlers.jobs import cancel_job, create_job, delete_job, get_job, get_output, list_jobs
 from handlers.models import list_models
 from handlers.subscriptions import (
     create_subscription,
@@ -48,6 +48,7 @@ from service.providers.base import Adapter
 from service.providers.bfl import BflAdapter
 from service.providers.cometapi import CometApiAdapter
 from service.providers.runcomfy import RunComfyAdapter
+from service.retention import prune_periodically
 from service.settings import SIMULATOR_MOUNT, Settings
 from service.tokens import CallbackTokens, UploadTokens
 from service.worker import Worker
@@ -175,6 +176,7 @@ def create_app(
                 if run_workers:
                     group.start_soon(Worker(ctx, stop=stop).run)
                     group.start_soon(Notifier(ctx, stop=stop).run)
+                    group.start_soon(prune_periodically, ctx, stop)
                 log.info("fluxhook ready: %r", settings)
                 yield {"ctx": ctx}
                 stop.set()  # the loops finish or hand back their work within the grace, and return
@@ -184,6 +186,7 @@ def create_app(
         Route("/v1/jobs", create_job, methods=["POST"]),
         Route("/v1/jobs", list_jobs, methods=["GET"]),
         Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
+        Route("/v1/jobs/{job_id}", delete_job, methods=["DELETE"]),
         Route("/v1/jobs/{job_id}/outputs/{index}", get_output, methods=["GET"]),
         Route("/v1/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
         Route("/v1/jobs/{job_id}/deliveries", job_deliveries, methods=["GET"]),

@@ -114,6 +114,7 @@ class _GracefulServer(uvicorn.Server):
 async def _worker(settings: Settings) -> int:
     from service.app import open_context
     from service.notifier import Notifier
+    from service.retention import prune_periodically
     from service.worker import Worker
 
     async with open_context(settings) as ctx:
@@ -125,6 +126,7 @@ async def _worker(settings: Settings) -> int:
                 async with anyio.create_task_group() as loops:
                     loops.start_soon(Worker(ctx, stop=stop).run)
                     loops.start_soon(Notifier(ctx, stop=stop).run)
+                    loops.start_soon(prune_periodically, ctx, stop)
                 group.cancel_scope.cancel()
     return 0
 
@@ -146,6 +148,7 @@ async def _stop_on_signals(
 async def _tick(settings: Settings) -> int:
     from service.app import open_context
     from service.notifier import Notifier
+    from service.retention import prune
     from service.worker import Worker
 
     async with open_context(settings) as ctx:
@@ -156,6 +159,8 @@ async def _tick(settings: Settings) -> int:
                 group.start_soon(_stop_on_signals, signals, stop, group.cancel_scope)
                 ran = await Worker(ctx, stop=stop).drain()
                 sent = await Notifier(ctx, stop=stop).drain()
+                if not stop.is_set():
+                    await prune(ctx)
                 group.cancel_scope.cancel()
         counts = await ctx.store.count_tasks()
     log.info("tick: ran %d task(s), sent %d notification(s); still scheduled: %s", ran, sent,

@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import os
 import secrets
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -30,6 +31,18 @@ class BlobStore:
 
     def exists(self, sha256: str) -> bool:
         return self.path_for(sha256).is_file()
+
+    def remove_settled(self, sha256: str, *, settled_s: float) -> bool:
+        """Remove a blob unless it was written in the last `settled_s` seconds (by the file
+        system's clock, which stamped it); True when it is gone."""
+        path = self.path_for(sha256)
+        try:
+            if time.time() - path.stat().st_mtime < settled_s:
+                return False
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        return True
 
     def remove_partials(self) -> int:
         """Remove the partial downloads no live writer holds (left by a crash); how many."""

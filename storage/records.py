@@ -40,6 +40,7 @@ class JobRecord:
     webhook_url: str | None = None
     webhook_events: tuple[str, ...] = ()
     event_count: int = 0
+    outputs_deleted_at: int | None = None  # its images were removed (DELETE or retention)
 
     def __repr__(self) -> str:  # the webhook secret never reaches a log line
         return f"JobRecord(id={self.id!r}, provider={self.provider!r}, status={self.status!r})"
@@ -88,6 +89,7 @@ class JobRecord:
             webhook_url=row["webhook_url"],
             webhook_events=tuple(json.loads(row["webhook_events"])),
             event_count=row["event_count"],
+            outputs_deleted_at=row["outputs_deleted_at"],
         )
 
 

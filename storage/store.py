@@ -30,6 +30,7 @@ from service.jobs import TERMINAL, Effect, JobState, JobStatus, Observation, Tra
 from storage.migrations import MIGRATIONS
 from storage.notifications import NotificationMethods, emit_job_event
 from storage.records import AttemptRecord, JobRecord, NewJob, OutputRecord, UploadRecord
+from storage.retention import RetentionMethods
 from storage.sqlite_thread import check_supported, run_in_connection_thread
 from storage.tasks import TaskMethods
 
@@ -99,7 +100,7 @@ class Recorded:
     duplicate: bool = False
 
 
-class Store(NotificationMethods, TaskMethods):
+class Store(NotificationMethods, TaskMethods, RetentionMethods):
     def __init__(self, db: aiosqlite.Connection, *, public_url: str = "") -> None:
         self._db = db
         self._lock = anyio.Lock()
