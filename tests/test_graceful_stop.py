@@ -313,3 +313,43 @@ async def test_sigterm_to_serve_with_workers_hands_back_and_a_restart_finishes_a
         finally:
             process.kill()
             process.wait(timeout=10)
+
+
+def due_fetches(db: Path) -> int:
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM tasks WHERE kind = 'fetch'").fetchone()[0])
+
+
+@pytest.mark.e2e
+async def test_sigterm_to_tick_hands_back_and_the_next_tick_finishes(tmp_path: Path):
+    simulator = create_simulator_app(SimulatorConfig(latency_s=(0.2, 0.4), download_delay_s=60, seed=9))
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "fluxhook.log"
+    db = tmp_path / "data" / "fluxhook.db"
+    async with serve(simulator) as provider_url, httpx.AsyncClient(base_url=base, timeout=10) as client:
+        env = fluxhook_env(tmp_path / "data", base, provider_url, FLUXHOOK_TASK_LEASE_SECONDS=LONG_LEASE,
+                           FLUXHOOK_SHUTDOWN_GRACE_SECONDS=GRACE, FLUXHOOK_HTTP_TIMEOUT_SECONDS="120")
+        api = run_fluxhook(["serve", "--port", str(port), "--no-workers"], env, log)
+        tick = api
+        try:
+            await wait_up(f"{base}/healthz", api)
+            ids = await submit_jobs(client, 2)
+            submitting = run_fluxhook(["tick"], env, log)
+            assert await anyio.to_thread.run_sync(lambda: submitting.wait(timeout=30)) == 0
+            await until(lambda: due_fetches(db) == 2, api)  # the callbacks came: images to fetch
+
+            tick = run_fluxhook(["tick"], env, log)
+            await until(lambda: leased_fetches(db) == 2, tick)
+            assert await sigterm_and_wait(tick, within=20) == 0, log.read_text()[-3000:]
+            assert leases_held(db) == []
+
+            await client.patch(f"{provider_url}/_sim/config", json={"download_delay_s": 0})
+            tick = run_fluxhook(["tick"], env, log)
+            assert await anyio.to_thread.run_sync(lambda: tick.wait(timeout=30)) == 0
+            final = await wait_terminal(client, ids, timeout=5)
+            assert {d["status"] for d in final.values()} == {"succeeded"}, log.read_text()[-3000:]
+        finally:
+            for process in (tick, api):
+                process.kill()
+                process.wait(timeout=10)
