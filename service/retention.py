@@ -20,7 +20,7 @@ the new reference by then and keeps it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -51,7 +51,8 @@ async def delete_job(ctx: WorkContext, job_id: str) -> JobRecord:
         )
     removed = await ctx.store.remove_job_outputs(job_id, now=ctx.clock())
     assert removed is not None  # jobs are never deleted
-    await remove_unreferenced_blobs(ctx)
+    outputs = (await ctx.store.get_outputs([job_id]))[job_id]
+    await remove_unreferenced_blobs(ctx, only=sorted({output.sha256 for output in outputs}))
     return removed
 
 
@@ -99,12 +100,17 @@ async def prune(ctx: WorkContext, *, batch: int = PRUNE_BATCH) -> Pruned:
     return pruned
 
 
-async def remove_unreferenced_blobs(ctx: WorkContext, *, batch: int = PRUNE_BATCH) -> int:
-    """Remove the files of queued images nothing references any more; how many."""
+async def remove_unreferenced_blobs(
+    ctx: WorkContext, *, batch: int = PRUNE_BATCH, only: Sequence[str] | None = None
+) -> int:
+    """Remove the files of queued images (or of those among `only`) nothing references any
+    more; how many."""
     removed = 0
     after: str | None = ""
     while after is not None:
-        unreferenced, after = await ctx.store.unreferenced_blobs(after=after, now=ctx.clock(), limit=batch)
+        unreferenced, after = await ctx.store.unreferenced_blobs(
+            after=after, now=ctx.clock(), limit=batch, only=only
+        )
         remove = partial(ctx.blobs.remove_settled, settled_s=BLOB_SETTLE_S)
         gone = [sha256 for sha256 in unreferenced if await anyio.to_thread.run_sync(remove, sha256)]
         if gone:

@@ -75,18 +75,22 @@ class RetentionMethods:
 
         return await self._transact(remove)
 
-    async def unreferenced_blobs(self, *, after: str, now: int, limit: int) -> tuple[list[str], str | None]:
+    async def unreferenced_blobs(
+        self, *, after: str, now: int, limit: int, only: Sequence[str] | None = None
+    ) -> tuple[list[str], str | None]:
         """Look at up to `limit` queued images (sha256 order, from after `after`): forget those
         a job whose outputs are kept references (removing that job's outputs queues them
         again), keep queued those only an upload not yet expired references (looked at again
         next time), and name the rest, whose files may go. Also the last sha256 looked at (None
-        when there were no more), to carry on from."""
+        when there were no more), to carry on from. `only` limits the look to those images."""
+        among = f"AND sha256 IN ({','.join('?' * len(only))})" if only is not None else ""
 
         def look(conn: sqlite3.Connection) -> tuple[list[str], str | None]:
             queued = [
                 row[0]
                 for row in conn.execute(
-                    "SELECT sha256 FROM blob_garbage WHERE sha256 > ? ORDER BY sha256 LIMIT ?", (after, limit)
+                    f"SELECT sha256 FROM blob_garbage WHERE sha256 > ? {among} ORDER BY sha256 LIMIT ?",  # noqa: S608
+                    (after, *(only or ()), limit),
                 ).fetchall()
             ]
             unreferenced = []
