@@ -1,4 +1,4 @@
-"""Job endpoints: submit, read, list, and fetch stored outputs."""
+"""Job endpoints: submit, read, list, cancel, delete, and fetch stored outputs."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from handlers.body import read_json
 from service.cancellation import cancel_job as cancel
 from service.context import WorkContext
 from service.documents import job_document
-from service.errors import NotFound, ValidationFailed
+from service.errors import Gone, NotFound, ValidationFailed
 from service.ids import new_job_id, new_webhook_secret
 from service.parsing import parse_count
+from service.retention import delete_job as delete
 from service.submissions import parse_job_request
 from service.subscriptions import parse_job_destination
 from storage.records import JobRecord, NewJob
@@ -105,6 +106,14 @@ async def cancel_job(request: Request) -> Response:
     return JSONResponse(document)
 
 
+async def delete_job(request: Request) -> Response:
+    """200 with the job document, its outputs marked removed (`outputs_deleted_at`)."""
+    ctx = _ctx(request)
+    job = await delete(ctx, request.path_params["job_id"])
+    [document] = await documents(ctx, [job])
+    return JSONResponse(document)
+
+
 async def list_jobs(request: Request) -> Response:
     ctx = _ctx(request)
     params = request.query_params
@@ -142,6 +151,13 @@ async def get_output(request: Request) -> Response:
     if output is None:
         raise NotFound(
             f"job {job_id!r} has no stored output {raw_index}", details=[{"field": "index", "rule": "exists"}]
+        )
+    job = await ctx.store.get_job(job_id)
+    if job is not None and job.outputs_deleted_at is not None:
+        raise Gone(
+            f"job {job_id!r}'s outputs were removed",
+            code="output_deleted",
+            details=[{"field": "index", "rule": "not_deleted"}],
         )
     etag = f'"{output.sha256}"'
     if etag in request.headers.get("if-none-match", ""):

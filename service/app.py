@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -20,7 +21,7 @@ from handlers.callbacks import receive_callback
 from handlers.errors import EXCEPTION_HANDLERS
 from handlers.events import stream_events
 from handlers.health import healthz
-from handlers.jobs import cancel_job, create_job, get_job, get_output, list_jobs
+from handlers.jobs import cancel_job, create_job, delete_job, get_job, get_output, list_jobs
 from handlers.models import list_models
 from handlers.subscriptions import (
     create_subscription,
@@ -48,6 +49,7 @@ from service.providers.base import Adapter
 from service.providers.bfl import BflAdapter
 from service.providers.cometapi import CometApiAdapter
 from service.providers.runcomfy import RunComfyAdapter
+from service.retention import prune_periodically
 from service.settings import SIMULATOR_MOUNT, Settings
 from service.tokens import CallbackTokens, UploadTokens
 from service.worker import Worker
@@ -100,7 +102,11 @@ async def open_context(
         raise ConfigError(f"FLUXHOOK_ALLOW_PRIVATE_DESTINATIONS: {exc}") from exc
     if notify_transport is None:
         notify_transport = guarded_transport(policy)
+    blobs = BlobStore(settings.blob_dir)
     try:
+        removed = await anyio.to_thread.run_sync(blobs.remove_partials)
+        if removed:
+            log.info("removed %d partial download(s) left by an earlier process", removed)
         limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
         async with (
             httpx.AsyncClient(transport=transport, limits=limits, timeout=settings.http_timeout_s) as client,
@@ -111,7 +117,7 @@ async def open_context(
             yield WorkContext(
                 settings=settings,
                 store=store,
-                blobs=BlobStore(settings.blob_dir),
+                blobs=blobs,
                 adapters=build_adapters(settings),
                 catalog=Catalog.default(),
                 client=client,
@@ -124,6 +130,16 @@ async def open_context(
             )
     finally:
         await store.close()
+
+
+def _callable_from_signal_handler(fn: Callable[[], None]) -> Callable[[], None]:
+    """`fn`, to be run in this event loop, callable from a signal handler or another thread."""
+    loop = asyncio.get_running_loop()  # uvicorn runs asyncio
+
+    def call() -> None:
+        loop.call_soon_threadsafe(fn)
+
+    return call
 
 
 def create_app(
@@ -156,19 +172,25 @@ def create_app(
             # Workers in other processes that were given no FLUXHOOK_PUBLIC_URL use this address.
             owner = await announce(ctx)
             stack.push_async_callback(withdraw, ctx, owner)
+            stop = anyio.Event()
+            # `fluxhook serve` calls this from its SIGTERM handler, so the workers stop claiming
+            # at once and wind down while uvicorn drains connections, not after.
+            app.state.stop_workers = _callable_from_signal_handler(stop.set)
             async with anyio.create_task_group() as group:
                 if run_workers:
-                    group.start_soon(Worker(ctx).run)
-                    group.start_soon(Notifier(ctx).run)
+                    group.start_soon(Worker(ctx, stop=stop).run)
+                    group.start_soon(Notifier(ctx, stop=stop).run)
+                    group.start_soon(prune_periodically, ctx, stop)
                 log.info("fluxhook ready: %r", settings)
                 yield {"ctx": ctx}
-                group.cancel_scope.cancel()
+                stop.set()  # the loops finish or hand back their work within the grace, and return
 
     routes: list[Route | Mount] = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/v1/jobs", create_job, methods=["POST"]),
         Route("/v1/jobs", list_jobs, methods=["GET"]),
         Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
+        Route("/v1/jobs/{job_id}", delete_job, methods=["DELETE"]),
         Route("/v1/jobs/{job_id}/outputs/{index}", get_output, methods=["GET"]),
         Route("/v1/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
         Route("/v1/jobs/{job_id}/deliveries", job_deliveries, methods=["GET"]),

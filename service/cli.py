@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from functools import partial
+from types import FrameType
+from typing import Any
 
 import anyio
 import uvicorn
@@ -77,39 +81,100 @@ def _serve(settings: Settings, *, run_workers: bool) -> int:
 
         simulator = create_simulator_app(SimulatorConfig.from_env(os.environ))
     app = create_app(settings, run_workers=run_workers, simulator=simulator)
-    # access_log off: callback paths carry tokens, which must not reach a log.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                access_log=False, lifespan="on")
+    # access_log off: callback paths carry tokens, which must not reach a log. Open requests
+    # (event streams included) get the same grace as the workers, which wind down meanwhile.
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                            access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)))
+    _GracefulServer(config, on_exit=lambda: _stop_workers(app)).run()
     return 0
+
+
+def _stop_workers(app: Any) -> None:
+    stop = getattr(app.state, "stop_workers", None)  # set by the lifespan once started
+    if stop is not None:
+        stop()
+
+
+class _GracefulServer(uvicorn.Server):
+    """uvicorn's server, except that a SIGTERM/SIGINT also tells the in-process workers to stop
+    claiming at once, and a clean stop exits 0 (uvicorn re-raises the signal once it has shut
+    down, so the process would otherwise die of it)."""
+
+    def __init__(self, config: uvicorn.Config, *, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._on_exit()
+        super().handle_exit(sig, frame)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
 
 
 async def _worker(settings: Settings) -> int:
     from service.address import follow_address
     from service.app import open_context
     from service.notifier import Notifier
+    from service.retention import prune_periodically
     from service.worker import Worker
 
     async with open_context(settings) as ctx:
         log.info("fluxhook worker ready: %r", settings)
+        stop = anyio.Event()
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with anyio.create_task_group() as group:
-                group.start_soon(Worker(ctx).run)
-                group.start_soon(Notifier(ctx).run)
                 group.start_soon(follow_address, ctx, os.environ)
-                async for _ in signals:
-                    group.cancel_scope.cancel()
-                    break
+                group.start_soon(_stop_on_signals, signals, stop, group.cancel_scope)
+                async with anyio.create_task_group() as loops:
+                    loops.start_soon(Worker(ctx, stop=stop).run)
+                    loops.start_soon(Notifier(ctx, stop=stop).run)
+                    loops.start_soon(prune_periodically, ctx, stop)
+                group.cancel_scope.cancel()
     return 0
+
+
+async def _stop_on_signals(
+    signals: AsyncIterator[signal.Signals], stop: anyio.Event, scope: anyio.CancelScope
+) -> None:
+    """The first signal stops claiming (work in flight gets the grace); a second stops now.
+    Either way the loops hand back what they did not finish."""
+    async for signum in signals:
+        if stop.is_set():
+            log.warning("%s again: stopping now", signum.name)
+            scope.cancel()
+            return
+        log.info("%s: stopping; work in flight gets up to the shutdown grace", signum.name)
+        stop.set()
 
 
 async def _tick(settings: Settings) -> int:
     from service.app import open_context
     from service.notifier import Notifier
+    from service.retention import prune
     from service.worker import Worker
 
     async with open_context(settings) as ctx:
-        ran = await Worker(ctx).drain()
-        sent = await Notifier(ctx).drain()
+        stop = anyio.Event()
+        ran = sent = 0
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with anyio.create_task_group() as group:
+                group.start_soon(_stop_on_signals, signals, stop, group.cancel_scope)
+                ran = await Worker(ctx, stop=stop).drain()
+                sent = await Notifier(ctx, stop=stop).drain()
+                if not stop.is_set():
+                    await prune(ctx)
+                group.cancel_scope.cancel()
         counts = await ctx.store.count_tasks()
     log.info("tick: ran %d task(s), sent %d notification(s); still scheduled: %s", ran, sent,
              counts or "none")

@@ -43,6 +43,8 @@ def job_document(
             }
             for out in outputs
         ],
+        # Set once DELETE /v1/jobs/{id} or image retention removed them: each url answers 410.
+        "outputs_deleted_at": rfc3339(job.outputs_deleted_at),
         "error": (
             {"code": job.error_code, "message": job.error_message} if job.error_code else None
         ),

@@ -6,6 +6,7 @@
     │   ├── Unauthorized          401  missing or wrong API key
     │   ├── NotFound              404  unknown job, output or route
     │   ├── Conflict              409  idempotency key reused with another body; job already final
+    │   ├── Gone                  410  a job's outputs were removed (DELETE or retention)
     │   ├── PayloadTooLarge       413  body over the configured cap
     │   ├── ValidationFailed      422  input breaks a rule; `details` names each field
     │   ├── CallbackRejected      400/401/403/413  an inbound provider callback refused
@@ -76,6 +77,11 @@ class NotFound(ApiError):
 class Conflict(ApiError):
     status_code = 409
     code = "conflict"
+
+
+class Gone(ApiError):
+    status_code = 410
+    code = "gone"
 
 
 class PayloadTooLarge(ApiError):

@@ -2,16 +2,23 @@
 until the next one is due or something new is committed.
 
 `run_once` and `drain` are what tests and `fluxhook tick` call; `run` is the long-lived loop.
-Subclasses say how to claim, handle and find the next due time of their own items.
+Subclasses say how to claim, handle, hand back and find the next due time of their own items.
+
+Stopping (SIGTERM): once `stop` is set, a loop claims nothing more, gives the items in flight
+up to `shutdown_grace_s` to finish, cancels what is left and hands those leases back (shielded
+from cancellation), so another process can take them at once rather than after the lease. The
+same hand-back runs if the loop itself is cancelled.
 """
 
 from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 import anyio
+from anyio.abc import TaskGroup
 
 from service.context import Signal, WorkContext
 
@@ -21,9 +28,13 @@ Item = TypeVar("Item")
 
 
 class ClaimLoop(ABC, Generic[Item]):
-    def __init__(self, ctx: WorkContext) -> None:
+    def __init__(self, ctx: WorkContext, *, stop: anyio.Event | None = None) -> None:
         self.ctx = ctx
         self.inflight = 0
+        self.stop = stop if stop is not None else anyio.Event()
+        self._idle = anyio.Event()  # set whenever nothing is in flight
+        self._idle.set()
+        self._held: dict[int, Item] = {}  # started and not yet done: what a stop hands back
 
     @property
     @abstractmethod
@@ -44,6 +55,10 @@ class ClaimLoop(ABC, Generic[Item]):
         """Carry one item out; must not raise (log and reschedule instead)."""
 
     @abstractmethod
+    async def hand_back(self, items: list[Item]) -> int:
+        """Release the leases of items cancelled before they were done; how many were."""
+
+    @abstractmethod
     async def next_due(self) -> int | None:
         """When the next item this loop could claim becomes due (epoch ms), if any."""
 
@@ -53,15 +68,19 @@ class ClaimLoop(ABC, Generic[Item]):
 
     async def run_once(self) -> int:
         """Claim every due item (up to the concurrency) and run them; how many ran."""
+        if self.stop.is_set():
+            return 0
         items = await self.claim(self.concurrency)
-        async with anyio.create_task_group() as group:
+
+        async def start_them(group: TaskGroup) -> None:
             for item in items:
-                self.inflight += 1
-                group.start_soon(self._run_and_release, item)
+                self._start(group, item)
+
+        await self._supervised(start_them)
         return len(items)
 
     async def drain(self, *, max_rounds: int = 10_000) -> int:
-        """Run due items until none is due now; how many ran in all."""
+        """Run due items until none is due now (or the loop is stopped); how many ran in all."""
         total = 0
         for _ in range(max_rounds):
             ran = await self.run_once()
@@ -71,29 +90,71 @@ class ClaimLoop(ABC, Generic[Item]):
         return total
 
     async def run(self) -> None:
-        """Run forever (until cancelled)."""
-        async with anyio.create_task_group() as group:
-            while True:
-                wake = self.signal.current()  # taken first: a later nudge is never lost
-                free = self.concurrency - self.inflight
-                claimed: list[Item] = []
-                if free > 0:
-                    try:
-                        claimed = await self.claim(free)
-                    except Exception:
-                        log.exception("%s: claiming failed; trying again shortly", type(self).__name__)
-                for item in claimed:
-                    self.inflight += 1
-                    group.start_soon(self._run_and_release, item)
-                if claimed and len(claimed) == free:
-                    continue  # there may be more due right now
-                await self._sleep(wake)
+        """Run until `stop` is set (then wind down, see the module docstring) or cancelled."""
+        await self._supervised(self._claim_until_stopped)
+
+    async def _claim_until_stopped(self, group: TaskGroup) -> None:
+        while not self.stop.is_set():
+            wake = self.signal.current()  # taken first: a later nudge is never lost
+            free = self.concurrency - self.inflight
+            claimed: list[Item] = []
+            if free > 0:
+                try:
+                    claimed = await self.claim(free)
+                except Exception:
+                    log.exception("%s: claiming failed; trying again shortly", type(self).__name__)
+            for item in claimed:
+                self._start(group, item)
+            if claimed and len(claimed) == free:
+                continue  # there may be more due right now
+            await self._sleep(wake)
+
+    async def _supervised(self, starting: Callable[[TaskGroup], Awaitable[None]]) -> None:
+        """Run `starting` (which starts items in the group), then wait for the items; once
+        stopped, for at most the grace, then cancel the rest and hand their leases back."""
+        try:
+            async with anyio.create_task_group() as group:
+                await starting(group)
+                await _first_of(self._idle, self.stop)
+                if self.inflight:  # stopped with work in flight
+                    grace = self.ctx.settings.shutdown_grace_s
+                    log.info("%s: stopping; %d in flight get up to %gs to finish",
+                             type(self).__name__, self.inflight, grace)
+                    with anyio.move_on_after(grace):
+                        await self._idle.wait()
+                    group.cancel_scope.cancel()
+        finally:
+            await self._hand_back_held()
+
+    async def _hand_back_held(self) -> None:
+        held, self._held = list(self._held.values()), {}
+        if not held:
+            return
+        with anyio.CancelScope(shield=True):
+            try:
+                count = await self.hand_back(held)
+            except Exception:
+                log.exception("%s: could not hand back %d lease(s); they expire instead",
+                              type(self).__name__, len(held))
+                return
+        log.info("%s: handed back %d unfinished item(s) for another process to take now",
+                 type(self).__name__, count)
+
+    def _start(self, group: TaskGroup, item: Item) -> None:
+        if self.inflight == 0:
+            self._idle = anyio.Event()
+        self.inflight += 1
+        self._held[id(item)] = item
+        group.start_soon(self._run_and_release, item)
 
     async def _run_and_release(self, item: Item) -> None:
         try:
             await self.handle(item)
+            del self._held[id(item)]  # done: nothing to hand back (a cancelled one stays held)
         finally:
             self.inflight -= 1
+            if self.inflight == 0:
+                self._idle.set()
             self.released(item)
 
     async def _sleep(self, wake: anyio.Event) -> None:
@@ -107,4 +168,18 @@ class ClaimLoop(ABC, Generic[Item]):
             if due is not None:
                 wait = min(wait, max(0.0, (due - self.ctx.clock()) / 1000))
         with anyio.move_on_after(wait):
-            await wake.wait()
+            await _first_of(wake, self.stop)
+
+
+async def _first_of(*events: anyio.Event) -> None:
+    """Until any of `events` is set."""
+    if any(event.is_set() for event in events):
+        return
+    async with anyio.create_task_group() as group:
+
+        async def wait(event: anyio.Event) -> None:
+            await event.wait()
+            group.cancel_scope.cancel()
+
+        for event in events:
+            group.start_soon(wait, event)

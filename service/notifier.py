@@ -44,8 +44,8 @@ def next_attempt_at(
 class Notifier(ClaimLoop[ClaimedDelivery]):
     """Sends deliveries: one attempt each time a delivery is due."""
 
-    def __init__(self, ctx: WorkContext) -> None:
-        super().__init__(ctx)
+    def __init__(self, ctx: WorkContext, *, stop: anyio.Event | None = None) -> None:
+        super().__init__(ctx, stop=stop)
         self._busy: Counter[str] = Counter()
 
     async def send(self, delivery: ClaimedDelivery) -> AttemptResult:
@@ -134,6 +134,11 @@ class Notifier(ClaimLoop[ClaimedDelivery]):
             await self.send(item)
         except Exception:
             log.exception("delivery %s: unexpected failure; its lease will expire and it is retried", item.id)
+
+    async def hand_back(self, items: list[ClaimedDelivery]) -> int:
+        # An interrupted attempt may have reached the receiver; sending it again is the
+        # at-least-once promise, with the same webhook-id so receivers can tell.
+        return await self.ctx.store.release_deliveries([(d.id, d.lease_until) for d in items])
 
     def released(self, item: ClaimedDelivery) -> None:
         key = destination_key(item.subscription_id, item.url)

@@ -52,6 +52,12 @@ SETTINGS: tuple[SettingDoc, ...] = (
     SettingDoc("FLUXHOOK_WORKER_CONCURRENCY", "16", "How many submits, polls and downloads one worker runs at once."),
     SettingDoc("FLUXHOOK_WORKER_IDLE_SECONDS", "0.25", "Longest a worker sleeps before looking for due work it was not woken for (work committed by another process, e.g. callbacks received by a separate web process)."),
     SettingDoc("FLUXHOOK_TASK_LEASE_SECONDS", "120", "A claimed piece of work not finished in this time (a crashed worker) is claimed again."),
+    SettingDoc("FLUXHOOK_SHUTDOWN_GRACE_SECONDS", "8", "On SIGTERM/SIGINT the workers stop claiming at once and give work in flight this long to finish; what is left is cancelled and handed back for another process to take at once (8 fits a platform's usual 10 s grace)."),
+    SettingDoc("FLUXHOOK_RETAIN_EVENTS_SECONDS", "2592000", "Events older than this (30 days) are pruned with their deliveries and delivery attempts, never while a delivery of theirs is still pending. 0 keeps them forever."),
+    SettingDoc("FLUXHOOK_RETAIN_CALLBACKS_SECONDS", "2592000", "Received provider callbacks (raw bodies) older than this are pruned. 0 keeps them forever."),
+    SettingDoc("FLUXHOOK_RETAIN_DELIVERY_ATTEMPTS_SECONDS", "2592000", "Delivery attempts (the delivery log's rows) older than this are pruned; each delivery keeps its count and last result. 0 keeps them forever."),
+    SettingDoc("FLUXHOOK_RETAIN_IMAGES_SECONDS", "0", "Finished jobs' images are removed this long after the job finished, as `DELETE /v1/jobs/{id}` would (an image another kept job or a live upload shares stays). 0 (the default) keeps them until deleted."),
+    SettingDoc("FLUXHOOK_PRUNE_INTERVAL_SECONDS", "3600", "How often `fluxhook worker` (and `serve` with workers) prunes by the retention settings, in batches of 500 rows; `fluxhook tick` prunes on every run."),
     SettingDoc("FLUXHOOK_SQLITE_SYNCHRONOUS", "FULL", "SQLite `synchronous` pragma: FULL survives power loss, NORMAL only process crashes."),
     SettingDoc("FLUXHOOK_LOG_LEVEL", "info", "Log level (debug, info, warning, error)."),
     SettingDoc("FLUXHOOK_PROVIDER_ORDER", "bfl,cometapi,apiframe,runcomfy", "Order in which `\"provider\": \"auto\"` tries the configured providers that serve a model; a submit another provider could fix (429, 5xx, timeout, no credits) fails over to the next."),
@@ -141,6 +147,12 @@ class Settings:
     worker_concurrency: int = 16
     worker_idle_s: float = 0.25
     task_lease_s: float = 120.0
+    shutdown_grace_s: float = 8.0
+    retain_events_s: float = 2_592_000.0
+    retain_callbacks_s: float = 2_592_000.0
+    retain_delivery_attempts_s: float = 2_592_000.0
+    retain_images_s: float = 0.0
+    prune_interval_s: float = 3600.0
     sqlite_synchronous: str = "FULL"
     log_level: str = "info"
 
@@ -250,6 +262,12 @@ class Settings:
             worker_concurrency=env.integer("FLUXHOOK_WORKER_CONCURRENCY", 16),
             worker_idle_s=env.number("FLUXHOOK_WORKER_IDLE_SECONDS", 0.25),
             task_lease_s=env.number("FLUXHOOK_TASK_LEASE_SECONDS", 120.0),
+            shutdown_grace_s=env.number("FLUXHOOK_SHUTDOWN_GRACE_SECONDS", 8.0),
+            retain_events_s=env.number("FLUXHOOK_RETAIN_EVENTS_SECONDS", 2_592_000.0),
+            retain_callbacks_s=env.number("FLUXHOOK_RETAIN_CALLBACKS_SECONDS", 2_592_000.0),
+            retain_delivery_attempts_s=env.number("FLUXHOOK_RETAIN_DELIVERY_ATTEMPTS_SECONDS", 2_592_000.0),
+            retain_images_s=env.number("FLUXHOOK_RETAIN_IMAGES_SECONDS", 0.0),
+            prune_interval_s=max(1.0, env.number("FLUXHOOK_PRUNE_INTERVAL_SECONDS", 3600.0)),
             sqlite_synchronous=_synchronous(env.text("FLUXHOOK_SQLITE_SYNCHRONOUS", "FULL")),
             log_level=env.text("FLUXHOOK_LOG_LEVEL", "info").lower(),
         )

@@ -58,6 +58,11 @@ class Worker(ClaimLoop[TaskRecord]):
     async def handle(self, item: TaskRecord) -> None:
         await self.run_task(item)
 
+    async def hand_back(self, items: list[TaskRecord]) -> int:
+        # A handed-back submit may have reached the provider before it was cancelled; the
+        # submitter decides what a submit with an unknown outcome does when it runs again.
+        return await self.ctx.store.release_tasks([(task.id, task.lease_until) for task in items])
+
     async def run_task(self, task: TaskRecord) -> None:
         """Run one task; an unexpected failure is logged and the task retried later."""
         handler = HANDLERS.get(task.kind)

@@ -253,4 +253,22 @@ MIGRATIONS: tuple[Migration, ...] = (
     CREATE INDEX jobs_active_at_provider ON jobs (provider, model)
         WHERE status IN ('submitted', 'running') AND output_urls = '[]';
     """,
+    # 8: data lifecycle: when a job's outputs were removed (DELETE or retention), images whose
+    #    last reference is gone and whose file is still to be removed, and indexes for pruning
+    """
+    ALTER TABLE jobs ADD COLUMN outputs_deleted_at INTEGER;
+
+    CREATE TABLE blob_garbage (
+        sha256    TEXT PRIMARY KEY,
+        queued_at INTEGER NOT NULL
+    );
+
+    CREATE INDEX outputs_by_sha ON outputs (sha256);
+    CREATE INDEX uploads_by_sha ON uploads (sha256);
+    CREATE INDEX jobs_with_outputs_by_completed ON jobs (completed_at) WHERE outputs_deleted_at IS NULL;
+    CREATE INDEX events_by_created ON events (created_at);
+    CREATE INDEX deliveries_by_event ON deliveries (event_seq, status);
+    CREATE INDEX callbacks_by_received ON callbacks (received_at);
+    CREATE INDEX delivery_attempts_by_started ON delivery_attempts (started_at);
+    """,
 )

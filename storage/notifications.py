@@ -120,6 +120,7 @@ class ClaimedDelivery:
     attempt: int
     manual: bool
     secrets: tuple[str, ...]  # the subscription's live secrets; empty: use the service secret
+    lease_until: int = 0  # the lease this claim holds: what `release_deliveries` hands back
 
 
 @dataclass(frozen=True)
@@ -300,11 +301,30 @@ class NotificationMethods:
                             attempt=row["attempts"] + 1,
                             manual=bool(row["manual"]),
                             secrets=tuple(live),
+                            lease_until=now + lease_ms,
                         )
                     )
             return claimed
 
         return await self._transact(claim)
+
+    async def release_deliveries(self, leases: Sequence[tuple[str, int]]) -> int:
+        """Hand back deliveries this process leased but did not attempt to the end (it is
+        stopping): due again at once, and the interrupted try is not counted. A lease that is
+        no longer the one given by the claim (the attempt was recorded, or the lease ran out
+        and another process holds it) is left alone. How many were handed back."""
+
+        def release(conn: sqlite3.Connection) -> int:
+            return sum(
+                conn.execute(
+                    "UPDATE deliveries SET lease_until = 0, attempts = MAX(attempts - 1, 0) "
+                    "WHERE id = ? AND lease_until = ? AND status = 'pending'",
+                    (delivery_id, lease_until),
+                ).rowcount
+                for delivery_id, lease_until in leases
+            )
+
+        return await self._transact(release)
 
     async def record_delivery_attempt(
         self, delivery: ClaimedDelivery, result: AttemptResult, *, now: int, disable_after_ms: int

@@ -40,6 +40,7 @@ class JobRecord:
     webhook_url: str | None = None
     webhook_events: tuple[str, ...] = ()
     event_count: int = 0
+    outputs_deleted_at: int | None = None  # its images were removed (DELETE or retention)
 
     def __repr__(self) -> str:  # the webhook secret never reaches a log line
         return f"JobRecord(id={self.id!r}, provider={self.provider!r}, status={self.status!r})"
@@ -88,6 +89,7 @@ class JobRecord:
             webhook_url=row["webhook_url"],
             webhook_events=tuple(loads(row["webhook_events"])),
             event_count=row["event_count"],
+            outputs_deleted_at=row["outputs_deleted_at"],
         )
 
 
@@ -117,11 +119,12 @@ class TaskRecord:
     due_at: int
     attempts: int
     last_error: str | None
+    lease_until: int = 0  # as leased by a claim: which lease to hand back (storage/tasks.py)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> TaskRecord:
         return cls(row["id"], row["job_id"], row["kind"], row["due_at"], row["attempts"],
-                   row["last_error"])
+                   row["last_error"], row["lease_until"])
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from storage.addresses import AddressMethods
 from storage.migrations import MIGRATIONS
 from storage.notifications import NotificationMethods, emit_job_event
 from storage.records import AttemptRecord, JobRecord, NewJob, OutputRecord, UploadRecord
+from storage.retention import RetentionMethods
 from storage.sqlite_thread import check_supported, run_in_connection_thread
 from storage.tasks import TaskMethods
 
@@ -114,7 +115,7 @@ class Recorded:
     duplicate: bool = False
 
 
-class Store(NotificationMethods, TaskMethods, AddressMethods):
+class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
     def __init__(self, db: aiosqlite.Connection, *, public_url: str = "") -> None:
         self._db = db
         self._lock = anyio.Lock()

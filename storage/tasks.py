@@ -15,7 +15,7 @@ from __future__ import annotations
 import heapq
 import json
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
@@ -101,6 +101,25 @@ class TaskMethods:
             return sorted((TaskRecord.from_row(r) for r in rows), key=lambda t: (t.due_at, t.id))
 
         return await self._transact(claim)
+
+    async def release_tasks(self, leases: Sequence[tuple[int, int]]) -> int:
+        """Hand back tasks this process leased but did not finish (it is stopping): due again
+        at once for any worker, and the interrupted run is not counted as an attempt. Each is
+        `(task id, lease_until as claimed)`; a task whose lease is no longer that one (it was
+        finished or rescheduled, or the lease ran out and another worker holds it) is left
+        alone. How many were handed back."""
+
+        def release(conn: sqlite3.Connection) -> int:
+            return sum(
+                conn.execute(
+                    "UPDATE tasks SET lease_until = 0, attempts = MAX(attempts - 1, 0) "
+                    "WHERE id = ? AND lease_until = ?",
+                    (task_id, lease_until),
+                ).rowcount
+                for task_id, lease_until in leases
+            )
+
+        return await self._transact(release)
 
     async def retry_task(self, task_id: int, *, due_at: int, error: str) -> None:
         def retry(conn: sqlite3.Connection) -> None:

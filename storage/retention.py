@@ -1,0 +1,187 @@
+"""Data lifecycle: store methods that remove a job's outputs and prune old rows (mixed into Store).
+
+Every method is one short transaction over at most `limit` rows, so pruning a large backlog
+runs as many small batches with other writers (callbacks first of all) in between; the policy
+(what is old, how many per batch, when a file may go) is service/retention.py's.
+
+Images are content-addressed, so one file may back several jobs' outputs and uploads. Removing
+a job's outputs only marks them removed (`jobs.outputs_deleted_at`) and queues their sha256 in
+`blob_garbage`, in the same transaction; `unreferenced_blobs` then names the queued images that
+nothing still references, and the caller removes those files after that commit (see
+service/retention.py for why that order is the safe one).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
+
+from service.jobs import TERMINAL
+from storage.records import JobRecord
+
+T = TypeVar("T")
+
+_FINAL = tuple(status.value for status in TERMINAL)
+_FINAL_MARKS = ",".join("?" * len(_FINAL))
+
+
+class RetentionMethods:
+    """Store methods that remove and prune (mixed into Store)."""
+
+    if TYPE_CHECKING:  # provided by Store
+
+        async def _transact(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
+        async def _query(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
+
+    async def remove_job_outputs(self, job_id: str, *, now: int) -> JobRecord | None:
+        """Mark a final job's outputs removed and queue its images; the job otherwise stays as
+        it is (attempts, events, callbacks). A job not final, or already removed, is unchanged.
+        None if there is no such job."""
+
+        def remove(conn: sqlite3.Connection) -> JobRecord | None:
+            cursor = conn.execute(
+                f"""UPDATE jobs SET outputs_deleted_at = ?
+                    WHERE id = ? AND outputs_deleted_at IS NULL AND status IN ({_FINAL_MARKS})""",  # noqa: S608
+                (now, job_id, *_FINAL),
+            )
+            if cursor.rowcount:
+                _queue_images(conn, [job_id], now)
+            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            return JobRecord.from_row(row) if row else None
+
+        return await self._transact(remove)
+
+    async def remove_old_outputs(self, *, completed_before: int, now: int, limit: int) -> int:
+        """Remove the outputs of up to `limit` final jobs completed before `completed_before`
+        (as `remove_job_outputs` does); how many jobs."""
+
+        def remove(conn: sqlite3.Connection) -> int:
+            ids = [
+                row[0]
+                for row in conn.execute(
+                    f"""SELECT id FROM jobs
+                        WHERE outputs_deleted_at IS NULL AND completed_at < ?
+                          AND status IN ({_FINAL_MARKS})
+                          AND EXISTS (SELECT 1 FROM outputs o WHERE o.job_id = jobs.id)
+                        ORDER BY completed_at LIMIT ?""",  # noqa: S608
+                    (completed_before, *_FINAL, limit),
+                ).fetchall()
+            ]
+            marks = ",".join("?" * len(ids))
+            conn.execute(f"UPDATE jobs SET outputs_deleted_at = ? WHERE id IN ({marks})", (now, *ids))  # noqa: S608
+            _queue_images(conn, ids, now)
+            return len(ids)
+
+        return await self._transact(remove)
+
+    async def unreferenced_blobs(
+        self, *, after: str, now: int, limit: int, only: Sequence[str] | None = None
+    ) -> tuple[list[str], str | None]:
+        """Look at up to `limit` queued images (sha256 order, from after `after`): forget those
+        a job whose outputs are kept references (removing that job's outputs queues them
+        again), keep queued those only an upload not yet expired references (looked at again
+        next time), and name the rest, whose files may go. Also the last sha256 looked at (None
+        when there were no more), to carry on from. `only` limits the look to those images."""
+        among = f"AND sha256 IN ({','.join('?' * len(only))})" if only is not None else ""
+
+        def look(conn: sqlite3.Connection) -> tuple[list[str], str | None]:
+            queued = [
+                row[0]
+                for row in conn.execute(
+                    f"SELECT sha256 FROM blob_garbage WHERE sha256 > ? {among} ORDER BY sha256 LIMIT ?",  # noqa: S608
+                    (after, *(only or ()), limit),
+                ).fetchall()
+            ]
+            unreferenced = []
+            for sha256 in queued:
+                if _kept_by_a_job(conn, sha256):
+                    conn.execute("DELETE FROM blob_garbage WHERE sha256 = ?", (sha256,))
+                elif not _kept_by_an_upload(conn, sha256, now):
+                    unreferenced.append(sha256)
+            return unreferenced, (queued[-1] if queued else None)
+
+        return await self._transact(look)
+
+    async def forget_blobs(self, sha256s: Sequence[str]) -> None:
+        """The files of these queued images are gone: take them off the queue."""
+
+        def forget(conn: sqlite3.Connection) -> None:
+            conn.executemany("DELETE FROM blob_garbage WHERE sha256 = ?", [(s,) for s in sha256s])
+
+        await self._transact(forget)
+
+    async def prune_events(self, *, before: int, limit: int) -> int:
+        """Delete up to `limit` events created before `before` that no delivery still has to
+        send, with their deliveries and the deliveries' attempts; how many events."""
+
+        def prune(conn: sqlite3.Connection) -> int:
+            seqs = [
+                row[0]
+                for row in conn.execute(
+                    """SELECT seq FROM events e WHERE created_at < ?
+                         AND NOT EXISTS (SELECT 1 FROM deliveries d
+                                         WHERE d.event_seq = e.seq AND d.status = 'pending')
+                       ORDER BY seq LIMIT ?""",
+                    (before, limit),
+                ).fetchall()
+            ]
+            marks = ",".join("?" * len(seqs))
+            conn.execute(
+                f"""DELETE FROM delivery_attempts WHERE delivery_id IN
+                    (SELECT id FROM deliveries WHERE event_seq IN ({marks}))""",  # noqa: S608
+                seqs,
+            )
+            conn.execute(f"DELETE FROM deliveries WHERE event_seq IN ({marks})", seqs)  # noqa: S608
+            conn.execute(f"DELETE FROM events WHERE seq IN ({marks})", seqs)  # noqa: S608
+            return len(seqs)
+
+        return await self._transact(prune)
+
+    async def prune_callbacks(self, *, before: int, limit: int) -> int:
+        """Delete up to `limit` received callbacks (their raw bodies) older than `before`."""
+        return await self._transact(
+            lambda conn: conn.execute(
+                "DELETE FROM callbacks WHERE id IN "
+                "(SELECT id FROM callbacks WHERE received_at < ? ORDER BY received_at LIMIT ?)",
+                (before, limit),
+            ).rowcount
+        )
+
+    async def prune_delivery_attempts(self, *, before: int, limit: int) -> int:
+        """Delete up to `limit` delivery attempts started before `before` (the delivery keeps its
+        count, last status and error)."""
+        return await self._transact(
+            lambda conn: conn.execute(
+                "DELETE FROM delivery_attempts WHERE id IN "
+                "(SELECT id FROM delivery_attempts WHERE started_at < ? ORDER BY started_at LIMIT ?)",
+                (before, limit),
+            ).rowcount
+        )
+
+
+def _queue_images(conn: sqlite3.Connection, job_ids: Sequence[str], now: int) -> None:
+    marks = ",".join("?" * len(job_ids))
+    conn.execute(
+        f"""INSERT INTO blob_garbage (sha256, queued_at)
+            SELECT DISTINCT sha256, ? FROM outputs WHERE job_id IN ({marks})
+            ON CONFLICT (sha256) DO NOTHING""",  # noqa: S608
+        (now, *job_ids),
+    )
+
+
+def _kept_by_a_job(conn: sqlite3.Connection, sha256: str) -> bool:
+    """Any job's output whose outputs are not removed: a job not final, or final and kept."""
+    row = conn.execute(
+        """SELECT EXISTS (SELECT 1 FROM outputs o JOIN jobs j ON j.id = o.job_id
+                          WHERE o.sha256 = ? AND j.outputs_deleted_at IS NULL)""",
+        (sha256,),
+    ).fetchone()
+    return bool(row[0])
+
+
+def _kept_by_an_upload(conn: sqlite3.Connection, sha256: str, now: int) -> bool:
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM uploads WHERE sha256 = ? AND expires_at > ?)", (sha256, now)
+    ).fetchone()
+    return bool(row[0])
