@@ -364,7 +364,8 @@ def load_or_create_secret_key(
         pass
     data_dir.mkdir(parents=True, exist_ok=True)
     key = make() if make else secrets.token_urlsafe(32)
-    tmp = path.with_suffix(".tmp")
+    # A name of its own: processes starting together must not write, link or remove each other's.
+    tmp = path.with_name(f"{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(key)

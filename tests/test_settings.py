@@ -73,3 +73,18 @@ def test_a_provider_without_a_key_is_configured_only_when_a_local_stand_in_serve
                     APIFRAME_BASE_URL="https://api.apiframe.ai")
     assert set(settings.providers) == {"bfl", "cometapi"}
     assert settings.providers["cometapi"].simulated and not settings.providers["bfl"].simulated
+
+
+def test_processes_starting_together_all_get_the_one_secret_created_once(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.settings import load_or_create_secret_key
+
+    for round_ in range(5):
+        data_dir = tmp_path / f"data{round_}"
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            keys = list(pool.map(lambda _: load_or_create_secret_key(data_dir, name="webhook_secret"),
+                                 range(24)))
+        assert len(set(keys)) == 1
+        assert (data_dir / "webhook_secret").read_text() == keys[0]
+        assert [p.name for p in data_dir.iterdir()] == ["webhook_secret"]  # no temp file left
