@@ -10,7 +10,7 @@ from service.backoff import retry_delay
 from service.context import WorkContext
 from service.crash_points import crash_point
 from service.errors import ProviderError, ProviderOutcomeUnknown, ProviderRejected, ProviderRetryable
-from service.jobs import ErrorCode, JobStatus, SubmitRejected, Submitted
+from service.jobs import ErrorCode, JobStatus, SubmitRejected, Submitted, TimedOut
 from service.providers.base import SubmitOrder
 from service.providers.transport import send
 from storage.records import JobRecord, TaskRecord
@@ -53,6 +53,14 @@ async def submit_job(ctx: WorkContext, task: TaskRecord) -> None:
         await ctx.store.record_submit(
             job.id, Attempt(job.provider, "rejected", message=message), now=ctx.clock(),
             task=TaskOutcome(task.id), observation=SubmitRejected(message),
+        )
+        return
+    if ctx.clock() >= job.deadline_at:
+        # It waited in fluxhook (a provider at its cap, retries) past its deadline: sending it
+        # now would pay for an image nobody waits for any more.
+        await ctx.store.record_observation(
+            job.id, TimedOut(f"not submitted within {ctx.settings.job_timeout_s:.0f}s"), now=ctx.clock(),
+            task=TaskOutcome(task.id),
         )
         return
     webhook = adapter.supports_webhooks

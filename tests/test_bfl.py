@@ -222,3 +222,16 @@ def test_unified_input_is_translated_to_bfl_names(input_, expected):
 def test_every_documented_callback_variant_is_understood(body, state, urls):
     report = ADAPTER.parse_callback(json.dumps(body).encode())
     assert (report.state.value, report.output_urls, report.provider_job_id) == (state, urls, "t")
+
+
+async def test_a_job_that_waited_past_its_deadline_is_never_sent(ctx, make_job, router, clock):
+    submit = router.post(f"{BASE}/v1/flux-pro-1.1").mock(return_value=accepted("task-1"))
+    job = await make_job()
+    clock.advance(901)  # its deadline: FLUXHOOK_JOB_TIMEOUT_SECONDS' default is 900
+
+    await Worker(ctx).run_once()
+
+    assert submit.call_count == 0
+    after = await ctx.store.get_job(job.id)
+    assert (after.status, after.error_code) == ("failed", "timeout")
+    assert await ctx.store.get_tasks(job.id) == []

@@ -83,8 +83,8 @@ def test_processes_starting_together_all_get_the_one_secret_created_once(tmp_pat
     for round_ in range(5):
         data_dir = tmp_path / f"data{round_}"
         with ThreadPoolExecutor(max_workers=12) as pool:
-            keys = list(pool.map(lambda _: load_or_create_secret_key(data_dir, name="webhook_secret"),
-                                 range(24)))
+            keys = list(pool.map(lambda d: load_or_create_secret_key(d, name="webhook_secret"),
+                                 [data_dir] * 24))
         assert len(set(keys)) == 1
         assert (data_dir / "webhook_secret").read_text() == keys[0]
         assert [p.name for p in data_dir.iterdir()] == ["webhook_secret"]  # no temp file left

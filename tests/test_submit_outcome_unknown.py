@@ -249,3 +249,4 @@ async def test_an_idempotent_provider_is_resent_at_once_over_the_same_attempt(ma
         rows = (await ctx.store.get_attempts([job.id]))[job.id]
         assert [(a.outcome, a.provider_job_id) for a in rows] == [("accepted", "af-1")]
         assert (await ctx.store.get_job(job.id)).provider_job_id == "af-1"
+
