@@ -12,6 +12,7 @@ from PIL import Image
 from service.jobs import ProviderSucceeded, Source, Submitted
 from service.worker import Worker
 from storage.store import Schedule
+from tests.blobs import read_blob, stored_names
 
 pytestmark = pytest.mark.anyio
 
@@ -22,6 +23,11 @@ def png() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (16, 16), "red").save(buffer, "PNG")
     return buffer.getvalue()
+
+
+@pytest.fixture
+def blob_env(blob_backend: dict[str, str]) -> dict[str, str]:
+    return blob_backend  # every test here runs against each blob store
 
 
 @pytest.fixture
@@ -55,8 +61,9 @@ async def test_image_is_streamed_into_the_blob_store_and_the_job_succeeds(ctx, m
     after = await ctx.store.get_job(job.id)
     assert after.status == "succeeded"
     [output] = (await ctx.store.get_outputs([job.id]))[job.id]
-    assert ctx.blobs.path_for(output.sha256).read_bytes() == png()
-    assert list((ctx.blobs.root / "tmp").iterdir()) == []  # no partial files left behind
+    assert await read_blob(ctx.blobs, output.sha256) == png()
+    sha = output.sha256
+    assert await stored_names(ctx.blobs) == [f"{sha[:2]}/{sha[2:4]}/{sha}"]  # no partial files left behind
 
 
 @pytest.mark.parametrize(
@@ -89,7 +96,7 @@ async def test_unacceptable_outputs_fail_the_job_without_storing_anything(
     assert after.status == "failed" and after.error_code == "output_unavailable"
     assert reason in after.error_message
     assert (await ctx.store.get_outputs([job.id]))[job.id] == []
-    assert not any(p.is_file() for p in ctx.blobs.root.rglob("*") if p.parent.name != "tmp")
+    assert await stored_names(ctx.blobs) == []
 
 
 async def test_an_expired_url_is_retried_within_the_window_then_output_unavailable(
