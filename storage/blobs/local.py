@@ -58,12 +58,15 @@ class LocalBlobStore:
             return None
         except OSError as exc:
             raise BlobUnavailable(f"blob directory failed: {type(exc).__name__}") from exc
-        size = os.fstat(handle.wrapped.fileno()).st_size
+        size = os.fstat(handle.wrapped.fileno()).st_size  # of the file opened: renames cannot change it
 
         async def chunks() -> AsyncIterator[bytes]:
             async with handle:
-                while chunk := await handle.read(CHUNK):
-                    yield chunk
+                try:
+                    while chunk := await handle.read(CHUNK):
+                        yield chunk
+                except OSError as exc:
+                    raise BlobUnavailable(f"blob directory failed: {type(exc).__name__}") from exc
 
         return BlobContent(size, chunks())
 
