@@ -7,15 +7,19 @@ import os
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
 
+import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 
 from service.app import open_context
-from service.blobs import BlobStore, BlobTooLarge
+from service.blobs import BlobStore, BlobTooLarge, BlobUnavailable
 from service.settings import Settings
 from storage.blobs import open_blob_store
 from storage.blobs.local import LocalBlobStore
 from tests.blobs import age_blobs, read_blob, stored_names
+from tests.conftest import s3_env
+from tests.e2e import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -194,3 +198,42 @@ async def test_a_sweep_leaves_a_write_in_progress_alone(
 
 async def test_a_sweep_of_a_store_never_written_to_does_nothing(blobs: BlobStore):
     assert await blobs.remove_partials() == 0
+
+
+async def test_two_writers_of_the_same_bytes_at_once_store_one_whole_blob(blobs: BlobStore):
+    image = os.urandom(200_000)
+
+    async def write_in_halves() -> str:
+        async with blobs.writer(max_bytes=MiB) as writer:
+            await writer.write(image[:100_000])
+            await anyio.lowlevel.checkpoint()  # let the other writer interleave
+            await writer.write(image[100_000:])
+            return await writer.commit()
+
+    digests: list[str] = []
+
+    async def one() -> None:
+        digests.append(await write_in_halves())
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(one)
+        group.start_soon(one)
+
+    [digest] = set(digests)
+    assert await read_blob(blobs, digest) == image
+    assert await stored_names(blobs) == [f"{digest[:2]}/{digest[2:4]}/{digest}"]
+
+
+async def test_an_unreachable_object_store_raises_blob_unavailable_naming_no_secret(s3_endpoint: str):
+    env = s3_env(s3_endpoint, "no-such-bucket-here")
+    blobs = open_blob_store(env["FLUXHOOK_BLOB_URL"], aws=env)
+    with pytest.raises(BlobUnavailable) as raised:
+        async with blobs.writer(max_bytes=MiB) as writer:
+            await writer.write(b"an image")
+            await writer.commit()
+    assert "test-secret-key" not in str(raised.value)
+
+    nobody = s3_env(f"http://127.0.0.1:{free_port()}", "blobs")  # nothing listens there
+    unreachable = open_blob_store(nobody["FLUXHOOK_BLOB_URL"], aws=nobody)
+    with pytest.raises(BlobUnavailable):
+        await unreachable.exists(hashlib.sha256(b"x").hexdigest())

@@ -36,7 +36,7 @@ from service.blobs import BlobContent, BlobTooLarge, BlobUnavailable
 
 if TYPE_CHECKING:
     from obstore import AsyncWritableFile
-    from obstore.store import ClientConfig, S3Config
+    from obstore.store import ClientConfig, RetryConfig, S3Config
 
 # What obstore raises: its own errors, and built-in OSError (FileNotFoundError for a missing
 # object) and ValueError for some operations.
@@ -73,7 +73,10 @@ class S3BlobStore:
             if aws.get("AWS_SESSION_TOKEN"):
                 config["session_token"] = aws["AWS_SESSION_TOKEN"]
         client: ClientConfig = {"allow_http": bool(endpoint and endpoint.startswith("http://"))}
-        self._store = S3Store(bucket, config=config, client_options=client)
+        # obstore retries transient failures itself; bounded so a dead store fails a download
+        # (retried later by the fetcher) or an upload (503) in seconds, not minutes.
+        retry: RetryConfig = {"max_retries": 3, "retry_timeout": timedelta(seconds=20)}
+        self._store = S3Store(bucket, config=config, client_options=client, retry_config=retry)
 
     def _key(self, sha256: str) -> str:
         return self._join(f"{sha256[:2]}/{sha256[2:4]}/{sha256}")
