@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
+import subprocess
+import sys
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
 
@@ -19,7 +22,7 @@ from storage.blobs import open_blob_store
 from storage.blobs.local import LocalBlobStore
 from tests.blobs import age_blobs, read_blob, stored_names
 from tests.conftest import s3_env
-from tests.e2e import free_port
+from tests.e2e import ROOT, free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -237,3 +240,35 @@ async def test_an_unreachable_object_store_raises_blob_unavailable_naming_no_sec
     unreachable = open_blob_store(nobody["FLUXHOOK_BLOB_URL"], aws=nobody)
     with pytest.raises(BlobUnavailable):
         await unreachable.exists(hashlib.sha256(b"x").hexdigest())
+
+
+CRASH_MID_WRITE = """
+import os, signal, anyio
+from storage.blobs import open_blob_store
+
+async def main():
+    blobs = open_blob_store(os.environ["FLUXHOOK_BLOB_URL"], aws=os.environ)
+    async with blobs.writer(max_bytes=64 << 20) as writer:
+        for _ in range(12 * 16):  # 12 MiB: past the first parts of a multipart upload
+            await writer.write(os.urandom(64 * 1024))
+        os.kill(os.getpid(), signal.SIGKILL)
+
+anyio.run(main)
+"""
+
+
+async def test_a_process_killed_mid_write_leaves_nothing_under_a_final_name(
+    blobs: BlobStore, blob_env: dict[str, str], make_settings: Callable[..., Settings]
+):
+    settings = make_settings()
+    env = {**blob_env, "FLUXHOOK_BLOB_URL": settings.blob_location}
+    crashed = subprocess.run(  # noqa: ASYNC221 - the child must die on its own terms
+        [sys.executable, "-c", CRASH_MID_WRITE], env={**os.environ, **env}, cwd=ROOT,
+        capture_output=True, timeout=60,
+    )
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr.decode()[-2000:]
+
+    assert [name for name in await stored_names(blobs) if not name.startswith("tmp/")] == []
+    age_blobs(blobs, 7200)  # long after the crash
+    await blobs.remove_partials()
+    assert await stored_names(blobs) == []
