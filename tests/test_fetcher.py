@@ -9,10 +9,14 @@ import pytest
 import respx
 from PIL import Image
 
+from service.downloads import download_image
+from service.errors import OutputRetryable
 from service.jobs import ProviderSucceeded, Source, Submitted
 from service.worker import Worker
+from storage.blobs import open_blob_store
 from storage.store import Schedule
 from tests.blobs import read_blob, stored_names
+from tests.conftest import s3_env
 
 pytestmark = pytest.mark.anyio
 
@@ -127,3 +131,13 @@ async def test_a_transient_failure_then_success_stores_the_image(ctx, make_job, 
         await worker.run_once()
         clock.advance(70)
     assert (await ctx.store.get_job(job.id)).status == "succeeded"
+
+
+async def test_a_blob_store_that_fails_makes_the_download_retryable_not_rejected(router, s3_endpoint):
+    router.get(GOOD).mock(return_value=httpx.Response(200, content=png()))
+    env = s3_env(s3_endpoint, "no-such-bucket-here")
+    failing = open_blob_store(env["FLUXHOOK_BLOB_URL"], aws=env)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(router.async_handler)) as client:
+        with pytest.raises(OutputRetryable, match="object storage failed"):
+            await download_image(client, GOOD, blobs=failing, allowed_hosts=("*.bfl.ai",),
+                                 max_bytes=1 << 20, timeout=5)
