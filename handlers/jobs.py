@@ -7,8 +7,9 @@ from typing import Any
 
 import anyio
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 
+from handlers.blobs import serve_blob
 from handlers.body import read_json
 from service.cancellation import cancel_job as cancel
 from service.context import WorkContext
@@ -162,16 +163,13 @@ async def get_output(request: Request) -> Response:
     etag = f'"{output.sha256}"'
     if etag in request.headers.get("if-none-match", ""):
         return Response(status_code=304, headers={"ETag": etag})
-    path = ctx.blobs.path_for(output.sha256)
-    if not path.is_file():
-        raise NotFound(
-            "stored output is missing from the blob store",
-            code="blob_missing",
-            details=[{"field": "index", "rule": "exists"}],
-        )
-    return FileResponse(
-        path,
-        media_type=output.content_type,
+    missing = NotFound(
+        "stored output is missing from the blob store",
+        code="blob_missing",
+        details=[{"field": "index", "rule": "exists"}],
+    )
+    return await serve_blob(
+        ctx, output.sha256, output.content_type, missing=missing,
         headers={"ETag": etag, "Cache-Control": "private, max-age=31536000, immutable"},
     )
 

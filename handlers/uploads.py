@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive
 
+from handlers.blobs import serve_blob
 from service.context import WorkContext
 from service.errors import MalformedRequest, NotFound, PayloadTooLarge, ValidationFailed
 from service.parsing import parse_count
@@ -91,10 +92,10 @@ async def get_upload(request: Request) -> Response:
     ctx: WorkContext = request.state.ctx
     upload_id = ctx.upload_tokens.read(request.path_params["token"], max_age_s=ctx.settings.upload_url_ttl_s)
     upload = await ctx.store.get_upload(upload_id)
-    if upload is None or not ctx.blobs.exists(upload.sha256):
-        raise NotFound("no such upload", details=[{"field": "token", "rule": "exists"}])
-    return FileResponse(
-        ctx.blobs.path_for(upload.sha256),
-        media_type=upload.content_type,
-        headers={"ETag": f'"{upload.sha256}"'},
-    )
+    missing = NotFound("no such upload", details=[{"field": "token", "rule": "exists"}])
+    if upload is None:
+        raise missing
+    etag = f'"{upload.sha256}"'
+    if etag in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers={"ETag": etag})
+    return await serve_blob(ctx, upload.sha256, upload.content_type, headers={"ETag": etag}, missing=missing)

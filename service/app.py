@@ -53,7 +53,7 @@ from service.retention import prune_periodically
 from service.settings import SIMULATOR_MOUNT, Settings
 from service.tokens import CallbackTokens, UploadTokens
 from service.worker import Worker
-from storage.blobs import BlobStore
+from storage.blobs import open_blob_store
 from storage.store import Store
 
 log = logging.getLogger("fluxhook")
@@ -102,9 +102,13 @@ async def open_context(
         raise ConfigError(f"FLUXHOOK_ALLOW_PRIVATE_DESTINATIONS: {exc}") from exc
     if notify_transport is None:
         notify_transport = guarded_transport(policy)
-    blobs = BlobStore(settings.blob_dir)
     try:
-        removed = await anyio.to_thread.run_sync(blobs.remove_partials)
+        blobs = open_blob_store(settings.blob_location, aws=settings.aws)
+    except ConfigError:
+        await store.close()
+        raise
+    try:
+        removed = await blobs.remove_partials()
         if removed:
             log.info("removed %d partial download(s) left by an earlier process", removed)
         limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
@@ -129,6 +133,7 @@ async def open_context(
                 egress=policy,
             )
     finally:
+        await blobs.close()
         await store.close()
 
 

@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 import anyio
 import httpx
 
+from service.blobs import BlobStore
 from service.catalog import Catalog
 from service.egress import EgressPolicy
 from service.providers.base import Adapter
 from service.settings import Settings
 from service.tokens import CallbackTokens, UploadTokens
-from storage.blobs import BlobStore
 from storage.store import Store
 
 Clock = Callable[[], int]  # epoch milliseconds, UTC

@@ -29,7 +29,7 @@ from service.app import create_app
 from service.loopback import bind_loopback, serve, url_of
 from service.settings import Settings
 from service.simulator import SimulatorConfig, create_simulator_app
-from storage.blobs import BlobStore
+from storage.blobs import open_blob_store
 
 UPLOADED = "<uploaded reference image>"
 JOBS: list[dict[str, Any]] = [
@@ -235,7 +235,7 @@ async def wait_for_notifications(receiver: DemoReceiver, count: int) -> None:
 
 
 def summarize(final: dict[str, dict[str, Any]], receiver: DemoReceiver, settings: Settings) -> int:
-    blobs = BlobStore(settings.blob_dir)
+    blobs = open_blob_store(settings.blob_location, aws=settings.aws)
     print("\njobs")
     ok = True
     for doc in final.values():
@@ -248,7 +248,7 @@ def summarize(final: dict[str, dict[str, Any]], receiver: DemoReceiver, settings
         )
         for out in doc["outputs"]:
             print(f"       {out['content_type']:<10} {out['bytes']:>8} bytes  sha256 {out['sha256'][:16]}…")
-            print(f"       stored at {blobs.path_for(out['sha256'])}")
+            print(f"       stored at {blobs.describe(out['sha256'])}")
         if doc["error"]:
             print(f"       error {doc['error']['code']}: {doc['error']['message']}")
     print("\nnotifications the receiver got (signatures checked with standardwebhooks)")

@@ -7,10 +7,10 @@ from urllib.parse import urljoin
 
 import httpx
 
+from service.blobs import BlobStore, BlobTooLarge, BlobUnavailable
 from service.errors import OutputRejected, OutputRetryable
 from service.parsing import parse_count
 from service.urls import check_download_url
-from storage.blobs import BlobStore, BlobTooLarge
 
 MAX_REDIRECTS = 3
 
@@ -85,18 +85,20 @@ async def _store(response: httpx.Response, blobs: BlobStore, max_bytes: int) -> 
                     content_type = sniff_image_type(head)
                     if content_type is None:
                         raise OutputRejected("output bytes are not a PNG, JPEG, WebP or GIF image")
-                    writer.write(head)
+                    await writer.write(head)
                     continue
-                writer.write(chunk)
+                await writer.write(chunk)
             if content_type is None:
                 content_type = sniff_image_type(head)
                 if content_type is None:
                     raise OutputRejected("output is empty or not an image")
-                writer.write(head)
+                await writer.write(head)
             sha256 = await writer.commit()
             return Downloaded(sha256, content_type, writer.size)
     except BlobTooLarge as exc:
         raise OutputRejected(f"output is over the {exc.limit}-byte limit") from exc
+    except BlobUnavailable as exc:
+        raise OutputRetryable(str(exc)) from exc
 
 
 def _check_status(status: int, url: str) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 
 import anyio
 import anyio.lowlevel
@@ -93,7 +92,7 @@ async def prune(ctx: WorkContext, *, batch: int = PRUNE_BATCH) -> Pruned:
             batch, lambda: store.remove_old_outputs(completed_before=cutoff, now=now, limit=batch)
         )
     blobs = await remove_unreferenced_blobs(ctx, batch=batch)
-    partials = await anyio.to_thread.run_sync(ctx.blobs.remove_partials)
+    partials = await ctx.blobs.remove_partials()
     pruned = Pruned(events, callbacks, attempts, jobs, blobs, partials)
     if pruned != Pruned():
         log.info("pruned: %s", pruned)
@@ -111,8 +110,7 @@ async def remove_unreferenced_blobs(
         unreferenced, after = await ctx.store.unreferenced_blobs(
             after=after, now=ctx.clock(), limit=batch, only=only
         )
-        remove = partial(ctx.blobs.remove_settled, settled_s=BLOB_SETTLE_S)
-        gone = [sha256 for sha256 in unreferenced if await anyio.to_thread.run_sync(remove, sha256)]
+        gone = [sha256 for sha256 in unreferenced if await ctx.blobs.remove(sha256, settled_s=BLOB_SETTLE_S)]
         if gone:
             await ctx.store.forget_blobs(gone)
         removed += len(gone)

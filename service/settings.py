@@ -58,6 +58,9 @@ SETTINGS: tuple[SettingDoc, ...] = (
     SettingDoc("FLUXHOOK_RETAIN_DELIVERY_ATTEMPTS_SECONDS", "2592000", "Delivery attempts (the delivery log's rows) older than this are pruned; each delivery keeps its count and last result. 0 keeps them forever."),
     SettingDoc("FLUXHOOK_RETAIN_IMAGES_SECONDS", "0", "Finished jobs' images are removed this long after the job finished, as `DELETE /v1/jobs/{id}` would (an image another kept job or a live upload shares stays). 0 (the default) keeps them until deleted."),
     SettingDoc("FLUXHOOK_PRUNE_INTERVAL_SECONDS", "3600", "How often `fluxhook worker` (and `serve` with workers) prunes by the retention settings, in batches of 500 rows; `fluxhook tick` prunes on every run."),
+    SettingDoc("FLUXHOOK_BLOB_URL", "<data dir>/blobs", "Where output images and uploads are stored: a local directory (a path or `file://` URL), or `s3://bucket/prefix` for S3-compatible object storage (AWS S3, R2, MinIO, GCS's S3 interface) configured by AWS's standard variables: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION` (or `AWS_DEFAULT_REGION`; default `us-east-1`) and `AWS_ENDPOINT_URL` (or `AWS_ENDPOINT_URL_S3`) for a service other than AWS."),
+    SettingDoc("FLUXHOOK_BLOB_REDIRECT", "stream", "How `GET /v1/jobs/{id}/outputs/{i}` and upload URLs serve an image: `stream` passes the bytes through fluxhook; `presigned` answers 307 to a short-lived presigned URL of the object store (with `s3://` only; a local directory always streams)."),
+    SettingDoc("FLUXHOOK_BLOB_REDIRECT_SECONDS", "300", "How long a presigned URL from `FLUXHOOK_BLOB_REDIRECT=presigned` stays valid."),
     SettingDoc("FLUXHOOK_SQLITE_SYNCHRONOUS", "FULL", "SQLite `synchronous` pragma: FULL survives power loss, NORMAL only process crashes."),
     SettingDoc("FLUXHOOK_LOG_LEVEL", "info", "Log level (debug, info, warning, error)."),
     SettingDoc("FLUXHOOK_PROVIDER_ORDER", "bfl,cometapi,apiframe,runcomfy", "Order in which `\"provider\": \"auto\"` tries the configured providers that serve a model; a submit another provider could fix (429, 5xx, timeout, no credits) fails over to the next."),
@@ -155,6 +158,10 @@ class Settings:
     prune_interval_s: float = 3600.0
     sqlite_synchronous: str = "FULL"
     log_level: str = "info"
+    blob_url: str = ""  # "": `<data dir>/blobs`
+    blob_redirect: str = "stream"
+    blob_redirect_s: float = 300.0
+    aws: Mapping[str, str] = field(default_factory=dict, repr=False)  # AWS_* for an s3:// blob URL
 
     def warnings(self) -> list[str]:
         """Settings that work but probably not as meant; logged at start-up."""
@@ -180,6 +187,10 @@ class Settings:
     @property
     def blob_dir(self) -> Path:
         return self.data_dir / "blobs"
+
+    @property
+    def blob_location(self) -> str:
+        return self.blob_url or str(self.blob_dir)
 
     def __repr__(self) -> str:  # secrets never reach a log line
         return (
@@ -270,7 +281,33 @@ class Settings:
             prune_interval_s=max(1.0, env.number("FLUXHOOK_PRUNE_INTERVAL_SECONDS", 3600.0)),
             sqlite_synchronous=_synchronous(env.text("FLUXHOOK_SQLITE_SYNCHRONOUS", "FULL")),
             log_level=env.text("FLUXHOOK_LOG_LEVEL", "info").lower(),
+            blob_url=_blob_url(env.text("FLUXHOOK_BLOB_URL", "")),
+            blob_redirect=_choice("FLUXHOOK_BLOB_REDIRECT", env.text("FLUXHOOK_BLOB_REDIRECT", "stream"),
+                                  ("stream", "presigned")),
+            blob_redirect_s=env.number("FLUXHOOK_BLOB_REDIRECT_SECONDS", 300.0),
+            aws={name: value for name, value in environ.items() if name in AWS_VARIABLES},
         )
+
+
+AWS_VARIABLES = frozenset({
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
+    "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+})
+
+
+def _blob_url(value: str) -> str:
+    scheme = urlsplit(value).scheme
+    if scheme == "s3" and not urlsplit(value).netloc:
+        raise ConfigError("FLUXHOOK_BLOB_URL: s3:// needs a bucket (s3://bucket/prefix)")
+    if scheme not in ("", "file", "s3"):
+        raise ConfigError("FLUXHOOK_BLOB_URL must be a directory, a file:// URL or s3://bucket/prefix")
+    return value
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value.lower() not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}")
+    return value.lower()
 
 
 SIMULATOR_API_KEY = "simulator-key"  # the simulator accepts any non-empty key; this one is public

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from service.blobs import BlobTooLarge
 from service.context import WorkContext
 from service.documents import rfc3339
 from service.downloads import sniff_image_type
 from service.errors import PayloadTooLarge, ValidationFailed
 from service.ids import new_upload_id
-from storage.blobs import BlobTooLarge
 from storage.records import UploadRecord
 
 _ACCEPTED = ("image/png", "image/jpeg", "image/webp", "image/gif")
@@ -32,12 +32,12 @@ async def store_upload(ctx: WorkContext, chunks: AsyncIterator[bytes], declared:
                     if len(head) < 16:
                         continue
                     content_type = _sniff(head, declared)
-                    writer.write(head)
+                    await writer.write(head)
                     continue
-                writer.write(chunk)
+                await writer.write(chunk)
             if content_type is None:
                 content_type = _sniff(head, declared)
-                writer.write(head)
+                await writer.write(head)
             sha256 = await writer.commit()
             size = writer.size
     except BlobTooLarge as exc:

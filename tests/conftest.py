@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Callable
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +55,71 @@ BFL_TEST_ENV = {
 }
 
 
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An S3-compatible server on loopback for the whole session: moto's server mode."""
+    from tests.e2e import free_port
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log, "wb") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=handle, stderr=subprocess.STDOUT,
+        )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, f"moto's server exited: {log.read_text()}"
+            try:
+                httpx.get(f"{endpoint}/moto-api/")
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "moto's server did not start in 30 s"
+                time.sleep(0.1)
+        yield endpoint
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def s3_env(endpoint: str, bucket: str, prefix: str = "fluxhook") -> dict[str, str]:
+    return {
+        "FLUXHOOK_BLOB_URL": f"s3://{bucket}/{prefix}",
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "test-access-key",
+        "AWS_SECRET_ACCESS_KEY": "test-secret-key",
+        "AWS_REGION": "us-east-1",
+    }
+
+
+def new_bucket(endpoint: str) -> str:
+    bucket = f"blobs-{secrets.token_hex(6)}"
+    httpx.put(f"{endpoint}/{bucket}").raise_for_status()
+    return bucket
+
+
+@pytest.fixture(params=["local", "s3"])
+def blob_backend(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Settings for each blob store in turn (S3: a fresh bucket on the session's server).
+    A test module opts in by overriding `blob_env` with it."""
+    if request.param == "local":
+        return {}
+    endpoint = request.getfixturevalue("s3_endpoint")
+    return s3_env(endpoint, new_bucket(endpoint))
+
+
 @pytest.fixture
-def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+def blob_env() -> dict[str, str]:
+    """Blob store settings every test's settings get; the default: the local directory."""
+    return {}
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, blob_env: dict[str, str]) -> Callable[..., Settings]:
     def make(**env: str) -> Settings:
-        merged = {**BFL_TEST_ENV, "FLUXHOOK_DATA_DIR": str(tmp_path / "data"), **env}
+        merged = {**BFL_TEST_ENV, "FLUXHOOK_DATA_DIR": str(tmp_path / "data"), **blob_env, **env}
         return Settings.from_env(merged)
 
     return make

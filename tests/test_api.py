@@ -1,16 +1,11 @@
-"""The HTTP API contract: shapes, errors, idempotency, pagination, auth, outputs."""
+"""The HTTP API contract: shapes, errors, idempotency, pagination, auth (outputs: test_outputs.py)."""
 
 from __future__ import annotations
-
-import hashlib
-import io
 
 import httpx
 import pytest
 import respx
-from PIL import Image
 
-from service.worker import Worker
 from tests.conftest import assert_error_shape
 
 pytestmark = pytest.mark.anyio
@@ -138,36 +133,6 @@ async def test_listing_is_newest_first_and_cursor_paginated(api, clock):
     queued = (await api.client.get("/v1/jobs?status=queued")).json()["data"]
     assert len(queued) == 5
     assert (await api.client.get("/v1/jobs?status=failed")).json()["data"] == []
-
-
-async def test_stored_output_is_served_with_its_type_and_sha256_etag(api, router):
-    buffer = io.BytesIO()
-    Image.new("RGB", (32, 32), "navy").save(buffer, "PNG")
-    png = buffer.getvalue()
-    url = "https://delivery.us1.bfl.ai/r/1/sample.png"
-    router.post(f"{BASE}/v1/flux-pro-1.1").mock(return_value=httpx.Response(200, json={"id": "t1"}))
-    router.get(f"{BASE}/v1/get_result").mock(return_value=httpx.Response(
-        200, json={"id": "t1", "status": "Ready", "result": {"sample": url}}))
-    router.get(url).mock(return_value=httpx.Response(200, content=png, headers={"content-type": "image/png"}))
-    job_id = (await api.client.post("/v1/jobs", json=JOB)).json()["id"]
-    worker = Worker(api.ctx)
-    await worker.run_once()
-    api.ctx.clock.advance(20)
-    await worker.run_once()  # poll: Ready
-    await worker.run_once()  # fetch
-
-    job = (await api.client.get(f"/v1/jobs/{job_id}")).json()
-    assert job["status"] == "succeeded" and job["completion_source"] == "poll"
-    [output] = job["outputs"]
-    digest = hashlib.sha256(png).hexdigest()
-    assert output == {"index": 0, "url": f"https://hooks.example.com/v1/jobs/{job_id}/outputs/0",
-                      "sha256": digest, "content_type": "image/png", "bytes": len(png)}
-    served = await api.client.get(f"/v1/jobs/{job_id}/outputs/0")
-    assert served.content == png
-    assert served.headers["content-type"] == "image/png"
-    assert served.headers["etag"] == f'"{digest}"'
-    cached = await api.client.get(f"/v1/jobs/{job_id}/outputs/0", headers={"If-None-Match": f'"{digest}"'})
-    assert cached.status_code == 304
 
 
 async def test_healthz_answers_when_the_database_does(api):

@@ -9,9 +9,14 @@ import pytest
 import respx
 from PIL import Image
 
+from service.downloads import download_image
+from service.errors import OutputRetryable
 from service.jobs import ProviderSucceeded, Source, Submitted
 from service.worker import Worker
+from storage.blobs import open_blob_store
 from storage.store import Schedule
+from tests.blobs import read_blob, stored_names
+from tests.conftest import s3_env
 
 pytestmark = pytest.mark.anyio
 
@@ -22,6 +27,11 @@ def png() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (16, 16), "red").save(buffer, "PNG")
     return buffer.getvalue()
+
+
+@pytest.fixture
+def blob_env(blob_backend: dict[str, str]) -> dict[str, str]:
+    return blob_backend  # every test here runs against each blob store
 
 
 @pytest.fixture
@@ -55,8 +65,9 @@ async def test_image_is_streamed_into_the_blob_store_and_the_job_succeeds(ctx, m
     after = await ctx.store.get_job(job.id)
     assert after.status == "succeeded"
     [output] = (await ctx.store.get_outputs([job.id]))[job.id]
-    assert ctx.blobs.path_for(output.sha256).read_bytes() == png()
-    assert list((ctx.blobs.root / "tmp").iterdir()) == []  # no partial files left behind
+    assert await read_blob(ctx.blobs, output.sha256) == png()
+    sha = output.sha256
+    assert await stored_names(ctx.blobs) == [f"{sha[:2]}/{sha[2:4]}/{sha}"]  # no partial files left behind
 
 
 @pytest.mark.parametrize(
@@ -89,7 +100,7 @@ async def test_unacceptable_outputs_fail_the_job_without_storing_anything(
     assert after.status == "failed" and after.error_code == "output_unavailable"
     assert reason in after.error_message
     assert (await ctx.store.get_outputs([job.id]))[job.id] == []
-    assert not any(p.is_file() for p in ctx.blobs.root.rglob("*") if p.parent.name != "tmp")
+    assert await stored_names(ctx.blobs) == []
 
 
 async def test_an_expired_url_is_retried_within_the_window_then_output_unavailable(
@@ -120,3 +131,13 @@ async def test_a_transient_failure_then_success_stores_the_image(ctx, make_job, 
         await worker.run_once()
         clock.advance(70)
     assert (await ctx.store.get_job(job.id)).status == "succeeded"
+
+
+async def test_a_blob_store_that_fails_makes_the_download_retryable_not_rejected(router, s3_endpoint):
+    router.get(GOOD).mock(return_value=httpx.Response(200, content=png()))
+    env = s3_env(s3_endpoint, "no-such-bucket-here")
+    failing = open_blob_store(env["FLUXHOOK_BLOB_URL"], aws=env)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(router.async_handler)) as client:
+        with pytest.raises(OutputRetryable, match="object storage failed"):
+            await download_image(client, GOOD, blobs=failing, allowed_hosts=("*.bfl.ai",),
+                                 max_bytes=1 << 20, timeout=5)

@@ -3,9 +3,7 @@ is not, and never removes an image a kept job or a live upload still references.
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -20,6 +18,7 @@ from service.settings import Settings
 from storage.notifications import AttemptResult
 from storage.records import JobRecord, NewJob, UploadRecord
 from storage.store import Judgement, Schedule, StoredOutput
+from tests.blobs import age_blobs
 from tests.conftest import FakeClock, assert_error_shape
 
 pytestmark = pytest.mark.anyio
@@ -31,6 +30,11 @@ RETENTION = {
     "FLUXHOOK_RETAIN_DELIVERY_ATTEMPTS_SECONDS": str(30 * DAY),
     "FLUXHOOK_RETAIN_IMAGES_SECONDS": str(7 * DAY),
 }
+
+
+@pytest.fixture
+def blob_env(blob_backend: dict[str, str]) -> dict[str, str]:
+    return blob_backend  # every test here runs against each blob store
 
 
 @pytest.fixture
@@ -51,16 +55,16 @@ async def new_job(ctx: WorkContext, **fields: Any) -> JobRecord:
 
 async def store_blob(ctx: WorkContext, image: bytes) -> str:
     async with ctx.blobs.writer(max_bytes=1 << 20) as writer:
-        writer.write(image)
+        await writer.write(image)
         sha256 = await writer.commit()
-    settle(ctx, sha256)
+    settle(ctx)
     return sha256
 
 
-def settle(ctx: WorkContext, sha256: str) -> None:
-    """Date the file back, as if written long ago (past the settling time new files get)."""
-    an_hour_ago = time.time() - 3600
-    os.utime(ctx.blobs.path_for(sha256), (an_hour_ago, an_hour_ago))
+def settle(ctx: WorkContext) -> None:
+    """Run the blob store's clock an hour ahead: every image looks written long ago (past the
+    settling time new ones get)."""
+    age_blobs(ctx.blobs, 3600)
 
 
 async def succeeded_job(ctx: WorkContext, *images: bytes, **fields: Any) -> JobRecord:
@@ -157,12 +161,12 @@ async def test_old_images_go_but_one_a_recent_job_shares_is_kept(life: WorkConte
     assert pruned.jobs_images == 1 and pruned.blobs == 1
     assert (await life.store.get_job(old.id)).outputs_deleted_at == clock()
     assert (await life.store.get_job(recent.id)).outputs_deleted_at is None
-    assert not life.blobs.exists(only_old)
-    assert life.blobs.exists(shared)
+    assert not await life.blobs.exists(only_old)
+    assert await life.blobs.exists(shared)
 
     clock.advance(8 * DAY)  # now the recent job is old too: the shared image has no keeper left
     assert (await prune(life)).blobs == 1
-    assert not life.blobs.exists(shared)
+    assert not await life.blobs.exists(shared)
 
 
 async def test_an_image_a_live_upload_shares_is_kept_until_the_upload_expires(
@@ -174,11 +178,11 @@ async def test_an_image_a_live_upload_shares_is_kept_until_the_upload_expires(
     await life.store.record_upload(UploadRecord("upl_1", output.sha256, "image/png", 72, clock(),
                                                 clock() + DAY * 1000))
     await prune(life)
-    assert life.blobs.exists(output.sha256)
+    assert await life.blobs.exists(output.sha256)
 
     clock.advance(1001 * DAY)
     await prune(life)
-    assert not life.blobs.exists(output.sha256)
+    assert not await life.blobs.exists(output.sha256)
 
 
 async def test_an_old_job_still_running_keeps_its_image(life: WorkContext, clock: FakeClock):
@@ -194,7 +198,7 @@ async def test_an_old_job_still_running_keeps_its_image(life: WorkContext, clock
 
     assert (await prune(life)).jobs_images == 1  # the old job's, not the running one's
     assert (await life.store.get_job(running.id)).outputs_deleted_at is None
-    assert life.blobs.exists(output.sha256)
+    assert await life.blobs.exists(output.sha256)
 
 
 async def test_pruning_a_backlog_runs_in_small_batches(life: WorkContext, clock: FakeClock):
@@ -227,13 +231,16 @@ async def test_a_file_written_moments_ago_is_left_for_a_later_prune(life: WorkCo
     not yet committed: a fresh file is not removed, and the next prune finishes the job."""
     job = await succeeded_job(life, image(5))
     [output] = (await life.store.get_outputs([job.id]))[job.id]
-    os.utime(life.blobs.path_for(output.sha256))  # rewritten just now
+    age_blobs(life.blobs, 0)
+    async with life.blobs.writer(max_bytes=1 << 20) as writer:  # the same bytes, just now
+        await writer.write(image(5))
+        assert await writer.commit() == output.sha256
     await delete_job(life, job.id)
-    assert life.blobs.exists(output.sha256)
+    assert await life.blobs.exists(output.sha256)
 
-    settle(life, output.sha256)
+    settle(life)
     assert (await prune(life)).blobs == 1
-    assert not life.blobs.exists(output.sha256)
+    assert not await life.blobs.exists(output.sha256)
 
 
 async def test_a_crash_after_removing_the_reference_leaves_only_a_file_the_next_prune_removes(
@@ -242,10 +249,10 @@ async def test_a_crash_after_removing_the_reference_leaves_only_a_file_the_next_
     job = await succeeded_job(life, image(6))
     [output] = (await life.store.get_outputs([job.id]))[job.id]
     await life.store.remove_job_outputs(job.id, now=clock())  # committed; the process dies here
-    assert life.blobs.exists(output.sha256)
+    assert await life.blobs.exists(output.sha256)
 
     assert (await prune(life)).blobs == 1
-    assert not life.blobs.exists(output.sha256)
+    assert not await life.blobs.exists(output.sha256)
 
 
 # DELETE /v1/jobs/{id} ------------------------------------------------------------------------------
@@ -267,8 +274,8 @@ async def test_delete_removes_a_finished_jobs_images_and_keeps_its_history(api, 
     assert doc["outputs"] == before["outputs"]  # what there was, for the record
     assert doc["attempts"] == before["attempts"]
     assert count(ctx, "events", job.id) == events
-    assert not ctx.blobs.exists(own)
-    assert ctx.blobs.exists(shared)  # the other job still serves it
+    assert not await ctx.blobs.exists(own)
+    assert await ctx.blobs.exists(shared)  # the other job still serves it
     assert_error_shape(await api.client.get(f"/v1/jobs/{job.id}/outputs/0"), 410, "output_deleted")
     assert (await api.client.get(f"/v1/jobs/{other.id}/outputs/0")).status_code == 200
 

@@ -45,6 +45,8 @@ def test_an_open_api_on_a_public_interface_is_warned_about(tmp_path):
     ("FLUXHOOK_PROVIDER_ORDER", "bfl,replicate"), ("FLUXHOOK_WEBHOOK_SECRET", "not-whsec"),
     ("FLUXHOOK_WEBHOOK_RETRY_SCHEDULE", "0,soon"), ("BFL_BASE_URL", "api.bfl.ai"),
     ("BFL_MAX_ACTIVE_TASKS", "-1"), ("RUNCOMFY_MAX_ACTIVE_TASKS", "many"),
+    ("FLUXHOOK_BLOB_URL", "gs://bucket/images"), ("FLUXHOOK_BLOB_URL", "s3:///no-bucket"),
+    ("FLUXHOOK_BLOB_REDIRECT", "sometimes"),
 ])
 def test_a_malformed_setting_fails_fast_naming_the_variable(tmp_path, name, value):
     with pytest.raises(ConfigError, match=name):
@@ -62,9 +64,12 @@ def test_active_task_caps_default_to_what_each_provider_documents(tmp_path):
 
 def test_secrets_never_show_in_the_settings_repr(tmp_path):
     settings = make(tmp_path, FLUXHOOK_API_KEY="api-secret", BFL_API_KEY="bfl-secret",
-                    FLUXHOOK_PUBLIC_URL="https://hooks.example.com")
+                    FLUXHOOK_PUBLIC_URL="https://hooks.example.com", FLUXHOOK_BLOB_URL="s3://b/p",
+                    AWS_SECRET_ACCESS_KEY="aws-secret", AWS_SESSION_TOKEN="aws-token")
+    assert settings.aws["AWS_SECRET_ACCESS_KEY"] == "aws-secret"  # kept, for the blob store
     text = repr(settings) + repr(dict(settings.providers))
-    for secret in ("api-secret", "bfl-secret", settings.secret_key, settings.webhook_secret):
+    for secret in ("api-secret", "bfl-secret", "aws-secret", "aws-token", settings.secret_key,
+                   settings.webhook_secret):
         assert secret not in text
 
 

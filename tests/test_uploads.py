@@ -1,4 +1,5 @@
-"""Reference-image uploads: stored, type-checked, capped, and fetchable by signed URL only."""
+"""Reference-image uploads: stored, type-checked, capped, and fetchable by signed URL only
+(each test against each blob store: a local directory and S3)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,12 @@ def png(size: tuple[int, int] = (40, 30)) -> bytes:
     return buffer.getvalue()
 
 
-async def test_upload_is_served_by_its_signed_url_without_credentials_and_used_in_a_job(tmp_path):
-    async with running_stack(tmp_path, SimulatorConfig(seed=4), FLUXHOOK_API_KEY="k") as stack:
+async def test_upload_is_served_by_its_signed_url_without_credentials_and_used_in_a_job(
+    tmp_path, blob_backend
+):
+    async with running_stack(
+        tmp_path, SimulatorConfig(seed=4), **blob_backend, FLUXHOOK_API_KEY="k"
+    ) as stack:
         auth = {"Authorization": "Bearer k"}
         image = png()
         response = await stack.client.post(
@@ -39,6 +44,10 @@ async def test_upload_is_served_by_its_signed_url_without_credentials_and_used_i
             fetched = await anonymous.get(upload["url"])
             assert fetched.status_code == 200 and fetched.content == image
             assert fetched.headers["content-type"] == "image/png"
+            assert fetched.headers["content-length"] == str(len(image))
+            etag = fetched.headers["etag"]
+            assert etag == f'"{upload["sha256"]}"'
+            assert (await anonymous.get(upload["url"], headers={"If-None-Match": etag})).status_code == 304
             tampered = upload["url"][:-4] + ("AAAA" if not upload["url"].endswith("AAAA") else "BBBB")
             assert_error_shape(await anonymous.get(tampered), 404, "not_found")
             assert_error_shape(await anonymous.post(f"{stack.base}/v1/uploads", content=image), 401)
@@ -61,8 +70,12 @@ async def test_upload_is_served_by_its_signed_url_without_credentials_and_used_i
         assert doc["input"]["image_url"] == upload["url"]
 
 
-async def test_uploads_that_are_not_images_too_large_or_mislabelled_are_refused(tmp_path):
-    async with running_stack(tmp_path, SimulatorConfig(seed=5), FLUXHOOK_UPLOAD_MAX_BYTES="5000") as stack:
+async def test_uploads_that_are_not_images_too_large_or_mislabelled_are_refused(
+    tmp_path, blob_backend
+):
+    async with running_stack(
+        tmp_path, SimulatorConfig(seed=5), **blob_backend, FLUXHOOK_UPLOAD_MAX_BYTES="5000"
+    ) as stack:
         post = stack.client.post
         assert_error_shape(await post("/v1/uploads", content=b"%PDF-1.4 not an image at all"), 422)
         assert_error_shape(
@@ -79,16 +92,24 @@ async def test_uploads_that_are_not_images_too_large_or_mislabelled_are_refused(
         assert_error_shape(await post("/v1/uploads", content=b""), 422)
 
 
-async def test_upload_url_expires(tmp_path):
-    async with running_stack(tmp_path, SimulatorConfig(seed=6), FLUXHOOK_UPLOAD_URL_TTL_SECONDS="1") as stack:
+async def test_upload_url_expires(
+    tmp_path, blob_backend
+):
+    async with running_stack(
+        tmp_path, SimulatorConfig(seed=6), **blob_backend, FLUXHOOK_UPLOAD_URL_TTL_SECONDS="1"
+    ) as stack:
         upload = (await stack.client.post("/v1/uploads", content=png())).json()
         assert (await stack.client.get(upload["url"])).status_code == 200
         await anyio.sleep(2.2)
         assert_error_shape(await stack.client.get(upload["url"]), 410, "expired")
 
 
-async def test_multipart_form_upload_is_accepted_like_a_raw_body(tmp_path):
-    async with running_stack(tmp_path, SimulatorConfig(seed=7), FLUXHOOK_UPLOAD_MAX_BYTES="20000") as stack:
+async def test_multipart_form_upload_is_accepted_like_a_raw_body(
+    tmp_path, blob_backend
+):
+    async with running_stack(
+        tmp_path, SimulatorConfig(seed=7), **blob_backend, FLUXHOOK_UPLOAD_MAX_BYTES="20000"
+    ) as stack:
         image = png()
         response = await stack.client.post("/v1/uploads", files={"file": ("ref.png", image, "image/png")})
         assert response.status_code == 201, response.text
