@@ -130,3 +130,33 @@ def test_text_orders_byte_by_byte_as_in_sqlite(postgres_url):
                 (job_id,))
         ordered = [r[0] for r in conn.execute("SELECT id FROM jobs ORDER BY id")]
     assert ordered == sorted(ids, key=lambda s: s.encode())
+
+
+def test_two_argument_min_and_max_answer_as_in_sqlite(tmp_path, postgres_url):
+    rows = [(1, 5), (7, 2), (None, 3), (4, 4)]
+    queries = ["SELECT MAX(a, b), MIN(a, b), MAX(a - 1, 0) FROM t ORDER BY rowid_",
+               "SELECT MIN(MAX(a, b)), MAX(a), MIN(b) FROM t"]
+    lite = sqlite3.connect(tmp_path / "minmax.db")
+    lite.execute("CREATE TABLE t (rowid_ INTEGER, a INTEGER, b INTEGER)")
+    lite.executemany("INSERT INTO t VALUES (?, ?, ?)", [(i, *r) for i, r in enumerate(rows)])
+    expected = [lite.execute(q).fetchall() for q in queries]
+    lite.close()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (rowid_ BIGINT, a BIGINT, b BIGINT)")
+        with conn.cursor() as cursor:
+            cursor.executemany("INSERT INTO t VALUES (%s, %s, %s)", [(i, *r) for i, r in enumerate(rows)])
+        assert [conn.execute(q).fetchall() for q in queries] == expected
+
+
+def test_an_upsert_keeps_the_earlier_due_time_as_the_sqlite_store_writes_it(postgres_url):
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(
+            """INSERT INTO jobs (id, provider, model, status, input, metadata, created_at, updated_at,
+                                 deadline_at)
+               VALUES ('job_1', 'bfl', 'flux-dev', 'queued', '{}', '{}', 1, 1, 2)""")
+        for due in (50, 80, 20):
+            conn.execute(
+                """INSERT INTO tasks (job_id, kind, due_at, created_at) VALUES ('job_1', 'poll', %s, 1)
+                   ON CONFLICT (job_id, kind) DO UPDATE SET due_at = MIN(tasks.due_at, excluded.due_at)""",
+                (due,))
+        assert conn.execute("SELECT due_at FROM tasks").fetchall() == [(20,)]

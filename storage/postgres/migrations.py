@@ -13,6 +13,8 @@ What differs from the SQLite text, and why:
   backends whatever locale the database was created with.
 - Migration 7's triggers are PL/pgSQL functions; the insert trigger runs BEFORE INSERT and sets
   the new row's copies directly (SQLite's AFTER INSERT updates the row it just wrote).
+- SQLite's scalar `MIN(a, b)` and `MAX(a, b)` exist as SQL functions (migration 1), so the
+  store's SQL needs no GREATEST/LEAST rewrite; they return NULL when an argument is NULL.
 - Migration 6 repairs JSON stored before the strict parser existed; a PostgreSQL database only
   ever holds rows written after it, so there the step is a no-op (None), keeping the numbers.
 """
@@ -32,8 +34,17 @@ def _binary_text(sql: str) -> str:
 MIGRATIONS: tuple[str | None, ...] = tuple(
     None if step is None else _binary_text(step)
     for step in (
-        # 1: jobs, their stored outputs, the work queue (transactional outbox), inbound callbacks
+        # 1: jobs, their stored outputs, the work queue (transactional outbox), inbound callbacks;
+        #    and SQLite's two-argument scalar MIN and MAX, so `MIN(MAX(due_at, lease_until))`
+        #    and `ON CONFLICT ... SET due_at = MIN(tasks.due_at, excluded.due_at)` read the same
+        #    on both backends (one argument is still the aggregate). STRICT: a NULL argument
+        #    gives NULL, as in SQLite (GREATEST and LEAST would ignore it).
         """
+        CREATE FUNCTION max(anycompatible, anycompatible) RETURNS anycompatible
+            LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS 'SELECT GREATEST($1, $2)';
+        CREATE FUNCTION min(anycompatible, anycompatible) RETURNS anycompatible
+            LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS 'SELECT LEAST($1, $2)';
+
         CREATE TABLE jobs (
             id                TEXT PRIMARY KEY,
             provider          TEXT NOT NULL,
