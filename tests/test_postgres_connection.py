@@ -23,9 +23,13 @@ from storage.postgres.connection import Connection, to_format
         ("SELECT 10 % 3, ?", "SELECT 10 %% 3, %s"),
         ("SELECT 'a%' , ?", "SELECT 'a%%' , %s"),
         ("SELECT * FROM t WHERE url LIKE '%x%'", "SELECT * FROM t WHERE url LIKE '%%x%%'"),
+        ("DELETE FROM t WHERE id IN ()", "DELETE FROM t WHERE id = ANY ('{}')"),
+        ("SELECT 1 WHERE a NOT IN ( ) AND b in(?)", "SELECT 1 WHERE a <> ALL ('{}') AND b in(%s)"),
+        ("SELECT 'x IN ()'", "SELECT 'x IN ()'"),
     ],
     ids=["plain", "several", "in-string", "escaped-quote", "in-identifier", "line-comment",
-         "block-comment", "dollar-tag", "dollar-dollar", "modulo", "percent-in-string", "like"],
+         "block-comment", "dollar-tag", "dollar-dollar", "modulo", "percent-in-string", "like",
+         "empty-in", "empty-not-in", "empty-in-in-string"],
 )
 def test_qmark_placeholders_become_format_ones_outside_quoted_text(sqlite, postgres):
     assert to_format(sqlite) == postgres
@@ -76,3 +80,10 @@ def test_a_statement_without_rows_fetches_none_as_sqlite3_does(conn):
 def test_named_parameters_are_refused(conn):
     with pytest.raises(TypeError, match="named"):
         conn.execute("SELECT :x", {"x": 1})  # type: ignore[arg-type]
+
+
+def test_an_empty_in_list_answers_as_in_sqlite(conn):
+    conn.executemany("INSERT INTO t (name, flag) VALUES (?, ?)", [("a", 1), ("b", None)])
+    assert conn.execute("SELECT count(*) FROM t WHERE id IN ()").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM t WHERE flag NOT IN ()").fetchone()[0] == 2  # NULL too
+    assert conn.execute("DELETE FROM t WHERE name IN ()").rowcount == 0

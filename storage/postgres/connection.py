@@ -7,12 +7,14 @@ for SQLite runs unchanged on PostgreSQL wherever its SQL is portable.
   (`row["status"]`, case-insensitive as in SQLite), with `keys()`.
 - `True`/`False` parameters are stored as 1/0, as sqlite3 does: the schema keeps SQLite's
   integer flags rather than PostgreSQL booleans.
+- An empty `IN ()` / `NOT IN ()` (SQLite takes it, PostgreSQL does not) answers as in SQLite.
 - `cursor.lastrowid` raises: PostgreSQL has no such thing; write `INSERT ... RETURNING id`.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -127,47 +129,61 @@ def _adapt(params: Params) -> tuple[Any, ...]:
     return tuple(int(value) if isinstance(value, bool) else value for value in params)
 
 
+# SQLite takes an empty list, `x IN ()` (false) and `x NOT IN ()` (true, even for NULL), which a
+# body writes whenever it builds `IN ({marks})` from an empty list; PostgreSQL refuses the
+# syntax. Comparing with an empty array means the same and takes x's type.
+_EMPTY_NOT_IN = re.compile(r"\bNOT\s+IN\s*\(\s*\)", re.IGNORECASE)
+_EMPTY_IN = re.compile(r"\bIN\s*\(\s*\)", re.IGNORECASE)
+
+
 @functools.lru_cache(maxsize=1024)
 def to_format(sql: str) -> str:
     """`sql` with qmark placeholders (`?`) as psycopg's format ones (`%s`) and `%` as `%%`.
 
     A `?` inside a quoted string ('...'), a quoted identifier ("..."), a comment (-- or /* */)
     or a dollar-quoted body ($tag$...$tag$) is text, not a placeholder. `%` is doubled
-    everywhere, since psycopg reads placeholders in the whole query text.
+    everywhere, since psycopg reads placeholders in the whole query text. An empty `IN ()` or
+    `NOT IN ()` becomes a comparison with an empty array, which answers as SQLite does.
     """
     out: list[str] = []
-    i, n = 0, len(sql)
-    while i < n:
-        char = sql[i]
-        if char == "?":
-            out.append("%s")
-            i += 1
-        elif char == "%":
-            out.append("%%")
-            i += 1
-        elif char in ("'", '"'):
-            end = sql.find(char, i + 1)
-            while end != -1 and sql.startswith(char, end + 1):  # '' and "" escape the quote
-                end = sql.find(char, end + 2)
-            i = _copy_text(sql, i, n if end == -1 else end + 1, out)
-        elif sql.startswith("--", i):
-            end = sql.find("\n", i)
-            i = _copy_text(sql, i, n if end == -1 else end + 1, out)
-        elif sql.startswith("/*", i):
-            end = sql.find("*/", i + 2)
-            i = _copy_text(sql, i, n if end == -1 else end + 2, out)
-        elif char == "$" and (tag := _dollar_tag(sql, i)) is not None:
-            end = sql.find(tag, i + len(tag))
-            i = _copy_text(sql, i, n if end == -1 else end + len(tag), out)
+    for is_code, text in _segments(sql):
+        if is_code:
+            text = _EMPTY_IN.sub("= ANY ('{}')", _EMPTY_NOT_IN.sub("<> ALL ('{}')", text))
+            out.append(text.replace("%", "%%").replace("?", "%s"))
         else:
-            out.append(char)
-            i += 1
+            out.append(text.replace("%", "%%"))
     return "".join(out)
 
 
-def _copy_text(sql: str, start: int, end: int, out: list[str]) -> int:
-    out.append(sql[start:end].replace("%", "%%"))
-    return end
+def _segments(sql: str) -> Iterator[tuple[bool, str]]:
+    """`sql` cut into code (True) and quoted text or comments (False), in order."""
+    i, n, code_from = 0, len(sql), 0
+    while i < n:
+        char = sql[i]
+        end = -1
+        if char in ("'", '"'):
+            end = sql.find(char, i + 1)
+            while end != -1 and sql.startswith(char, end + 1):  # '' and "" escape the quote
+                end = sql.find(char, end + 2)
+            end = n if end == -1 else end + 1
+        elif sql.startswith("--", i):
+            end = sql.find("\n", i)
+            end = n if end == -1 else end + 1
+        elif sql.startswith("/*", i):
+            end = sql.find("*/", i + 2)
+            end = n if end == -1 else end + 2
+        elif char == "$" and (tag := _dollar_tag(sql, i)) is not None:
+            end = sql.find(tag, i + len(tag))
+            end = n if end == -1 else end + len(tag)
+        if end == -1:
+            i += 1
+            continue
+        if code_from < i:
+            yield True, sql[code_from:i]
+        yield False, sql[i:end]
+        i = code_from = end
+    if code_from < n:
+        yield True, sql[code_from:]
 
 
 def _dollar_tag(sql: str, i: int) -> str | None:
