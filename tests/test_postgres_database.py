@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import anyio
+import psycopg
 import pytest
 
 from storage.errors import StorageUnavailable
@@ -123,3 +124,36 @@ async def test_transactions_wait_for_a_connection_when_all_are_busy(postgres_url
         assert len(set(pids)) <= 2  # five bodies, two connections
     finally:
         await db.close()
+
+
+async def test_connections_the_server_dropped_are_replaced_without_failing_a_transaction(db, postgres_url):
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        dropped = admin.execute(
+            """SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+               WHERE datname = current_database() AND pid != pg_backend_pid()""").fetchall()
+    assert len(dropped) == 4  # the whole pool
+    for n in range(8):
+        await db.transact(lambda conn, n=n: conn.execute("INSERT INTO counters VALUES (?, ?)", (f"c{n}", n)))
+    assert await db.query(lambda conn: conn.execute("SELECT count(*) FROM counters").fetchone()[0]) == 8
+
+
+async def test_two_claimers_skip_each_others_locked_rows(db):
+    await db.transact(lambda conn: conn.executemany("INSERT INTO counters VALUES (?, 0)", [("a",), ("b",)]))
+    both_chose = threading.Barrier(2)
+    chosen: list[str] = []
+
+    def claim(conn):
+        row = conn.execute("SELECT name FROM counters WHERE value = 0 ORDER BY name LIMIT 1 "
+                           "FOR UPDATE SKIP LOCKED").fetchone()
+        chosen.append(row["name"])
+        if len(chosen) <= 2:  # both hold their row until the other has chosen
+            both_chose.wait(timeout=10)
+        conn.execute("UPDATE counters SET value = 1 WHERE name = ?", (row["name"],))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(db.transact, claim)
+        tg.start_soon(db.transact, claim)
+    assert sorted(chosen[:2]) == ["a", "b"]
+    rows = await db.query(
+        lambda conn: conn.execute("SELECT name, value FROM counters ORDER BY name").fetchall())
+    assert [tuple(r) for r in rows] == [("a", 1), ("b", 1)]

@@ -111,15 +111,18 @@ class Connection:
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.raw = conn  # for what only PostgreSQL has (LISTEN, COPY, ...)
+        self.statements = 0  # statements that completed on it
 
     def execute(self, sql: str, params: Params = ()) -> Cursor:
         cursor = self.raw.cursor(row_factory=row_factory)
         cursor.execute(to_format(sql), _adapt(params))
+        self.statements += 1
         return Cursor(cursor)
 
     def executemany(self, sql: str, seq_of_params: Iterable[Params]) -> Cursor:
         cursor = self.raw.cursor(row_factory=row_factory)
         cursor.executemany(to_format(sql), [_adapt(params) for params in seq_of_params])
+        self.statements += 1
         return Cursor(cursor)
 
 

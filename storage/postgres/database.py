@@ -56,6 +56,7 @@ class Database:
     ) -> None:
         self._pool = pool
         self._limiter = anyio.CapacityLimiter(pool_size)
+        self._pool_size = pool_size
         self._attempts = attempts
         self.url = where(url)  # for messages: never the password
 
@@ -117,15 +118,28 @@ class Database:
         return await anyio.to_thread.run_sync(partial(self._borrow, fn, what), limiter=self._limiter)
 
     def _borrow(self, fn: Callable[[Connection], T], what: str) -> T:
-        try:
-            with self._pool.connection() as conn:
-                return fn(Connection(conn))
-        except _Retry:
-            raise
-        except PoolTimeout as exc:
-            raise StorageUnavailable(f"no database connection free ({self.url}): {exc}") from exc
-        except psycopg.Error as exc:
-            raise StorageUnavailable(f"database {what} failed: {_describe(exc)}") from exc
+        # A connection the server dropped while idle in the pool (a restart, a failover, an
+        # idle timeout) fails on its first statement; nothing was done on it, so the body runs
+        # on another one (the pool replaces the dropped one). Checking each connection when it
+        # is borrowed would cost a round trip every time, and the pool waits between failed
+        # checks: after a restart the first transaction would wait seconds.
+        for _ in range(self._pool_size + 1):
+            try:
+                with self._pool.connection() as raw:
+                    conn = Connection(raw)
+                    try:
+                        return fn(conn)
+                    except psycopg.OperationalError:
+                        if raw.broken and conn.statements == 0:
+                            continue
+                        raise
+            except _Retry:
+                raise
+            except PoolTimeout as exc:
+                raise StorageUnavailable(f"no database connection free ({self.url}): {exc}") from exc
+            except psycopg.Error as exc:
+                raise StorageUnavailable(f"database {what} failed: {_describe(exc)}") from exc
+        raise StorageUnavailable(f"database {what} failed: every connection to {self.url} was dropped")
 
 
 def where(url: str) -> str:
@@ -146,7 +160,7 @@ class _Retry(Exception):
 
 
 def _in_transaction(fn: Callable[[Connection], T], isolation: Isolation, conn: Connection) -> T:
-    conn.raw.execute(f"BEGIN ISOLATION LEVEL {isolation.value}".encode())
+    conn.execute(f"BEGIN ISOLATION LEVEL {isolation.value}")
     try:
         result = fn(conn)
         conn.raw.execute("COMMIT")
