@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench install clean
+.PHONY: demo test test-fast lint bench install postgres clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,18 +14,23 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+## PostgreSQL's server programs (Debian's package), for the suite's PostgreSQL half; the tests
+## start and stop their own throwaway cluster (tests/pg_server.py)
+postgres:
+	scripts/postgres.sh
+
 ## make demo: fluxhook + the embedded provider simulator, a handful of jobs, live progress
 demo: $(STAMP)
 	$(BIN)/python -m service.demo
 
 ## make test: lint, types, and the whole suite, end-to-end tests included (what CI runs)
-test: $(STAMP)
+test: $(STAMP) postgres
 	$(BIN)/ruff check service handlers storage tests bench scripts
 	$(BIN)/mypy service handlers storage
 	$(BIN)/pytest
 
 ## make test-fast: everything but the slower end-to-end tests
-test-fast: $(STAMP)
+test-fast: $(STAMP) postgres
 	$(BIN)/pytest -m "not e2e"
 
 ## make bench: callback-ingest throughput and callback-to-notification latency, each against

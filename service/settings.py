@@ -11,7 +11,7 @@ import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from service.errors import ConfigError
 from service.urls import is_loopback_host
@@ -58,6 +58,8 @@ SETTINGS: tuple[SettingDoc, ...] = (
     SettingDoc("FLUXHOOK_RETAIN_DELIVERY_ATTEMPTS_SECONDS", "2592000", "Delivery attempts (the delivery log's rows) older than this are pruned; each delivery keeps its count and last result. 0 keeps them forever."),
     SettingDoc("FLUXHOOK_RETAIN_IMAGES_SECONDS", "0", "Finished jobs' images are removed this long after the job finished, as `DELETE /v1/jobs/{id}` would (an image another kept job or a live upload shares stays). 0 (the default) keeps them until deleted."),
     SettingDoc("FLUXHOOK_PRUNE_INTERVAL_SECONDS", "3600", "How often `fluxhook worker` (and `serve` with workers) prunes by the retention settings, in batches of 500 rows; `fluxhook tick` prunes on every run."),
+    SettingDoc("FLUXHOOK_DATABASE_URL", "(the SQLite file in the data dir)", "Where the store lives: unset, `<data dir>/fluxhook.db` (SQLite, one host); `postgresql://user:pass@host:5432/db` for PostgreSQL, shared by processes on many hosts. The password never reaches a log line."),
+    SettingDoc("FLUXHOOK_DATABASE_POOL_SIZE", "10", "PostgreSQL only: connections each process keeps open to the database (its transactions run on them, at most this many at once)."),
     SettingDoc("FLUXHOOK_BLOB_URL", "<data dir>/blobs", "Where output images and uploads are stored: a local directory (a path or `file://` URL), or `s3://bucket/prefix` for S3-compatible object storage (AWS S3, R2, MinIO, GCS's S3 interface) configured by AWS's standard variables: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION` (or `AWS_DEFAULT_REGION`; default `us-east-1`) and `AWS_ENDPOINT_URL` (or `AWS_ENDPOINT_URL_S3`) for a service other than AWS."),
     SettingDoc("FLUXHOOK_BLOB_REDIRECT", "stream", "How `GET /v1/jobs/{id}/outputs/{i}` and upload URLs serve an image: `stream` passes the bytes through fluxhook; `presigned` answers 307 to a short-lived presigned URL of the object store (with `s3://` only; a local directory always streams)."),
     SettingDoc("FLUXHOOK_BLOB_REDIRECT_SECONDS", "300", "How long a presigned URL from `FLUXHOOK_BLOB_REDIRECT=presigned` stays valid."),
@@ -157,6 +159,8 @@ class Settings:
     retain_images_s: float = 0.0
     prune_interval_s: float = 3600.0
     sqlite_synchronous: str = "FULL"
+    database_url: str = field(default="", repr=False)  # "": SQLite at db_path
+    database_pool_size: int = 10
     log_level: str = "info"
     blob_url: str = ""  # "": `<data dir>/blobs`
     blob_redirect: str = "stream"
@@ -185,6 +189,10 @@ class Settings:
         return self.data_dir / "fluxhook.db"
 
     @property
+    def uses_postgres(self) -> bool:
+        return bool(self.database_url)
+
+    @property
     def blob_dir(self) -> Path:
         return self.data_dir / "blobs"
 
@@ -196,7 +204,8 @@ class Settings:
         return (
             f"Settings(data_dir={str(self.data_dir)!r}, public_url={self.public_url!r}, "
             f"simulator={self.simulator}, providers={sorted(self.providers)!r}, "
-            f"api_key={'***' if self.api_key else None}, secret_key='***')"
+            f"api_key={'***' if self.api_key else None}, secret_key='***', "
+            f"database_url={redact_url(self.database_url)!r})"
         )
 
     @classmethod
@@ -280,6 +289,8 @@ class Settings:
             retain_images_s=env.number("FLUXHOOK_RETAIN_IMAGES_SECONDS", 0.0),
             prune_interval_s=max(1.0, env.number("FLUXHOOK_PRUNE_INTERVAL_SECONDS", 3600.0)),
             sqlite_synchronous=_synchronous(env.text("FLUXHOOK_SQLITE_SYNCHRONOUS", "FULL")),
+            database_url=_database_url(env.text("FLUXHOOK_DATABASE_URL", "")),
+            database_pool_size=max(1, env.integer("FLUXHOOK_DATABASE_POOL_SIZE", 10)),
             log_level=env.text("FLUXHOOK_LOG_LEVEL", "info").lower(),
             blob_url=_blob_url(env.text("FLUXHOOK_BLOB_URL", "")),
             blob_redirect=_choice("FLUXHOOK_BLOB_REDIRECT", env.text("FLUXHOOK_BLOB_REDIRECT", "stream"),
@@ -428,6 +439,25 @@ def _synchronous(value: str) -> str:
     if value not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise ConfigError("FLUXHOOK_SQLITE_SYNCHRONOUS must be OFF, NORMAL, FULL or EXTRA")
     return value
+
+
+def _database_url(value: str) -> str:
+    if value and urlsplit(value).scheme not in ("postgresql", "postgres"):
+        # The value may hold a password: the message names only the scheme.
+        raise ConfigError(
+            "FLUXHOOK_DATABASE_URL must be a postgresql:// URL (unset: SQLite in the data dir), "
+            f"not a {urlsplit(value).scheme or 'schemeless'} one"
+        )
+    return value
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password replaced by `***`, fit for a log line or an error message."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 class _Env:

@@ -19,6 +19,7 @@ from service.context import WorkContext
 from service.ids import new_job_id, new_webhook_secret
 from service.settings import Settings
 from storage.records import JobRecord, NewJob
+from tests.postgres import empty_postgres_url, postgres_server, postgres_url  # noqa: F401 (fixtures)
 
 START_MS = 1_790_000_000_000
 

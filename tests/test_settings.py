@@ -93,3 +93,24 @@ def test_processes_starting_together_all_get_the_one_secret_created_once(tmp_pat
         assert len(set(keys)) == 1
         assert (data_dir / "webhook_secret").read_text() == keys[0]
         assert [p.name for p in data_dir.iterdir()] == ["webhook_secret"]  # no temp file left
+
+
+def test_the_store_is_the_sqlite_file_in_the_data_dir_unless_a_database_url_is_set(tmp_path):
+    assert not make(tmp_path).uses_postgres
+    settings = make(tmp_path, FLUXHOOK_DATABASE_URL="postgresql://app:pw@db.internal:5432/fluxhook",
+                    FLUXHOOK_DATABASE_POOL_SIZE="4")
+    assert settings.uses_postgres
+    assert settings.database_url == "postgresql://app:pw@db.internal:5432/fluxhook"
+    assert settings.database_pool_size == 4
+
+
+def test_the_database_password_never_shows_in_the_settings_repr(tmp_path):
+    settings = make(tmp_path, FLUXHOOK_DATABASE_URL="postgresql://app:hunter2-pw@db.internal/fluxhook")
+    assert "hunter2-pw" not in repr(settings)
+    assert "postgresql://app:***@db.internal/fluxhook" in repr(settings)
+
+
+def test_a_database_url_that_is_not_postgresql_is_refused_without_echoing_it(tmp_path):
+    with pytest.raises(ConfigError, match="FLUXHOOK_DATABASE_URL") as refused:
+        make(tmp_path, FLUXHOOK_DATABASE_URL="mysql://app:hunter2-pw@db/fluxhook")
+    assert "hunter2-pw" not in str(refused.value)

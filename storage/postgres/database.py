@@ -1,0 +1,185 @@
+"""The PostgreSQL database: a pool of psycopg connections running synchronous transaction
+bodies, each in one thread hop, as the SQLite store runs them in aiosqlite's thread.
+
+A body is a plain function over a `Connection` (storage/postgres/connection.py) that never
+awaits: `transact(fn)` runs it between `BEGIN` and `COMMIT` on a connection borrowed from the
+pool, in a worker thread; `query(fn)` runs reads with each statement in its own autocommit
+transaction. At most `pool_size` bodies run at once; the rest wait for a connection.
+
+Writes are SERIALIZABLE by default: SQLite runs one writer at a time, so a body that reads a
+job and then writes what follows from it never races another; SERIALIZABLE keeps that promise
+on PostgreSQL by failing one of two racing transactions, which `transact` then runs again
+from the start (a body has no effect outside its transaction, so running it twice is safe).
+Claims that use `FOR UPDATE SKIP LOCKED` may ask for READ COMMITTED instead.
+
+psycopg errors become StorageUnavailable here and nowhere else; what a body raises itself (a
+refusal) rolls the transaction back and is raised as it is. No message carries the password.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+from collections.abc import Callable
+from enum import StrEnum
+from functools import partial
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+import psycopg
+import psycopg.errors
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from storage.errors import StorageUnavailable
+from storage.postgres.connection import Connection
+from storage.postgres.migrations import migrate
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+# Failures that mean "run the transaction again", not "the database is unavailable".
+RETRYABLE = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected)
+
+
+class Isolation(StrEnum):
+    SERIALIZABLE = "SERIALIZABLE"
+    READ_COMMITTED = "READ COMMITTED"
+
+
+class Database:
+    def __init__(
+        self, pool: ConnectionPool[psycopg.Connection[Any]], *, url: str, pool_size: int, attempts: int = 10
+    ) -> None:
+        self._pool = pool
+        self._limiter = anyio.CapacityLimiter(pool_size)
+        self._pool_size = pool_size
+        self._attempts = attempts
+        self.url = where(url)  # for messages: never the password
+
+    @classmethod
+    async def open(cls, url: str, *, pool_size: int, timeout: float = 30.0) -> Database:
+        """Connect `pool_size` connections to the database at `url` (a postgresql:// URL);
+        StorageUnavailable if that cannot be done within `timeout` seconds."""
+        pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            url,
+            min_size=pool_size,
+            max_size=pool_size,
+            kwargs={"autocommit": True},  # transactions are explicit: BEGIN ... COMMIT
+            timeout=timeout,
+            open=False,
+            name="fluxhook",
+        )
+        try:
+            await anyio.to_thread.run_sync(partial(pool.open, wait=True, timeout=timeout))
+        except (PoolTimeout, psycopg.Error) as exc:
+            await anyio.to_thread.run_sync(pool.close)
+            raise StorageUnavailable(f"cannot connect to PostgreSQL at {where(url)}") from exc
+        return cls(pool, url=url, pool_size=pool_size)
+
+    async def close(self) -> None:
+        await anyio.to_thread.run_sync(self._pool.close)
+
+    async def migrate(self) -> int:
+        """Apply the numbered migrations not yet applied, under the migration lock (several
+        processes may call this at once); return how many this call applied."""
+
+        def run(conn: Connection) -> int:
+            return migrate(conn.raw)
+
+        return await self._hop(run, what="migration")
+
+    async def transact(
+        self, fn: Callable[[Connection], T], *, isolation: Isolation = Isolation.SERIALIZABLE
+    ) -> T:
+        """Run `fn` as one transaction (BEGIN, `fn`, COMMIT) in one hop, again from the start
+        if PostgreSQL reports a serialization failure or a deadlock. Whatever `fn` raises rolls
+        the transaction back and is raised here. Once started, a hop runs to its end even if
+        this await is cancelled."""
+        for attempt in range(1, self._attempts + 1):
+            try:
+                return await self._hop(partial(_in_transaction, fn, isolation), what="write")
+            except _Retry as retry:
+                if attempt == self._attempts:
+                    raise StorageUnavailable(
+                        f"transaction still conflicting after {attempt} attempts: {retry.reason}"
+                    ) from retry.__cause__
+                await anyio.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
+        raise AssertionError("unreachable")
+
+    async def query(self, fn: Callable[[Connection], T]) -> T:
+        """Run `fn`'s reads in one hop; each statement sees what was committed before it."""
+        return await self._hop(fn, what="read")
+
+    async def _hop(self, fn: Callable[[Connection], T], *, what: str) -> T:
+        return await anyio.to_thread.run_sync(partial(self._borrow, fn, what), limiter=self._limiter)
+
+    def _borrow(self, fn: Callable[[Connection], T], what: str) -> T:
+        # A connection the server dropped while idle in the pool (a restart, a failover, an
+        # idle timeout) fails on its first statement; nothing was done on it, so the body runs
+        # on another one (the pool replaces the dropped one). Checking each connection when it
+        # is borrowed would cost a round trip every time, and the pool waits between failed
+        # checks: after a restart the first transaction would wait seconds.
+        for _ in range(self._pool_size + 1):
+            try:
+                with self._pool.connection() as raw:
+                    conn = Connection(raw)
+                    try:
+                        return fn(conn)
+                    except psycopg.OperationalError:
+                        if raw.broken and conn.statements == 0:
+                            continue
+                        raise
+            except _Retry:
+                raise
+            except PoolTimeout as exc:
+                raise StorageUnavailable(f"no database connection free ({self.url}): {exc}") from exc
+            except psycopg.Error as exc:
+                raise StorageUnavailable(f"database {what} failed: {_describe(exc)}") from exc
+        raise StorageUnavailable(f"database {what} failed: every connection to {self.url} was dropped")
+
+
+def where(url: str) -> str:
+    """`user@host:port/dbname` of a connection URL: what a message may say, never the password."""
+    try:
+        parts = conninfo_to_dict(url)
+    except psycopg.Error:
+        return "(an unparsable database URL)"
+    user = f"{parts['user']}@" if parts.get("user") else ""
+    port = f":{parts['port']}" if parts.get("port") else ""
+    return f"{user}{parts.get('host', 'localhost')}{port}/{parts.get('dbname', '')}"
+
+
+class _Retry(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _in_transaction(fn: Callable[[Connection], T], isolation: Isolation, conn: Connection) -> T:
+    conn.execute(f"BEGIN ISOLATION LEVEL {isolation.value}")
+    try:
+        result = fn(conn)
+        conn.raw.execute("COMMIT")
+    except RETRYABLE as exc:
+        _roll_back(conn)
+        raise _Retry(_describe(exc)) from exc
+    except BaseException:
+        _roll_back(conn)
+        raise
+    return result
+
+
+def _roll_back(conn: Connection) -> None:
+    if conn.raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        with contextlib.suppress(psycopg.Error):
+            conn.raw.execute("ROLLBACK")
+
+
+def _describe(exc: psycopg.Error) -> str:
+    """The server's message and SQLSTATE; libpq's messages name host and user, not passwords."""
+    state = f" [{exc.sqlstate}]" if exc.sqlstate else ""
+    return f"{str(exc).strip()}{state}"

@@ -1,0 +1,159 @@
+"""The PostgreSQL database: transaction bodies in one hop, refusals, conflicts, unavailability."""
+
+from __future__ import annotations
+
+import threading
+
+import anyio
+import psycopg
+import pytest
+
+from storage.errors import StorageUnavailable
+from storage.postgres.database import Database, Isolation
+
+pytestmark = pytest.mark.anyio
+
+
+class Refused(Exception):
+    pass
+
+
+@pytest.fixture
+async def db(postgres_url):
+    database = await Database.open(postgres_url, pool_size=4)
+    await database.transact(lambda conn: conn.execute(
+        "CREATE TABLE counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL)"))
+    yield database
+    await database.close()
+
+
+async def test_a_committed_body_is_seen_by_later_reads(db):
+    await db.transact(lambda conn: conn.execute("INSERT INTO counters VALUES (?, ?)", ("a", 1)))
+    row = await db.query(
+        lambda conn: conn.execute("SELECT value FROM counters WHERE name = ?", ("a",)).fetchone())
+    assert row is not None and row["value"] == 1
+
+
+async def test_a_body_that_refuses_changes_nothing_and_its_refusal_is_raised_as_is(db):
+    def refuse(conn):
+        conn.execute("INSERT INTO counters VALUES (?, ?)", ("a", 1))
+        raise Refused("no")
+
+    with pytest.raises(Refused):
+        await db.transact(refuse)
+    assert await db.query(lambda conn: conn.execute("SELECT count(*) FROM counters").fetchone()[0]) == 0
+
+
+async def test_a_database_error_becomes_storage_unavailable_and_rolls_back(db):
+    def broken(conn):
+        conn.execute("INSERT INTO counters VALUES (?, ?)", ("a", 1))
+        conn.execute("INSERT INTO no_such_table VALUES (1)")
+
+    with pytest.raises(StorageUnavailable, match="no_such_table"):
+        await db.transact(broken)
+    assert await db.query(lambda conn: conn.execute("SELECT count(*) FROM counters").fetchone()[0]) == 0
+    # the connection went back to the pool healthy: the next body runs
+    await db.transact(lambda conn: conn.execute("INSERT INTO counters VALUES (?, ?)", ("b", 1)))
+
+
+async def test_racing_read_then_write_bodies_both_count_as_one_writer_at_a_time_would(db):
+    """Two bodies read a counter, then both hold their transaction open until the other has
+    read too, then write read+1: one of them fails to serialize and is run again, so the
+    counter ends at 2 (without SERIALIZABLE and the retry it would be 1)."""
+    await db.transact(lambda conn: conn.execute("INSERT INTO counters VALUES ('n', 0)"))
+    both_read = threading.Barrier(2)
+    runs: list[int] = []
+
+    def increment(conn):
+        value = conn.execute("SELECT value FROM counters WHERE name = 'n'").fetchone()["value"]
+        runs.append(value)
+        if len(runs) <= 2:  # the first run of each waits for the other's read
+            both_read.wait(timeout=10)
+        conn.execute("UPDATE counters SET value = ? WHERE name = 'n'", (value + 1,))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(db.transact, increment)
+        tg.start_soon(db.transact, increment)
+    row = await db.query(lambda conn: conn.execute("SELECT value FROM counters WHERE name = 'n'").fetchone())
+    assert row["value"] == 2
+    assert runs == [0, 0, 1]  # the loser ran again and read the winner's write
+
+
+async def test_read_committed_is_there_for_bodies_that_lock_rows_themselves(db):
+    await db.transact(lambda conn: conn.execute("INSERT INTO counters VALUES ('n', 0)"))
+
+    def level(conn):
+        return conn.execute("SHOW transaction_isolation").fetchone()[0]
+
+    assert await db.transact(level) == "serializable"
+    assert await db.transact(level, isolation=Isolation.READ_COMMITTED) == "read committed"
+
+
+async def test_an_unreachable_server_is_storage_unavailable_without_the_password(postgres_server):
+    url = postgres_server.url_for("no_such_database").replace("postgres@", "postgres:hunter2-pw@")
+    with pytest.raises(StorageUnavailable) as refused:
+        await Database.open(url, pool_size=1, timeout=1)
+    assert "hunter2-pw" not in str(refused.value)
+    assert "no_such_database" in str(refused.value)
+
+
+async def test_transactions_wait_for_a_connection_when_all_are_busy(postgres_url):
+    db = await Database.open(postgres_url, pool_size=2)
+    try:
+        inside = threading.Semaphore(0)
+        release = threading.Event()
+
+        def hold(conn):
+            conn.execute("SELECT 1")
+            inside.release()
+            release.wait(10)
+            return conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+
+        pids = []
+
+        async def run():
+            pids.append(await db.transact(hold))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(run)
+            for _ in range(2):
+                await anyio.to_thread.run_sync(inside.acquire)
+            release.set()
+        assert len(pids) == 5
+        assert len(set(pids)) <= 2  # five bodies, two connections
+    finally:
+        await db.close()
+
+
+async def test_connections_the_server_dropped_are_replaced_without_failing_a_transaction(db, postgres_url):
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        dropped = admin.execute(
+            """SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+               WHERE datname = current_database() AND pid != pg_backend_pid()""").fetchall()
+    assert len(dropped) == 4  # the whole pool
+    for n in range(8):
+        await db.transact(lambda conn, n=n: conn.execute("INSERT INTO counters VALUES (?, ?)", (f"c{n}", n)))
+    assert await db.query(lambda conn: conn.execute("SELECT count(*) FROM counters").fetchone()[0]) == 8
+
+
+async def test_two_claimers_skip_each_others_locked_rows(db):
+    await db.transact(lambda conn: conn.executemany("INSERT INTO counters VALUES (?, 0)", [("a",), ("b",)]))
+    both_chose = threading.Barrier(2)
+    chosen: list[str] = []
+
+    def claim(conn):
+        row = conn.execute("SELECT name FROM counters WHERE value = 0 ORDER BY name LIMIT 1 "
+                           "FOR UPDATE SKIP LOCKED").fetchone()
+        chosen.append(row["name"])
+        if len(chosen) <= 2:  # both hold their row until the other has chosen
+            both_chose.wait(timeout=10)
+        conn.execute("UPDATE counters SET value = 1 WHERE name = ?", (row["name"],))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(db.transact, claim)
+        tg.start_soon(db.transact, claim)
+    assert sorted(chosen[:2]) == ["a", "b"]
+    rows = await db.query(
+        lambda conn: conn.execute("SELECT name, value FROM counters ORDER BY name").fetchall())
+    assert [tuple(r) for r in rows] == [("a", 1), ("b", 1)]
