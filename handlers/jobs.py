@@ -12,15 +12,16 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from handlers.body import read_json
 from service.cancellation import cancel_job as cancel
 from service.context import WorkContext
+from service.cursors import decode_cursor, encode_cursor
 from service.documents import job_document
-from service.errors import Gone, NotFound, ValidationFailed
+from service.errors import Conflict, Gone, NotFound, ValidationFailed
 from service.ids import new_job_id, new_webhook_secret
 from service.parsing import parse_count
 from service.retention import delete_job as delete
 from service.submissions import parse_job_request
 from service.subscriptions import parse_job_destination
+from storage.errors import IdempotencyConflict
 from storage.records import JobRecord, NewJob
-from storage.store import decode_cursor, encode_cursor
 
 MAX_IDEMPOTENCY_KEY = 255
 MAX_WAIT_S = 60
@@ -71,7 +72,14 @@ async def create_job(request: Request) -> Response:
         webhook_url=webhook_url,
         webhook_events=webhook_events,
     )
-    job, created = await ctx.store.create_job(new, now=now)
+    try:
+        job, created = await ctx.store.create_job(new, now=now)
+    except IdempotencyConflict as exc:
+        raise Conflict(
+            "Idempotency-Key was already used with a different request body",
+            code="idempotency_key_reused",
+            details=[{"field": "Idempotency-Key", "rule": "same_body", "job_id": exc.job_id}],
+        ) from exc
     if created:
         ctx.nudge()
     headers = {"Location": f"/v1/jobs/{job.id}"}

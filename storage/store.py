@@ -5,12 +5,11 @@ One aiosqlite connection per process. Each store method is one synchronous funct
 why), so a transaction never awaits anything, let alone the network; a lock keeps coroutines
 from interleaving them. Every write opens with `BEGIN IMMEDIATE` and writes a state change
 together with the work it causes (the transactional outbox): rows in `tasks` that workers carry
-out at least once. sqlite3 errors become StoreUnavailable here and nowhere else.
+out at least once. sqlite3 errors become StorageUnavailable here and nowhere else.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import sqlite3
@@ -25,7 +24,6 @@ import aiosqlite
 import anyio
 
 from service.adoption import ADOPTED, ORPHANED, UNKNOWN, TaskRole
-from service.errors import CallbackRejected, Conflict, MalformedRequest, StoreUnavailable
 from service.jobs import (
     TERMINAL,
     Effect,
@@ -37,9 +35,9 @@ from service.jobs import (
     Transition,
     apply,
 )
-from service.parsing import parse_count
 from service.strict_json import dumps
 from storage.addresses import AddressMethods
+from storage.errors import IdempotencyConflict, StorageUnavailable, UnknownJob
 from storage.migrations import MIGRATIONS
 from storage.notifications import NotificationMethods, emit_job_event
 from storage.records import AttemptRecord, JobRecord, NewJob, OutputRecord, UploadRecord
@@ -127,7 +125,7 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
         try:
             db = await aiosqlite.connect(path, isolation_level=None)
         except sqlite3.Error as exc:
-            raise StoreUnavailable(f"cannot open database: {exc}") from exc
+            raise StorageUnavailable(f"cannot open database: {exc}") from exc
         try:
             check_supported(db)
         except RuntimeError:
@@ -141,7 +139,7 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
             await db.execute("PRAGMA busy_timeout=10000")
             await db.execute("PRAGMA foreign_keys=ON")
         except sqlite3.Error as exc:
-            raise StoreUnavailable(f"cannot open database: {exc}") from exc
+            raise StorageUnavailable(f"cannot open database: {exc}") from exc
         store = cls(db, public_url=public_url)
         await store._transact(_migrate)
         return store
@@ -152,7 +150,7 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
     async def _transact(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn` as one write transaction: `BEGIN IMMEDIATE`, `fn`, `COMMIT`, in one hop.
 
-        Anything `fn` raises (a refusal such as CallbackRejected or Conflict included) rolls the
+        Anything `fn` raises (a refusal raised by a callable the caller passed in included) rolls the
         transaction back, so a refused write changes nothing, and is raised here.
         """
         return await self._run(partial(_in_transaction, fn))
@@ -245,13 +243,7 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
                 if row is not None:
                     existing = JobRecord.from_row(row)
                     if existing.request_hash != new.request_hash:
-                        raise Conflict(
-                            "Idempotency-Key was already used with a different request body",
-                            code="idempotency_key_reused",
-                            details=[
-                                {"field": "Idempotency-Key", "rule": "same_body", "job_id": existing.id}
-                            ],
-                        )
+                        raise IdempotencyConflict(existing.id)
                     return existing, False
             conn.execute(
                 """INSERT INTO jobs (id, provider, model, status, input, metadata, webhook_secret,
@@ -320,8 +312,7 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
         def record(conn: sqlite3.Connection) -> Recorded:
             job = _select_job(conn, job_id)
             if job is None:
-                raise CallbackRejected("callback token names no job here", code="unknown_job",
-                                       status_code=403)
+                raise UnknownJob(job_id)
             judgement = judge(job, _select_attempts(conn, job_id))
             cursor = conn.execute(
                 """INSERT INTO callbacks (job_id, provider, body_sha256, verdict, state, body,
@@ -506,19 +497,19 @@ def _in_transaction(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connect
     try:
         conn.execute("BEGIN IMMEDIATE")
     except sqlite3.Error as exc:
-        raise StoreUnavailable(f"database busy or unavailable: {exc}") from exc
+        raise StorageUnavailable(f"database busy or unavailable: {exc}") from exc
     try:
         result = fn(conn)
     except BaseException as exc:
         _roll_back(conn)
         if isinstance(exc, sqlite3.Error):
-            raise StoreUnavailable(f"database write failed: {exc}") from exc
+            raise StorageUnavailable(f"database write failed: {exc}") from exc
         raise
     try:
         conn.execute("COMMIT")
     except sqlite3.Error as exc:
         _roll_back(conn)
-        raise StoreUnavailable(f"commit failed: {exc}") from exc
+        raise StorageUnavailable(f"commit failed: {exc}") from exc
     return result
 
 
@@ -533,7 +524,7 @@ def _reading(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) ->
     try:
         return fn(conn)
     except sqlite3.Error as exc:
-        raise StoreUnavailable(f"database read failed: {exc}") from exc
+        raise StorageUnavailable(f"database read failed: {exc}") from exc
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -755,29 +746,3 @@ def _json(value: Any, path: str) -> str:
     # The one serializer: a value that would not read back (NaN, a lone surrogate) raises
     # JsonRefused naming `path`, inside the transaction, so nothing is written.
     return dumps(value, path=path)  # keeps the client's key order
-
-
-def encode_cursor(job: JobRecord) -> str:
-    return base64.urlsafe_b64encode(f"{job.created_at}:{job.id}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[int, str]:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        created, job_id = base64.urlsafe_b64decode(padded).decode().split(":", 1)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise _bad_cursor() from exc
-    # int() alone would take "+1", "1_0", "٣" and numbers past SQLite's 64-bit range, which
-    # fail as OverflowError when bound to the query (a 500).
-    created_at = parse_count(created, max_digits=18)
-    if created_at is None:
-        raise _bad_cursor()
-    return created_at, job_id
-
-
-def _bad_cursor() -> MalformedRequest:
-    return MalformedRequest(
-        "cursor is not one this service issued",
-        code="invalid_cursor",
-        details=[{"field": "cursor", "rule": "format"}],
-    )

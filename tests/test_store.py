@@ -11,9 +11,10 @@ import aiosqlite
 import anyio
 import pytest
 
-from service.errors import CallbackRejected, StoreUnavailable
+from service.errors import CallbackRejected
 from service.ids import new_job_id, new_webhook_secret
 from service.jobs import Submitted
+from storage.errors import StorageUnavailable, UnknownJob
 from storage.records import JobRecord, NewJob
 from storage.sqlite_thread import check_supported, run_in_connection_thread
 from storage.store import Judgement, Schedule, Store
@@ -116,9 +117,9 @@ async def test_a_sqlite_error_inside_a_transaction_rolls_back_as_store_unavailab
         conn.execute("UPDATE jobs SET poll_count = 5 WHERE id = ?", (job.id,))
         conn.execute("INSERT INTO no_such_table VALUES (1)")
 
-    with pytest.raises(StoreUnavailable, match="no_such_table"):
+    with pytest.raises(StorageUnavailable, match="no_such_table"):
         await store._transact(broken)
-    with pytest.raises(StoreUnavailable, match="database read failed"):
+    with pytest.raises(StorageUnavailable, match="database read failed"):
         await store._query(lambda conn: conn.execute("SELECT * FROM no_such_table").fetchall())
     after = await store.get_job(job.id)
     assert after is not None and after.poll_count == 0
@@ -144,10 +145,10 @@ async def test_a_callback_for_no_job_is_rejected_without_judging(store: Store):
     def judge(job: JobRecord, attempts: list) -> Judgement:
         raise AssertionError("judged a job that does not exist")
 
-    with pytest.raises(CallbackRejected) as caught:
+    with pytest.raises(UnknownJob) as caught:  # service/callbacks.py makes it a 403 unknown_job
         await store.record_callback("job_missing", provider="bfl", body=b"{}", judge=judge, now=NOW,
                                     schedule=Schedule())
-    assert caught.value.code == "unknown_job"
+    assert caught.value.job_id == "job_missing"
 
 
 async def test_concurrent_transactions_each_commit_whole(store: Store):
