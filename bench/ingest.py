@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from service.ids import new_job_id, new_webhook_secret  # noqa: E402
 from service.jobs import Submitted  # noqa: E402
+from service.rules import JOB_RULES  # noqa: E402
 from service.tokens import CallbackTokens  # noqa: E402
 from storage.records import NewJob  # noqa: E402
 from storage.store import Store  # noqa: E402
@@ -50,7 +51,7 @@ def free_port() -> int:
 
 async def seed_jobs(data_dir: Path, count: int) -> list[tuple[str, bytes, dict[str, str]]]:
     """`count` submitted jobs, and for each the path, body and headers of its signed callback."""
-    store = await Store.open(data_dir / "fluxhook.db", synchronous="NORMAL")
+    store = await Store.open(data_dir / "fluxhook.db", synchronous="NORMAL", rules=JOB_RULES)
     tokens = CallbackTokens(SECRET_KEY)
     requests = []
     now = int(time.time() * 1000)

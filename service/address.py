@@ -19,6 +19,7 @@ import anyio
 
 from service.context import WorkContext
 from service.errors import ConfigError
+from service.rules import JOB_RULES
 from service.settings import Settings
 from storage.store import Store
 
@@ -68,7 +69,7 @@ async def agreed_settings(
     """
     if settings.public_url_configured:
         return settings
-    store = await Store.open(settings.db_path, synchronous=settings.sqlite_synchronous)
+    store = await Store.open(settings.db_path, synchronous=settings.sqlite_synchronous, rules=JOB_RULES)
     try:
         warned = False
         while (announced := await store.announced_address()) is None:

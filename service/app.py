@@ -50,6 +50,7 @@ from service.providers.bfl import BflAdapter
 from service.providers.cometapi import CometApiAdapter
 from service.providers.runcomfy import RunComfyAdapter
 from service.retention import prune_periodically
+from service.rules import JOB_RULES
 from service.settings import SIMULATOR_MOUNT, Settings
 from service.tokens import CallbackTokens, UploadTokens
 from service.worker import Worker
@@ -93,7 +94,8 @@ async def open_context(
     (by default SSRF-guarded by FLUXHOOK_ALLOW_PRIVATE_DESTINATIONS).
     """
     store = await Store.open(
-        settings.db_path, synchronous=settings.sqlite_synchronous, public_url=settings.public_url
+        settings.db_path, rules=JOB_RULES, synchronous=settings.sqlite_synchronous,
+        public_url=settings.public_url,
     )
     try:
         policy = EgressPolicy.from_setting(settings.allow_private_destinations)

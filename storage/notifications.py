@@ -14,9 +14,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from service.documents import job_document, rfc3339
-from service.ids import new_prefixed_id
-from service.strict_json import dumps, dumps_bytes, loads
 from storage.records import (
     AttemptRecord,
     DeliveryAttemptRecord,
@@ -26,6 +23,7 @@ from storage.records import (
     OutputRecord,
     SubscriptionRecord,
 )
+from storage.rules import JobRules
 
 JOB_EVENT_TYPES = (
     "job.submitted",
@@ -40,17 +38,9 @@ EVENT_TYPES = (*JOB_EVENT_TYPES, "subscription.disabled")
 T = TypeVar("T")
 
 
-def envelope(event_id: str, event_type: str, now: int, data: Any, sequence: int | None) -> bytes:
-    """The exact bytes sent: the Standard Webhooks envelope, plus the event's id and sequence."""
-    body: dict[str, Any] = {"id": event_id, "type": event_type, "timestamp": rfc3339(now)}
-    if sequence is not None:
-        body["sequence"] = sequence
-    body["data"] = data
-    return dumps_bytes(body)  # refuses what would not read back, before anything is written
-
-
 def emit_job_event(
-    conn: sqlite3.Connection, job: JobRecord, event_type: str, *, now: int, public_url: str
+    conn: sqlite3.Connection, job: JobRecord, event_type: str, *, now: int, rules: JobRules,
+    public_url: str,
 ) -> int:
     """Record one job event (a snapshot of the job document) and its deliveries."""
     outputs = [
@@ -63,46 +53,52 @@ def emit_job_event(
     ]
     sequence = job.event_count + 1
     conn.execute("UPDATE jobs SET event_count = ? WHERE id = ?", (sequence, job.id))
-    event_id = new_prefixed_id("evt", now)
-    body = envelope(event_id, event_type, now, job_document(job, outputs, public_url, attempts), sequence)
+    event_id = rules.new_id("evt", now)
+    body = rules.job_event(job, outputs, attempts, event_id=event_id, event_type=event_type, now=now,
+                           sequence=sequence, public_url=public_url)
     cursor = conn.execute(
         "INSERT INTO events (id, job_id, job_seq, type, body, created_at) VALUES (?, ?, ?, ?, ?, ?)",
         (event_id, job.id, sequence, event_type, body, now),
     )
     seq = int(cursor.lastrowid or 0)
-    _fan_out(conn, seq, event_type, job_id=job.id, now=now)
+    _fan_out(conn, seq, event_type, job_id=job.id, now=now, rules=rules)
     if job.webhook_url and (not job.webhook_events or event_type in job.webhook_events):
-        _add_delivery(conn, seq, None, job.id, job.webhook_url, now)
+        _add_delivery(conn, seq, None, job.id, job.webhook_url, now, rules)
     return seq
 
 
-def emit_system_event(conn: sqlite3.Connection, event_type: str, data: Mapping[str, Any], *, now: int) -> int:
-    event_id = new_prefixed_id("evt", now)
-    body = envelope(event_id, event_type, now, dict(data), None)
+def emit_system_event(
+    conn: sqlite3.Connection, event_type: str, data: Mapping[str, Any], *, now: int, rules: JobRules
+) -> int:
+    event_id = rules.new_id("evt", now)
+    body = rules.system_event(data, event_id=event_id, event_type=event_type, now=now)
     cursor = conn.execute(
         "INSERT INTO events (id, job_id, job_seq, type, body, created_at) VALUES (?, NULL, NULL, ?, ?, ?)",
         (event_id, event_type, body, now),
     )
     seq = int(cursor.lastrowid or 0)
-    _fan_out(conn, seq, event_type, job_id=None, now=now)
+    _fan_out(conn, seq, event_type, job_id=None, now=now, rules=rules)
     return seq
 
 
-def _fan_out(conn: sqlite3.Connection, seq: int, event_type: str, *, job_id: str | None, now: int) -> None:
+def _fan_out(
+    conn: sqlite3.Connection, seq: int, event_type: str, *, job_id: str | None, now: int, rules: JobRules
+) -> None:
     rows = conn.execute("SELECT id, url, events FROM subscriptions WHERE status = 'enabled'").fetchall()
     for row in rows:
-        wanted = loads(row["events"])
+        wanted = rules.decode(row["events"])
         if not wanted or event_type in wanted:
-            _add_delivery(conn, seq, row["id"], job_id, row["url"], now)
+            _add_delivery(conn, seq, row["id"], job_id, row["url"], now, rules)
 
 
 def _add_delivery(
-    conn: sqlite3.Connection, seq: int, subscription_id: str | None, job_id: str | None, url: str, now: int
+    conn: sqlite3.Connection, seq: int, subscription_id: str | None, job_id: str | None, url: str, now: int,
+    rules: JobRules,
 ) -> None:
     conn.execute(
         """INSERT INTO deliveries (id, event_seq, subscription_id, job_id, url, status, next_attempt_at,
                created_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)""",
-        (new_prefixed_id("dlv", now), seq, subscription_id, job_id, url, now, now),
+        (rules.new_id("dlv", now), seq, subscription_id, job_id, url, now, now),
     )
 
 
@@ -145,6 +141,8 @@ class NotificationMethods:
         async def _transact(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
         async def _query(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
 
+        rules: JobRules
+
     # Subscriptions ----------------------------------------------------------------------------
 
     async def create_subscription(self, sub: SubscriptionRecord) -> SubscriptionRecord:
@@ -155,7 +153,7 @@ class NotificationMethods:
                 (
                     sub.id,
                     sub.url,
-                    dumps(list(sub.events), path="events"),
+                    self.rules.encode(list(sub.events), path="events"),
                     sub.description,
                     sub.secret,
                     sub.status,
@@ -163,18 +161,18 @@ class NotificationMethods:
                     sub.updated_at,
                 ),
             )
-            return _subscription(conn, sub.id)  # type: ignore[return-value]
+            return _subscription(conn, self.rules, sub.id)  # type: ignore[return-value]
 
         return await self._transact(create)
 
     async def get_subscription(self, sub_id: str) -> SubscriptionRecord | None:
-        return await self._query(lambda conn: _subscription(conn, sub_id))
+        return await self._query(lambda conn: _subscription(conn, self.rules, sub_id))
 
     async def list_subscriptions(self) -> list[SubscriptionRecord]:
         rows = await self._query(
             lambda conn: conn.execute("SELECT * FROM subscriptions ORDER BY created_at, id").fetchall()
         )
-        return [SubscriptionRecord.from_row(r) for r in rows]
+        return [SubscriptionRecord.from_row(r, self.rules.decode) for r in rows]
 
     async def update_subscription(
         self, sub_id: str, changes: Mapping[str, Any], *, now: int
@@ -182,11 +180,11 @@ class NotificationMethods:
         """Apply `changes` (url, events, description, status); enabling clears the failure clock."""
 
         def update(conn: sqlite3.Connection) -> SubscriptionRecord | None:
-            if _subscription(conn, sub_id) is None:
+            if _subscription(conn, self.rules, sub_id) is None:
                 return None
             for name, value in changes.items():
                 if name == "events":
-                    value = dumps(list(value), path="events")
+                    value = self.rules.encode(list(value), path="events")
                 assert name in ("url", "events", "description", "status")
                 conn.execute(f"UPDATE subscriptions SET {name} = ? WHERE id = ?", (value, sub_id))  # noqa: S608
             if changes.get("status") == "enabled":
@@ -195,13 +193,13 @@ class NotificationMethods:
                     (sub_id,),
                 )
             conn.execute("UPDATE subscriptions SET updated_at = ? WHERE id = ?", (now, sub_id))
-            return _subscription(conn, sub_id)
+            return _subscription(conn, self.rules, sub_id)
 
         return await self._transact(update)
 
     async def delete_subscription(self, sub_id: str, *, now: int) -> bool:
         def delete(conn: sqlite3.Connection) -> bool:
-            if _subscription(conn, sub_id) is None:
+            if _subscription(conn, self.rules, sub_id) is None:
                 return False
             conn.execute(
                 "UPDATE deliveries SET status = 'cancelled', last_error = 'subscription deleted' "
@@ -219,14 +217,14 @@ class NotificationMethods:
         """The old secret keeps signing beside the new one until `now + grace_ms`."""
 
         def rotate(conn: sqlite3.Connection) -> SubscriptionRecord | None:
-            if _subscription(conn, sub_id) is None:
+            if _subscription(conn, self.rules, sub_id) is None:
                 return None
             conn.execute(
                 """UPDATE subscriptions SET previous_secret = secret, previous_secret_until = ?,
                        secret = ?, updated_at = ? WHERE id = ?""",
                 (now + grace_ms, new_secret, now, sub_id),
             )
-            return _subscription(conn, sub_id)
+            return _subscription(conn, self.rules, sub_id)
 
         return await self._transact(rotate)
 
@@ -366,7 +364,7 @@ class NotificationMethods:
             )
             if delivery.subscription_id is None:
                 return
-            sub = _subscription(conn, delivery.subscription_id)
+            sub = _subscription(conn, self.rules, delivery.subscription_id)
             if sub is None or sub.status != "enabled":
                 return
             if result.delivered:
@@ -376,7 +374,7 @@ class NotificationMethods:
             conn.execute("UPDATE subscriptions SET failing_since = ? WHERE id = ?", (failing_since, sub.id))
             reason = result.disable_subscription
             if reason is None and now - failing_since >= disable_after_ms:
-                reason = f"failing since {rfc3339(failing_since)}"
+                reason = f"failing since {self.rules.timestamp(failing_since)}"
             if reason is not None:
                 conn.execute(
                     "UPDATE subscriptions SET status = 'disabled', disabled_reason = ?, updated_at = ? "
@@ -393,6 +391,7 @@ class NotificationMethods:
                     "subscription.disabled",
                     {"subscription_id": sub.id, "url": sub.url, "reason": reason},
                     now=now,
+                    rules=self.rules,
                 )
 
         await self._transact(record)
@@ -490,9 +489,9 @@ _DESTINATION = "COALESCE(subscription_id, url)"  # destination_key, in SQL over 
 # Transaction bodies' shared reads (they run inside `Store._transact` or `Store._query`) ----------
 
 
-def _subscription(conn: sqlite3.Connection, sub_id: str) -> SubscriptionRecord | None:
+def _subscription(conn: sqlite3.Connection, rules: JobRules, sub_id: str) -> SubscriptionRecord | None:
     row = conn.execute("SELECT * FROM subscriptions WHERE id = ?", (sub_id,)).fetchone()
-    return SubscriptionRecord.from_row(row) if row else None
+    return SubscriptionRecord.from_row(row, rules.decode) if row else None
 
 
 def _delivery(conn: sqlite3.Connection, delivery_id: str) -> DeliveryRecord | None:

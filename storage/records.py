@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from service.jobs import JobState, JobStatus
-from service.strict_json import loads
+from storage.state import JobState, JobStatus
+
+# A JSON column's reader: the strict parser, from the store's rules (storage/rules.py).
+Decode = Callable[[str], Any]
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,7 @@ class JobRecord:
         )
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> JobRecord:
+    def from_row(cls, row: sqlite3.Row, loads: Decode) -> JobRecord:
         return cls(
             id=row["id"],
             provider=row["provider"],
@@ -195,7 +198,7 @@ class SubscriptionRecord:
         return f"SubscriptionRecord(id={self.id!r}, url={self.url!r}, status={self.status!r})"
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> SubscriptionRecord:
+    def from_row(cls, row: sqlite3.Row, loads: Decode) -> SubscriptionRecord:
         return cls(row["id"], row["url"], tuple(loads(row["events"])), row["description"],
                    row["secret"], row["previous_secret"], row["previous_secret_until"], row["status"],
                    row["disabled_reason"], row["failing_since"], row["created_at"], row["updated_at"])

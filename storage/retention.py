@@ -17,8 +17,9 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
-from service.jobs import TERMINAL
 from storage.records import JobRecord
+from storage.rules import JobRules
+from storage.state import TERMINAL
 
 T = TypeVar("T")
 
@@ -34,6 +35,8 @@ class RetentionMethods:
         async def _transact(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
         async def _query(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
 
+        rules: JobRules
+
     async def remove_job_outputs(self, job_id: str, *, now: int) -> JobRecord | None:
         """Mark a final job's outputs removed and queue its images; the job otherwise stays as
         it is (attempts, events, callbacks). A job not final, or already removed, is unchanged.
@@ -48,7 +51,7 @@ class RetentionMethods:
             if cursor.rowcount:
                 _queue_images(conn, [job_id], now)
             row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            return JobRecord.from_row(row) if row else None
+            return JobRecord.from_row(row, self.rules.decode) if row else None
 
         return await self._transact(remove)
 

@@ -23,29 +23,31 @@ from typing import Any, TypeVar
 import aiosqlite
 import anyio
 
-from service.adoption import ADOPTED, ORPHANED, UNKNOWN, TaskRole
-from service.jobs import (
-    TERMINAL,
-    Effect,
-    JobState,
-    JobStatus,
-    Observation,
-    ProviderSucceeded,
-    Submitted,
-    Transition,
-    apply,
-)
-from service.strict_json import dumps
 from storage.addresses import AddressMethods
 from storage.errors import IdempotencyConflict, StorageUnavailable, UnknownJob
 from storage.migrations import MIGRATIONS
 from storage.notifications import NotificationMethods, emit_job_event
 from storage.records import AttemptRecord, JobRecord, NewJob, OutputRecord, UploadRecord
 from storage.retention import RetentionMethods
+from storage.rules import JobRules
 from storage.sqlite_thread import check_supported, run_in_connection_thread
+from storage.state import (
+    ADOPTED,
+    ORPHANED,
+    TERMINAL,
+    UNKNOWN,
+    Effect,
+    JobState,
+    JobStatus,
+    TaskRole,
+    Transition,
+)
 from storage.tasks import TaskMethods
 
 T = TypeVar("T")
+
+# An observation (service/jobs.py): opaque here, read only by the rules' state machine.
+Observation = Any
 
 
 class TaskKind(StrEnum):
@@ -114,13 +116,16 @@ class Recorded:
 
 
 class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
-    def __init__(self, db: aiosqlite.Connection, *, public_url: str = "") -> None:
+    def __init__(self, db: aiosqlite.Connection, *, rules: JobRules, public_url: str = "") -> None:
         self._db = db
+        self.rules = rules  # the state machine, event bodies, JSON (storage/rules.py)
         self._lock = anyio.Lock()
         self.public_url = public_url  # for the job documents events carry
 
     @classmethod
-    async def open(cls, path: Path, *, synchronous: str = "FULL", public_url: str = "") -> Store:
+    async def open(
+        cls, path: Path, *, rules: JobRules, synchronous: str = "FULL", public_url: str = ""
+    ) -> Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             db = await aiosqlite.connect(path, isolation_level=None)
@@ -140,8 +145,8 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
             await db.execute("PRAGMA foreign_keys=ON")
         except sqlite3.Error as exc:
             raise StorageUnavailable(f"cannot open database: {exc}") from exc
-        store = cls(db, public_url=public_url)
-        await store._transact(_migrate)
+        store = cls(db, rules=rules, public_url=public_url)
+        await store._transact(partial(_migrate, rules=rules))
         return store
 
     async def close(self) -> None:
@@ -177,7 +182,7 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
         return await self._query(ping)
 
     async def get_job(self, job_id: str) -> JobRecord | None:
-        return await self._query(partial(_select_job, job_id=job_id))
+        return await self._query(partial(_select_job, rules=self.rules, job_id=job_id))
 
     async def list_jobs(
         self, *, status: str | None, limit: int, before: tuple[int, str] | None
@@ -194,7 +199,7 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = f"SELECT * FROM jobs {where} ORDER BY created_at DESC, id DESC LIMIT ?"  # noqa: S608
         rows = await self._query(lambda conn: conn.execute(sql, [*params, limit]).fetchall())
-        return [JobRecord.from_row(r) for r in rows]
+        return [JobRecord.from_row(r, self.rules.decode) for r in rows]
 
     async def get_outputs(self, job_ids: Sequence[str]) -> dict[str, list[OutputRecord]]:
         result: dict[str, list[OutputRecord]] = {job_id: [] for job_id in job_ids}
@@ -241,23 +246,24 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
                     "SELECT * FROM jobs WHERE idempotency_key = ?", (new.idempotency_key,)
                 ).fetchone()
                 if row is not None:
-                    existing = JobRecord.from_row(row)
+                    existing = JobRecord.from_row(row, self.rules.decode)
                     if existing.request_hash != new.request_hash:
                         raise IdempotencyConflict(existing.id)
                     return existing, False
+            encode = self.rules.encode
             conn.execute(
                 """INSERT INTO jobs (id, provider, model, status, input, metadata, webhook_secret,
                        idempotency_key, request_hash, created_at, updated_at, deadline_at, candidates,
                        webhook_url, webhook_events)
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                (new.id, new.provider, new.model, JobStatus.QUEUED.value, _json(new.input, "input"),
-                 _json(new.metadata, "metadata"), new.webhook_secret, new.idempotency_key,
+                (new.id, new.provider, new.model, JobStatus.QUEUED.value, encode(new.input, path="input"),
+                 encode(new.metadata, path="metadata"), new.webhook_secret, new.idempotency_key,
                  new.request_hash, now, now, new.deadline_at,
-                 _json(list(new.candidates or (new.provider,)), "candidates"), new.webhook_url,
-                 _json(list(new.webhook_events), "webhook_events")),
+                 encode(list(new.candidates or (new.provider,)), path="candidates"), new.webhook_url,
+                 encode(list(new.webhook_events), path="webhook_events")),
             )
             _upsert_task(conn, new.id, TaskKind.SUBMIT, now, now)
-            return _must_select_job(conn, new.id), True
+            return _must_select_job(conn, self.rules, new.id), True
 
         return await self._transact(create)
 
@@ -274,7 +280,7 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
         """Apply one observation and write the job, its follow-up work and `task`'s end."""
 
         def record(conn: sqlite3.Connection) -> Recorded | None:
-            job = _select_job(conn, job_id)
+            job = _select_job(conn, self.rules, job_id)
             if job is None:
                 if task is not None:
                     conn.execute("DELETE FROM tasks WHERE id = ?", (task.task_id,))
@@ -282,10 +288,10 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
             if counted_poll:
                 conn.execute("UPDATE jobs SET poll_count = poll_count + 1 WHERE id = ?", (job_id,))
             transition = _apply_in_tx(conn, job, observation, now=now, schedule=schedule,
-                                      public_url=self.public_url)
+                                      rules=self.rules, public_url=self.public_url)
             if task is not None:
                 _end_task(conn, task, transition.state)
-            return Recorded(_must_select_job(conn, job_id), transition)
+            return Recorded(_must_select_job(conn, self.rules, job_id), transition)
 
         return await self._transact(record)
 
@@ -310,7 +316,7 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
         digest = hashlib.sha256(body).hexdigest()
 
         def record(conn: sqlite3.Connection) -> Recorded:
-            job = _select_job(conn, job_id)
+            job = _select_job(conn, self.rules, job_id)
             if job is None:
                 raise UnknownJob(job_id)
             judgement = judge(job, _select_attempts(conn, job_id))
@@ -327,15 +333,15 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
             observation, confirm_at = judgement.observation, judgement.confirm_at
             if judgement.role in (TaskRole.ADOPT, TaskRole.ORPHAN) and judgement.task:
                 transition = _take_task(conn, job, provider, judgement.task, observation, now=now,
-                                        schedule=schedule, public_url=self.public_url,
+                                        schedule=schedule, rules=self.rules, public_url=self.public_url,
                                         how="named by a verified callback")
             elif observation is not None:
                 transition = _apply_in_tx(conn, job, observation, now=now, schedule=schedule,
-                                          public_url=self.public_url)
+                                          rules=self.rules, public_url=self.public_url)
             elif confirm_at is not None and job.state.awaiting_provider and not duplicate:
                 # A byte-identical repeat (a provider retrying) has already asked for its poll.
                 _upsert_task(conn, job_id, TaskKind.POLL, confirm_at, now)
-            return Recorded(_must_select_job(conn, job_id), transition, duplicate)
+            return Recorded(_must_select_job(conn, self.rules, job_id), transition, duplicate)
 
         return await self._transact(record)
 
@@ -383,13 +389,14 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
         orphan when the job already has a task of its own (service/adoption.py)."""
 
         def adopt(conn: sqlite3.Connection) -> Recorded | None:
-            job = _select_job(conn, job_id)
+            job = _select_job(conn, self.rules, job_id)
             if job is None:
                 return None
             conn.execute("UPDATE jobs SET poll_count = poll_count + 1 WHERE id = ?", (job_id,))
             transition = _take_task(conn, job, provider, task, observation, now=now, schedule=schedule,
-                                    public_url=self.public_url, how="confirmed by polling it")
-            return Recorded(_must_select_job(conn, job_id), transition)
+                                    rules=self.rules, public_url=self.public_url,
+                                    how="confirmed by polling it")
+            return Recorded(_must_select_job(conn, self.rules, job_id), transition)
 
         return await self._transact(adopt)
 
@@ -405,7 +412,7 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
         """Keep the stored outputs' records and mark the job succeeded, in one transaction."""
 
         def record(conn: sqlite3.Connection) -> Recorded | None:
-            job = _select_job(conn, job_id)
+            job = _select_job(conn, self.rules, job_id)
             if job is None:
                 conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
                 return None
@@ -416,9 +423,9 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
                  for out in outputs],
             )
             transition = _apply_in_tx(conn, job, observation, now=now, schedule=Schedule(),
-                                      public_url=self.public_url)
+                                      rules=self.rules, public_url=self.public_url)
             conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
-            return Recorded(_must_select_job(conn, job_id), transition)
+            return Recorded(_must_select_job(conn, self.rules, job_id), transition)
 
         return await self._transact(record)
 
@@ -430,7 +437,7 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
         queued. `reuse` re-sends over an earlier attempt (an idempotent provider)."""
 
         def begin(conn: sqlite3.Connection) -> int | None:
-            job = _select_job(conn, job_id)
+            job = _select_job(conn, self.rules, job_id)
             if job is None or job.status is not JobStatus.QUEUED or job.provider != provider:
                 return None
             if reuse is not None:
@@ -461,7 +468,7 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
         provider), and the submit task's end, in one transaction."""
 
         def record(conn: sqlite3.Connection) -> Recorded | None:
-            job = _select_job(conn, job_id)
+            job = _select_job(conn, self.rules, job_id)
             if job is None:
                 conn.execute("DELETE FROM tasks WHERE id = ?", (task.task_id,))
                 return None
@@ -472,9 +479,9 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
                              (switch_to, now, job_id))
             if observation is not None:
                 transition = _apply_in_tx(conn, job, observation, now=now, schedule=schedule,
-                                          public_url=self.public_url)
+                                          rules=self.rules, public_url=self.public_url)
             _end_task(conn, task, transition.state if transition else job.state)
-            return Recorded(_must_select_job(conn, job_id), transition)
+            return Recorded(_must_select_job(conn, self.rules, job_id), transition)
 
         return await self._transact(record)
 
@@ -527,13 +534,13 @@ def _reading(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) ->
         raise StorageUnavailable(f"database read failed: {exc}") from exc
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
+def _migrate(conn: sqlite3.Connection, *, rules: JobRules) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     for number, step in enumerate(MIGRATIONS, start=1):
         if number <= version:
             continue
         if callable(step):  # a repair of stored rows, which SQL alone cannot express
-            step(conn)
+            step(conn, rules)
         else:
             for statement in _statements(step):
                 conn.execute(statement)
@@ -554,13 +561,13 @@ def _statements(script: str) -> Iterator[str]:
 # Transaction bodies (they run inside `_transact`) -----------------------------------------------
 
 
-def _select_job(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
+def _select_job(conn: sqlite3.Connection, rules: JobRules, job_id: str) -> JobRecord | None:
     row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-    return JobRecord.from_row(row) if row else None
+    return JobRecord.from_row(row, rules.decode) if row else None
 
 
-def _must_select_job(conn: sqlite3.Connection, job_id: str) -> JobRecord:
-    job = _select_job(conn, job_id)
+def _must_select_job(conn: sqlite3.Connection, rules: JobRules, job_id: str) -> JobRecord:
+    job = _select_job(conn, rules, job_id)
     assert job is not None  # written in this same transaction
     return job
 
@@ -602,6 +609,7 @@ def _take_task(
     *,
     now: int,
     schedule: Schedule,
+    rules: JobRules,
     public_url: str,
     how: str,
 ) -> Transition | None:
@@ -614,16 +622,18 @@ def _take_task(
     if job.provider_job_id is None and job.provider == provider and not job.state.terminal:
         _mark_attempt(conn, job.id, provider, task, ADOPTED, now=now, how=how)
         conn.execute("DELETE FROM tasks WHERE job_id = ? AND kind = ?", (job.id, TaskKind.SUBMIT.value))
-        transition = _apply_in_tx(conn, job, Submitted(task), now=now, schedule=schedule,
-                                  public_url=public_url)
+        transition = _apply_in_tx(conn, job, rules.accepted(task), now=now, schedule=schedule,
+                                  rules=rules, public_url=public_url)
         if observation is not None:
-            transition = _apply_in_tx(conn, _must_select_job(conn, job.id), observation, now=now,
-                                      schedule=schedule, public_url=public_url)
+            transition = _apply_in_tx(conn, _must_select_job(conn, rules, job.id), observation, now=now,
+                                      schedule=schedule, rules=rules, public_url=public_url)
         return transition
-    first_result = isinstance(observation, ProviderSucceeded) and job.state.awaiting_provider
+    first_result = (observation is not None and rules.is_result(observation)
+                    and job.state.awaiting_provider)
     _mark_attempt(conn, job.id, provider, task, ADOPTED if first_result else ORPHANED, now=now, how=how)
     if first_result and observation is not None:
-        return _apply_in_tx(conn, job, observation, now=now, schedule=schedule, public_url=public_url)
+        return _apply_in_tx(conn, job, observation, now=now, schedule=schedule, rules=rules,
+                            public_url=public_url)
     return None
 
 
@@ -661,16 +671,18 @@ def _apply_in_tx(
     *,
     now: int,
     schedule: Schedule,
+    rules: JobRules,
     public_url: str,
 ) -> Transition:
     before = job.state
-    transition = apply(before, observation)
+    transition = rules.apply(before, observation)
     after = transition.state
     if after != before:
-        _write_state(conn, job, before, after, now)
+        _write_state(conn, job, before, after, now, rules)
         event_type = _event_for(before, after)
         if event_type is not None:
-            emit_job_event(conn, _must_select_job(conn, job.id), event_type, now=now, public_url=public_url)
+            emit_job_event(conn, _must_select_job(conn, rules, job.id), event_type, now=now, rules=rules,
+                           public_url=public_url)
     for effect in transition.effects:
         _materialize(conn, job.id, effect, now=now, schedule=schedule)
     return transition
@@ -686,7 +698,7 @@ def _event_for(before: JobState, after: JobState) -> str | None:
 
 
 def _write_state(
-    conn: sqlite3.Connection, job: JobRecord, before: JobState, after: JobState, now: int
+    conn: sqlite3.Connection, job: JobRecord, before: JobState, after: JobState, now: int, rules: JobRules
 ) -> None:
     submitted_at = job.submitted_at
     if submitted_at is None and after.provider_job_id and not before.provider_job_id:
@@ -701,7 +713,7 @@ def _write_state(
                updated_at = ?, submitted_at = ?, ready_at = ?, completed_at = ?
            WHERE id = ?""",
         (after.status.value, after.provider_job_id, after.polling_url,
-         _json(list(after.output_urls), "output_urls"), after.error_code, after.error_message,
+         rules.encode(list(after.output_urls), path="output_urls"), after.error_code, after.error_message,
          after.completion_source, after.progress, now, submitted_at, ready_at, completed_at, job.id),
     )
 
@@ -740,9 +752,3 @@ def _upsert_task(conn: sqlite3.Connection, job_id: str, kind: TaskKind, due_at: 
            ON CONFLICT (job_id, kind) DO UPDATE SET due_at = MIN(due_at, excluded.due_at)""",
         (job_id, kind.value, due_at, now),
     )
-
-
-def _json(value: Any, path: str) -> str:
-    # The one serializer: a value that would not read back (NaN, a lone surrogate) raises
-    # JsonRefused naming `path`, inside the transaction, so nothing is written.
-    return dumps(value, path=path)  # keeps the client's key order

@@ -10,6 +10,7 @@ import pytest
 
 from service.address import AddressUnknown, adopt, agreed_settings
 from service.app import create_app, open_context
+from service.rules import JOB_RULES
 from service.settings import Settings
 from storage.store import Store
 
@@ -24,7 +25,7 @@ def zero_config(data_dir: Path, **env: str) -> dict[str, str]:
 
 
 async def announced(data_dir: Path) -> str | None:
-    store = await Store.open(data_dir / "fluxhook.db")
+    store = await Store.open(data_dir / "fluxhook.db", rules=JOB_RULES)
     try:
         return await store.announced_address()
     finally:
@@ -32,7 +33,7 @@ async def announced(data_dir: Path) -> str | None:
 
 
 async def announce(data_dir: Path, url: str) -> None:
-    store = await Store.open(data_dir / "fluxhook.db")
+    store = await Store.open(data_dir / "fluxhook.db", rules=JOB_RULES)
     try:
         await store.announce_address(url, owner="test", now=1)
     finally:

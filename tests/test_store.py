@@ -14,6 +14,7 @@ import pytest
 from service.errors import CallbackRejected
 from service.ids import new_job_id, new_webhook_secret
 from service.jobs import Submitted
+from service.rules import JOB_RULES
 from storage.errors import StorageUnavailable, UnknownJob
 from storage.records import JobRecord, NewJob
 from storage.sqlite_thread import check_supported, run_in_connection_thread
@@ -26,7 +27,7 @@ NOW = 1_790_000_000_000
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = await Store.open(tmp_path / "fluxhook.db")
+    store = await Store.open(tmp_path / "fluxhook.db", rules=JOB_RULES)
     try:
         yield store
     finally:
@@ -90,7 +91,7 @@ async def test_store_refuses_to_open_on_an_aiosqlite_without_the_hooks(
     # Stands in for an aiosqlite release that renamed the private method the store relies on.
     monkeypatch.delattr(aiosqlite.Connection, "_execute")
     with pytest.raises(RuntimeError, match=r"storage/sqlite_thread\.py"):
-        await Store.open(tmp_path / "fluxhook.db")
+        await Store.open(tmp_path / "fluxhook.db", rules=JOB_RULES)
 
 
 async def test_a_transaction_that_raises_writes_nothing(store: Store):

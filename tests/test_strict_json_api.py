@@ -21,6 +21,7 @@ import respx
 from service.app import create_app
 from service.catalog.validation import allows_null
 from service.ids import new_job_id, new_webhook_secret
+from service.rules import JOB_RULES
 from service.settings import Settings
 from service.strict_json import JsonRefused
 from service.worker import Worker
@@ -307,7 +308,7 @@ async def test_migration_repairs_stored_rows_that_break_the_rules(
 async def test_before_the_repair_such_a_row_is_what_made_listing_fail(make_settings, clock):
     """The known answer the migration exists for: the strict reader refuses the stored NaN."""
     settings = make_settings()
-    store = await Store.open(settings.db_path)
+    store = await Store.open(settings.db_path, rules=JOB_RULES)
     job_id = new_job_id(clock())
     await store.create_job(NewJob(
         id=job_id, provider="bfl", model="flux-pro-1.1", input={"prompt": "fox"}, metadata={},

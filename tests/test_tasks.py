@@ -11,6 +11,7 @@ import pytest
 from service.catalog import Catalog
 from service.ids import new_job_id, new_webhook_secret
 from service.jobs import Cancelled, ProviderFailed, ProviderSucceeded, Source, Submitted
+from service.rules import JOB_RULES
 from service.settings import Settings
 from service.worker import submit_caps
 from storage.migrations import MIGRATIONS
@@ -27,7 +28,7 @@ BFL_4 = SubmitCaps({"bfl": 4, "cometapi": None})
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = await Store.open(tmp_path / "fluxhook.db")
+    store = await Store.open(tmp_path / "fluxhook.db", rules=JOB_RULES)
     try:
         yield store
     finally:
@@ -221,7 +222,7 @@ async def test_migration_gives_existing_submit_tasks_their_jobs_provider(tmp_pat
                         updated_at, deadline_at) VALUES ('j1', 'cometapi', 'flux-pro-1.1', 'queued',
                         '{}', '{}', 1, 1, 2)""")
         conn.execute("INSERT INTO tasks (job_id, kind, due_at, created_at) VALUES ('j1', 'submit', 1, 1)")
-    store = await Store.open(path)
+    store = await Store.open(path, rules=JOB_RULES)
     try:
         # It waits under CometAPI's cap, not BFL's: it carries CometAPI's name.
         assert await claim(store, SubmitCaps({"cometapi": 0})) == []
