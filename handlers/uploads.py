@@ -90,7 +90,7 @@ async def get_upload(request: Request) -> Response:
     """GET /uploads/{token}: no credentials needed; the token is signed and expires."""
     ctx: WorkContext = request.state.ctx
     upload_id = ctx.upload_tokens.read(request.path_params["token"], max_age_s=ctx.settings.upload_url_ttl_s)
-    upload = await ctx.store.get_upload(upload_id)
+    upload = await ctx.store.uploads.get_upload(upload_id)
     if upload is None or not ctx.blobs.exists(upload.sha256):
         raise NotFound("no such upload", details=[{"field": "token", "rule": "exists"}])
     return FileResponse(

@@ -50,12 +50,11 @@ from service.providers.bfl import BflAdapter
 from service.providers.cometapi import CometApiAdapter
 from service.providers.runcomfy import RunComfyAdapter
 from service.retention import prune_periodically
-from service.rules import JOB_RULES
 from service.settings import SIMULATOR_MOUNT, Settings
+from service.stores import open_stores
 from service.tokens import CallbackTokens, UploadTokens
 from service.worker import Worker
 from storage.blobs import BlobStore
-from storage.store import Store
 
 log = logging.getLogger("fluxhook")
 
@@ -93,10 +92,7 @@ async def open_context(
     `transport` answers provider calls and downloads; `notify_transport` carries notifications
     (by default SSRF-guarded by FLUXHOOK_ALLOW_PRIVATE_DESTINATIONS).
     """
-    store = await Store.open(
-        settings.db_path, rules=JOB_RULES, synchronous=settings.sqlite_synchronous,
-        public_url=settings.public_url,
-    )
+    store = await open_stores(settings, public_url=settings.public_url)
     try:
         policy = EgressPolicy.from_setting(settings.allow_private_destinations)
     except ValueError as exc:

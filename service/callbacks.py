@@ -13,8 +13,7 @@ from service.reports import observe
 from service.signing import Verdict
 from service.tokens import CallbackTarget
 from storage.errors import UnknownJob
-from storage.records import AttemptRecord, JobRecord
-from storage.store import Judgement, Recorded, Schedule
+from storage.records import AttemptRecord, JobRecord, Judgement, Recorded, Schedule
 
 log = logging.getLogger("fluxhook.callbacks")
 
@@ -52,7 +51,7 @@ async def ingest_callback(
         return Judgement(verdict.value, report.state.value, observation, role=role, task=task)
 
     try:
-        recorded = await ctx.store.record_callback(
+        recorded = await ctx.store.jobs.record_callback(
             target.job_id, provider=target.provider, body=body, judge=judge, now=now,
             schedule=Schedule(fetch_at=now, poll_at=now + ctx.ms(ctx.settings.poll_grace_s)),
         )

@@ -92,7 +92,7 @@ def make_job(ctx: WorkContext, clock: FakeClock) -> Callable[..., Any]:
             deadline_at=fields.pop("deadline_at", now + 900_000),
         )
         assert not fields, f"unknown job fields {fields}"
-        job, _ = await ctx.store.create_job(new, now=now)
+        job, _ = await ctx.store.jobs.create_job(new, now=now)
         return job
 
     return make

@@ -37,6 +37,20 @@ def test_nothing_above_storage_opens_a_sqlite_connection():
     assert offenders("handlers", ("sqlite3", "aiosqlite")) == {}
 
 
+def test_service_and_handlers_reach_the_database_only_through_contracts():
+    # storage/__init__.py open_database chooses the backend; nothing above names one.
+    def backend_imports(package: str) -> dict[str, list[str]]:
+        found = {}
+        for path in sorted((ROOT / package).rglob("*.py")):
+            bad = sorted(m for m in imported_modules(path) if m.startswith("storage.sqlite"))
+            if bad:
+                found[str(path.relative_to(ROOT))] = bad
+        return found
+
+    assert backend_imports("service") == {}
+    assert backend_imports("handlers") == {}
+
+
 def test_the_layer_check_sees_an_import():
     # The check above would pass on a package it could not read: it reads this very file.
     assert "ast" in imported_modules(Path(__file__))

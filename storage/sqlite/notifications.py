@@ -2,41 +2,32 @@
 
 An event is written in the same transaction as the job change that caused it, and so are its
 deliveries (one per destination), so a crash can never lose a notification or send one for a
-change that did not happen. `NotificationMethods` is mixed into `Store` and shares its
-connection, lock and transactions; like the store's, its transaction bodies are synchronous
-functions over the `sqlite3.Connection`, run in one hop by `Store._transact` and `Store._query`.
+change that did not happen. Three stores share one module and the database's transactions:
+subscriptions, deliveries and the event log; `emit_job_event` is what the job store calls.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from storage.records import (
     AttemptRecord,
+    AttemptResult,
+    ClaimedDelivery,
     DeliveryAttemptRecord,
     DeliveryRecord,
     EventRecord,
     JobRecord,
     OutputRecord,
     SubscriptionRecord,
+    destination_key,
 )
 from storage.rules import JobRules
 
-JOB_EVENT_TYPES = (
-    "job.submitted",
-    "job.running",
-    "job.progress",
-    "job.succeeded",
-    "job.failed",
-    "job.cancelled",
-)
-EVENT_TYPES = (*JOB_EVENT_TYPES, "subscription.disabled")
-
-T = TypeVar("T")
-
+if TYPE_CHECKING:
+    from storage.sqlite.database import Database
 
 def emit_job_event(
     conn: sqlite3.Connection, job: JobRecord, event_type: str, *, now: int, rules: JobRules,
@@ -102,48 +93,11 @@ def _add_delivery(
     )
 
 
-@dataclass(frozen=True)
-class ClaimedDelivery:
-    """A delivery leased for one attempt, with what is needed to send it."""
+class SubscriptionStore:
+    """Notification subscriptions: where events go."""
 
-    id: str
-    event_id: str
-    event_type: str
-    body: bytes
-    url: str
-    subscription_id: str | None
-    job_id: str | None
-    attempt: int
-    manual: bool
-    secrets: tuple[str, ...]  # the subscription's live secrets; empty: use the service secret
-    lease_until: int = 0  # the lease this claim holds: what `release_deliveries` hands back
-
-
-@dataclass(frozen=True)
-class AttemptResult:
-    """What one delivery attempt came to. `retry_at` None means no further automatic try."""
-
-    delivered: bool
-    started_at: int
-    duration_ms: int
-    status_code: int | None
-    response_head: str | None
-    error: str | None
-    retry_at: int | None
-    disable_subscription: str | None = None  # a reason, e.g. "410 Gone"
-
-
-class NotificationMethods:
-    """Store methods for subscriptions, deliveries and the event log (mixed into Store)."""
-
-    if TYPE_CHECKING:  # provided by Store
-
-        async def _transact(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
-        async def _query(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
-
-        rules: JobRules
-
-    # Subscriptions ----------------------------------------------------------------------------
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     async def create_subscription(self, sub: SubscriptionRecord) -> SubscriptionRecord:
         def create(conn: sqlite3.Connection) -> SubscriptionRecord:
@@ -153,7 +107,7 @@ class NotificationMethods:
                 (
                     sub.id,
                     sub.url,
-                    self.rules.encode(list(sub.events), path="events"),
+                    self._db.rules.encode(list(sub.events), path="events"),
                     sub.description,
                     sub.secret,
                     sub.status,
@@ -161,18 +115,18 @@ class NotificationMethods:
                     sub.updated_at,
                 ),
             )
-            return _subscription(conn, self.rules, sub.id)  # type: ignore[return-value]
+            return _subscription(conn, self._db.rules, sub.id)  # type: ignore[return-value]
 
-        return await self._transact(create)
+        return await self._db.transact(create)
 
     async def get_subscription(self, sub_id: str) -> SubscriptionRecord | None:
-        return await self._query(lambda conn: _subscription(conn, self.rules, sub_id))
+        return await self._db.query(lambda conn: _subscription(conn, self._db.rules, sub_id))
 
     async def list_subscriptions(self) -> list[SubscriptionRecord]:
-        rows = await self._query(
+        rows = await self._db.query(
             lambda conn: conn.execute("SELECT * FROM subscriptions ORDER BY created_at, id").fetchall()
         )
-        return [SubscriptionRecord.from_row(r, self.rules.decode) for r in rows]
+        return [SubscriptionRecord.from_row(r, self._db.rules.decode) for r in rows]
 
     async def update_subscription(
         self, sub_id: str, changes: Mapping[str, Any], *, now: int
@@ -180,11 +134,11 @@ class NotificationMethods:
         """Apply `changes` (url, events, description, status); enabling clears the failure clock."""
 
         def update(conn: sqlite3.Connection) -> SubscriptionRecord | None:
-            if _subscription(conn, self.rules, sub_id) is None:
+            if _subscription(conn, self._db.rules, sub_id) is None:
                 return None
             for name, value in changes.items():
                 if name == "events":
-                    value = self.rules.encode(list(value), path="events")
+                    value = self._db.rules.encode(list(value), path="events")
                 assert name in ("url", "events", "description", "status")
                 conn.execute(f"UPDATE subscriptions SET {name} = ? WHERE id = ?", (value, sub_id))  # noqa: S608
             if changes.get("status") == "enabled":
@@ -193,13 +147,13 @@ class NotificationMethods:
                     (sub_id,),
                 )
             conn.execute("UPDATE subscriptions SET updated_at = ? WHERE id = ?", (now, sub_id))
-            return _subscription(conn, self.rules, sub_id)
+            return _subscription(conn, self._db.rules, sub_id)
 
-        return await self._transact(update)
+        return await self._db.transact(update)
 
     async def delete_subscription(self, sub_id: str, *, now: int) -> bool:
         def delete(conn: sqlite3.Connection) -> bool:
-            if _subscription(conn, self.rules, sub_id) is None:
+            if _subscription(conn, self._db.rules, sub_id) is None:
                 return False
             conn.execute(
                 "UPDATE deliveries SET status = 'cancelled', last_error = 'subscription deleted' "
@@ -209,7 +163,7 @@ class NotificationMethods:
             conn.execute("DELETE FROM subscriptions WHERE id = ?", (sub_id,))
             return True
 
-        return await self._transact(delete)
+        return await self._db.transact(delete)
 
     async def rotate_subscription_secret(
         self, sub_id: str, new_secret: str, *, now: int, grace_ms: int
@@ -217,18 +171,23 @@ class NotificationMethods:
         """The old secret keeps signing beside the new one until `now + grace_ms`."""
 
         def rotate(conn: sqlite3.Connection) -> SubscriptionRecord | None:
-            if _subscription(conn, self.rules, sub_id) is None:
+            if _subscription(conn, self._db.rules, sub_id) is None:
                 return None
             conn.execute(
                 """UPDATE subscriptions SET previous_secret = secret, previous_secret_until = ?,
                        secret = ?, updated_at = ? WHERE id = ?""",
                 (now + grace_ms, new_secret, now, sub_id),
             )
-            return _subscription(conn, self.rules, sub_id)
+            return _subscription(conn, self._db.rules, sub_id)
 
-        return await self._transact(rotate)
+        return await self._db.transact(rotate)
 
-    # Deliveries -------------------------------------------------------------------------------
+
+class DeliveryStore:
+    """Deliveries: one per event and destination, leased, attempted, retried."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     async def claim_due_deliveries(
         self, *, now: int, limit: int, lease_ms: int, busy: Mapping[str, int], per_destination: int
@@ -304,7 +263,7 @@ class NotificationMethods:
                     )
             return claimed
 
-        return await self._transact(claim)
+        return await self._db.transact(claim)
 
     async def release_deliveries(self, leases: Sequence[tuple[str, int]]) -> int:
         """Hand back deliveries this process leased but did not attempt to the end (it is
@@ -322,7 +281,7 @@ class NotificationMethods:
                 for delivery_id, lease_until in leases
             )
 
-        return await self._transact(release)
+        return await self._db.transact(release)
 
     async def record_delivery_attempt(
         self, delivery: ClaimedDelivery, result: AttemptResult, *, now: int, disable_after_ms: int
@@ -364,7 +323,7 @@ class NotificationMethods:
             )
             if delivery.subscription_id is None:
                 return
-            sub = _subscription(conn, self.rules, delivery.subscription_id)
+            sub = _subscription(conn, self._db.rules, delivery.subscription_id)
             if sub is None or sub.status != "enabled":
                 return
             if result.delivered:
@@ -374,7 +333,7 @@ class NotificationMethods:
             conn.execute("UPDATE subscriptions SET failing_since = ? WHERE id = ?", (failing_since, sub.id))
             reason = result.disable_subscription
             if reason is None and now - failing_since >= disable_after_ms:
-                reason = f"failing since {self.rules.timestamp(failing_since)}"
+                reason = f"failing since {self._db.rules.timestamp(failing_since)}"
             if reason is not None:
                 conn.execute(
                     "UPDATE subscriptions SET status = 'disabled', disabled_reason = ?, updated_at = ? "
@@ -391,10 +350,10 @@ class NotificationMethods:
                     "subscription.disabled",
                     {"subscription_id": sub.id, "url": sub.url, "reason": reason},
                     now=now,
-                    rules=self.rules,
+                    rules=self._db.rules,
                 )
 
-        await self._transact(record)
+        await self._db.transact(record)
 
     async def redeliver(
         self, delivery_id: str, *, now: int
@@ -413,7 +372,7 @@ class NotificationMethods:
             assert delivery is not None
             return delivery, _delivery_attempts(conn, delivery_id)
 
-        return await self._transact(redeliver)
+        return await self._db.transact(redeliver)
 
     async def recover(self, subscription_id: str, *, since: int, now: int) -> int:
         """Resend every delivery to a subscription that failed since `since`; how many."""
@@ -426,7 +385,7 @@ class NotificationMethods:
             )
             return cursor.rowcount
 
-        return await self._transact(recover)
+        return await self._db.transact(recover)
 
     async def list_deliveries(
         self, *, subscription_id: str | None = None, job_id: str | None = None, limit: int = 100
@@ -439,7 +398,7 @@ class NotificationMethods:
             rows = conn.execute(sql, (value, limit)).fetchall()
             return [(DeliveryRecord.from_row(row), _delivery_attempts(conn, row["id"])) for row in rows]
 
-        return await self._query(list_them)
+        return await self._db.query(list_them)
 
     async def pending_delivery_due(self, *, exclude: Sequence[str] = ()) -> int | None:
         """When the next pending delivery falls due, leaving out destinations in `exclude`
@@ -450,13 +409,18 @@ class NotificationMethods:
             "SELECT MIN(MAX(next_attempt_at, lease_until)) FROM deliveries "  # noqa: S608
             f"WHERE status = 'pending' {not_excluded}"
         )
-        row = await self._query(lambda conn: conn.execute(sql, tuple(exclude)).fetchone())
+        row = await self._db.query(lambda conn: conn.execute(sql, tuple(exclude)).fetchone())
         return row[0] if row and row[0] is not None else None
 
-    # The event log ----------------------------------------------------------------------------
+
+class EventStore:
+    """The event log, read in order by the event stream."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     async def latest_event_seq(self) -> int:
-        row = await self._query(lambda conn: conn.execute("SELECT MAX(seq) FROM events").fetchone())
+        row = await self._db.query(lambda conn: conn.execute("SELECT MAX(seq) FROM events").fetchone())
         return int(row[0]) if row and row[0] is not None else 0
 
     async def list_events(
@@ -471,16 +435,12 @@ class NotificationMethods:
             clauses.append(f"type IN ({','.join('?' * len(types))})")
             params.extend(types)
         sql = f"SELECT * FROM events WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ?"  # noqa: S608
-        rows = await self._query(lambda conn: conn.execute(sql, [*params, limit]).fetchall())
+        rows = await self._db.query(lambda conn: conn.execute(sql, [*params, limit]).fetchall())
         return [EventRecord.from_row(r) for r in rows]
 
 
 _DELIVERIES_SQL = """SELECT d.*, e.id AS event_id, e.type AS event_type FROM deliveries d
     JOIN events e ON e.seq = d.event_seq WHERE {where} ORDER BY d.created_at DESC, d.id DESC LIMIT ?"""
-
-
-def destination_key(subscription_id: str | None, url: str) -> str:
-    return subscription_id or url
 
 
 _DESTINATION = "COALESCE(subscription_id, url)"  # destination_key, in SQL over deliveries

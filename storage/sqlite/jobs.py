@@ -1,36 +1,36 @@
-"""The store: one method per transaction, named for what it records.
+"""Jobs: one method per transaction, named for what it records.
 
-One aiosqlite connection per process. Each store method is one synchronous function over the
-`sqlite3.Connection`, run in aiosqlite's thread in a single hop (storage/sqlite_thread.py says
-why), so a transaction never awaits anything, let alone the network; a lock keeps coroutines
-from interleaving them. Every write opens with `BEGIN IMMEDIATE` and writes a state change
-together with the work it causes (the transactional outbox): rows in `tasks` that workers carry
-out at least once. sqlite3 errors become StorageUnavailable here and nowhere else.
+A write applies an observation through the state machine the database was opened with
+(storage/rules.py) and writes, in the same transaction, the job's new state, the event the change
+is worth and the work it causes (rows in `tasks`). The bodies below run in the database's thread
+(storage/sqlite/database.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from enum import StrEnum
+from collections.abc import Callable, Sequence
 from functools import partial
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-import aiosqlite
-import anyio
-
-from storage.addresses import AddressMethods
-from storage.errors import IdempotencyConflict, StorageUnavailable, UnknownJob
-from storage.migrations import MIGRATIONS
-from storage.notifications import NotificationMethods, emit_job_event
-from storage.records import AttemptRecord, JobRecord, NewJob, OutputRecord, UploadRecord
-from storage.retention import RetentionMethods
+from storage.errors import IdempotencyConflict, UnknownJob
+from storage.records import (
+    Attempt,
+    AttemptRecord,
+    JobRecord,
+    Judgement,
+    NewJob,
+    Observation,
+    OutputRecord,
+    Recorded,
+    Schedule,
+    StoredOutput,
+    TaskKind,
+    TaskOutcome,
+)
 from storage.rules import JobRules
-from storage.sqlite_thread import check_supported, run_in_connection_thread
+from storage.sqlite.notifications import emit_job_event
 from storage.state import (
     ADOPTED,
     ORPHANED,
@@ -42,147 +42,17 @@ from storage.state import (
     TaskRole,
     Transition,
 )
-from storage.tasks import TaskMethods
 
-T = TypeVar("T")
-
-# An observation (service/jobs.py): opaque here, read only by the rules' state machine.
-Observation = Any
+if TYPE_CHECKING:
+    from storage.sqlite.database import Database
 
 
-class TaskKind(StrEnum):
-    SUBMIT = "submit"
-    POLL = "poll"
-    FETCH = "fetch"
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """When the work a transition causes should run; the caller knows the settings."""
-
-    poll_at: int | None = None
-    fetch_at: int | None = None
-
-
-@dataclass(frozen=True)
-class TaskOutcome:
-    """How the task that produced an observation ends: done, or due again at `retry_at`."""
-
-    task_id: int
-    retry_at: int | None = None
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class Judgement:
-    """What a callback proved: its verdict, the provider state it reports, and what to do."""
-
-    verdict: str
-    state: str | None
-    observation: Observation | None = None
-    confirm_at: int | None = None
-    role: TaskRole = TaskRole.CURRENT  # which provider task it is about (service/adoption.py)
-    task: str | None = None  # the provider task it names
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """What one submit to one provider came to; `outcome` is accepted, rejected,
-    unavailable (will be retried) or failed_over (the next provider is tried)."""
-
-    provider: str
-    outcome: str
-    http_status: int | None = None
-    message: str | None = None
-    provider_job_id: str | None = None
-
-
-@dataclass(frozen=True)
-class StoredOutput:
-    index: int
-    sha256: str
-    content_type: str
-    bytes: int
-    source_url: str | None
-
-
-@dataclass(frozen=True)
-class Recorded:
-    """The job after a write, and what the state machine made of the observation."""
-
-    job: JobRecord
-    transition: Transition | None = None
-    duplicate: bool = False
-
-
-class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
-    def __init__(self, db: aiosqlite.Connection, *, rules: JobRules, public_url: str = "") -> None:
+class JobStore:
+    def __init__(self, db: Database) -> None:
         self._db = db
-        self.rules = rules  # the state machine, event bodies, JSON (storage/rules.py)
-        self._lock = anyio.Lock()
-        self.public_url = public_url  # for the job documents events carry
-
-    @classmethod
-    async def open(
-        cls, path: Path, *, rules: JobRules, synchronous: str = "FULL", public_url: str = ""
-    ) -> Store:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            db = await aiosqlite.connect(path, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise StorageUnavailable(f"cannot open database: {exc}") from exc
-        try:
-            check_supported(db)
-        except RuntimeError:
-            with contextlib.suppress(Exception):  # best effort: the RuntimeError is the news
-                await db.close()
-            raise
-        try:
-            db.row_factory = sqlite3.Row
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute(f"PRAGMA synchronous={synchronous}")
-            await db.execute("PRAGMA busy_timeout=10000")
-            await db.execute("PRAGMA foreign_keys=ON")
-        except sqlite3.Error as exc:
-            raise StorageUnavailable(f"cannot open database: {exc}") from exc
-        store = cls(db, rules=rules, public_url=public_url)
-        await store._transact(partial(_migrate, rules=rules))
-        return store
-
-    async def close(self) -> None:
-        await self._db.close()
-
-    async def _transact(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn` as one write transaction: `BEGIN IMMEDIATE`, `fn`, `COMMIT`, in one hop.
-
-        Anything `fn` raises (a refusal raised by a callable the caller passed in included) rolls the
-        transaction back, so a refused write changes nothing, and is raised here.
-        """
-        return await self._run(partial(_in_transaction, fn))
-
-    async def _query(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn`'s reads in one hop (autocommit: each statement sees committed data)."""
-        return await self._run(partial(_reading, fn))
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        async with self._lock:
-            # Once queued, the thread runs `fn` to the end whatever happens here, so the lock
-            # is held until it has: a cancelled caller still waits out its (short) transaction.
-            with anyio.CancelScope(shield=True):
-                result = await run_in_connection_thread(self._db, fn)
-        return result
-
-    # Reads ------------------------------------------------------------------------------------
-
-    async def ping(self) -> bool:
-        def ping(conn: sqlite3.Connection) -> bool:
-            row = conn.execute("SELECT 1").fetchone()
-            return row is not None and row[0] == 1
-
-        return await self._query(ping)
 
     async def get_job(self, job_id: str) -> JobRecord | None:
-        return await self._query(partial(_select_job, rules=self.rules, job_id=job_id))
+        return await self._db.query(partial(_select_job, rules=self._db.rules, job_id=job_id))
 
     async def list_jobs(
         self, *, status: str | None, limit: int, before: tuple[int, str] | None
@@ -198,8 +68,8 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
             params.extend(before)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = f"SELECT * FROM jobs {where} ORDER BY created_at DESC, id DESC LIMIT ?"  # noqa: S608
-        rows = await self._query(lambda conn: conn.execute(sql, [*params, limit]).fetchall())
-        return [JobRecord.from_row(r, self.rules.decode) for r in rows]
+        rows = await self._db.query(lambda conn: conn.execute(sql, [*params, limit]).fetchall())
+        return [JobRecord.from_row(r, self._db.rules.decode) for r in rows]
 
     async def get_outputs(self, job_ids: Sequence[str]) -> dict[str, list[OutputRecord]]:
         result: dict[str, list[OutputRecord]] = {job_id: [] for job_id in job_ids}
@@ -207,12 +77,12 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
             return result
         marks = ",".join("?" * len(job_ids))
         sql = f"SELECT * FROM outputs WHERE job_id IN ({marks}) ORDER BY job_id, idx"  # noqa: S608
-        for row in await self._query(lambda conn: conn.execute(sql, list(job_ids)).fetchall()):
+        for row in await self._db.query(lambda conn: conn.execute(sql, list(job_ids)).fetchall()):
             result[row["job_id"]].append(OutputRecord.from_row(row))
         return result
 
     async def get_output(self, job_id: str, index: int) -> OutputRecord | None:
-        row = await self._query(
+        row = await self._db.query(
             lambda conn: conn.execute(
                 "SELECT * FROM outputs WHERE job_id = ? AND idx = ?", (job_id, index)
             ).fetchone()
@@ -225,15 +95,9 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
             return result
         marks = ",".join("?" * len(job_ids))
         sql = f"SELECT * FROM attempts WHERE job_id IN ({marks}) ORDER BY id"  # noqa: S608
-        for row in await self._query(lambda conn: conn.execute(sql, list(job_ids)).fetchall()):
+        for row in await self._db.query(lambda conn: conn.execute(sql, list(job_ids)).fetchall()):
             result[row["job_id"]].append(AttemptRecord.from_row(row))
         return result
-
-    async def get_upload(self, upload_id: str) -> UploadRecord | None:
-        row = await self._query(
-            lambda conn: conn.execute("SELECT * FROM uploads WHERE id = ?", (upload_id,)).fetchone()
-        )
-        return UploadRecord.from_row(row) if row else None
 
     # Writes -----------------------------------------------------------------------------------
 
@@ -246,11 +110,11 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
                     "SELECT * FROM jobs WHERE idempotency_key = ?", (new.idempotency_key,)
                 ).fetchone()
                 if row is not None:
-                    existing = JobRecord.from_row(row, self.rules.decode)
+                    existing = JobRecord.from_row(row, self._db.rules.decode)
                     if existing.request_hash != new.request_hash:
                         raise IdempotencyConflict(existing.id)
                     return existing, False
-            encode = self.rules.encode
+            encode = self._db.rules.encode
             conn.execute(
                 """INSERT INTO jobs (id, provider, model, status, input, metadata, webhook_secret,
                        idempotency_key, request_hash, created_at, updated_at, deadline_at, candidates,
@@ -263,9 +127,9 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
                  encode(list(new.webhook_events), path="webhook_events")),
             )
             _upsert_task(conn, new.id, TaskKind.SUBMIT, now, now)
-            return _must_select_job(conn, self.rules, new.id), True
+            return _must_select_job(conn, self._db.rules, new.id), True
 
-        return await self._transact(create)
+        return await self._db.transact(create)
 
     async def record_observation(
         self,
@@ -280,7 +144,7 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
         """Apply one observation and write the job, its follow-up work and `task`'s end."""
 
         def record(conn: sqlite3.Connection) -> Recorded | None:
-            job = _select_job(conn, self.rules, job_id)
+            job = _select_job(conn, self._db.rules, job_id)
             if job is None:
                 if task is not None:
                     conn.execute("DELETE FROM tasks WHERE id = ?", (task.task_id,))
@@ -288,12 +152,12 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
             if counted_poll:
                 conn.execute("UPDATE jobs SET poll_count = poll_count + 1 WHERE id = ?", (job_id,))
             transition = _apply_in_tx(conn, job, observation, now=now, schedule=schedule,
-                                      rules=self.rules, public_url=self.public_url)
+                                      rules=self._db.rules, public_url=self._db.public_url)
             if task is not None:
                 _end_task(conn, task, transition.state)
-            return Recorded(_must_select_job(conn, self.rules, job_id), transition)
+            return Recorded(_must_select_job(conn, self._db.rules, job_id), transition)
 
-        return await self._transact(record)
+        return await self._db.transact(record)
 
     async def record_callback(
         self,
@@ -316,7 +180,7 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
         digest = hashlib.sha256(body).hexdigest()
 
         def record(conn: sqlite3.Connection) -> Recorded:
-            job = _select_job(conn, self.rules, job_id)
+            job = _select_job(conn, self._db.rules, job_id)
             if job is None:
                 raise UnknownJob(job_id)
             judgement = judge(job, _select_attempts(conn, job_id))
@@ -333,22 +197,23 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
             observation, confirm_at = judgement.observation, judgement.confirm_at
             if judgement.role in (TaskRole.ADOPT, TaskRole.ORPHAN) and judgement.task:
                 transition = _take_task(conn, job, provider, judgement.task, observation, now=now,
-                                        schedule=schedule, rules=self.rules, public_url=self.public_url,
+                                        schedule=schedule, rules=self._db.rules,
+                                        public_url=self._db.public_url,
                                         how="named by a verified callback")
             elif observation is not None:
                 transition = _apply_in_tx(conn, job, observation, now=now, schedule=schedule,
-                                          rules=self.rules, public_url=self.public_url)
+                                          rules=self._db.rules, public_url=self._db.public_url)
             elif confirm_at is not None and job.state.awaiting_provider and not duplicate:
                 # A byte-identical repeat (a provider retrying) has already asked for its poll.
                 _upsert_task(conn, job_id, TaskKind.POLL, confirm_at, now)
-            return Recorded(_must_select_job(conn, self.rules, job_id), transition, duplicate)
+            return Recorded(_must_select_job(conn, self._db.rules, job_id), transition, duplicate)
 
-        return await self._transact(record)
+        return await self._db.transact(record)
 
     async def named_tasks(self, job_id: str, provider: str) -> list[str]:
         """Provider tasks that unsigned callbacks for this job named, oldest first (a task a poll
         refuted is never named again)."""
-        rows = await self._query(
+        rows = await self._db.query(
             lambda conn: conn.execute(
                 """SELECT provider_job_id FROM callbacks
                    WHERE job_id = ? AND provider = ? AND verdict = 'unsigned'
@@ -373,7 +238,7 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
                 (job_id, task),
             )
 
-        await self._transact(refute)
+        await self._db.transact(refute)
 
     async def adopt_task(
         self,
@@ -389,16 +254,16 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
         orphan when the job already has a task of its own (service/adoption.py)."""
 
         def adopt(conn: sqlite3.Connection) -> Recorded | None:
-            job = _select_job(conn, self.rules, job_id)
+            job = _select_job(conn, self._db.rules, job_id)
             if job is None:
                 return None
             conn.execute("UPDATE jobs SET poll_count = poll_count + 1 WHERE id = ?", (job_id,))
             transition = _take_task(conn, job, provider, task, observation, now=now, schedule=schedule,
-                                    rules=self.rules, public_url=self.public_url,
+                                    rules=self._db.rules, public_url=self._db.public_url,
                                     how="confirmed by polling it")
-            return Recorded(_must_select_job(conn, self.rules, job_id), transition)
+            return Recorded(_must_select_job(conn, self._db.rules, job_id), transition)
 
-        return await self._transact(adopt)
+        return await self._db.transact(adopt)
 
     async def record_outputs(
         self,
@@ -412,7 +277,7 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
         """Keep the stored outputs' records and mark the job succeeded, in one transaction."""
 
         def record(conn: sqlite3.Connection) -> Recorded | None:
-            job = _select_job(conn, self.rules, job_id)
+            job = _select_job(conn, self._db.rules, job_id)
             if job is None:
                 conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
                 return None
@@ -423,11 +288,11 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
                  for out in outputs],
             )
             transition = _apply_in_tx(conn, job, observation, now=now, schedule=Schedule(),
-                                      rules=self.rules, public_url=self.public_url)
+                                      rules=self._db.rules, public_url=self._db.public_url)
             conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
-            return Recorded(_must_select_job(conn, self.rules, job_id), transition)
+            return Recorded(_must_select_job(conn, self._db.rules, job_id), transition)
 
-        return await self._transact(record)
+        return await self._db.transact(record)
 
     async def begin_submit(
         self, job_id: str, provider: str, *, now: int, reuse: int | None = None
@@ -437,7 +302,7 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
         queued. `reuse` re-sends over an earlier attempt (an idempotent provider)."""
 
         def begin(conn: sqlite3.Connection) -> int | None:
-            job = _select_job(conn, self.rules, job_id)
+            job = _select_job(conn, self._db.rules, job_id)
             if job is None or job.status is not JobStatus.QUEUED or job.provider != provider:
                 return None
             if reuse is not None:
@@ -449,7 +314,7 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
             )
             return cursor.lastrowid
 
-        return await self._transact(begin)
+        return await self._db.transact(begin)
 
     async def record_submit(
         self,
@@ -468,7 +333,7 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
         provider), and the submit task's end, in one transaction."""
 
         def record(conn: sqlite3.Connection) -> Recorded | None:
-            job = _select_job(conn, self.rules, job_id)
+            job = _select_job(conn, self._db.rules, job_id)
             if job is None:
                 conn.execute("DELETE FROM tasks WHERE id = ?", (task.task_id,))
                 return None
@@ -479,83 +344,11 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
                              (switch_to, now, job_id))
             if observation is not None:
                 transition = _apply_in_tx(conn, job, observation, now=now, schedule=schedule,
-                                          rules=self.rules, public_url=self.public_url)
+                                          rules=self._db.rules, public_url=self._db.public_url)
             _end_task(conn, task, transition.state if transition else job.state)
-            return Recorded(_must_select_job(conn, self.rules, job_id), transition)
+            return Recorded(_must_select_job(conn, self._db.rules, job_id), transition)
 
-        return await self._transact(record)
-
-    async def record_upload(self, upload: UploadRecord) -> None:
-        def record(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO uploads (id, sha256, content_type, bytes, created_at, expires_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (upload.id, upload.sha256, upload.content_type, upload.bytes, upload.created_at,
-                 upload.expires_at),
-            )
-
-        await self._transact(record)
-
-
-# How a transaction runs (in the database thread) ------------------------------------------------
-
-
-def _in_transaction(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.Error as exc:
-        raise StorageUnavailable(f"database busy or unavailable: {exc}") from exc
-    try:
-        result = fn(conn)
-    except BaseException as exc:
-        _roll_back(conn)
-        if isinstance(exc, sqlite3.Error):
-            raise StorageUnavailable(f"database write failed: {exc}") from exc
-        raise
-    try:
-        conn.execute("COMMIT")
-    except sqlite3.Error as exc:
-        _roll_back(conn)
-        raise StorageUnavailable(f"commit failed: {exc}") from exc
-    return result
-
-
-def _roll_back(conn: sqlite3.Connection) -> None:
-    # Some errors (SQLITE_FULL, SQLITE_IOERR, ...) have already rolled the transaction back.
-    if conn.in_transaction:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-
-
-def _reading(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
-    try:
-        return fn(conn)
-    except sqlite3.Error as exc:
-        raise StorageUnavailable(f"database read failed: {exc}") from exc
-
-
-def _migrate(conn: sqlite3.Connection, *, rules: JobRules) -> None:
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    for number, step in enumerate(MIGRATIONS, start=1):
-        if number <= version:
-            continue
-        if callable(step):  # a repair of stored rows, which SQL alone cannot express
-            step(conn, rules)
-        else:
-            for statement in _statements(step):
-                conn.execute(statement)
-        conn.execute(f"PRAGMA user_version={number}")
-
-
-def _statements(script: str) -> Iterator[str]:
-    """The statements of a script, in order; a trigger's body keeps its own semicolons."""
-    pending = ""
-    for piece in script.split(";"):
-        pending += piece + ";"
-        if sqlite3.complete_statement(pending):
-            if pending.strip(" \n;"):
-                yield pending.strip()
-            pending = ""
+        return await self._db.transact(record)
 
 
 # Transaction bodies (they run inside `_transact`) -----------------------------------------------
