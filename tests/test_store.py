@@ -90,7 +90,7 @@ async def test_store_refuses_to_open_on_an_aiosqlite_without_the_hooks(
 ):
     # Stands in for an aiosqlite release that renamed the private method the store relies on.
     monkeypatch.delattr(aiosqlite.Connection, "_execute")
-    with pytest.raises(RuntimeError, match=r"storage/sqlite_thread\.py"):
+    with pytest.raises(RuntimeError, match=r"storage/sqlite/thread\.py"):
         await Database.open(tmp_path / "fluxhook.db", rules=JOB_RULES)
 
 

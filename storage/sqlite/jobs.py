@@ -351,7 +351,7 @@ class JobStore:
         return await self._db.transact(record)
 
 
-# Transaction bodies (they run inside `_transact`) -----------------------------------------------
+# Transaction bodies (they run inside `Database.transact`) ----------------------------------------
 
 
 def _select_job(conn: sqlite3.Connection, rules: JobRules, job_id: str) -> JobRecord | None:

@@ -446,7 +446,7 @@ _DELIVERIES_SQL = """SELECT d.*, e.id AS event_id, e.type AS event_type FROM del
 _DESTINATION = "COALESCE(subscription_id, url)"  # destination_key, in SQL over deliveries
 
 
-# Transaction bodies' shared reads (they run inside `Store._transact` or `Store._query`) ----------
+# Transaction bodies' shared reads (they run inside `Database.transact` or `Database.query`) ----
 
 
 def _subscription(conn: sqlite3.Connection, rules: JobRules, sub_id: str) -> SubscriptionRecord | None:
