@@ -308,11 +308,11 @@ class JobStore:
             if reuse is not None:
                 conn.execute("UPDATE attempts SET message = NULL WHERE id = ?", (reuse,))
                 return reuse
-            cursor = conn.execute(
-                "INSERT INTO attempts (job_id, provider, outcome, at) VALUES (?, ?, ?, ?)",
+            row = conn.execute(
+                "INSERT INTO attempts (job_id, provider, outcome, at) VALUES (?, ?, ?, ?) RETURNING id",
                 (job_id, provider, UNKNOWN, now),
-            )
-            return cursor.lastrowid
+            ).fetchone()
+            return int(row[0])
 
         return await self._db.transact(begin)
 
@@ -542,6 +542,7 @@ def _upsert_task(conn: sqlite3.Connection, job_id: str, kind: TaskKind, due_at: 
     # One live task per job and kind; asking again only ever brings it forward.
     conn.execute(
         """INSERT INTO tasks (job_id, kind, due_at, created_at) VALUES (?, ?, ?, ?)
-           ON CONFLICT (job_id, kind) DO UPDATE SET due_at = MIN(due_at, excluded.due_at)""",
+           ON CONFLICT (job_id, kind) DO UPDATE SET due_at = CASE
+               WHEN excluded.due_at < tasks.due_at THEN excluded.due_at ELSE tasks.due_at END""",
         (job_id, kind.value, due_at, now),
     )

@@ -47,11 +47,11 @@ def emit_job_event(
     event_id = rules.new_id("evt", now)
     body = rules.job_event(job, outputs, attempts, event_id=event_id, event_type=event_type, now=now,
                            sequence=sequence, public_url=public_url)
-    cursor = conn.execute(
-        "INSERT INTO events (id, job_id, job_seq, type, body, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+    seq = int(conn.execute(
+        "INSERT INTO events (id, job_id, job_seq, type, body, created_at) VALUES (?, ?, ?, ?, ?, ?) "
+        "RETURNING seq",
         (event_id, job.id, sequence, event_type, body, now),
-    )
-    seq = int(cursor.lastrowid or 0)
+    ).fetchone()[0])
     _fan_out(conn, seq, event_type, job_id=job.id, now=now, rules=rules)
     if job.webhook_url and (not job.webhook_events or event_type in job.webhook_events):
         _add_delivery(conn, seq, None, job.id, job.webhook_url, now, rules)
@@ -63,11 +63,11 @@ def emit_system_event(
 ) -> int:
     event_id = rules.new_id("evt", now)
     body = rules.system_event(data, event_id=event_id, event_type=event_type, now=now)
-    cursor = conn.execute(
-        "INSERT INTO events (id, job_id, job_seq, type, body, created_at) VALUES (?, NULL, NULL, ?, ?, ?)",
+    seq = int(conn.execute(
+        "INSERT INTO events (id, job_id, job_seq, type, body, created_at) VALUES (?, NULL, NULL, ?, ?, ?) "
+        "RETURNING seq",
         (event_id, event_type, body, now),
-    )
-    seq = int(cursor.lastrowid or 0)
+    ).fetchone()[0])
     _fan_out(conn, seq, event_type, job_id=None, now=now, rules=rules)
     return seq
 
@@ -274,7 +274,8 @@ class DeliveryStore:
         def release(conn: sqlite3.Connection) -> int:
             return sum(
                 conn.execute(
-                    "UPDATE deliveries SET lease_until = 0, attempts = MAX(attempts - 1, 0) "
+                    "UPDATE deliveries SET lease_until = 0, "
+                    "attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END "
                     "WHERE id = ? AND lease_until = ? AND status = 'pending'",
                     (delivery_id, lease_until),
                 ).rowcount
@@ -406,7 +407,8 @@ class DeliveryStore:
         already-due rows would only make it spin)."""
         not_excluded = f"AND {_DESTINATION} NOT IN ({','.join('?' * len(exclude))})" if exclude else ""
         sql = (
-            "SELECT MIN(MAX(next_attempt_at, lease_until)) FROM deliveries "  # noqa: S608
+            "SELECT MIN(CASE WHEN next_attempt_at > lease_until "  # noqa: S608
+            "THEN next_attempt_at ELSE lease_until END) FROM deliveries "
             f"WHERE status = 'pending' {not_excluded}"
         )
         row = await self._db.query(lambda conn: conn.execute(sql, tuple(exclude)).fetchone())

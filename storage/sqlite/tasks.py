@@ -101,7 +101,8 @@ class TaskStore:
         def release(conn: sqlite3.Connection) -> int:
             return sum(
                 conn.execute(
-                    "UPDATE tasks SET lease_until = 0, attempts = MAX(attempts - 1, 0) "
+                    "UPDATE tasks SET lease_until = 0, "
+                    "attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END "
                     "WHERE id = ? AND lease_until = ?",
                     (task_id, lease_until),
                 ).rowcount
@@ -213,7 +214,8 @@ def _needs_no_place(row: sqlite3.Row) -> bool:
 def _next_due(conn: sqlite3.Connection, now: int, caps: SubmitCaps) -> int | None:
     times: list[int] = []
     row = conn.execute(
-        "SELECT MIN(MAX(due_at, lease_until)) FROM tasks WHERE kind != 'submit'"
+        "SELECT MIN(CASE WHEN due_at > lease_until THEN due_at ELSE lease_until END) FROM tasks "
+        "WHERE kind != 'submit'"
     ).fetchone()
     if row[0] is not None:
         times.append(row[0])
