@@ -13,7 +13,9 @@ import pytest
 from service.app import open_context
 from service.context import WorkContext
 from service.ids import new_job_id, new_webhook_secret
+from service.rules import JOB_RULES
 from service.settings import Settings
+from storage import open_database, sqlite_url
 from storage.records import JobRecord, NewJob
 
 START_MS = 1_790_000_000_000
@@ -58,6 +60,23 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
         return Settings.from_env(merged)
 
     return make
+
+
+# The storage backends the store tests run against; storage/postgres/ adds "postgres".
+BACKENDS = ["sqlite"]
+
+
+@pytest.fixture(params=BACKENDS)
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    """A fresh, migrated database with its stores (service/contracts.py `Stores`), per backend.
+    Its `transact`/`query` take the backend's own connection: tests that use them are that
+    backend's."""
+    assert request.param == "sqlite", request.param
+    database = await open_database(sqlite_url(tmp_path / "fluxhook.db"), rules=JOB_RULES)
+    try:
+        yield database
+    finally:
+        await database.close()
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,12 +26,8 @@ BFL_4 = SubmitCaps({"bfl": 4, "cometapi": None})
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Database]:
-    store = await Database.open(tmp_path / "fluxhook.db", rules=JOB_RULES)
-    try:
-        yield store
-    finally:
-        await store.close()
+def store(database: Database) -> Database:
+    return database  # every backend (tests/conftest.py BACKENDS)
 
 
 async def queued(store: Database, n: int, *, provider: str = "bfl", model: str = "flux-pro-1.1",
