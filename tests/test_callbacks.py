@@ -228,3 +228,13 @@ async def test_a_repeated_unsigned_hint_asks_for_its_confirming_poll_only_once(a
     repeat = await api.client.post(path, content=body)
     assert repeat.json()["duplicate"] is True
     assert await api.ctx.store.tasks.get_tasks(job["id"]) == [after_poll]  # not pulled forward again
+
+
+async def test_a_valid_token_for_a_job_the_store_does_not_have_is_refused_as_unknown_job(api):
+    # The store raises a storage error (UnknownJob); service/callbacks.py makes it this 403.
+    path = f"/v1/callbacks/bfl/{api.ctx.tokens.issue('bfl', 'job_gone')}"
+    body = ready_body("task-fox")
+
+    response = await api.client.post(path, content=body, headers={"Content-Type": "application/json"})
+
+    assert_error_shape(response, 403, "unknown_job")
