@@ -35,9 +35,10 @@ sys.path.insert(0, str(ROOT))
 
 from service.ids import new_job_id, new_webhook_secret  # noqa: E402
 from service.jobs import Submitted  # noqa: E402
+from service.rules import JOB_RULES  # noqa: E402
 from service.tokens import CallbackTokens  # noqa: E402
 from storage.records import NewJob  # noqa: E402
-from storage.store import Store  # noqa: E402
+from storage.sqlite.database import Database  # noqa: E402
 
 SECRET_KEY = "bench-secret-key"  # noqa: S105 - a throwaway key for a throwaway data dir
 
@@ -50,16 +51,16 @@ def free_port() -> int:
 
 async def seed_jobs(data_dir: Path, count: int) -> list[tuple[str, bytes, dict[str, str]]]:
     """`count` submitted jobs, and for each the path, body and headers of its signed callback."""
-    store = await Store.open(data_dir / "fluxhook.db", synchronous="NORMAL")
+    store = await Database.open(data_dir / "fluxhook.db", synchronous="NORMAL", rules=JOB_RULES)
     tokens = CallbackTokens(SECRET_KEY)
     requests = []
     now = int(time.time() * 1000)
     for n in range(count):
         secret = new_webhook_secret()
         job_id = new_job_id(now + n)
-        await store.create_job(NewJob(job_id, "bfl", "flux-pro-1.1", {"prompt": f"bench {n}"}, {},
+        await store.jobs.create_job(NewJob(job_id, "bfl", "flux-pro-1.1", {"prompt": f"bench {n}"}, {},
                                       secret, None, None, now + 3_600_000), now=now)
-        await store.record_observation(job_id, Submitted(f"task-{n}"), now=now)
+        await store.jobs.record_observation(job_id, Submitted(f"task-{n}"), now=now)
         body = json.dumps({"id": f"task-{n}", "status": "Ready", "timestamp": "2026-11-22T10:00:00Z",
                            "result": {"sample": f"https://delivery.eu1.bfl.ai/r/{n}/sample.jpeg",
                                       "prompt": f"bench {n}", "seed": n}}).encode()

@@ -10,8 +10,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from service.errors import ApiError, JsonRefused
+from service.errors import ApiError, JsonRefused, StoreUnavailable
 from service.strict_json import dumps, loads, repair_text
+from storage.errors import StorageUnavailable
 
 log = logging.getLogger("fluxhook.http")
 
@@ -51,6 +52,13 @@ async def json_refused(request: Request, exc: Exception) -> Response:
     return error_response(error.status_code, error.code, error.message, error.details)
 
 
+async def storage_unavailable(request: Request, exc: Exception) -> Response:
+    # The storage layer raises storage errors; this is where one becomes the API's 503.
+    assert isinstance(exc, StorageUnavailable)
+    error = StoreUnavailable(str(exc))
+    return error_response(error.status_code, error.code, error.message, error.details)
+
+
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
@@ -68,6 +76,7 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS = {
     ApiError: api_error,
     JsonRefused: json_refused,
+    StorageUnavailable: storage_unavailable,
     HTTPException: http_error,
     Exception: unexpected_error,
 }

@@ -10,7 +10,7 @@ from starlette.responses import Response, StreamingResponse
 
 from service.context import WorkContext
 from service.errors import ValidationFailed
-from storage.notifications import EVENT_TYPES
+from storage.records import EVENT_TYPES
 
 KEEPALIVE_S = 15.0
 MAX_EVENT_ID = 2**63 - 1  # SQLite's largest INTEGER, so the largest seq
@@ -39,7 +39,7 @@ async def stream_events(request: Request) -> Response:
             "Last-Event-ID must be an event id this stream sent",
             details=[{"field": "Last-Event-ID", "rule": "format", "expected": "integer"}],
         )
-    after = int(resume) if resume is not None else await ctx.store.latest_event_seq()
+    after = int(resume) if resume is not None else await ctx.store.events.latest_event_seq()
     return StreamingResponse(
         _events(ctx, after=after, job_id=params.get("job_id"), types=types),
         media_type="text/event-stream",
@@ -54,7 +54,7 @@ async def _events(
     quiet = 0.0
     while True:
         signal = ctx.signals.events.current()
-        events = await ctx.store.list_events(after=after, job_id=job_id, types=types, limit=200)
+        events = await ctx.store.events.list_events(after=after, job_id=job_id, types=types, limit=200)
         for event in events:
             after = event.seq
             yield f"id: {event.seq}\nevent: {event.type}\ndata: {event.body.decode()}\n\n"

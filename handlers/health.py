@@ -7,14 +7,14 @@ from starlette.responses import JSONResponse, Response
 
 from handlers.errors import error_response
 from service.context import WorkContext
-from service.errors import StoreUnavailable
+from storage.errors import StorageUnavailable
 
 
 async def healthz(request: Request) -> Response:
     ctx: WorkContext = request.state.ctx
     try:
         ok = await ctx.store.ping()
-    except StoreUnavailable:
+    except StorageUnavailable:
         ok = False
     if not ok:
         return error_response(503, "store_unavailable", "database does not answer")

@@ -13,15 +13,16 @@ from handlers.blobs import serve_blob
 from handlers.body import read_json
 from service.cancellation import cancel_job as cancel
 from service.context import WorkContext
+from service.cursors import decode_cursor, encode_cursor
 from service.documents import job_document
-from service.errors import Gone, NotFound, ValidationFailed
+from service.errors import Conflict, Gone, NotFound, ValidationFailed
 from service.ids import new_job_id, new_webhook_secret
 from service.parsing import parse_count
 from service.retention import delete_job as delete
 from service.submissions import parse_job_request
 from service.subscriptions import parse_job_destination
+from storage.errors import IdempotencyConflict
 from storage.records import JobRecord, NewJob
-from storage.store import decode_cursor, encode_cursor
 
 MAX_IDEMPOTENCY_KEY = 255
 MAX_WAIT_S = 60
@@ -35,8 +36,8 @@ def _ctx(request: Request) -> WorkContext:
 
 async def documents(ctx: WorkContext, jobs: list[JobRecord]) -> list[dict[str, Any]]:
     ids = [job.id for job in jobs]
-    outputs = await ctx.store.get_outputs(ids)
-    attempts = await ctx.store.get_attempts(ids)
+    outputs = await ctx.store.jobs.get_outputs(ids)
+    attempts = await ctx.store.jobs.get_attempts(ids)
     return [job_document(job, outputs[job.id], ctx.settings.public_url, attempts[job.id]) for job in jobs]
 
 
@@ -72,7 +73,14 @@ async def create_job(request: Request) -> Response:
         webhook_url=webhook_url,
         webhook_events=webhook_events,
     )
-    job, created = await ctx.store.create_job(new, now=now)
+    try:
+        job, created = await ctx.store.jobs.create_job(new, now=now)
+    except IdempotencyConflict as exc:
+        raise Conflict(
+            "Idempotency-Key was already used with a different request body",
+            code="idempotency_key_reused",
+            details=[{"field": "Idempotency-Key", "rule": "same_body", "job_id": exc.job_id}],
+        ) from exc
     if created:
         ctx.nudge()
     headers = {"Location": f"/v1/jobs/{job.id}"}
@@ -87,7 +95,7 @@ async def get_job(request: Request) -> Response:
     ctx = _ctx(request)
     job_id = request.path_params["job_id"]
     wait = _wait(request.query_params.get("wait"))
-    job = await ctx.store.get_job(job_id)
+    job = await ctx.store.jobs.get_job(job_id)
     if job is None:
         raise NotFound(f"no job {job_id!r}", details=[{"field": "job_id", "rule": "exists"}])
     with anyio.move_on_after(wait):
@@ -95,7 +103,7 @@ async def get_job(request: Request) -> Response:
             signal = ctx.signals.events.current()
             with anyio.move_on_after(ctx.settings.worker_idle_s):
                 await signal.wait()
-            job = await ctx.store.get_job(job_id) or job
+            job = await ctx.store.jobs.get_job(job_id) or job
     [document] = await documents(ctx, [job])
     return JSONResponse(document)
 
@@ -128,7 +136,7 @@ async def list_jobs(request: Request) -> Response:
     limit = _limit(params.get("limit"))
     cursor = params.get("cursor")
     before = decode_cursor(cursor) if cursor else None
-    jobs = await ctx.store.list_jobs(status=status, limit=limit + 1, before=before)
+    jobs = await ctx.store.jobs.list_jobs(status=status, limit=limit + 1, before=before)
     page, more = jobs[:limit], len(jobs) > limit
     return JSONResponse(
         {
@@ -148,12 +156,12 @@ async def get_output(request: Request) -> Response:
             "index must be a non-negative integer",
             details=[{"field": "index", "rule": "type", "expected": "integer"}],
         )
-    output = await ctx.store.get_output(job_id, index)
+    output = await ctx.store.jobs.get_output(job_id, index)
     if output is None:
         raise NotFound(
             f"job {job_id!r} has no stored output {raw_index}", details=[{"field": "index", "rule": "exists"}]
         )
-    job = await ctx.store.get_job(job_id)
+    job = await ctx.store.jobs.get_job(job_id)
     if job is not None and job.outputs_deleted_at is not None:
         raise Gone(
             f"job {job_id!r}'s outputs were removed",

@@ -31,19 +31,19 @@ def _missing(sub_id: str) -> NotFound:
 async def create_subscription(request: Request) -> Response:
     ctx = _ctx(request)
     new = parse_new_subscription(ctx, await read_json(request, limit=ctx.settings.max_body_bytes))
-    sub = await ctx.store.create_subscription(new)
+    sub = await ctx.store.subscriptions.create_subscription(new)
     # The secret is shown here, once; later reads never include it.
     return JSONResponse(subscription_document(sub, with_secret=True), status_code=201)
 
 
 async def list_subscriptions(request: Request) -> Response:
-    subs = await _ctx(request).store.list_subscriptions()
+    subs = await _ctx(request).store.subscriptions.list_subscriptions()
     return JSONResponse({"data": [subscription_document(s) for s in subs]})
 
 
 async def get_subscription(request: Request) -> Response:
     sub_id = request.path_params["subscription_id"]
-    sub = await _ctx(request).store.get_subscription(sub_id)
+    sub = await _ctx(request).store.subscriptions.get_subscription(sub_id)
     if sub is None:
         raise _missing(sub_id)
     return JSONResponse(subscription_document(sub))
@@ -53,7 +53,7 @@ async def update_subscription(request: Request) -> Response:
     ctx = _ctx(request)
     sub_id = request.path_params["subscription_id"]
     changes = parse_subscription_changes(ctx, await read_json(request, limit=ctx.settings.max_body_bytes))
-    sub = await ctx.store.update_subscription(sub_id, changes, now=ctx.clock())
+    sub = await ctx.store.subscriptions.update_subscription(sub_id, changes, now=ctx.clock())
     if sub is None:
         raise _missing(sub_id)
     return JSONResponse(subscription_document(sub))
@@ -62,7 +62,7 @@ async def update_subscription(request: Request) -> Response:
 async def delete_subscription(request: Request) -> Response:
     ctx = _ctx(request)
     sub_id = request.path_params["subscription_id"]
-    if not await ctx.store.delete_subscription(sub_id, now=ctx.clock()):
+    if not await ctx.store.subscriptions.delete_subscription(sub_id, now=ctx.clock()):
         raise _missing(sub_id)
     return Response(status_code=204)
 
@@ -70,7 +70,7 @@ async def delete_subscription(request: Request) -> Response:
 async def rotate_secret(request: Request) -> Response:
     ctx = _ctx(request)
     sub_id = request.path_params["subscription_id"]
-    sub = await ctx.store.rotate_subscription_secret(
+    sub = await ctx.store.subscriptions.rotate_subscription_secret(
         sub_id, new_secret(), now=ctx.clock(), grace_ms=ctx.ms(ROTATION_GRACE_S)
     )
     if sub is None:
@@ -81,9 +81,9 @@ async def rotate_secret(request: Request) -> Response:
 async def subscription_deliveries(request: Request) -> Response:
     ctx = _ctx(request)
     sub_id = request.path_params["subscription_id"]
-    if await ctx.store.get_subscription(sub_id) is None:
+    if await ctx.store.subscriptions.get_subscription(sub_id) is None:
         raise _missing(sub_id)
-    rows = await ctx.store.list_deliveries(subscription_id=sub_id)
+    rows = await ctx.store.deliveries.list_deliveries(subscription_id=sub_id)
     return JSONResponse({"data": [delivery_document(d, a) for d, a in rows]})
 
 
@@ -91,9 +91,9 @@ async def recover(request: Request) -> Response:
     ctx = _ctx(request)
     sub_id = request.path_params["subscription_id"]
     since = parse_since(request.query_params.get("since"))
-    if await ctx.store.get_subscription(sub_id) is None:
+    if await ctx.store.subscriptions.get_subscription(sub_id) is None:
         raise _missing(sub_id)
-    count = await ctx.store.recover(sub_id, since=since, now=ctx.clock())
+    count = await ctx.store.deliveries.recover(sub_id, since=since, now=ctx.clock())
     ctx.nudge()
     return JSONResponse({"recovered": count}, status_code=202)
 
@@ -101,16 +101,16 @@ async def recover(request: Request) -> Response:
 async def job_deliveries(request: Request) -> Response:
     ctx = _ctx(request)
     job_id = request.path_params["job_id"]
-    if await ctx.store.get_job(job_id) is None:
+    if await ctx.store.jobs.get_job(job_id) is None:
         raise NotFound(f"no job {job_id!r}", details=[{"field": "job_id", "rule": "exists"}])
-    rows = await ctx.store.list_deliveries(job_id=job_id)
+    rows = await ctx.store.deliveries.list_deliveries(job_id=job_id)
     return JSONResponse({"data": [delivery_document(d, a) for d, a in rows]})
 
 
 async def redeliver(request: Request) -> Response:
     ctx = _ctx(request)
     delivery_id = request.path_params["delivery_id"]
-    found = await ctx.store.redeliver(delivery_id, now=ctx.clock())
+    found = await ctx.store.deliveries.redeliver(delivery_id, now=ctx.clock())
     if found is None:
         raise NotFound(f"no delivery {delivery_id!r}", details=[{"field": "delivery_id", "rule": "exists"}])
     ctx.nudge()

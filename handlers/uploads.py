@@ -91,7 +91,7 @@ async def get_upload(request: Request) -> Response:
     """GET /uploads/{token}: no credentials needed; the token is signed and expires."""
     ctx: WorkContext = request.state.ctx
     upload_id = ctx.upload_tokens.read(request.path_params["token"], max_age_s=ctx.settings.upload_url_ttl_s)
-    upload = await ctx.store.get_upload(upload_id)
+    upload = await ctx.store.uploads.get_upload(upload_id)
     missing = NotFound("no such upload", details=[{"field": "token", "rule": "exists"}])
     if upload is None:
         raise missing

@@ -20,7 +20,7 @@ import anyio
 from service.context import WorkContext
 from service.errors import ConfigError
 from service.settings import Settings
-from storage.store import Store
+from service.stores import open_stores
 
 log = logging.getLogger("fluxhook")
 
@@ -44,13 +44,13 @@ def unknown_message(settings: Settings) -> str:
 async def announce(ctx: WorkContext) -> str:
     """Announce the address this web process serves; returns the token that withdraws it."""
     owner = secrets.token_hex(8)
-    await ctx.store.announce_address(ctx.settings.public_url, owner=owner, now=ctx.clock())
+    await ctx.store.addresses.announce_address(ctx.settings.public_url, owner=owner, now=ctx.clock())
     return owner
 
 
 async def withdraw(ctx: WorkContext, owner: str) -> None:
     with anyio.CancelScope(shield=True):
-        await ctx.store.withdraw_address(owner=owner)
+        await ctx.store.addresses.withdraw_address(owner=owner)
 
 
 async def agreed_settings(
@@ -68,10 +68,10 @@ async def agreed_settings(
     """
     if settings.public_url_configured:
         return settings
-    store = await Store.open(settings.db_path, synchronous=settings.sqlite_synchronous)
+    store = await open_stores(settings)
     try:
         warned = False
-        while (announced := await store.announced_address()) is None:
+        while (announced := await store.addresses.announced_address()) is None:
             if not wait:
                 raise AddressUnknown(unknown_message(settings))
             if not warned:
@@ -91,7 +91,7 @@ async def follow_address(ctx: WorkContext, environ: Mapping[str, str]) -> None:
         return
     while True:
         await anyio.sleep(FOLLOW_INTERVAL_S)
-        announced = await ctx.store.announced_address()
+        announced = await ctx.store.addresses.announced_address()
         if announced is None or announced == ctx.settings.public_url:
             continue  # withdrawn (the web stopped): keep the last address until another is announced
         log.warning("the web process now announces %s (was %s); using it", announced, ctx.settings.public_url)

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Protocol
 
-UNKNOWN = "unknown"
-ADOPTED = "adopted"
-ORPHANED = "orphaned"
+from storage.state import ADOPTED as ADOPTED
+from storage.state import ORPHANED as ORPHANED
+from storage.state import UNKNOWN as UNKNOWN
+from storage.state import TaskRole as TaskRole
 
 
 class AttemptView(Protocol):
@@ -43,17 +43,6 @@ class AttemptView(Protocol):
 
     @property
     def at(self) -> int: ...
-
-
-class TaskRole(StrEnum):
-    """What a callback (or a confirming poll) naming a provider task means for its job."""
-
-    CURRENT = "current"  # about the job's own task, or names none
-    ADOPT = "adopt"  # a task from a submit whose answer was lost: the job takes it as its own
-    ORPHAN = "orphan"  # a second task for a job that already has one: recorded; its result is
-    # used only if it is the first to arrive
-    CONFIRM = "confirm"  # unsigned, naming a task nobody vouches for: poll that task first
-    FOREIGN = "foreign"  # names another task, and no submit of this job is unaccounted for
 
 
 def classify_task(

@@ -51,10 +51,10 @@ from service.providers.cometapi import CometApiAdapter
 from service.providers.runcomfy import RunComfyAdapter
 from service.retention import prune_periodically
 from service.settings import SIMULATOR_MOUNT, Settings
+from service.stores import open_stores
 from service.tokens import CallbackTokens, UploadTokens
 from service.worker import Worker
 from storage.blobs import open_blob_store
-from storage.store import Store
 
 log = logging.getLogger("fluxhook")
 
@@ -92,9 +92,7 @@ async def open_context(
     `transport` answers provider calls and downloads; `notify_transport` carries notifications
     (by default SSRF-guarded by FLUXHOOK_ALLOW_PRIVATE_DESTINATIONS).
     """
-    store = await Store.open(
-        settings.db_path, synchronous=settings.sqlite_synchronous, public_url=settings.public_url
-    )
+    store = await open_stores(settings, public_url=settings.public_url)
     try:
         policy = EgressPolicy.from_setting(settings.allow_private_destinations)
     except ValueError as exc:
@@ -104,9 +102,9 @@ async def open_context(
         notify_transport = guarded_transport(policy)
     try:
         blobs = open_blob_store(settings.blob_location, aws=settings.aws)
-    except ConfigError:
+    except ValueError as exc:
         await store.close()
-        raise
+        raise ConfigError(str(exc)) from exc
     try:
         removed = await blobs.remove_partials()
         if removed:

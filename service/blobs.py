@@ -17,35 +17,13 @@ exceptions are translated where they happen).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
 
-from service.errors import ApiError
+from storage.errors import BlobTooLarge, BlobUnavailable
+from storage.records import BlobContent
 
-
-class BlobTooLarge(Exception):
-    """A blob grew past the writer's `max_bytes` (the caller turns it into its own error)."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"larger than {limit} bytes")
-        self.limit = limit
-
-
-class BlobUnavailable(ApiError):
-    """The blob store failed (disk, network, credentials); the caller may retry."""
-
-    status_code = 503
-    code = "blob_store_unavailable"
-
-
-@dataclass(frozen=True)
-class BlobContent:
-    """A stored blob being read: its size, then its bytes in chunks (read once)."""
-
-    size: int
-    chunks: AsyncIterator[bytes]
+__all__ = ["BlobContent", "BlobStore", "BlobTooLarge", "BlobUnavailable", "BlobWriter"]
 
 
 class BlobWriter(Protocol):

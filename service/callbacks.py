@@ -12,8 +12,8 @@ from service.jobs import Source
 from service.reports import observe
 from service.signing import Verdict
 from service.tokens import CallbackTarget
-from storage.records import AttemptRecord, JobRecord
-from storage.store import Judgement, Recorded, Schedule
+from storage.errors import UnknownJob
+from storage.records import AttemptRecord, JobRecord, Judgement, Recorded, Schedule
 
 log = logging.getLogger("fluxhook.callbacks")
 
@@ -50,10 +50,14 @@ async def ingest_callback(
                               now=now, not_found_grace_ms=ctx.ms(ctx.settings.not_found_grace_s))
         return Judgement(verdict.value, report.state.value, observation, role=role, task=task)
 
-    recorded = await ctx.store.record_callback(
-        target.job_id, provider=target.provider, body=body, judge=judge, now=now,
-        schedule=Schedule(fetch_at=now, poll_at=now + ctx.ms(ctx.settings.poll_grace_s)),
-    )
+    try:
+        recorded = await ctx.store.jobs.record_callback(
+            target.job_id, provider=target.provider, body=body, judge=judge, now=now,
+            schedule=Schedule(fetch_at=now, poll_at=now + ctx.ms(ctx.settings.poll_grace_s)),
+        )
+    except UnknownJob as exc:
+        raise CallbackRejected("callback token names no job here", code="unknown_job",
+                               status_code=403) from exc
     job = recorded.job
     verdict_text = "verified" if recorded.transition is not None else "unsigned"
     log.info("job %s: %s callback%s", job.id, verdict_text, " (duplicate)" if recorded.duplicate else "")

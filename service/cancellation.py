@@ -15,12 +15,12 @@ log = logging.getLogger("fluxhook.cancellation")
 
 async def cancel_job(ctx: WorkContext, job_id: str) -> JobRecord:
     """Mark the job cancelled: polling stops and later callbacks are ignored. 409 if final."""
-    job = await ctx.store.get_job(job_id)
+    job = await ctx.store.jobs.get_job(job_id)
     if job is None:
         raise NotFound(f"no job {job_id!r}", details=[{"field": "job_id", "rule": "exists"}])
     _refuse_if_final(job)
     message = await _cancel_at_provider(ctx, job)
-    recorded = await ctx.store.record_observation(job.id, Cancelled(message), now=ctx.clock())
+    recorded = await ctx.store.jobs.record_observation(job.id, Cancelled(message), now=ctx.clock())
     assert recorded is not None
     ctx.nudge()  # a job that was active at its provider frees a place for a waiting submit
     if recorded.job.status != "cancelled":

@@ -175,7 +175,7 @@ async def _tick(settings: Settings) -> int:
                 if not stop.is_set():
                     await prune(ctx)
                 group.cancel_scope.cancel()
-        counts = await ctx.store.count_tasks()
+        counts = await ctx.store.tasks.count_tasks()
     log.info("tick: ran %d task(s), sent %d notification(s); still scheduled: %s", ran, sent,
              counts or "none")
     return 0

@@ -11,11 +11,11 @@ import httpx
 
 from service.blobs import BlobStore
 from service.catalog import Catalog
+from service.contracts import Stores
 from service.egress import EgressPolicy
 from service.providers.base import Adapter
 from service.settings import Settings
 from service.tokens import CallbackTokens, UploadTokens
-from storage.store import Store
 
 Clock = Callable[[], int]  # epoch milliseconds, UTC
 
@@ -44,7 +44,7 @@ class Signals:
 @dataclass
 class WorkContext:
     settings: Settings
-    store: Store
+    store: Stores  # the database's stores (service/contracts.py)
     blobs: BlobStore
     adapters: Mapping[str, Adapter]
     catalog: Catalog

@@ -9,16 +9,15 @@ from service.context import WorkContext
 from service.downloads import download_image
 from service.errors import OutputRejected, OutputRetryable
 from service.jobs import OutputsStored, OutputsUnavailable
-from storage.records import TaskRecord
-from storage.store import StoredOutput, TaskOutcome
+from storage.records import StoredOutput, TaskOutcome, TaskRecord
 
 log = logging.getLogger("fluxhook.fetcher")
 
 
 async def fetch_outputs(ctx: WorkContext, task: TaskRecord) -> None:
-    job = await ctx.store.get_job(task.job_id)
+    job = await ctx.store.jobs.get_job(task.job_id)
     if job is None or job.state.terminal or not job.output_urls:
-        await ctx.store.finish_task(task.id)
+        await ctx.store.tasks.finish_task(task.id)
         return
     adapter = ctx.adapters.get(job.provider)
     allowed = adapter.output_hosts if adapter else ()
@@ -38,14 +37,14 @@ async def fetch_outputs(ctx: WorkContext, task: TaskRecord) -> None:
                             rand=ctx.rand.random)
         if now + ctx.ms(delay) <= ready_at + ctx.ms(settings.output_window_s):
             log.info("job %s: output download retry in %.1fs: %s", job.id, delay, exc.message)
-            await ctx.store.retry_task(task.id, due_at=now + ctx.ms(delay), error=exc.message)
+            await ctx.store.tasks.retry_task(task.id, due_at=now + ctx.ms(delay), error=exc.message)
             return
         await _give_up(ctx, job.id, task, f"output not downloadable in time: {exc.message}")
         return
     except OutputRejected as exc:
         await _give_up(ctx, job.id, task, exc.message)
         return
-    await ctx.store.record_outputs(
+    await ctx.store.jobs.record_outputs(
         job.id, outputs, now=ctx.clock(), task_id=task.id, observation=OutputsStored(len(outputs))
     )
     log.info("job %s: %d output(s) stored", job.id, len(outputs))
@@ -53,6 +52,6 @@ async def fetch_outputs(ctx: WorkContext, task: TaskRecord) -> None:
 
 async def _give_up(ctx: WorkContext, job_id: str, task: TaskRecord, message: str) -> None:
     log.warning("job %s: output unavailable: %s", job_id, message)
-    await ctx.store.record_observation(
+    await ctx.store.jobs.record_observation(
         job_id, OutputsUnavailable(message), now=ctx.clock(), task=TaskOutcome(task.id)
     )

@@ -15,17 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-
-class JobStatus(StrEnum):
-    QUEUED = "queued"
-    SUBMITTED = "submitted"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+from storage.state import TERMINAL as TERMINAL
+from storage.state import Effect as Effect
+from storage.state import JobState as JobState
+from storage.state import JobStatus as JobStatus
+from storage.state import Transition as Transition
 
 
 class Source(StrEnum):
@@ -42,29 +36,6 @@ class ErrorCode(StrEnum):
     TIMEOUT = "timeout"
     OUTPUT_UNAVAILABLE = "output_unavailable"
     CANCELLED = "cancelled"
-
-
-@dataclass(frozen=True)
-class JobState:
-    """The part of a job the state machine reads and writes."""
-
-    status: JobStatus = JobStatus.QUEUED
-    provider_job_id: str | None = None
-    polling_url: str | None = None
-    output_urls: tuple[str, ...] = ()
-    error_code: str | None = None
-    error_message: str | None = None
-    completion_source: str | None = None
-    progress: float | None = None
-
-    @property
-    def terminal(self) -> bool:
-        return self.status in TERMINAL
-
-    @property
-    def awaiting_provider(self) -> bool:
-        """Still waiting to hear the provider's final word (so polling makes sense)."""
-        return not self.terminal and not self.output_urls
 
 
 # Observations ---------------------------------------------------------------------------------
@@ -134,23 +105,7 @@ Observation = (
 )
 
 
-# Effects: the work a transition causes, written in the same transaction -----------------------
-
-
-class Effect(StrEnum):
-    SCHEDULE_POLL = "schedule_poll"  # start the fallback poller (after its grace period)
-    STOP_POLLING = "stop_polling"  # the provider's final word is in; never poll again
-    FETCH_OUTPUTS = "fetch_outputs"  # download the outputs before their URLs expire
-    STOP_FETCHING = "stop_fetching"
-
-
-@dataclass(frozen=True)
-class Transition:
-    state: JobState
-    effects: tuple[Effect, ...] = ()
-
-    def changed_from(self, before: JobState) -> bool:
-        return self.state != before
+# Effects (storage/state.py): the work a transition causes, written in the same transaction --
 
 
 def apply(state: JobState, observation: Observation) -> Transition:

@@ -21,7 +21,7 @@ from service.context import Signal, WorkContext
 from service.egress import refused_cause
 from service.loops import ClaimLoop
 from service.webhook_signing import webhook_headers
-from storage.notifications import AttemptResult, ClaimedDelivery, destination_key
+from storage.records import AttemptResult, ClaimedDelivery, destination_key
 
 log = logging.getLogger("fluxhook.notifier")
 
@@ -92,7 +92,7 @@ class Notifier(ClaimLoop[ClaimedDelivery]):
         disable = "410 Gone" if status == 410 and delivery.subscription_id else None
         result = AttemptResult(delivered, started_at, duration_ms, status, head, error, retry_at, disable)
         with anyio.CancelScope(shield=True):
-            await ctx.store.record_delivery_attempt(
+            await ctx.store.deliveries.record_delivery_attempt(
                 delivery,
                 result,
                 now=ctx.clock(),
@@ -118,7 +118,7 @@ class Notifier(ClaimLoop[ClaimedDelivery]):
 
     async def claim(self, limit: int) -> list[ClaimedDelivery]:
         ctx = self.ctx
-        claimed = await ctx.store.claim_due_deliveries(
+        claimed = await ctx.store.deliveries.claim_due_deliveries(
             now=ctx.clock(),
             limit=limit,
             lease_ms=ctx.ms(max(ctx.settings.task_lease_s, ctx.settings.webhook_timeout_s + 5)),
@@ -138,7 +138,7 @@ class Notifier(ClaimLoop[ClaimedDelivery]):
     async def hand_back(self, items: list[ClaimedDelivery]) -> int:
         # An interrupted attempt may have reached the receiver; sending it again is the
         # at-least-once promise, with the same webhook-id so receivers can tell.
-        return await self.ctx.store.release_deliveries([(d.id, d.lease_until) for d in items])
+        return await self.ctx.store.deliveries.release_deliveries([(d.id, d.lease_until) for d in items])
 
     def released(self, item: ClaimedDelivery) -> None:
         key = destination_key(item.subscription_id, item.url)
@@ -153,7 +153,7 @@ class Notifier(ClaimLoop[ClaimedDelivery]):
         full = [
             key for key, count in self._busy.items() if count >= self.ctx.settings.webhook_per_destination
         ]
-        return await self.ctx.store.pending_delivery_due(exclude=full)
+        return await self.ctx.store.deliveries.pending_delivery_due(exclude=full)
 
 
 async def _read_head(response: httpx.Response, into: bytearray) -> None:

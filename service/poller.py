@@ -12,21 +12,20 @@ from service.jobs import Source, TimedOut
 from service.providers.base import Adapter, ProviderState
 from service.providers.transport import send
 from service.reports import observe
-from storage.records import JobRecord, TaskRecord
-from storage.store import Schedule, TaskOutcome
+from storage.records import JobRecord, Schedule, TaskOutcome, TaskRecord
 
 log = logging.getLogger("fluxhook.poller")
 
 
 async def poll_job(ctx: WorkContext, task: TaskRecord) -> None:
-    job = await ctx.store.get_job(task.job_id)
+    job = await ctx.store.jobs.get_job(task.job_id)
     if job is None or not job.state.awaiting_provider:
-        await ctx.store.finish_task(task.id)
+        await ctx.store.tasks.finish_task(task.id)
         return
     settings = ctx.settings
     now = ctx.clock()
     if now >= job.deadline_at:
-        await ctx.store.record_observation(
+        await ctx.store.jobs.record_observation(
             job.id, TimedOut(f"no final answer from {job.provider} within "
                              f"{settings.job_timeout_s:.0f}s"),
             now=now, task=TaskOutcome(task.id),
@@ -34,17 +33,17 @@ async def poll_job(ctx: WorkContext, task: TaskRecord) -> None:
         return
     adapter = ctx.adapters.get(job.provider)
     if adapter is None:
-        await ctx.store.retry_task(task.id, due_at=now + ctx.ms(settings.poll_base_s),
+        await ctx.store.tasks.retry_task(task.id, due_at=now + ctx.ms(settings.poll_base_s),
                                    error=f"provider {job.provider!r} is not configured")
         return
     job = await _confirm_named_tasks(ctx, job, adapter) or job
     if not job.state.awaiting_provider:
-        await ctx.store.finish_task(task.id)
+        await ctx.store.tasks.finish_task(task.id)
         return
     if job.provider_job_id is None:
         # No task to ask about yet: the submit (or its answer) is still on the way, and it
         # schedules the polls; a hint naming a task was confirmed or refuted above.
-        await ctx.store.finish_task(task.id)
+        await ctx.store.tasks.finish_task(task.id)
         return
     try:
         raw = await send(ctx.client, adapter.status_call(job.provider_job_id, job.polling_url),
@@ -55,14 +54,14 @@ async def poll_job(ctx: WorkContext, task: TaskRecord) -> None:
         delay = retry_delay(task.attempts - 1, base=settings.poll_base_s, cap=settings.poll_max_s,
                             rand=ctx.rand.random, retry_after=retry_after)
         log.info("job %s: poll failed, again in %.1fs: %s", job.id, delay, exc.message)
-        await ctx.store.retry_task(task.id, due_at=ctx.clock() + ctx.ms(delay), error=exc.message)
+        await ctx.store.tasks.retry_task(task.id, due_at=ctx.clock() + ctx.ms(delay), error=exc.message)
         return
     now = ctx.clock()
     observation = observe(report, source=Source.POLL, submitted_at=job.submitted_at, now=now,
                           not_found_grace_ms=ctx.ms(settings.not_found_grace_s))
     delay = next_delay(task.attempts - 1, base=settings.poll_base_s, cap=settings.poll_max_s,
                        rand=ctx.rand.random)
-    recorded = await ctx.store.record_observation(
+    recorded = await ctx.store.jobs.record_observation(
         job.id, observation, now=now, schedule=Schedule(fetch_at=now),
         task=TaskOutcome(task.id, retry_at=now + ctx.ms(delay)), counted_poll=True,
     )
@@ -75,10 +74,10 @@ async def _confirm_named_tasks(ctx: WorkContext, job: JobRecord, adapter: Adapte
     """Poll the tasks unsigned callbacks named that no attempt accounts for: one the provider
     knows came from a submit of this job whose answer was lost, and is adopted (or recorded as
     an orphan); one it does not know was forged, and is never polled again."""
-    named = await ctx.store.named_tasks(job.id, job.provider)
+    named = await ctx.store.jobs.named_tasks(job.id, job.provider)
     if not named:
         return None
-    attempts = (await ctx.store.get_attempts([job.id]))[job.id]
+    attempts = (await ctx.store.jobs.get_attempts([job.id]))[job.id]
     recorded = None
     for candidate in unconfirmed_tasks(named, current=job.provider_job_id, attempts=attempts):
         try:
@@ -91,12 +90,12 @@ async def _confirm_named_tasks(ctx: WorkContext, job: JobRecord, adapter: Adapte
         if report.state is ProviderState.NOT_FOUND:
             log.warning("job %s: a hint named task %s, which %s does not know", job.id, candidate,
                         job.provider)
-            await ctx.store.refute_task(job.id, candidate)
+            await ctx.store.jobs.refute_task(job.id, candidate)
             continue
         now = ctx.clock()
         observation = observe(report, source=Source.POLL, submitted_at=job.submitted_at or now, now=now,
                               not_found_grace_ms=ctx.ms(ctx.settings.not_found_grace_s))
-        recorded = await ctx.store.adopt_task(
+        recorded = await ctx.store.jobs.adopt_task(
             job.id, job.provider, candidate, observation, now=now,
             schedule=Schedule(fetch_at=now, poll_at=now + ctx.ms(ctx.settings.poll_base_s)),
         ) or recorded

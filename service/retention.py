@@ -39,7 +39,7 @@ BLOB_SETTLE_S = 30.0
 async def delete_job(ctx: WorkContext, job_id: str) -> JobRecord:
     """Remove a final job's images (those no other job or upload shares); the job document,
     its attempts and its events stay. 404 if unknown, 409 if not final; repeating is harmless."""
-    job = await ctx.store.get_job(job_id)
+    job = await ctx.store.jobs.get_job(job_id)
     if job is None:
         raise NotFound(f"no job {job_id!r}", details=[{"field": "job_id", "rule": "exists"}])
     if not job.state.terminal:
@@ -48,9 +48,9 @@ async def delete_job(ctx: WorkContext, job_id: str) -> JobRecord:
             code="job_not_final",
             details=[{"field": "status", "rule": "terminal", "current": job.status.value}],
         )
-    removed = await ctx.store.remove_job_outputs(job_id, now=ctx.clock())
+    removed = await ctx.store.retention.remove_job_outputs(job_id, now=ctx.clock())
     assert removed is not None  # jobs are never deleted
-    outputs = (await ctx.store.get_outputs([job_id]))[job_id]
+    outputs = (await ctx.store.jobs.get_outputs([job_id]))[job_id]
     await remove_unreferenced_blobs(ctx, only=sorted({output.sha256 for output in outputs}))
     return removed
 
@@ -77,19 +77,20 @@ async def prune(ctx: WorkContext, *, batch: int = PRUNE_BATCH) -> Pruned:
     events = callbacks = attempts = jobs = 0
     if settings.retain_events_s:
         cutoff = older_than(settings.retain_events_s)
-        events = await _in_batches(batch, lambda: store.prune_events(before=cutoff, limit=batch))
+        events = await _in_batches(batch, lambda: store.retention.prune_events(before=cutoff, limit=batch))
     if settings.retain_callbacks_s:
         cutoff = older_than(settings.retain_callbacks_s)
-        callbacks = await _in_batches(batch, lambda: store.prune_callbacks(before=cutoff, limit=batch))
+        callbacks = await _in_batches(
+            batch, lambda: store.retention.prune_callbacks(before=cutoff, limit=batch))
     if settings.retain_delivery_attempts_s:
         cutoff = older_than(settings.retain_delivery_attempts_s)
         attempts = await _in_batches(
-            batch, lambda: store.prune_delivery_attempts(before=cutoff, limit=batch)
+            batch, lambda: store.retention.prune_delivery_attempts(before=cutoff, limit=batch)
         )
     if settings.retain_images_s:
         cutoff = older_than(settings.retain_images_s)
         jobs = await _in_batches(
-            batch, lambda: store.remove_old_outputs(completed_before=cutoff, now=now, limit=batch)
+            batch, lambda: store.retention.remove_old_outputs(completed_before=cutoff, now=now, limit=batch)
         )
     blobs = await remove_unreferenced_blobs(ctx, batch=batch)
     partials = await ctx.blobs.remove_partials()
@@ -107,12 +108,12 @@ async def remove_unreferenced_blobs(
     removed = 0
     after: str | None = ""
     while after is not None:
-        unreferenced, after = await ctx.store.unreferenced_blobs(
+        unreferenced, after = await ctx.store.retention.unreferenced_blobs(
             after=after, now=ctx.clock(), limit=batch, only=only
         )
         gone = [sha256 for sha256 in unreferenced if await ctx.blobs.remove(sha256, settled_s=BLOB_SETTLE_S)]
         if gone:
-            await ctx.store.forget_blobs(gone)
+            await ctx.store.retention.forget_blobs(gone)
         removed += len(gone)
     return removed
 

@@ -13,8 +13,7 @@ from service.errors import ProviderError, ProviderOutcomeUnknown, ProviderReject
 from service.jobs import ErrorCode, JobStatus, SubmitRejected, Submitted, TimedOut
 from service.providers.base import SubmitOrder
 from service.providers.transport import send
-from storage.records import JobRecord, TaskRecord
-from storage.store import Attempt, Schedule, TaskOutcome
+from storage.records import Attempt, JobRecord, Schedule, TaskOutcome, TaskRecord
 
 log = logging.getLogger("fluxhook.submitter")
 
@@ -42,15 +41,15 @@ def next_candidate(job: JobRecord) -> str | None:
 
 
 async def submit_job(ctx: WorkContext, task: TaskRecord) -> None:
-    job = await ctx.store.get_job(task.job_id)
+    job = await ctx.store.jobs.get_job(task.job_id)
     if job is None or job.status is not JobStatus.QUEUED:
-        await ctx.store.finish_task(task.id)
+        await ctx.store.tasks.finish_task(task.id)
         return
     adapter = ctx.adapters.get(job.provider)
     model = ctx.catalog.find(job.provider, job.model)
     if adapter is None or model is None:
         message = f"provider {job.provider!r} with model {job.model!r} is not configured"
-        await ctx.store.record_submit(
+        await ctx.store.jobs.record_submit(
             job.id, Attempt(job.provider, "rejected", message=message), now=ctx.clock(),
             task=TaskOutcome(task.id), observation=SubmitRejected(message),
         )
@@ -58,13 +57,13 @@ async def submit_job(ctx: WorkContext, task: TaskRecord) -> None:
     if ctx.clock() >= job.deadline_at:
         # It waited in fluxhook (a provider at its cap, retries) past its deadline: sending it
         # now would pay for an image nobody waits for any more.
-        await ctx.store.record_observation(
+        await ctx.store.jobs.record_observation(
             job.id, TimedOut(f"not submitted within {ctx.settings.job_timeout_s:.0f}s"), now=ctx.clock(),
             task=TaskOutcome(task.id),
         )
         return
     webhook = adapter.supports_webhooks
-    attempts = (await ctx.store.get_attempts([job.id]))[job.id]
+    attempts = (await ctx.store.jobs.get_attempts([job.id]))[job.id]
     plan = plan_submit(attempts, job.provider, now=ctx.clock(), window_ms=ctx.ms(ctx.settings.adopt_window_s),
                        calls_back=webhook, idempotent=adapter.submit_idempotent)
     if not plan.submit:
@@ -73,7 +72,7 @@ async def submit_job(ctx: WorkContext, task: TaskRecord) -> None:
         # adopts it; submitting again before the window is out could pay twice.
         log.info("job %s: a submit to %s may be in flight; waiting for its callback until %d",
                  job.id, job.provider, plan.wait_until)
-        await ctx.store.retry_task(task.id, due_at=plan.wait_until,
+        await ctx.store.tasks.retry_task(task.id, due_at=plan.wait_until,
                                    error="submit outcome unknown: waiting for the provider's callback")
         return
     order = SubmitOrder(
@@ -84,9 +83,9 @@ async def submit_job(ctx: WorkContext, task: TaskRecord) -> None:
         webhook_secret=job.webhook_secret if webhook else None,
     )
     reuse = plan.reuse.id if plan.reuse is not None else None
-    attempt_id = await ctx.store.begin_submit(job.id, job.provider, now=ctx.clock(), reuse=reuse)
+    attempt_id = await ctx.store.jobs.begin_submit(job.id, job.provider, now=ctx.clock(), reuse=reuse)
     if attempt_id is None:  # adopted, cancelled or moved on since it was read
-        await ctx.store.finish_task(task.id)
+        await ctx.store.tasks.finish_task(task.id)
         return
     crash_point(ctx.settings, "submit.before_send")
     try:
@@ -107,7 +106,7 @@ async def submit_job(ctx: WorkContext, task: TaskRecord) -> None:
     # Without a webhook the poller is the only way to hear back, so it starts at once.
     grace = ctx.settings.poll_grace_s if webhook else ctx.settings.poll_base_s
     note = None if webhook else f"{job.provider} has no webhooks: fluxhook polls it from the start"
-    await ctx.store.record_submit(
+    await ctx.store.jobs.record_submit(
         job.id,
         Attempt(job.provider, "accepted", raw.status, note, accepted.provider_job_id),
         now=now,
@@ -129,7 +128,7 @@ async def _submit_failed(
                     job.id, job.provider, exc.message)
         delay = retry_delay(task.attempts - 1, base=ctx.settings.retry_base_s, cap=ctx.settings.retry_max_s,
                             rand=ctx.rand.random)
-        await ctx.store.record_submit(
+        await ctx.store.jobs.record_submit(
             job.id, Attempt(job.provider, "unknown", exc.status, exc.message), now=now,
             task=TaskOutcome(task.id, retry_at=now + ctx.ms(delay), error=exc.message),
             attempt_id=attempt_id,
@@ -139,7 +138,7 @@ async def _submit_failed(
     following = next_candidate(job) if another_provider_could_fix(exc) else None
     if following is not None:
         log.info("job %s: %s failed (%s); failing over to %s", job.id, job.provider, exc.message, following)
-        await ctx.store.record_submit(
+        await ctx.store.jobs.record_submit(
             job.id, Attempt(job.provider, "failed_over", exc.status, exc.message), now=now,
             task=TaskOutcome(task.id, retry_at=now), switch_to=following, attempt_id=attempt_id,
         )
@@ -147,7 +146,7 @@ async def _submit_failed(
         return
     if isinstance(exc, ProviderRejected):
         log.info("job %s: submit rejected by %s: %s", job.id, job.provider, exc.message)
-        await ctx.store.record_submit(
+        await ctx.store.jobs.record_submit(
             job.id, Attempt(job.provider, "rejected", exc.status, exc.message), now=now,
             task=TaskOutcome(task.id), observation=SubmitRejected(exc.message), attempt_id=attempt_id,
         )
@@ -158,14 +157,14 @@ async def _submit_failed(
                         rand=ctx.rand.random, retry_after=exc.retry_after)
     if now + ctx.ms(delay) > job.created_at + ctx.ms(settings.submit_timeout_s):
         log.warning("job %s: giving up submitting after %d tries: %s", job.id, task.attempts, exc.message)
-        await ctx.store.record_submit(
+        await ctx.store.jobs.record_submit(
             job.id, Attempt(job.provider, "unavailable", exc.status, exc.message), now=now,
             task=TaskOutcome(task.id), attempt_id=attempt_id,
             observation=SubmitRejected(f"provider unavailable: {exc.message}", ErrorCode.PROVIDER_ERROR),
         )
         return
     log.info("job %s: submit retry in %.1fs: %s", job.id, delay, exc.message)
-    await ctx.store.record_submit(
+    await ctx.store.jobs.record_submit(
         job.id, Attempt(job.provider, "unavailable", exc.status, exc.message), now=now,
         task=TaskOutcome(task.id, retry_at=now + ctx.ms(delay), error=exc.message), attempt_id=attempt_id,
     )

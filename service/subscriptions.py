@@ -12,8 +12,13 @@ from service.errors import ValidationFailed
 from service.fields import json_object, only_fields
 from service.ids import new_prefixed_id
 from service.webhook_signing import new_secret
-from storage.notifications import EVENT_TYPES, JOB_EVENT_TYPES
-from storage.records import DeliveryAttemptRecord, DeliveryRecord, SubscriptionRecord
+from storage.records import (
+    EVENT_TYPES,
+    JOB_EVENT_TYPES,
+    DeliveryAttemptRecord,
+    DeliveryRecord,
+    SubscriptionRecord,
+)
 
 ROTATION_GRACE_S = 24 * 3600  # the old secret keeps signing beside the new one (Svix: 24 h)
 MAX_DESCRIPTION = 500

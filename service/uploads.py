@@ -46,7 +46,7 @@ async def store_upload(ctx: WorkContext, chunks: AsyncIterator[bytes], declared:
     now = ctx.clock()
     record = UploadRecord(new_upload_id(now), sha256, content_type, size, now,
                           now + ctx.ms(ctx.settings.upload_url_ttl_s))
-    await ctx.store.record_upload(record)
+    await ctx.store.uploads.record_upload(record)
     return record
 
 

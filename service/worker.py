@@ -16,9 +16,7 @@ from service.loops import ClaimLoop
 from service.poller import poll_job
 from service.settings import Settings
 from service.submitter import submit_job
-from storage.records import TaskRecord
-from storage.store import TaskKind
-from storage.tasks import SubmitCaps
+from storage.records import SubmitCaps, TaskKind, TaskRecord
 
 log = logging.getLogger("fluxhook.worker")
 
@@ -47,13 +45,13 @@ class Worker(ClaimLoop[TaskRecord]):
         return submit_caps(self.ctx.settings, self.ctx.catalog)
 
     async def claim(self, limit: int) -> list[TaskRecord]:
-        return await self.ctx.store.claim_due_tasks(
+        return await self.ctx.store.tasks.claim_due_tasks(
             now=self.ctx.clock(), limit=limit, lease_ms=self.ctx.ms(self.ctx.settings.task_lease_s),
             caps=self.caps,
         )
 
     async def next_due(self) -> int | None:
-        return await self.ctx.store.next_due_at(now=self.ctx.clock(), caps=self.caps)
+        return await self.ctx.store.tasks.next_due_at(now=self.ctx.clock(), caps=self.caps)
 
     async def handle(self, item: TaskRecord) -> None:
         await self.run_task(item)
@@ -61,7 +59,7 @@ class Worker(ClaimLoop[TaskRecord]):
     async def hand_back(self, items: list[TaskRecord]) -> int:
         # A handed-back submit may have reached the provider before it was cancelled; the
         # submitter decides what a submit with an unknown outcome does when it runs again.
-        return await self.ctx.store.release_tasks([(task.id, task.lease_until) for task in items])
+        return await self.ctx.store.tasks.release_tasks([(task.id, task.lease_until) for task in items])
 
     async def run_task(self, task: TaskRecord) -> None:
         """Run one task; an unexpected failure is logged and the task retried later."""
@@ -82,7 +80,7 @@ class Worker(ClaimLoop[TaskRecord]):
             )
             with anyio.CancelScope(shield=True):
                 try:
-                    await self.ctx.store.retry_task(
+                    await self.ctx.store.tasks.retry_task(
                         task.id,
                         due_at=self.ctx.clock() + self.ctx.ms(delay),
                         error=f"unexpected {type(exc).__name__}",

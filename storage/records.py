@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
-from service.jobs import JobState, JobStatus
-from service.strict_json import loads
+from storage.state import JobState, JobStatus, TaskRole, Transition
+
+# A JSON column's reader: the strict parser, from the store's rules (storage/rules.py).
+Decode = Callable[[str], Any]
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,7 @@ class JobRecord:
         )
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> JobRecord:
+    def from_row(cls, row: sqlite3.Row, loads: Decode) -> JobRecord:
         return cls(
             id=row["id"],
             provider=row["provider"],
@@ -119,7 +123,7 @@ class TaskRecord:
     due_at: int
     attempts: int
     last_error: str | None
-    lease_until: int = 0  # as leased by a claim: which lease to hand back (storage/tasks.py)
+    lease_until: int = 0  # as leased by a claim: which lease to hand back (storage/sqlite/tasks.py)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> TaskRecord:
@@ -195,7 +199,7 @@ class SubscriptionRecord:
         return f"SubscriptionRecord(id={self.id!r}, url={self.url!r}, status={self.status!r})"
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> SubscriptionRecord:
+    def from_row(cls, row: sqlite3.Row, loads: Decode) -> SubscriptionRecord:
         return cls(row["id"], row["url"], tuple(loads(row["events"])), row["description"],
                    row["secret"], row["previous_secret"], row["previous_secret_until"], row["status"],
                    row["disabled_reason"], row["failing_since"], row["created_at"], row["updated_at"])
@@ -254,3 +258,141 @@ class EventRecord:
     def from_row(cls, row: sqlite3.Row) -> EventRecord:
         return cls(row["seq"], row["id"], row["job_id"], row["job_seq"], row["type"], bytes(row["body"]),
                    row["created_at"])
+
+
+# What a job store's writes take and return -------------------------------------------------------
+
+# An observation (service/jobs.py): opaque here, read only by the rules' state machine.
+Observation = Any
+
+
+class TaskKind(StrEnum):
+    SUBMIT = "submit"
+    POLL = "poll"
+    FETCH = "fetch"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When the work a transition causes should run; the caller knows the settings."""
+
+    poll_at: int | None = None
+    fetch_at: int | None = None
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """How the task that produced an observation ends: done, or due again at `retry_at`."""
+
+    task_id: int
+    retry_at: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What a callback proved: its verdict, the provider state it reports, and what to do."""
+
+    verdict: str
+    state: str | None
+    observation: Observation | None = None
+    confirm_at: int | None = None
+    role: TaskRole = TaskRole.CURRENT  # which provider task it is about (service/adoption.py)
+    task: str | None = None  # the provider task it names
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What one submit to one provider came to; `outcome` is accepted, rejected,
+    unavailable (will be retried) or failed_over (the next provider is tried)."""
+
+    provider: str
+    outcome: str
+    http_status: int | None = None
+    message: str | None = None
+    provider_job_id: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredOutput:
+    index: int
+    sha256: str
+    content_type: str
+    bytes: int
+    source_url: str | None
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """The job after a write, and what the state machine made of the observation."""
+
+    job: JobRecord
+    transition: Transition | None = None
+    duplicate: bool = False
+
+
+# Tasks and notifications -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SubmitCaps:
+    """How many jobs may be active at once: per configured provider (None: no cap), and per
+    (provider, model) below that. Jobs of providers not listed are never capped, and a job
+    only overflows to a listed provider."""
+
+    providers: Mapping[str, int | None] = field(default_factory=dict)
+    models: Mapping[tuple[str, str], int] = field(default_factory=dict)
+
+
+JOB_EVENT_TYPES = (
+    "job.submitted",
+    "job.running",
+    "job.progress",
+    "job.succeeded",
+    "job.failed",
+    "job.cancelled",
+)
+EVENT_TYPES = (*JOB_EVENT_TYPES, "subscription.disabled")
+
+
+@dataclass(frozen=True)
+class ClaimedDelivery:
+    """A delivery leased for one attempt, with what is needed to send it."""
+
+    id: str
+    event_id: str
+    event_type: str
+    body: bytes
+    url: str
+    subscription_id: str | None
+    job_id: str | None
+    attempt: int
+    manual: bool
+    secrets: tuple[str, ...]  # the subscription's live secrets; empty: use the service secret
+    lease_until: int = 0  # the lease this claim holds: what `release_deliveries` hands back
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """What one delivery attempt came to. `retry_at` None means no further automatic try."""
+
+    delivered: bool
+    started_at: int
+    duration_ms: int
+    status_code: int | None
+    response_head: str | None
+    error: str | None
+    retry_at: int | None
+    disable_subscription: str | None = None  # a reason, e.g. "410 Gone"
+
+
+def destination_key(subscription_id: str | None, url: str) -> str:
+    return subscription_id or url
+
+
+@dataclass(frozen=True)
+class BlobContent:
+    """A stored blob being read: its size, then its bytes in chunks (read once)."""
+
+    size: int
+    chunks: AsyncIterator[bytes]

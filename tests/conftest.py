@@ -17,7 +17,9 @@ import pytest
 from service.app import open_context
 from service.context import WorkContext
 from service.ids import new_job_id, new_webhook_secret
+from service.rules import JOB_RULES
 from service.settings import Settings
+from storage import open_database, sqlite_url
 from storage.records import JobRecord, NewJob
 from tests.postgres import empty_postgres_url, postgres_server, postgres_url  # noqa: F401 (fixtures)
 
@@ -126,6 +128,23 @@ def make_settings(tmp_path: Path, blob_env: dict[str, str]) -> Callable[..., Set
     return make
 
 
+# The storage backends the store tests run against; storage/postgres/ adds "postgres".
+BACKENDS = ["sqlite"]
+
+
+@pytest.fixture(params=BACKENDS)
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    """A fresh, migrated database with its stores (service/contracts.py `Stores`), per backend.
+    Its `transact`/`query` take the backend's own connection: tests that use them are that
+    backend's."""
+    assert request.param == "sqlite", request.param
+    database = await open_database(sqlite_url(tmp_path / "fluxhook.db"), rules=JOB_RULES)
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
 @pytest.fixture
 def transport() -> httpx.AsyncBaseTransport | None:
     """Tests override this (e.g. with respx's transport) to answer provider calls."""
@@ -158,7 +177,7 @@ def make_job(ctx: WorkContext, clock: FakeClock) -> Callable[..., Any]:
             deadline_at=fields.pop("deadline_at", now + 900_000),
         )
         assert not fields, f"unknown job fields {fields}"
-        job, _ = await ctx.store.create_job(new, now=now)
+        job, _ = await ctx.store.jobs.create_job(new, now=now)
         return job
 
     return make

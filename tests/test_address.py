@@ -10,8 +10,9 @@ import pytest
 
 from service.address import AddressUnknown, adopt, agreed_settings
 from service.app import create_app, open_context
+from service.rules import JOB_RULES
 from service.settings import Settings
-from storage.store import Store
+from storage.sqlite.database import Database
 
 pytestmark = pytest.mark.anyio
 
@@ -24,17 +25,17 @@ def zero_config(data_dir: Path, **env: str) -> dict[str, str]:
 
 
 async def announced(data_dir: Path) -> str | None:
-    store = await Store.open(data_dir / "fluxhook.db")
+    store = await Database.open(data_dir / "fluxhook.db", rules=JOB_RULES)
     try:
-        return await store.announced_address()
+        return await store.addresses.announced_address()
     finally:
         await store.close()
 
 
 async def announce(data_dir: Path, url: str) -> None:
-    store = await Store.open(data_dir / "fluxhook.db")
+    store = await Database.open(data_dir / "fluxhook.db", rules=JOB_RULES)
     try:
-        await store.announce_address(url, owner="test", now=1)
+        await store.addresses.announce_address(url, owner="test", now=1)
     finally:
         await store.close()
 

@@ -6,6 +6,7 @@ import httpx
 import pytest
 import respx
 
+from storage.errors import StorageUnavailable
 from tests.conftest import assert_error_shape
 
 pytestmark = pytest.mark.anyio
@@ -172,3 +173,15 @@ async def test_input_and_metadata_come_back_in_the_order_they_were_sent(api):
     stored = (await api.client.get(f"/v1/jobs/{job['id']}")).json()
     assert list(stored["input"]) == ["width", "prompt", "height"]
     assert list(stored["metadata"]) == ["zeta", "alpha"]
+
+
+async def test_a_database_that_fails_a_read_is_a_503_in_the_one_error_shape(api, monkeypatch):
+    # The store raises a storage error; handlers/errors.py makes it the API's 503.
+    async def failing(job_id: str) -> None:
+        raise StorageUnavailable("database read failed: disk I/O error")
+
+    monkeypatch.setattr(api.ctx.store.jobs, "get_job", failing)
+
+    response = await api.client.get("/v1/jobs/job_anything")
+
+    assert_error_shape(response, 503, "store_unavailable")

@@ -53,11 +53,11 @@ async def test_submit_sends_key_input_and_a_per_job_webhook(ctx, make_job, route
     assert body["webhook_secret"] == job.webhook_secret
     assert len(job.webhook_secret) >= 32
 
-    after = await ctx.store.get_job(job.id)
+    after = await ctx.store.jobs.get_job(job.id)
     assert after.status == "submitted"
     assert after.provider_job_id == "task-1"
     assert after.polling_url == f"{BASE}/v1/get_result?id=task-1"
-    tasks = await ctx.store.get_tasks(job.id)
+    tasks = await ctx.store.tasks.get_tasks(job.id)
     assert [(t.kind, t.due_at) for t in tasks] == [("poll", clock() + 15_000)]
 
 
@@ -81,13 +81,13 @@ async def test_permanent_submit_errors_fail_the_job_with_the_providers_message(
     router.post(f"{BASE}/v1/flux-pro-1.1").mock(return_value=httpx.Response(status, json=answer))
     job = await make_job()
     await Worker(ctx).run_once()
-    after = await ctx.store.get_job(job.id)
+    after = await ctx.store.jobs.get_job(job.id)
     assert after.status == "failed"
     assert after.error_code == "submit_rejected"
     expected = "Insufficient credits" if status == 402 else "width: must be a multiple of 32"
     assert expected in after.error_message
     assert f"HTTP {status}" in after.error_message
-    assert await ctx.store.get_tasks(job.id) == []
+    assert await ctx.store.tasks.get_tasks(job.id) == []
 
 
 async def test_rate_limited_submit_waits_at_least_retry_after(ctx, make_job, router, clock):
@@ -95,9 +95,9 @@ async def test_rate_limited_submit_waits_at_least_retry_after(ctx, make_job, rou
         return_value=httpx.Response(429, headers={"Retry-After": "7"}, json={"detail": "slow down"}))
     job = await make_job()
     await Worker(ctx).run_once()
-    after = await ctx.store.get_job(job.id)
+    after = await ctx.store.jobs.get_job(job.id)
     assert after.status == "queued"
-    [task] = await ctx.store.get_tasks(job.id)
+    [task] = await ctx.store.tasks.get_tasks(job.id)
     assert task.kind == "submit"
     assert task.due_at >= clock() + 7_000
     assert "429" in task.last_error
@@ -119,7 +119,7 @@ async def test_transient_submit_failures_are_retried_with_the_same_secret(ctx, m
     bodies = [json.loads(call.request.content) for call in route.calls]
     assert len({b["webhook_secret"] for b in bodies}) == 1
     assert len({b["webhook_url"] for b in bodies}) == 1
-    after = await ctx.store.get_job(job.id)
+    after = await ctx.store.jobs.get_job(job.id)
     assert (after.status, after.provider_job_id) == ("submitted", "task-9")
 
 
@@ -130,9 +130,9 @@ async def test_submit_gives_up_after_the_submit_timeout(ctx, make_job, router, c
     for _ in range(30):
         await worker.run_once()
         clock.advance(61)
-        if (await ctx.store.get_job(job.id)).status == "failed":
+        if (await ctx.store.jobs.get_job(job.id)).status == "failed":
             break
-    after = await ctx.store.get_job(job.id)
+    after = await ctx.store.jobs.get_job(job.id)
     assert after.status == "failed"
     assert after.error_code == "provider_error"
     assert "503" in after.error_message
@@ -149,7 +149,7 @@ async def test_submit_answer_without_polling_url_polls_get_result(ctx, make_job,
     await Worker(ctx).run_once()
     assert poll.call_count == 1
     assert poll.calls.last.request.headers["x-key"] == "test-bfl-key"
-    assert (await ctx.store.get_job(job.id)).status == "running"
+    assert (await ctx.store.jobs.get_job(job.id)).status == "running"
 
 
 async def test_polling_url_on_a_foreign_host_is_not_sent_the_key():
@@ -232,6 +232,6 @@ async def test_a_job_that_waited_past_its_deadline_is_never_sent(ctx, make_job, 
     await Worker(ctx).run_once()
 
     assert submit.call_count == 0
-    after = await ctx.store.get_job(job.id)
+    after = await ctx.store.jobs.get_job(job.id)
     assert (after.status, after.error_code) == ("failed", "timeout")
-    assert await ctx.store.get_tasks(job.id) == []
+    assert await ctx.store.tasks.get_tasks(job.id) == []

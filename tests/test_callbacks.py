@@ -47,7 +47,7 @@ async def submitted_job(api, prompt: str = "fox") -> tuple[dict, str, str]:
         "provider": "bfl", "model": "flux-pro-1.1", "input": {"prompt": prompt, "width": 512, "height": 512}})
     assert response.status_code == 202, response.text
     await Worker(api.ctx).run_once()
-    record = await api.ctx.store.get_job(response.json()["id"])
+    record = await api.ctx.store.jobs.get_job(response.json()["id"])
     path = f"/v1/callbacks/bfl/{api.ctx.tokens.issue('bfl', record.id)}"
     return response.json(), path, record.webhook_secret
 
@@ -63,8 +63,8 @@ def signed(body: bytes, secret: str) -> dict[str, str]:
 
 
 async def snapshot(api, job_id: str) -> tuple:
-    job = await api.ctx.store.get_job(job_id)
-    tasks = await api.ctx.store.get_tasks(job_id)
+    job = await api.ctx.store.jobs.get_job(job_id)
+    tasks = await api.ctx.store.tasks.get_tasks(job_id)
     return job.state, job.updated_at, [(t.kind, t.due_at) for t in tasks]
 
 
@@ -173,11 +173,11 @@ async def test_unsigned_callback_acts_only_after_the_confirming_poll_says_ready(
     assert state.status == "submitted" and not state.output_urls  # a hint changes nothing yet
     assert tasks == [("poll", api.ctx.clock())]  # ...but the confirming poll is due right now
     await Worker(api.ctx).run_once()  # poll says Pending: still not done
-    assert (await api.ctx.store.get_job(job["id"])).status == "running"
+    assert (await api.ctx.store.jobs.get_job(job["id"])).status == "running"
     api.ctx.clock.advance(60)
     await Worker(api.ctx).run_once()  # poll says Ready: fetch is scheduled
     await Worker(api.ctx).run_once()
-    final = await api.ctx.store.get_job(job["id"])
+    final = await api.ctx.store.jobs.get_job(job["id"])
     assert (final.status, final.completion_source) == ("succeeded", "poll")
     assert poll.call_count == 2
 
@@ -188,7 +188,7 @@ async def test_shared_secret_header_variant_is_accepted(api, router):
     response = await api.client.post(path, content=ready_body("task-fox"),
                                      headers={"x-webhook-secret": secret})
     assert response.status_code == 200
-    assert (await api.ctx.store.get_job(job["id"])).output_urls == (IMAGE_URL,)
+    assert (await api.ctx.store.jobs.get_job(job["id"])).output_urls == (IMAGE_URL,)
 
 
 async def test_failure_callback_fails_the_job_with_the_providers_reason(api):
@@ -200,7 +200,7 @@ async def test_failure_callback_fails_the_job_with_the_providers_reason(api):
     assert final["status"] == "failed"
     assert final["error"]["code"] == "provider_error"
     assert "content_policy_violation" in final["error"]["message"]
-    assert await api.ctx.store.get_tasks(job["id"]) == []
+    assert await api.ctx.store.tasks.get_tasks(job["id"]) == []
 
 
 async def test_late_callback_after_success_is_acknowledged_and_ignored(api, router):
@@ -223,8 +223,18 @@ async def test_a_repeated_unsigned_hint_asks_for_its_confirming_poll_only_once(a
     body = ready_body("task-fox")
     await api.client.post(path, content=body)
     await Worker(api.ctx).run_once()  # the confirming poll: still pending, next poll later
-    [after_poll] = await api.ctx.store.get_tasks(job["id"])
+    [after_poll] = await api.ctx.store.tasks.get_tasks(job["id"])
     assert after_poll.due_at > api.ctx.clock()
     repeat = await api.client.post(path, content=body)
     assert repeat.json()["duplicate"] is True
-    assert await api.ctx.store.get_tasks(job["id"]) == [after_poll]  # not pulled forward again
+    assert await api.ctx.store.tasks.get_tasks(job["id"]) == [after_poll]  # not pulled forward again
+
+
+async def test_a_valid_token_for_a_job_the_store_does_not_have_is_refused_as_unknown_job(api):
+    # The store raises a storage error (UnknownJob); service/callbacks.py makes it this 403.
+    path = f"/v1/callbacks/bfl/{api.ctx.tokens.issue('bfl', 'job_gone')}"
+    body = ready_body("task-fox")
+
+    response = await api.client.post(path, content=body, headers={"Content-Type": "application/json"})
+
+    assert_error_shape(response, 403, "unknown_job")

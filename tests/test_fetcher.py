@@ -14,7 +14,7 @@ from service.errors import OutputRetryable
 from service.jobs import ProviderSucceeded, Source, Submitted
 from service.worker import Worker
 from storage.blobs import open_blob_store
-from storage.store import Schedule
+from storage.records import Schedule
 from tests.blobs import read_blob, stored_names
 from tests.conftest import s3_env
 
@@ -46,13 +46,13 @@ def transport(router: respx.Router) -> httpx.AsyncBaseTransport:
 
 async def ready_job(ctx, make_job, clock, url: str):
     job = await make_job()
-    await ctx.store.record_observation(job.id, Submitted("t1"), now=clock())
-    await ctx.store.record_observation(
+    await ctx.store.jobs.record_observation(job.id, Submitted("t1"), now=clock())
+    await ctx.store.jobs.record_observation(
         job.id, ProviderSucceeded(Source.CALLBACK, (url,)), now=clock(), schedule=Schedule(fetch_at=clock())
     )
-    [task] = [t for t in await ctx.store.get_tasks(job.id) if t.kind == "submit"] or [None]
+    [task] = [t for t in await ctx.store.tasks.get_tasks(job.id) if t.kind == "submit"] or [None]
     if task is not None:
-        await ctx.store.finish_task(task.id)
+        await ctx.store.tasks.finish_task(task.id)
     return job
 
 
@@ -62,9 +62,9 @@ async def test_image_is_streamed_into_the_blob_store_and_the_job_succeeds(ctx, m
     )
     job = await ready_job(ctx, make_job, clock, GOOD)
     await Worker(ctx).run_once()
-    after = await ctx.store.get_job(job.id)
+    after = await ctx.store.jobs.get_job(job.id)
     assert after.status == "succeeded"
-    [output] = (await ctx.store.get_outputs([job.id]))[job.id]
+    [output] = (await ctx.store.jobs.get_outputs([job.id]))[job.id]
     assert await read_blob(ctx.blobs, output.sha256) == png()
     sha = output.sha256
     assert await stored_names(ctx.blobs) == [f"{sha[:2]}/{sha[2:4]}/{sha}"]  # no partial files left behind
@@ -96,10 +96,10 @@ async def test_unacceptable_outputs_fail_the_job_without_storing_anything(
         router.get(url).mock(return_value=response)
     job = await ready_job(ctx, make_job, clock, url)
     await Worker(ctx).run_once()
-    after = await ctx.store.get_job(job.id)
+    after = await ctx.store.jobs.get_job(job.id)
     assert after.status == "failed" and after.error_code == "output_unavailable"
     assert reason in after.error_message
-    assert (await ctx.store.get_outputs([job.id]))[job.id] == []
+    assert (await ctx.store.jobs.get_outputs([job.id]))[job.id] == []
     assert await stored_names(ctx.blobs) == []
 
 
@@ -111,10 +111,10 @@ async def test_an_expired_url_is_retried_within_the_window_then_output_unavailab
     worker = Worker(ctx)
     for _ in range(40):
         await worker.run_once()
-        if (await ctx.store.get_job(job.id)).status == "failed":
+        if (await ctx.store.jobs.get_job(job.id)).status == "failed":
             break
         clock.advance(60)
-    after = await ctx.store.get_job(job.id)
+    after = await ctx.store.jobs.get_job(job.id)
     assert (after.status, after.error_code) == ("failed", "output_unavailable")
     assert "404" in after.error_message
     assert route.call_count >= 3  # retried, with backoff, inside the 600 s window
@@ -130,7 +130,7 @@ async def test_a_transient_failure_then_success_stores_the_image(ctx, make_job, 
     for _ in range(3):
         await worker.run_once()
         clock.advance(70)
-    assert (await ctx.store.get_job(job.id)).status == "succeeded"
+    assert (await ctx.store.jobs.get_job(job.id)).status == "succeeded"
 
 
 async def test_a_blob_store_that_fails_makes_the_download_retryable_not_rejected(router, s3_endpoint):

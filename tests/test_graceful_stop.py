@@ -76,12 +76,12 @@ async def test_a_stopped_worker_hands_back_a_task_it_could_not_finish_due_now_an
         job = await make_job_in(ctx)
         await run_until_stopped(Worker(ctx), gate.arrived, then=lambda: None)
 
-        (task,) = await ctx.store.get_tasks(job.id)
+        (task,) = await ctx.store.tasks.get_tasks(job.id)
         assert (task.kind, task.lease_until, task.attempts) == ("submit", 0, 0)
         # Another worker takes it at once, at the same instant: not after the lease.
-        claimed = await ctx.store.claim_due_tasks(now=clock(), limit=10, lease_ms=600_000)
+        claimed = await ctx.store.tasks.claim_due_tasks(now=clock(), limit=10, lease_ms=600_000)
         assert [t.id for t in claimed] == [task.id]
-        assert (await ctx.store.get_job(job.id)).status == "queued"
+        assert (await ctx.store.jobs.get_job(job.id)).status == "queued"
 
 
 async def test_a_stopped_worker_lets_work_finishing_within_the_grace_finish(
@@ -93,8 +93,8 @@ async def test_a_stopped_worker_lets_work_finishing_within_the_grace_finish(
         job = await make_job_in(ctx)
         await run_until_stopped(Worker(ctx), gate.arrived, then=gate.open.set)
 
-        assert (await ctx.store.get_job(job.id)).status == "submitted"
-        tasks = await ctx.store.get_tasks(job.id)
+        assert (await ctx.store.jobs.get_job(job.id)).status == "submitted"
+        tasks = await ctx.store.tasks.get_tasks(job.id)
         assert [t.kind for t in tasks] == ["poll"]  # the submit ended; nothing handed back
         assert tasks[0].attempts == 0
 
@@ -109,7 +109,7 @@ async def test_a_stopped_worker_claims_nothing_more(
         assert await worker.run_once() == 0
         with anyio.fail_after(5):
             await worker.run()  # returns at once
-        (task,) = await ctx.store.get_tasks(job.id)
+        (task,) = await ctx.store.tasks.get_tasks(job.id)
         assert (task.lease_until, task.attempts) == (0, 0)
 
 
@@ -120,12 +120,12 @@ async def test_a_stopped_notifier_hands_back_a_delivery_cut_off_mid_attempt(
     settings = make_settings(FLUXHOOK_SHUTDOWN_GRACE_SECONDS="0.2")
     async with open_context(settings, notify_transport=receiver.transport(), clock=clock) as ctx:
         job = await make_job_in(ctx, webhook_url="https://receiver.example.com/hook")
-        await ctx.store.record_observation(job.id, Submitted("task-1"), now=clock())
+        await ctx.store.jobs.record_observation(job.id, Submitted("task-1"), now=clock())
         await run_until_stopped(Notifier(ctx), receiver.arrived, then=lambda: None)
 
-        (delivery, attempts) = (await ctx.store.list_deliveries(job_id=job.id))[0]
+        (delivery, attempts) = (await ctx.store.deliveries.list_deliveries(job_id=job.id))[0]
         assert (delivery.status, delivery.attempts, attempts) == ("pending", 0, [])
-        again = await ctx.store.claim_due_deliveries(
+        again = await ctx.store.deliveries.claim_due_deliveries(
             now=clock(), limit=10, lease_ms=600_000, busy={}, per_destination=4
         )
         assert [d.id for d in again] == [delivery.id]
@@ -136,14 +136,14 @@ async def test_handing_back_leaves_a_lease_another_claim_now_holds(
     ctx: WorkContext, make_job: Callable[..., Any], clock: FakeClock
 ):
     job = await make_job()
-    (first,) = await ctx.store.claim_due_tasks(now=clock(), limit=1, lease_ms=1_000)
+    (first,) = await ctx.store.tasks.claim_due_tasks(now=clock(), limit=1, lease_ms=1_000)
     clock.advance(2)  # the first lease ran out and another worker claimed the task
-    (second,) = await ctx.store.claim_due_tasks(now=clock(), limit=1, lease_ms=600_000)
+    (second,) = await ctx.store.tasks.claim_due_tasks(now=clock(), limit=1, lease_ms=600_000)
 
-    assert await ctx.store.release_tasks([(first.id, first.lease_until)]) == 0
-    (task,) = await ctx.store.get_tasks(job.id)
+    assert await ctx.store.tasks.release_tasks([(first.id, first.lease_until)]) == 0
+    (task,) = await ctx.store.tasks.get_tasks(job.id)
     assert (task.lease_until, task.attempts) == (second.lease_until, 2)
-    assert await ctx.store.release_tasks([(second.id, second.lease_until)]) == 1
+    assert await ctx.store.tasks.release_tasks([(second.id, second.lease_until)]) == 1
 
 
 @pytest.fixture
@@ -154,7 +154,7 @@ def make_job_in() -> Callable[..., Any]:
                      input={"prompt": "a red fox", "width": 512, "height": 512}, metadata={},
                      webhook_secret=None, idempotency_key=None, request_hash=None,
                      deadline_at=now + 900_000, **fields)
-        job, _ = await ctx.store.create_job(new, now=now)
+        job, _ = await ctx.store.jobs.create_job(new, now=now)
         return job
 
     return make

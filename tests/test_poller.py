@@ -8,7 +8,7 @@ import respx
 
 from service.jobs import Submitted
 from service.worker import Worker
-from storage.store import Schedule
+from storage.records import Schedule
 
 pytestmark = pytest.mark.anyio
 
@@ -27,9 +27,9 @@ def transport(router: respx.Router) -> httpx.AsyncBaseTransport:
 
 async def submitted_job(ctx, make_job, clock, **fields):
     job = await make_job(**fields)
-    [submit] = await ctx.store.get_tasks(job.id)
-    await ctx.store.finish_task(submit.id)
-    await ctx.store.record_observation(
+    [submit] = await ctx.store.tasks.get_tasks(job.id)
+    await ctx.store.tasks.finish_task(submit.id)
+    await ctx.store.jobs.record_observation(
         job.id,
         Submitted("t1", f"{BASE}/v1/get_result?id=t1"),
         now=clock(),
@@ -57,7 +57,7 @@ async def test_pending_polls_back_off_with_jitter_up_to_the_cap(ctx, make_job, c
     gaps = []
     for _ in range(8):
         await Worker(ctx).run_once()
-        [task] = await ctx.store.get_tasks(job.id)
+        [task] = await ctx.store.tasks.get_tasks(job.id)
         gaps.append(task.due_at - clock())
         clock.now = task.due_at
     assert gaps[0] < gaps[3]  # backing off
@@ -72,10 +72,10 @@ async def test_task_not_found_waits_out_its_grace_then_fails(ctx, make_job, cloc
     job = await submitted_job(ctx, make_job, clock)
     clock.advance(15)
     await Worker(ctx).run_once()
-    assert (await ctx.store.get_job(job.id)).status == "running"  # too soon to believe it
+    assert (await ctx.store.jobs.get_job(job.id)).status == "running"  # too soon to believe it
     clock.advance(60)
     await Worker(ctx).run_once()
-    after = await ctx.store.get_job(job.id)
+    after = await ctx.store.jobs.get_job(job.id)
     assert (after.status, after.error_code) == ("failed", "provider_error")
     assert "Task not found" in after.error_message
 
@@ -87,10 +87,10 @@ async def test_a_job_past_its_deadline_fails_with_timeout(ctx, make_job, clock, 
     job = await submitted_job(ctx, make_job, clock, deadline_at=clock() + 20_000)
     clock.advance(25)
     await Worker(ctx).run_once()
-    after = await ctx.store.get_job(job.id)
+    after = await ctx.store.jobs.get_job(job.id)
     assert (after.status, after.error_code) == ("failed", "timeout")
     assert poll.call_count == 0
-    assert await ctx.store.get_tasks(job.id) == []
+    assert await ctx.store.tasks.get_tasks(job.id) == []
 
 
 async def test_rate_limited_poll_waits_for_retry_after(ctx, make_job, clock, router):
@@ -100,7 +100,7 @@ async def test_rate_limited_poll_waits_for_retry_after(ctx, make_job, clock, rou
     job = await submitted_job(ctx, make_job, clock)
     clock.advance(15)
     await Worker(ctx).run_once()
-    [task] = await ctx.store.get_tasks(job.id)
+    [task] = await ctx.store.tasks.get_tasks(job.id)
     assert task.due_at >= clock() + 25_000
 
 
@@ -117,6 +117,6 @@ async def test_failures_seen_by_polling_fail_the_job_and_stop_polling(
     job = await submitted_job(ctx, make_job, clock)
     clock.advance(15)
     await Worker(ctx).run_once()
-    after = await ctx.store.get_job(job.id)
+    after = await ctx.store.jobs.get_job(job.id)
     assert (after.status, after.error_code, after.completion_source) == ("failed", code, "poll")
-    assert await ctx.store.get_tasks(job.id) == []
+    assert await ctx.store.tasks.get_tasks(job.id) == []

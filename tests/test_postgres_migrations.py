@@ -8,15 +8,16 @@ import threading
 import psycopg
 import pytest
 
-from storage.migrations import MIGRATIONS as SQLITE_MIGRATIONS
+from service.rules import JOB_RULES
 from storage.postgres.migrations import MIGRATIONS, migrate
+from storage.sqlite.migrations import MIGRATIONS as SQLITE_MIGRATIONS
 
 
 def sqlite_schema(tmp_path):
     conn = sqlite3.connect(tmp_path / "schema.db")
     for step in SQLITE_MIGRATIONS:
         if callable(step):
-            step(conn)
+            step(conn, JOB_RULES)
         else:
             conn.executescript(step)
     tables = [r[0] for r in conn.execute(

@@ -17,8 +17,9 @@ import httpx
 import pytest
 
 from service.ids import new_job_id, new_webhook_secret
+from service.rules import JOB_RULES
 from storage.records import NewJob
-from storage.store import Store
+from storage.sqlite.database import Database
 from tests.e2e import (
     free_port,
     procfile,
@@ -91,7 +92,7 @@ async def test_web_and_worker_on_their_own_ports_finish_every_job_by_callback(
 
 async def queue_jobs(data_dir: Path, count: int) -> list[str]:
     """Jobs written straight to the database: queued while no web process runs."""
-    store = await Store.open(data_dir / "fluxhook.db")
+    store = await Database.open(data_dir / "fluxhook.db", rules=JOB_RULES)
     try:
         now = time.time_ns() // 1_000_000
         ids = []
@@ -101,7 +102,7 @@ async def queue_jobs(data_dir: Path, count: int) -> list[str]:
                          input={"prompt": f"queued job {n}", "width": 256, "height": 256},
                          webhook_secret=new_webhook_secret(), idempotency_key=None, request_hash=None,
                          deadline_at=now + 900_000)
-            await store.create_job(new, now=now)
+            await store.jobs.create_job(new, now=now)
             ids.append(job_id)
         return ids
     finally:
@@ -109,9 +110,9 @@ async def queue_jobs(data_dir: Path, count: int) -> list[str]:
 
 
 async def submit_attempts(data_dir: Path, ids: list[str]) -> list[int]:
-    store = await Store.open(data_dir / "fluxhook.db")
+    store = await Database.open(data_dir / "fluxhook.db", rules=JOB_RULES)
     try:
-        return [task.attempts for job_id in ids for task in await store.get_tasks(job_id)]
+        return [task.attempts for job_id in ids for task in await store.tasks.get_tasks(job_id)]
     finally:
         await store.close()
 

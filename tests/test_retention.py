@@ -15,9 +15,7 @@ from service.ids import new_job_id
 from service.jobs import OutputsStored, ProviderSucceeded, Source, Submitted
 from service.retention import delete_job, prune
 from service.settings import Settings
-from storage.notifications import AttemptResult
-from storage.records import JobRecord, NewJob, UploadRecord
-from storage.store import Judgement, Schedule, StoredOutput
+from storage.records import AttemptResult, JobRecord, Judgement, NewJob, Schedule, StoredOutput, UploadRecord
 from tests.blobs import age_blobs
 from tests.conftest import FakeClock, assert_error_shape
 
@@ -49,7 +47,7 @@ async def new_job(ctx: WorkContext, **fields: Any) -> JobRecord:
                  input={"prompt": "a red fox", "width": 512, "height": 512}, metadata={},
                  webhook_secret=None, idempotency_key=None, request_hash=None,
                  deadline_at=now + 900_000, **fields)
-    job, _ = await ctx.store.create_job(new, now=now)
+    job, _ = await ctx.store.jobs.create_job(new, now=now)
     return job
 
 
@@ -71,14 +69,14 @@ async def succeeded_job(ctx: WorkContext, *images: bytes, **fields: Any) -> JobR
     """A job that went all the way to succeeded with `images` stored, now (by the test clock)."""
     job = await new_job(ctx, **fields)
     now = ctx.clock()
-    await ctx.store.record_observation(job.id, Submitted(f"p-{job.id}"), now=now)
+    await ctx.store.jobs.record_observation(job.id, Submitted(f"p-{job.id}"), now=now)
     urls = tuple(f"https://x.bfl.ai/{job.id}/{i}" for i in range(len(images)))
-    await ctx.store.record_observation(job.id, ProviderSucceeded(Source.CALLBACK, urls), now=now,
+    await ctx.store.jobs.record_observation(job.id, ProviderSucceeded(Source.CALLBACK, urls), now=now,
                                        schedule=Schedule(fetch_at=now))
-    [fetch] = [t for t in await ctx.store.get_tasks(job.id) if t.kind == "fetch"]
+    [fetch] = [t for t in await ctx.store.tasks.get_tasks(job.id) if t.kind == "fetch"]
     stored = [StoredOutput(i, await store_blob(ctx, image), "image/png", len(image), urls[i])
               for i, image in enumerate(images)]
-    recorded = await ctx.store.record_outputs(job.id, stored, now=now, task_id=fetch.id,
+    recorded = await ctx.store.jobs.record_outputs(job.id, stored, now=now, task_id=fetch.id,
                                               observation=OutputsStored(len(images)))
     assert recorded is not None and recorded.job.status == "succeeded"
     return recorded.job
@@ -86,15 +84,17 @@ async def succeeded_job(ctx: WorkContext, *images: bytes, **fields: Any) -> JobR
 
 async def deliver(ctx: WorkContext, job: JobRecord) -> None:
     """Send every due delivery once (the receiver says 204), as the notifier would."""
-    for delivery in await ctx.store.claim_due_deliveries(now=ctx.clock(), limit=100, lease_ms=60_000,
-                                                         busy={}, per_destination=100):
+    for delivery in await ctx.store.deliveries.claim_due_deliveries(
+            now=ctx.clock(), limit=100, lease_ms=60_000, busy={}, per_destination=100):
         result = AttemptResult(True, ctx.clock(), 5, 204, "", None, None)
-        await ctx.store.record_delivery_attempt(delivery, result, now=ctx.clock(), disable_after_ms=1)
+        await ctx.store.deliveries.record_delivery_attempt(delivery, result, now=ctx.clock(),
+                                                           disable_after_ms=1)
 
 
 async def callback(ctx: WorkContext, job: JobRecord, body: bytes) -> None:
-    await ctx.store.record_callback(job.id, provider="bfl", body=body, now=ctx.clock(), schedule=Schedule(),
-                                    judge=lambda _job, _attempts: Judgement("unsigned", None))
+    await ctx.store.jobs.record_callback(job.id, provider="bfl", body=body, now=ctx.clock(),
+                                         schedule=Schedule(),
+                                         judge=lambda _job, _attempts: Judgement("unsigned", None))
 
 
 def count(ctx: WorkContext, table: str, job_id: str) -> int:
@@ -132,7 +132,7 @@ async def test_pruning_removes_old_events_callbacks_and_attempts_and_keeps_recen
     assert pruned.events == before["events"][0]
     assert pruned.callbacks == 1
     # The jobs themselves stay, history counters included.
-    kept = await life.store.get_job(old.id)
+    kept = await life.store.jobs.get_job(old.id)
     assert kept is not None and kept.callback_count == 1 and kept.event_count == before["events"][0]
 
 
@@ -154,13 +154,13 @@ async def test_old_images_go_but_one_a_recent_job_shares_is_kept(life: WorkConte
     old = await succeeded_job(life, image(1), image(2))
     clock.advance(8 * DAY)
     recent = await succeeded_job(life, image(1))
-    shared, only_old = (o.sha256 for o in (await life.store.get_outputs([old.id]))[old.id])
+    shared, only_old = (o.sha256 for o in (await life.store.jobs.get_outputs([old.id]))[old.id])
 
     pruned = await prune(life)
 
     assert pruned.jobs_images == 1 and pruned.blobs == 1
-    assert (await life.store.get_job(old.id)).outputs_deleted_at == clock()
-    assert (await life.store.get_job(recent.id)).outputs_deleted_at is None
+    assert (await life.store.jobs.get_job(old.id)).outputs_deleted_at == clock()
+    assert (await life.store.jobs.get_job(recent.id)).outputs_deleted_at is None
     assert not await life.blobs.exists(only_old)
     assert await life.blobs.exists(shared)
 
@@ -173,9 +173,9 @@ async def test_an_image_a_live_upload_shares_is_kept_until_the_upload_expires(
     life: WorkContext, clock: FakeClock
 ):
     job = await succeeded_job(life, image(3))
-    [output] = (await life.store.get_outputs([job.id]))[job.id]
+    [output] = (await life.store.jobs.get_outputs([job.id]))[job.id]
     clock.advance(8 * DAY)
-    await life.store.record_upload(UploadRecord("upl_1", output.sha256, "image/png", 72, clock(),
+    await life.store.uploads.record_upload(UploadRecord("upl_1", output.sha256, "image/png", 72, clock(),
                                                 clock() + DAY * 1000))
     await prune(life)
     assert await life.blobs.exists(output.sha256)
@@ -188,16 +188,16 @@ async def test_an_image_a_live_upload_shares_is_kept_until_the_upload_expires(
 async def test_an_old_job_still_running_keeps_its_image(life: WorkContext, clock: FakeClock):
     """Ready at the provider, its image stored but the job not yet final: a live reference."""
     old = await succeeded_job(life, image(4))
-    [output] = (await life.store.get_outputs([old.id]))[old.id]
+    [output] = (await life.store.jobs.get_outputs([old.id]))[old.id]
     running = await new_job(life)
-    await life.store.record_observation(running.id, Submitted("p-1"), now=clock())
+    await life.store.jobs.record_observation(running.id, Submitted("p-1"), now=clock())
     clock.advance(100 * DAY)
-    await life.store.record_outputs(running.id, [StoredOutput(0, output.sha256, "image/png", 72, None)],
+    await life.store.jobs.record_outputs(running.id, [StoredOutput(0, output.sha256, "image/png", 72, None)],
                                     now=clock(), task_id=0, observation=OutputsStored(1))
-    assert (await life.store.get_job(running.id)).status == "submitted"  # not final
+    assert (await life.store.jobs.get_job(running.id)).status == "submitted"  # not final
 
     assert (await prune(life)).jobs_images == 1  # the old job's, not the running one's
-    assert (await life.store.get_job(running.id)).outputs_deleted_at is None
+    assert (await life.store.jobs.get_job(running.id)).outputs_deleted_at is None
     assert await life.blobs.exists(output.sha256)
 
 
@@ -207,7 +207,7 @@ async def test_pruning_a_backlog_runs_in_small_batches(life: WorkContext, clock:
         await callback(life, job, f'{{"n": {n}}}'.encode())
     clock.advance(31 * DAY)
 
-    assert await life.store.prune_callbacks(before=clock(), limit=10) == 10  # one batch is 10
+    assert await life.store.retention.prune_callbacks(before=clock(), limit=10) == 10  # one batch is 10
     assert (await prune(life, batch=10)).callbacks == 15  # the rest: two more batches
     assert count(life, "callbacks", job.id) == 0
 
@@ -230,7 +230,7 @@ async def test_a_file_written_moments_ago_is_left_for_a_later_prune(life: WorkCo
     """A download of the same bytes may have just renamed its file into place, its reference
     not yet committed: a fresh file is not removed, and the next prune finishes the job."""
     job = await succeeded_job(life, image(5))
-    [output] = (await life.store.get_outputs([job.id]))[job.id]
+    [output] = (await life.store.jobs.get_outputs([job.id]))[job.id]
     age_blobs(life.blobs, 0)
     async with life.blobs.writer(max_bytes=1 << 20) as writer:  # the same bytes, just now
         await writer.write(image(5))
@@ -247,8 +247,8 @@ async def test_a_crash_after_removing_the_reference_leaves_only_a_file_the_next_
     life: WorkContext, clock: FakeClock
 ):
     job = await succeeded_job(life, image(6))
-    [output] = (await life.store.get_outputs([job.id]))[job.id]
-    await life.store.remove_job_outputs(job.id, now=clock())  # committed; the process dies here
+    [output] = (await life.store.jobs.get_outputs([job.id]))[job.id]
+    await life.store.retention.remove_job_outputs(job.id, now=clock())  # committed; the process dies here
     assert await life.blobs.exists(output.sha256)
 
     assert (await prune(life)).blobs == 1

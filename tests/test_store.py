@@ -11,12 +11,14 @@ import aiosqlite
 import anyio
 import pytest
 
-from service.errors import CallbackRejected, StoreUnavailable
+from service.errors import CallbackRejected
 from service.ids import new_job_id, new_webhook_secret
 from service.jobs import Submitted
-from storage.records import JobRecord, NewJob
-from storage.sqlite_thread import check_supported, run_in_connection_thread
-from storage.store import Judgement, Schedule, Store
+from service.rules import JOB_RULES
+from storage.errors import StorageUnavailable, UnknownJob
+from storage.records import JobRecord, Judgement, NewJob, Schedule
+from storage.sqlite.database import Database
+from storage.sqlite.thread import check_supported, run_in_connection_thread
 
 pytestmark = pytest.mark.anyio
 
@@ -24,19 +26,19 @@ NOW = 1_790_000_000_000
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = await Store.open(tmp_path / "fluxhook.db")
+async def store(tmp_path: Path) -> AsyncIterator[Database]:
+    store = await Database.open(tmp_path / "fluxhook.db", rules=JOB_RULES)
     try:
         yield store
     finally:
         await store.close()
 
 
-async def submitted_job(store: Store, n: int = 0) -> JobRecord:
+async def submitted_job(store: Database, n: int = 0) -> JobRecord:
     new = NewJob(new_job_id(NOW + n), "bfl", "flux-pro-1.1", {"prompt": f"fox {n}"}, {},
                  new_webhook_secret(), None, None, NOW + 900_000)
-    await store.create_job(new, now=NOW)
-    recorded = await store.record_observation(new.id, Submitted(f"task-{n}"), now=NOW)
+    await store.jobs.create_job(new, now=NOW)
+    recorded = await store.jobs.record_observation(new.id, Submitted(f"task-{n}"), now=NOW)
     assert recorded is not None
     return recorded.job
 
@@ -88,11 +90,11 @@ async def test_store_refuses_to_open_on_an_aiosqlite_without_the_hooks(
 ):
     # Stands in for an aiosqlite release that renamed the private method the store relies on.
     monkeypatch.delattr(aiosqlite.Connection, "_execute")
-    with pytest.raises(RuntimeError, match=r"storage/sqlite_thread\.py"):
-        await Store.open(tmp_path / "fluxhook.db")
+    with pytest.raises(RuntimeError, match=r"storage/sqlite/thread\.py"):
+        await Database.open(tmp_path / "fluxhook.db", rules=JOB_RULES)
 
 
-async def test_a_transaction_that_raises_writes_nothing(store: Store):
+async def test_a_transaction_that_raises_writes_nothing(store: Database):
     job = await submitted_job(store)
 
     def half_done(conn: sqlite3.Connection) -> None:
@@ -101,72 +103,72 @@ async def test_a_transaction_that_raises_writes_nothing(store: Store):
         raise LookupError("changed my mind")
 
     with pytest.raises(LookupError):
-        await store._transact(half_done)
-    after = await store.get_job(job.id)
+        await store.transact(half_done)
+    after = await store.jobs.get_job(job.id)
     assert after is not None and after.poll_count == 0
-    assert await store.get_tasks(job.id) != []
+    assert await store.tasks.get_tasks(job.id) != []
     # The connection is left outside any transaction: the next write opens its own.
-    await store.retry_task((await store.get_tasks(job.id))[0].id, due_at=NOW, error="x")
+    await store.tasks.retry_task((await store.tasks.get_tasks(job.id))[0].id, due_at=NOW, error="x")
 
 
-async def test_a_sqlite_error_inside_a_transaction_rolls_back_as_store_unavailable(store: Store):
+async def test_a_sqlite_error_inside_a_transaction_rolls_back_as_store_unavailable(store: Database):
     job = await submitted_job(store)
 
     def broken(conn: sqlite3.Connection) -> None:
         conn.execute("UPDATE jobs SET poll_count = 5 WHERE id = ?", (job.id,))
         conn.execute("INSERT INTO no_such_table VALUES (1)")
 
-    with pytest.raises(StoreUnavailable, match="no_such_table"):
-        await store._transact(broken)
-    with pytest.raises(StoreUnavailable, match="database read failed"):
-        await store._query(lambda conn: conn.execute("SELECT * FROM no_such_table").fetchall())
-    after = await store.get_job(job.id)
+    with pytest.raises(StorageUnavailable, match="no_such_table"):
+        await store.transact(broken)
+    with pytest.raises(StorageUnavailable, match="database read failed"):
+        await store.query(lambda conn: conn.execute("SELECT * FROM no_such_table").fetchall())
+    after = await store.jobs.get_job(job.id)
     assert after is not None and after.poll_count == 0
 
 
-async def test_a_refused_callback_changes_nothing(store: Store):
+async def test_a_refused_callback_changes_nothing(store: Database):
     job = await submitted_job(store)
-    before = await store._query(lambda conn: (count(conn, "callbacks"), count(conn, "events")))
+    before = await store.query(lambda conn: (count(conn, "callbacks"), count(conn, "events")))
 
     def judge(seen: JobRecord, attempts: list) -> Judgement:
         assert seen.id == job.id
         raise CallbackRejected("signature does not match", code="bad_signature", status_code=401)
 
     with pytest.raises(CallbackRejected):
-        await store.record_callback(job.id, provider="bfl", body=b"{}", judge=judge, now=NOW,
+        await store.jobs.record_callback(job.id, provider="bfl", body=b"{}", judge=judge, now=NOW,
                                     schedule=Schedule(fetch_at=NOW))
-    after = await store.get_job(job.id)
+    after = await store.jobs.get_job(job.id)
     assert after == job
-    assert await store._query(lambda conn: (count(conn, "callbacks"), count(conn, "events"))) == before
+    assert await store.query(lambda conn: (count(conn, "callbacks"), count(conn, "events"))) == before
 
 
-async def test_a_callback_for_no_job_is_rejected_without_judging(store: Store):
+async def test_a_callback_for_no_job_is_rejected_without_judging(store: Database):
     def judge(job: JobRecord, attempts: list) -> Judgement:
         raise AssertionError("judged a job that does not exist")
 
-    with pytest.raises(CallbackRejected) as caught:
-        await store.record_callback("job_missing", provider="bfl", body=b"{}", judge=judge, now=NOW,
+    with pytest.raises(UnknownJob) as caught:  # service/callbacks.py makes it a 403 unknown_job
+        await store.jobs.record_callback("job_missing", provider="bfl", body=b"{}", judge=judge, now=NOW,
                                     schedule=Schedule())
-    assert caught.value.code == "unknown_job"
+    assert caught.value.job_id == "job_missing"
 
 
-async def test_concurrent_transactions_each_commit_whole(store: Store):
+async def test_concurrent_transactions_each_commit_whole(store: Database):
     jobs = [await submitted_job(store, n) for n in range(20)]
 
     async def count_a_poll(job: JobRecord) -> None:
         for _ in range(5):
-            await store.record_observation(job.id, Submitted(job.provider_job_id or ""), now=NOW,
+            await store.jobs.record_observation(job.id, Submitted(job.provider_job_id or ""), now=NOW,
                                            counted_poll=True)
 
     async with anyio.create_task_group() as tg:
         for job in jobs:
             tg.start_soon(count_a_poll, job)
     for job in jobs:
-        after = await store.get_job(job.id)
+        after = await store.jobs.get_job(job.id)
         assert after is not None and after.poll_count == 5
 
 
-async def test_a_cancelled_caller_still_commits_the_write_it_started_whole(store: Store):
+async def test_a_cancelled_caller_still_commits_the_write_it_started_whole(store: Database):
     job = await submitted_job(store)
     started, release = threading.Event(), threading.Event()
 
@@ -177,13 +179,13 @@ async def test_a_cancelled_caller_still_commits_the_write_it_started_whole(store
         conn.execute("UPDATE jobs SET callback_count = callback_count + 1 WHERE id = ?", (job.id,))
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(store._transact, slow_write)
+        tg.start_soon(store.transact, slow_write)
         await anyio.to_thread.run_sync(started.wait, 10)
         tg.cancel_scope.cancel()  # while the transaction is half done in the database thread
         release.set()
-    after = await store.get_job(job.id)
+    after = await store.jobs.get_job(job.id)
     assert after is not None
     assert (after.poll_count, after.callback_count) == (1, 1)
     # The lock was held until the thread was done: the next write opens its own transaction.
-    await store.finish_task((await store.get_tasks(job.id))[0].id)
-    assert await store.get_tasks(job.id) == []
+    await store.tasks.finish_task((await store.tasks.get_tasks(job.id))[0].id)
+    assert await store.tasks.get_tasks(job.id) == []

@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from service.cursors import decode_cursor
 from service.errors import MalformedRequest, ValidationFailed
 from service.strict_json import (
     MAX_DEPTH,
@@ -17,7 +18,6 @@ from service.strict_json import (
     loads,
     repair_text,
 )
-from storage.store import decode_cursor
 
 # (case, JSON text, rule, path of the refused value, status of the API error)
 REFUSED = [

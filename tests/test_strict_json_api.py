@@ -21,12 +21,13 @@ import respx
 from service.app import create_app
 from service.catalog.validation import allows_null
 from service.ids import new_job_id, new_webhook_secret
+from service.rules import JOB_RULES
 from service.settings import Settings
 from service.strict_json import JsonRefused
 from service.worker import Worker
-from storage.migrations import MIGRATIONS, repair_stored_json
 from storage.records import NewJob
-from storage.store import Store, _statements
+from storage.sqlite.database import Database, _statements
+from storage.sqlite.migrations import MIGRATIONS, repair_stored_json
 from tests.conftest import Api, assert_error_shape
 from tests.test_catalog import SERVED, minimal_input
 
@@ -154,7 +155,7 @@ async def test_hostile_callback_is_a_400_that_records_nothing(api, router, case,
         "provider": "bfl", "model": "flux-pro-1.1", "input": {"prompt": "fox"}})
     assert submitted.status_code == 202, submitted.text
     await Worker(api.ctx).run_once()
-    job = await api.ctx.store.get_job(submitted.json()["id"])
+    job = await api.ctx.store.jobs.get_job(submitted.json()["id"])
     path = f"/v1/callbacks/bfl/{api.ctx.tokens.issue('bfl', job.id)}"
     raw = body.encode("utf-8", "surrogatepass")
     headers = {"Content-Type": "application/json"}
@@ -166,7 +167,7 @@ async def test_hostile_callback_is_a_400_that_records_nothing(api, router, case,
     error = assert_error_shape(response, 400, "malformed_callback")
     assert field in [d["field"] for d in error["details"]]
     assert row_counts(api.ctx.settings.db_path) == before
-    after = await api.ctx.store.get_job(job.id)
+    after = await api.ctx.store.jobs.get_job(job.id)
     assert (after.state, after.callback_count) == (job.state, job.callback_count)
 
 
@@ -307,23 +308,23 @@ async def test_migration_repairs_stored_rows_that_break_the_rules(
 async def test_before_the_repair_such_a_row_is_what_made_listing_fail(make_settings, clock):
     """The known answer the migration exists for: the strict reader refuses the stored NaN."""
     settings = make_settings()
-    store = await Store.open(settings.db_path)
+    store = await Database.open(settings.db_path, rules=JOB_RULES)
     job_id = new_job_id(clock())
-    await store.create_job(NewJob(
+    await store.jobs.create_job(NewJob(
         id=job_id, provider="bfl", model="flux-pro-1.1", input={"prompt": "fox"}, metadata={},
         webhook_secret=new_webhook_secret(), idempotency_key=None, request_hash=None,
         deadline_at=clock() + 900_000), now=clock())
     with sqlite3.connect(settings.db_path) as conn:
         conn.execute("UPDATE jobs SET metadata = '{\"a\":NaN}' WHERE id = ?", (job_id,))
     with pytest.raises(JsonRefused):
-        await store.get_job(job_id)
+        await store.jobs.get_job(job_id)
     await store.close()
 
 
 async def test_the_store_refuses_a_value_that_would_not_read_back_and_writes_nothing(ctx, clock):
     before = row_counts(ctx.settings.db_path)
     with pytest.raises(JsonRefused) as caught:
-        await ctx.store.create_job(NewJob(
+        await ctx.store.jobs.create_job(NewJob(
             id=new_job_id(clock()), provider="bfl", model="flux-pro-1.1", input={"prompt": "fox"},
             metadata={"score": float("nan")}, webhook_secret=new_webhook_secret(), idempotency_key=None,
             request_hash=None, deadline_at=clock() + 900_000), now=clock())

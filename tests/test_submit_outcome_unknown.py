@@ -50,13 +50,13 @@ async def job_whose_submit_answer_was_lost(api, router) -> tuple[str, str, str, 
     assert response.status_code == 202, response.text
     job_id = response.json()["id"]
     await Worker(api.ctx).run_once()
-    record = await api.ctx.store.get_job(job_id)
+    record = await api.ctx.store.jobs.get_job(job_id)
     path = f"/v1/callbacks/bfl/{api.ctx.tokens.issue('bfl', job_id)}"
     return job_id, path, record.webhook_secret, submit
 
 
 async def attempts(api, job_id: str) -> list[tuple[str, str | None]]:
-    rows = (await api.ctx.store.get_attempts([job_id]))[job_id]
+    rows = (await api.ctx.store.jobs.get_attempts([job_id]))[job_id]
     return [(a.outcome, a.provider_job_id) for a in rows]
 
 
@@ -69,9 +69,9 @@ async def test_a_submit_whose_answer_was_lost_is_not_repeated_inside_the_window(
         clock.advance(WINDOW_S / 6)
         await worker.run_once()
     assert submit.call_count == 1
-    job = await api.ctx.store.get_job(job_id)
+    job = await api.ctx.store.jobs.get_job(job_id)
     assert (job.status, job.provider_job_id) == ("queued", None)
-    [task] = await api.ctx.store.get_tasks(job_id)
+    [task] = await api.ctx.store.tasks.get_tasks(job_id)
     assert task.kind == "submit" and "unknown" in task.last_error
 
 
@@ -84,13 +84,13 @@ async def test_the_verified_callback_of_the_lost_submit_is_adopted_and_nothing_i
     response = await api.client.post(path, content=body, headers=signed(body, secret))
 
     assert response.status_code == 200, response.text
-    job = await api.ctx.store.get_job(job_id)
+    job = await api.ctx.store.jobs.get_job(job_id)
     assert (job.provider_job_id, job.completion_source) == ("task-1", "callback")
     assert await attempts(api, job_id) == [("adopted", "task-1")]
-    assert [t.kind for t in await api.ctx.store.get_tasks(job_id)] == ["fetch"]
+    assert [t.kind for t in await api.ctx.store.tasks.get_tasks(job_id)] == ["fetch"]
     clock.advance(WINDOW_S * 2)
     await Worker(api.ctx).drain()
-    job = await api.ctx.store.get_job(job_id)
+    job = await api.ctx.store.jobs.get_job(job_id)
     assert job.status == "succeeded"
     assert submit.call_count == 1
     document = (await api.client.get(f"/v1/jobs/{job_id}")).json()
@@ -112,26 +112,26 @@ async def test_after_the_window_the_job_is_submitted_again_and_the_first_result_
 
     assert response.status_code == 200, response.text
     assert await attempts(api, job_id) == [("adopted", "task-1"), ("accepted", "task-2")]
-    job = await api.ctx.store.get_job(job_id)
+    job = await api.ctx.store.jobs.get_job(job_id)
     assert job.provider_job_id == "task-2" and job.output_urls == (IMAGE_URL,)
     second = json.dumps({**json.loads(ready_body("task-2")), "result": {"sample": IMAGE_URL + "?2"}}).encode()
     response = await api.client.post(path, content=second, headers=signed(second, secret))
     assert response.status_code == 200  # recorded, not refused as forged
-    assert (await api.ctx.store.get_job(job_id)).output_urls == (IMAGE_URL,)  # one result, never two
+    assert (await api.ctx.store.jobs.get_job(job_id)).output_urls == (IMAGE_URL,)  # one result, never two
 
 
 async def test_a_second_tasks_progress_is_recorded_as_an_orphan_and_changes_nothing(api, router, clock):
     job_id, path, secret, _ = await job_whose_submit_answer_was_lost(api, router)
     clock.advance(WINDOW_S + 1)
     await Worker(api.ctx).run_once()
-    before = await api.ctx.store.get_job(job_id)
+    before = await api.ctx.store.jobs.get_job(job_id)
 
     body = pending_body("task-1")
     response = await api.client.post(path, content=body, headers=signed(body, secret))
 
     assert response.status_code == 200
     assert await attempts(api, job_id) == [("orphaned", "task-1"), ("accepted", "task-2")]
-    after = await api.ctx.store.get_job(job_id)
+    after = await api.ctx.store.jobs.get_job(job_id)
     assert after.state == before.state
 
 
@@ -143,12 +143,12 @@ async def test_an_unsigned_hint_naming_the_lost_task_is_adopted_once_a_poll_conf
     response = await api.client.post(path, content=ready_body("task-1"),
                                      headers={"Content-Type": "application/json"})
     assert response.status_code == 200
-    assert (await api.ctx.store.get_job(job_id)).provider_job_id is None  # a hint proves nothing
+    assert (await api.ctx.store.jobs.get_job(job_id)).provider_job_id is None  # a hint proves nothing
     await Worker(api.ctx).drain()
 
     assert status.call_count == 1
     assert submit.call_count == 1
-    job = await api.ctx.store.get_job(job_id)
+    job = await api.ctx.store.jobs.get_job(job_id)
     assert (job.status, job.provider_job_id, job.completion_source) == ("succeeded", "task-1", "poll")
     assert await attempts(api, job_id) == [("adopted", "task-1")]
 
@@ -167,7 +167,7 @@ async def test_a_forged_hint_naming_an_unknown_task_is_refuted_and_never_polled_
     await Worker(api.ctx).drain()
 
     assert status.call_count == 1
-    job = await api.ctx.store.get_job(job_id)
+    job = await api.ctx.store.jobs.get_job(job_id)
     assert (job.status, job.provider_job_id) == ("queued", None)
     assert await attempts(api, job_id) == [("unknown", None)]
     assert submit.call_count == 1
@@ -181,7 +181,7 @@ async def test_a_callback_about_another_task_is_still_refused_when_no_submit_is_
         "provider": "bfl", "model": "flux-pro-1.1", "input": {"prompt": "fox", "width": 512, "height": 512}})
     job_id = response.json()["id"]
     await Worker(api.ctx).run_once()
-    record = await api.ctx.store.get_job(job_id)
+    record = await api.ctx.store.jobs.get_job(job_id)
     path = f"/v1/callbacks/bfl/{api.ctx.tokens.issue('bfl', job_id)}"
     body = ready_body("task-other")
 
@@ -201,7 +201,7 @@ async def test_a_2xx_submit_answer_that_names_no_task_counts_as_unknown(api, rou
     await worker.run_once()
 
     assert submit.call_count == 1
-    job = await api.ctx.store.get_job(job_id)
+    job = await api.ctx.store.jobs.get_job(job_id)
     assert job.status == "queued"
     assert [outcome for outcome, _ in await attempts(api, job_id)] == ["unknown"]
 
@@ -233,7 +233,7 @@ async def test_an_idempotent_provider_is_resent_at_once_over_the_same_attempt(ma
     settings = make_settings(APIFRAME_API_KEY="af-key", APIFRAME_BASE_URL=base)
     async with open_context(settings, transport=httpx.MockTransport(router.async_handler), clock=clock,
                             rand=random.Random(3)) as ctx:
-        job, _ = await ctx.store.create_job(NewJob(
+        job, _ = await ctx.store.jobs.create_job(NewJob(
             id=new_job_id(clock()), provider="apiframe", model="flux-1.1-pro",
             input={"prompt": "fox", "aspect_ratio": "1:1"}, metadata={},
             webhook_secret=new_webhook_secret(), idempotency_key=None, request_hash=None,
@@ -246,7 +246,7 @@ async def test_an_idempotent_provider_is_resent_at_once_over_the_same_attempt(ma
         assert generate.call_count == 2
         keys = {call.request.headers["Idempotency-Key"] for call in generate.calls}
         assert keys == {job.id}
-        rows = (await ctx.store.get_attempts([job.id]))[job.id]
+        rows = (await ctx.store.jobs.get_attempts([job.id]))[job.id]
         assert [(a.outcome, a.provider_job_id) for a in rows] == [("accepted", "af-1")]
-        assert (await ctx.store.get_job(job.id)).provider_job_id == "af-1"
+        assert (await ctx.store.jobs.get_job(job.id)).provider_job_id == "af-1"
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,12 +11,12 @@ import pytest
 from service.catalog import Catalog
 from service.ids import new_job_id, new_webhook_secret
 from service.jobs import Cancelled, ProviderFailed, ProviderSucceeded, Source, Submitted
+from service.rules import JOB_RULES
 from service.settings import Settings
 from service.worker import submit_caps
-from storage.migrations import MIGRATIONS
-from storage.records import JobRecord, NewJob, TaskRecord
-from storage.store import Attempt, Schedule, Store, TaskOutcome, _statements
-from storage.tasks import SubmitCaps
+from storage.records import Attempt, JobRecord, NewJob, Schedule, SubmitCaps, TaskOutcome, TaskRecord
+from storage.sqlite.database import Database, _statements
+from storage.sqlite.migrations import MIGRATIONS
 
 pytestmark = pytest.mark.anyio
 
@@ -26,37 +26,33 @@ BFL_4 = SubmitCaps({"bfl": 4, "cometapi": None})
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = await Store.open(tmp_path / "fluxhook.db")
-    try:
-        yield store
-    finally:
-        await store.close()
+def store(database: Database) -> Database:
+    return database  # every backend (tests/conftest.py BACKENDS)
 
 
-async def queued(store: Store, n: int, *, provider: str = "bfl", model: str = "flux-pro-1.1",
+async def queued(store: Database, n: int, *, provider: str = "bfl", model: str = "flux-pro-1.1",
                  candidates: tuple[str, ...] = ()) -> JobRecord:
     """A job created `n` ms after NOW (so creation order is n's order), its submit due then."""
     new = NewJob(new_job_id(NOW + n), provider, model, {"prompt": f"fox {n}"}, {},
                  new_webhook_secret(), None, None, NOW + 900_000, candidates=candidates)
-    job, _ = await store.create_job(new, now=NOW + n)
+    job, _ = await store.jobs.create_job(new, now=NOW + n)
     return job
 
 
-async def claim(store: Store, caps: SubmitCaps = BFL_4, *, limit: int = 16, now: int = NOW + 1000,
+async def claim(store: Database, caps: SubmitCaps = BFL_4, *, limit: int = 16, now: int = NOW + 1000,
                 ) -> list[TaskRecord]:
-    return await store.claim_due_tasks(now=now, limit=limit, lease_ms=LEASE_MS, caps=caps)
+    return await store.tasks.claim_due_tasks(now=now, limit=limit, lease_ms=LEASE_MS, caps=caps)
 
 
-async def accept(store: Store, task: TaskRecord, *, now: int = NOW + 1000) -> None:
+async def accept(store: Database, task: TaskRecord, *, now: int = NOW + 1000) -> None:
     """The provider took the submit: the job is now active there, awaiting its final word."""
     pid = f"p-{task.job_id}"
-    await store.record_submit(task.job_id, Attempt("bfl", "accepted", 200, None, pid), now=now,
+    await store.jobs.record_submit(task.job_id, Attempt("bfl", "accepted", 200, None, pid), now=now,
                               task=TaskOutcome(task.id), observation=Submitted(pid),
                               schedule=Schedule(poll_at=now + 15_000))
 
 
-async def test_a_capped_provider_gets_at_most_its_cap_of_submits_oldest_first(store: Store):
+async def test_a_capped_provider_gets_at_most_its_cap_of_submits_oldest_first(store: Database):
     jobs = [await queued(store, n) for n in range(7)]
     first = await claim(store)
     assert [t.job_id for t in first] == [j.id for j in jobs[:4]]
@@ -64,18 +60,18 @@ async def test_a_capped_provider_gets_at_most_its_cap_of_submits_oldest_first(st
     for task in first:
         await accept(store, task)
     assert await claim(store) == []  # and so do the jobs the provider is working on
-    assert await store.count_active("bfl", now=NOW + 1000) == 4
+    assert await store.tasks.count_active("bfl", now=NOW + 1000) == 4
 
 
-async def test_a_job_reaching_its_final_word_frees_a_place_for_the_next_in_order(store: Store):
+async def test_a_job_reaching_its_final_word_frees_a_place_for_the_next_in_order(store: Database):
     jobs = [await queued(store, n) for n in range(7)]
     first = await claim(store)
     for task in first:
         await accept(store, task)
     # Ready (its images still to fetch) is the provider's final word, as is a failure.
-    await store.record_observation(jobs[1].id, ProviderSucceeded(Source.CALLBACK, ("https://x/1.png",)),
+    await store.jobs.record_observation(jobs[1].id, ProviderSucceeded(Source.CALLBACK, ("https://x/1.png",)),
                                    now=NOW + 2000, schedule=Schedule(fetch_at=NOW + 2000))
-    await store.record_observation(jobs[3].id, ProviderFailed(Source.POLL, "provider_error", "boom"),
+    await store.jobs.record_observation(jobs[3].id, ProviderFailed(Source.POLL, "provider_error", "boom"),
                                    now=NOW + 2000)
     second = await claim(store, now=NOW + 2000)
     submits = [t.job_id for t in second if t.kind == "submit"]
@@ -83,36 +79,36 @@ async def test_a_job_reaching_its_final_word_frees_a_place_for_the_next_in_order
     assert [t.kind for t in second if t.job_id == jobs[1].id] == ["fetch"]
 
 
-async def test_a_submit_retried_after_a_429_gives_its_place_back(store: Store):
+async def test_a_submit_retried_after_a_429_gives_its_place_back(store: Database):
     jobs = [await queued(store, n) for n in range(5)]
     first = await claim(store)
-    await store.record_submit(first[0].job_id, Attempt("bfl", "unavailable", 429, "slow down"),
+    await store.jobs.record_submit(first[0].job_id, Attempt("bfl", "unavailable", 429, "slow down"),
                               now=NOW + 1000, task=TaskOutcome(first[0].id, retry_at=NOW + 3000))
     [next_one] = await claim(store)
     assert next_one.job_id == jobs[4].id
     assert await claim(store, now=NOW + 3000) == []  # the retry waits for a place like the rest
 
 
-async def test_next_due_ignores_submits_that_have_no_place(store: Store):
+async def test_next_due_ignores_submits_that_have_no_place(store: Database):
     for n in range(6):
         await queued(store, n)
     for task in await claim(store):
         await accept(store, task)  # four jobs active at BFL; their polls are due at NOW + 16 s
-    assert await store.next_due_at(now=NOW + 1000, caps=BFL_4) == NOW + 16_000
+    assert await store.tasks.next_due_at(now=NOW + 1000, caps=BFL_4) == NOW + 16_000
     # Without the cap the two waiting submits are due at once.
-    assert await store.next_due_at(now=NOW + 1000, caps=SubmitCaps()) == NOW + 4
+    assert await store.tasks.next_due_at(now=NOW + 1000, caps=SubmitCaps()) == NOW + 4
 
 
-async def test_next_due_is_when_a_claimed_submits_lease_runs_out(store: Store):
+async def test_next_due_is_when_a_claimed_submits_lease_runs_out(store: Database):
     for n in range(5):
         await queued(store, n)
     await claim(store)  # four submits leased (say, by a worker that then crashed)
-    assert await store.next_due_at(now=NOW + 1000, caps=BFL_4) == NOW + 1000 + LEASE_MS
+    assert await store.tasks.next_due_at(now=NOW + 1000, caps=BFL_4) == NOW + 1000 + LEASE_MS
     again = await claim(store, now=NOW + 1000 + LEASE_MS)
     assert len(again) == 4  # the lapsed leases are claimable again, still within the cap
 
 
-async def test_uncapped_providers_and_other_work_are_not_held_back(store: Store):
+async def test_uncapped_providers_and_other_work_are_not_held_back(store: Database):
     for n in range(5):
         await queued(store, n)
     comet = [await queued(store, 10 + n, provider="cometapi") for n in range(6)]
@@ -132,7 +128,7 @@ def test_caps_come_from_the_settings_and_the_catalog(make_settings: Callable[...
 
 
 async def test_a_full_model_cap_lets_other_models_of_the_provider_through(
-    store: Store, bfl_caps: Callable[[int], SubmitCaps]
+    store: Database, bfl_caps: Callable[[int], SubmitCaps]
 ):
     caps = bfl_caps(24)
     assert caps.models[("bfl", "flux-kontext-max")] == 6
@@ -140,10 +136,10 @@ async def test_a_full_model_cap_lets_other_models_of_the_provider_through(
     pro = await queued(store, 100)
     claimed = await claim(store, caps)
     assert [t.job_id for t in claimed] == [j.id for j in kontext[:6]] + [pro.id]
-    assert await store.next_due_at(now=NOW + 1000, caps=caps) == NOW + 1000 + LEASE_MS
+    assert await store.tasks.next_due_at(now=NOW + 1000, caps=caps) == NOW + 1000 + LEASE_MS
 
 
-async def test_an_auto_job_overflows_to_the_next_candidate_with_a_place(store: Store):
+async def test_an_auto_job_overflows_to_the_next_candidate_with_a_place(store: Database):
     caps = SubmitCaps({"bfl": 1, "cometapi": 1, "apiframe": None})
     both = ("bfl", "cometapi", "apiframe")
     first = await queued(store, 0, candidates=both)
@@ -151,42 +147,42 @@ async def test_an_auto_job_overflows_to_the_next_candidate_with_a_place(store: S
     auto = [await queued(store, 2 + n, candidates=both) for n in range(2)]
     claimed = await claim(store, caps)
     assert [t.job_id for t in claimed] == [first.id, auto[0].id, auto[1].id]
-    moved = [await store.get_job(j.id) for j in auto]
+    moved = [await store.jobs.get_job(j.id) for j in auto]
     assert [j.provider for j in moved if j] == ["cometapi", "apiframe"]
-    assert (await store.get_job(fixed.id)).provider == "bfl"  # type: ignore[union-attr]
-    assert await store.count_active("cometapi", now=NOW + 1000) == 1
+    assert (await store.jobs.get_job(fixed.id)).provider == "bfl"  # type: ignore[union-attr]
+    assert await store.tasks.count_active("cometapi", now=NOW + 1000) == 1
     assert await claim(store, caps) == []  # `fixed` can only wait for BFL
 
 
-async def test_a_job_does_not_overflow_to_a_provider_no_longer_configured(store: Store):
+async def test_a_job_does_not_overflow_to_a_provider_no_longer_configured(store: Database):
     await queued(store, 0)
     late = await queued(store, 1, candidates=("bfl", "runcomfy"))
     claimed = await claim(store, SubmitCaps({"bfl": 1}))
     assert late.id not in [t.job_id for t in claimed]
 
 
-async def test_a_failed_over_submit_waits_for_a_place_at_its_new_provider(store: Store):
+async def test_a_failed_over_submit_waits_for_a_place_at_its_new_provider(store: Database):
     caps = SubmitCaps({"bfl": None, "cometapi": 1})
     await queued(store, 0, provider="cometapi")
     job = await queued(store, 1, candidates=("bfl", "cometapi"))
     [busy, mine] = await claim(store, caps)
-    await store.record_submit(job.id, Attempt("bfl", "failed_over", 503, "down"), now=NOW + 1000,
+    await store.jobs.record_submit(job.id, Attempt("bfl", "failed_over", 503, "down"), now=NOW + 1000,
                               task=TaskOutcome(mine.id, retry_at=NOW + 1000), switch_to="cometapi")
     assert await claim(store, caps) == []  # CometAPI's one place is taken
-    await store.record_observation(busy.job_id, Cancelled(), now=NOW + 1000)
+    await store.jobs.record_observation(busy.job_id, Cancelled(), now=NOW + 1000)
     [again] = await claim(store, caps)
     assert again.job_id == job.id
 
 
-async def test_a_job_cancelled_while_waiting_is_claimed_despite_a_full_provider(store: Store):
+async def test_a_job_cancelled_while_waiting_is_claimed_despite_a_full_provider(store: Database):
     jobs = [await queued(store, n) for n in range(2)]
     await claim(store, SubmitCaps({"bfl": 1}))
-    await store.record_observation(jobs[1].id, Cancelled(), now=NOW + 1000)
+    await store.jobs.record_observation(jobs[1].id, Cancelled(), now=NOW + 1000)
     [task] = await claim(store, SubmitCaps({"bfl": 1}))
     assert task.job_id == jobs[1].id  # the submitter just ends it
 
 
-async def test_claiming_reads_only_index_ranges(store: Store):
+async def test_claiming_reads_only_index_ranges(store: Database):
     for n in range(3):
         await queued(store, n, candidates=("bfl", "cometapi"))
     await queued(store, 9, model="flux-kontext-max")
@@ -195,13 +191,13 @@ async def test_claiming_reads_only_index_ranges(store: Store):
     try:
         # BFL fills up and one job overflows to CometAPI; then BFL has room again.
         await claim(store, SubmitCaps({"bfl": 2, "cometapi": None}, {("bfl", "flux-kontext-max"): 1}))
-        await store.next_due_at(now=NOW + 1000, caps=SubmitCaps({"bfl": 10}))
+        await store.tasks.next_due_at(now=NOW + 1000, caps=SubmitCaps({"bfl": 10}))
     finally:
         await store._db.set_trace_callback(None)
     queries = [s for s in statements if s.lstrip().upper().startswith(("SELECT", "UPDATE"))]
     assert any(s.startswith("UPDATE jobs SET provider") for s in queries)  # the overflow
     assert len(queries) >= 12
-    plans = await store._query(lambda conn: [
+    plans = await store.query(lambda conn: [
         (s, [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {s}")]) for s in queries
     ])
     # No query reads a whole table or index, nor sorts a range to find its first rows.
@@ -221,7 +217,7 @@ async def test_migration_gives_existing_submit_tasks_their_jobs_provider(tmp_pat
                         updated_at, deadline_at) VALUES ('j1', 'cometapi', 'flux-pro-1.1', 'queued',
                         '{}', '{}', 1, 1, 2)""")
         conn.execute("INSERT INTO tasks (job_id, kind, due_at, created_at) VALUES ('j1', 'submit', 1, 1)")
-    store = await Store.open(path)
+    store = await Database.open(path, rules=JOB_RULES)
     try:
         # It waits under CometAPI's cap, not BFL's: it carries CometAPI's name.
         assert await claim(store, SubmitCaps({"cometapi": 0})) == []
@@ -236,16 +232,16 @@ def bfl_caps(make_settings: Callable[..., Settings]) -> Callable[[int], SubmitCa
     return lambda cap: submit_caps(make_settings(BFL_MAX_ACTIVE_TASKS=str(cap)), Catalog.default())
 
 
-async def lose_the_answer(store: Store, task: TaskRecord, *, now: int = NOW + 1000) -> None:
+async def lose_the_answer(store: Database, task: TaskRecord, *, now: int = NOW + 1000) -> None:
     """The submit went out and its answer never came (service/adoption.py): the job stays queued
     and its submit waits, unleased, for the adopt window."""
-    attempt_id = await store.begin_submit(task.job_id, "bfl", now=now)
-    await store.record_submit(task.job_id, Attempt("bfl", "unknown", None, "timed out"), now=now,
+    attempt_id = await store.jobs.begin_submit(task.job_id, "bfl", now=now)
+    await store.jobs.record_submit(task.job_id, Attempt("bfl", "unknown", None, "timed out"), now=now,
                               task=TaskOutcome(task.id, retry_at=now + 180_000, error="unknown"),
                               attempt_id=attempt_id)
 
 
-async def test_a_submit_whose_answer_was_lost_keeps_its_place_at_the_provider(store: Store):
+async def test_a_submit_whose_answer_was_lost_keeps_its_place_at_the_provider(store: Database):
     jobs = [await queued(store, n) for n in range(6)]
     first = await claim(store)
     assert len(first) == 4
@@ -255,11 +251,11 @@ async def test_a_submit_whose_answer_was_lost_keeps_its_place_at_the_provider(st
 
     # Its task may be running at the provider: the place stays taken while the job waits.
     assert await claim(store, now=NOW + 2000) == []
-    assert await store.count_active("bfl", now=NOW + 2000) == 4
+    assert await store.tasks.count_active("bfl", now=NOW + 2000) == 4
     assert {j.id for j in jobs[4:]}.isdisjoint({t.job_id for t in await claim(store, now=NOW + 3000)})
 
 
-async def test_a_submit_whose_answer_was_lost_is_sent_again_in_its_own_place_never_elsewhere(store: Store):
+async def test_a_submit_whose_answer_was_lost_is_sent_again_in_its_own_place_never_elsewhere(store: Database):
     both = ("bfl", "cometapi")
     caps = SubmitCaps({"bfl": 1, "cometapi": 4})
     lost = await queued(store, 0, candidates=both)
@@ -272,6 +268,6 @@ async def test_a_submit_whose_answer_was_lost_is_sent_again_in_its_own_place_nev
     # not to cometapi (its first task may be running at bfl), and the other job still waits.
     [again] = await claim(store, caps, now=NOW + 181_500)
     assert again.job_id == lost.id
-    assert (await store.get_job(lost.id)).provider == "bfl"
-    assert await store.count_active("bfl", now=NOW + 181_500) == 1
+    assert (await store.jobs.get_job(lost.id)).provider == "bfl"
+    assert await store.tasks.count_active("bfl", now=NOW + 181_500) == 1
     assert other.id not in {t.job_id for t in await claim(store, caps, now=NOW + 181_600)}

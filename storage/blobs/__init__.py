@@ -8,19 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from service.blobs import BlobStore
-from service.errors import ConfigError
 from storage.blobs.local import LocalBlobStore
 
+if TYPE_CHECKING:
+    from storage.blobs.s3 import S3BlobStore
 
-def open_blob_store(url: str, *, aws: Mapping[str, str]) -> BlobStore:
-    """The blob store `url` names; ConfigError when it names none."""
+
+def open_blob_store(url: str, *, aws: Mapping[str, str]) -> LocalBlobStore | S3BlobStore:
+    """The blob store `url` names; ValueError when it names none."""
     parts = urlsplit(url)
     if parts.scheme == "s3":
         if not parts.netloc:
-            raise ConfigError("FLUXHOOK_BLOB_URL: s3:// needs a bucket (s3://bucket/prefix)")
+            raise ValueError("FLUXHOOK_BLOB_URL: s3:// needs a bucket (s3://bucket/prefix)")
         from storage.blobs.s3 import S3BlobStore  # imported only where it is used
 
         return S3BlobStore(parts.netloc, parts.path, aws)
@@ -28,4 +30,4 @@ def open_blob_store(url: str, *, aws: Mapping[str, str]) -> BlobStore:
         return LocalBlobStore(Path(parts.path))
     if parts.scheme == "" or len(parts.scheme) == 1:  # a path (or a Windows drive letter)
         return LocalBlobStore(Path(url))
-    raise ConfigError(f"FLUXHOOK_BLOB_URL: {parts.scheme}:// is not a blob store (use a path or s3://)")
+    raise ValueError(f"FLUXHOOK_BLOB_URL: {parts.scheme}:// is not a blob store (use a path or s3://)")

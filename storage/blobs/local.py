@@ -21,7 +21,8 @@ from typing import IO, TypeVar
 
 import anyio
 
-from service.blobs import BlobContent, BlobTooLarge, BlobUnavailable
+from storage.errors import BlobTooLarge, BlobUnavailable
+from storage.records import BlobContent
 
 CHUNK = 64 * 1024
 T = TypeVar("T")

@@ -32,7 +32,8 @@ import obstore
 from obstore.exceptions import BaseError
 from obstore.store import S3Store
 
-from service.blobs import BlobContent, BlobTooLarge, BlobUnavailable
+from storage.errors import BlobTooLarge, BlobUnavailable
+from storage.records import BlobContent
 
 if TYPE_CHECKING:
     from obstore import AsyncWritableFile

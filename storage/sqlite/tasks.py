@@ -1,6 +1,6 @@
-"""The work queue: store methods that lease, retry and end tasks (mixed into Store).
+"""The work queue: the store that leases, retries and ends tasks.
 
-Tasks are written by the job transitions in storage/store.py, in the same transaction as the
+Tasks are written by the job transitions in storage/sqlite/jobs.py, in the same transaction as the
 change that causes them (the transactional outbox); workers lease them here, at least once.
 
 Submits are held back by per-provider caps (`SubmitCaps`): a job is active at its provider from
@@ -15,23 +15,14 @@ from __future__ import annotations
 import heapq
 import json
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from storage.records import TaskRecord
+from storage.records import SubmitCaps, TaskRecord
 
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class SubmitCaps:
-    """How many jobs may be active at once: per configured provider (None: no cap), and per
-    (provider, model) below that. Jobs of providers not listed are never capped, and a job
-    only overflows to a listed provider."""
-
-    providers: Mapping[str, int | None] = field(default_factory=dict)
-    models: Mapping[tuple[str, str], int] = field(default_factory=dict)
+if TYPE_CHECKING:
+    from storage.sqlite.database import Database
 
 
 @dataclass(frozen=True)
@@ -44,22 +35,20 @@ class _Pick:
     move_to: str | None = None
 
 
-class TaskMethods:
-    """Store methods for the tasks workers carry out (mixed into Store)."""
+class TaskStore:
+    """The tasks workers carry out."""
 
-    if TYPE_CHECKING:  # provided by Store
-
-        async def _transact(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
-        async def _query(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     async def next_due_at(self, *, now: int, caps: SubmitCaps = SubmitCaps()) -> int | None:
         """When the earliest task becomes claimable: due, not leased, and (for a submit) with
         room at its provider. A provider at its cap has room again only when one of its jobs
         ends, which commits and wakes the workers, or when a claimed submit's lease runs out."""
-        return await self._query(lambda conn: _next_due(conn, now, caps))
+        return await self._db.query(lambda conn: _next_due(conn, now, caps))
 
     async def get_tasks(self, job_id: str) -> list[TaskRecord]:
-        rows = await self._query(
+        rows = await self._db.query(
             lambda conn: conn.execute(
                 "SELECT * FROM tasks WHERE job_id = ? ORDER BY kind", (job_id,)
             ).fetchall()
@@ -67,14 +56,14 @@ class TaskMethods:
         return [TaskRecord.from_row(r) for r in rows]
 
     async def count_tasks(self) -> dict[str, int]:
-        rows = await self._query(
+        rows = await self._db.query(
             lambda conn: conn.execute("SELECT kind, COUNT(*) FROM tasks GROUP BY kind").fetchall()
         )
         return {row[0]: row[1] for row in rows}
 
     async def count_active(self, provider: str, *, now: int) -> int:
         """Jobs active at `provider`: claimed submits, and jobs sent without a final word."""
-        return await self._query(lambda conn: sum(_active(conn, provider, now).values()))
+        return await self._db.query(lambda conn: sum(_active(conn, provider, now).values()))
 
     async def claim_due_tasks(
         self, *, now: int, limit: int, lease_ms: int, caps: SubmitCaps = SubmitCaps()
@@ -100,7 +89,7 @@ class TaskMethods:
             ).fetchall()
             return sorted((TaskRecord.from_row(r) for r in rows), key=lambda t: (t.due_at, t.id))
 
-        return await self._transact(claim)
+        return await self._db.transact(claim)
 
     async def release_tasks(self, leases: Sequence[tuple[int, int]]) -> int:
         """Hand back tasks this process leased but did not finish (it is stopping): due again
@@ -112,14 +101,15 @@ class TaskMethods:
         def release(conn: sqlite3.Connection) -> int:
             return sum(
                 conn.execute(
-                    "UPDATE tasks SET lease_until = 0, attempts = MAX(attempts - 1, 0) "
+                    "UPDATE tasks SET lease_until = 0, "
+                    "attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END "
                     "WHERE id = ? AND lease_until = ?",
                     (task_id, lease_until),
                 ).rowcount
                 for task_id, lease_until in leases
             )
 
-        return await self._transact(release)
+        return await self._db.transact(release)
 
     async def retry_task(self, task_id: int, *, due_at: int, error: str) -> None:
         def retry(conn: sqlite3.Connection) -> None:
@@ -128,13 +118,13 @@ class TaskMethods:
                 (due_at, error[:500], task_id),
             )
 
-        await self._transact(retry)
+        await self._db.transact(retry)
 
     async def finish_task(self, task_id: int) -> None:
         def finish(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
 
-        await self._transact(finish)
+        await self._db.transact(finish)
 
 
 # Claiming (inside the transaction) ---------------------------------------------------------------
@@ -224,7 +214,8 @@ def _needs_no_place(row: sqlite3.Row) -> bool:
 def _next_due(conn: sqlite3.Connection, now: int, caps: SubmitCaps) -> int | None:
     times: list[int] = []
     row = conn.execute(
-        "SELECT MIN(MAX(due_at, lease_until)) FROM tasks WHERE kind != 'submit'"
+        "SELECT MIN(CASE WHEN due_at > lease_until THEN due_at ELSE lease_until END) FROM tasks "
+        "WHERE kind != 'submit'"
     ).fetchone()
     if row[0] is not None:
         times.append(row[0])

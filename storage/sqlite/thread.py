@@ -29,7 +29,7 @@ def check_supported(db: aiosqlite.Connection) -> None:
         raise RuntimeError(
             f"aiosqlite {getattr(aiosqlite, '__version__', '?')} has no Connection._execute(fn) "
             "or Connection._conn (a sqlite3.Connection): fluxhook runs each transaction in the "
-            "connection's thread through them (storage/sqlite_thread.py). Pin an aiosqlite that "
+            "connection's thread through them (storage/sqlite/thread.py). Pin an aiosqlite that "
             "has them, or adapt that module."
         )
 

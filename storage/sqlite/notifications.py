@@ -2,55 +2,36 @@
 
 An event is written in the same transaction as the job change that caused it, and so are its
 deliveries (one per destination), so a crash can never lose a notification or send one for a
-change that did not happen. `NotificationMethods` is mixed into `Store` and shares its
-connection, lock and transactions; like the store's, its transaction bodies are synchronous
-functions over the `sqlite3.Connection`, run in one hop by `Store._transact` and `Store._query`.
+change that did not happen. Three stores share one module and the database's transactions:
+subscriptions, deliveries and the event log; `emit_job_event` is what the job store calls.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from service.documents import job_document, rfc3339
-from service.ids import new_prefixed_id
-from service.strict_json import dumps, dumps_bytes, loads
 from storage.records import (
     AttemptRecord,
+    AttemptResult,
+    ClaimedDelivery,
     DeliveryAttemptRecord,
     DeliveryRecord,
     EventRecord,
     JobRecord,
     OutputRecord,
     SubscriptionRecord,
+    destination_key,
 )
+from storage.rules import JobRules
 
-JOB_EVENT_TYPES = (
-    "job.submitted",
-    "job.running",
-    "job.progress",
-    "job.succeeded",
-    "job.failed",
-    "job.cancelled",
-)
-EVENT_TYPES = (*JOB_EVENT_TYPES, "subscription.disabled")
-
-T = TypeVar("T")
-
-
-def envelope(event_id: str, event_type: str, now: int, data: Any, sequence: int | None) -> bytes:
-    """The exact bytes sent: the Standard Webhooks envelope, plus the event's id and sequence."""
-    body: dict[str, Any] = {"id": event_id, "type": event_type, "timestamp": rfc3339(now)}
-    if sequence is not None:
-        body["sequence"] = sequence
-    body["data"] = data
-    return dumps_bytes(body)  # refuses what would not read back, before anything is written
-
+if TYPE_CHECKING:
+    from storage.sqlite.database import Database
 
 def emit_job_event(
-    conn: sqlite3.Connection, job: JobRecord, event_type: str, *, now: int, public_url: str
+    conn: sqlite3.Connection, job: JobRecord, event_type: str, *, now: int, rules: JobRules,
+    public_url: str,
 ) -> int:
     """Record one job event (a snapshot of the job document) and its deliveries."""
     outputs = [
@@ -63,89 +44,60 @@ def emit_job_event(
     ]
     sequence = job.event_count + 1
     conn.execute("UPDATE jobs SET event_count = ? WHERE id = ?", (sequence, job.id))
-    event_id = new_prefixed_id("evt", now)
-    body = envelope(event_id, event_type, now, job_document(job, outputs, public_url, attempts), sequence)
-    cursor = conn.execute(
-        "INSERT INTO events (id, job_id, job_seq, type, body, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+    event_id = rules.new_id("evt", now)
+    body = rules.job_event(job, outputs, attempts, event_id=event_id, event_type=event_type, now=now,
+                           sequence=sequence, public_url=public_url)
+    seq = int(conn.execute(
+        "INSERT INTO events (id, job_id, job_seq, type, body, created_at) VALUES (?, ?, ?, ?, ?, ?) "
+        "RETURNING seq",
         (event_id, job.id, sequence, event_type, body, now),
-    )
-    seq = int(cursor.lastrowid or 0)
-    _fan_out(conn, seq, event_type, job_id=job.id, now=now)
+    ).fetchone()[0])
+    _fan_out(conn, seq, event_type, job_id=job.id, now=now, rules=rules)
     if job.webhook_url and (not job.webhook_events or event_type in job.webhook_events):
-        _add_delivery(conn, seq, None, job.id, job.webhook_url, now)
+        _add_delivery(conn, seq, None, job.id, job.webhook_url, now, rules)
     return seq
 
 
-def emit_system_event(conn: sqlite3.Connection, event_type: str, data: Mapping[str, Any], *, now: int) -> int:
-    event_id = new_prefixed_id("evt", now)
-    body = envelope(event_id, event_type, now, dict(data), None)
-    cursor = conn.execute(
-        "INSERT INTO events (id, job_id, job_seq, type, body, created_at) VALUES (?, NULL, NULL, ?, ?, ?)",
+def emit_system_event(
+    conn: sqlite3.Connection, event_type: str, data: Mapping[str, Any], *, now: int, rules: JobRules
+) -> int:
+    event_id = rules.new_id("evt", now)
+    body = rules.system_event(data, event_id=event_id, event_type=event_type, now=now)
+    seq = int(conn.execute(
+        "INSERT INTO events (id, job_id, job_seq, type, body, created_at) VALUES (?, NULL, NULL, ?, ?, ?) "
+        "RETURNING seq",
         (event_id, event_type, body, now),
-    )
-    seq = int(cursor.lastrowid or 0)
-    _fan_out(conn, seq, event_type, job_id=None, now=now)
+    ).fetchone()[0])
+    _fan_out(conn, seq, event_type, job_id=None, now=now, rules=rules)
     return seq
 
 
-def _fan_out(conn: sqlite3.Connection, seq: int, event_type: str, *, job_id: str | None, now: int) -> None:
+def _fan_out(
+    conn: sqlite3.Connection, seq: int, event_type: str, *, job_id: str | None, now: int, rules: JobRules
+) -> None:
     rows = conn.execute("SELECT id, url, events FROM subscriptions WHERE status = 'enabled'").fetchall()
     for row in rows:
-        wanted = loads(row["events"])
+        wanted = rules.decode(row["events"])
         if not wanted or event_type in wanted:
-            _add_delivery(conn, seq, row["id"], job_id, row["url"], now)
+            _add_delivery(conn, seq, row["id"], job_id, row["url"], now, rules)
 
 
 def _add_delivery(
-    conn: sqlite3.Connection, seq: int, subscription_id: str | None, job_id: str | None, url: str, now: int
+    conn: sqlite3.Connection, seq: int, subscription_id: str | None, job_id: str | None, url: str, now: int,
+    rules: JobRules,
 ) -> None:
     conn.execute(
         """INSERT INTO deliveries (id, event_seq, subscription_id, job_id, url, status, next_attempt_at,
                created_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)""",
-        (new_prefixed_id("dlv", now), seq, subscription_id, job_id, url, now, now),
+        (rules.new_id("dlv", now), seq, subscription_id, job_id, url, now, now),
     )
 
 
-@dataclass(frozen=True)
-class ClaimedDelivery:
-    """A delivery leased for one attempt, with what is needed to send it."""
+class SubscriptionStore:
+    """Notification subscriptions: where events go."""
 
-    id: str
-    event_id: str
-    event_type: str
-    body: bytes
-    url: str
-    subscription_id: str | None
-    job_id: str | None
-    attempt: int
-    manual: bool
-    secrets: tuple[str, ...]  # the subscription's live secrets; empty: use the service secret
-    lease_until: int = 0  # the lease this claim holds: what `release_deliveries` hands back
-
-
-@dataclass(frozen=True)
-class AttemptResult:
-    """What one delivery attempt came to. `retry_at` None means no further automatic try."""
-
-    delivered: bool
-    started_at: int
-    duration_ms: int
-    status_code: int | None
-    response_head: str | None
-    error: str | None
-    retry_at: int | None
-    disable_subscription: str | None = None  # a reason, e.g. "410 Gone"
-
-
-class NotificationMethods:
-    """Store methods for subscriptions, deliveries and the event log (mixed into Store)."""
-
-    if TYPE_CHECKING:  # provided by Store
-
-        async def _transact(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
-        async def _query(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
-
-    # Subscriptions ----------------------------------------------------------------------------
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     async def create_subscription(self, sub: SubscriptionRecord) -> SubscriptionRecord:
         def create(conn: sqlite3.Connection) -> SubscriptionRecord:
@@ -155,7 +107,7 @@ class NotificationMethods:
                 (
                     sub.id,
                     sub.url,
-                    dumps(list(sub.events), path="events"),
+                    self._db.rules.encode(list(sub.events), path="events"),
                     sub.description,
                     sub.secret,
                     sub.status,
@@ -163,18 +115,18 @@ class NotificationMethods:
                     sub.updated_at,
                 ),
             )
-            return _subscription(conn, sub.id)  # type: ignore[return-value]
+            return _subscription(conn, self._db.rules, sub.id)  # type: ignore[return-value]
 
-        return await self._transact(create)
+        return await self._db.transact(create)
 
     async def get_subscription(self, sub_id: str) -> SubscriptionRecord | None:
-        return await self._query(lambda conn: _subscription(conn, sub_id))
+        return await self._db.query(lambda conn: _subscription(conn, self._db.rules, sub_id))
 
     async def list_subscriptions(self) -> list[SubscriptionRecord]:
-        rows = await self._query(
+        rows = await self._db.query(
             lambda conn: conn.execute("SELECT * FROM subscriptions ORDER BY created_at, id").fetchall()
         )
-        return [SubscriptionRecord.from_row(r) for r in rows]
+        return [SubscriptionRecord.from_row(r, self._db.rules.decode) for r in rows]
 
     async def update_subscription(
         self, sub_id: str, changes: Mapping[str, Any], *, now: int
@@ -182,11 +134,11 @@ class NotificationMethods:
         """Apply `changes` (url, events, description, status); enabling clears the failure clock."""
 
         def update(conn: sqlite3.Connection) -> SubscriptionRecord | None:
-            if _subscription(conn, sub_id) is None:
+            if _subscription(conn, self._db.rules, sub_id) is None:
                 return None
             for name, value in changes.items():
                 if name == "events":
-                    value = dumps(list(value), path="events")
+                    value = self._db.rules.encode(list(value), path="events")
                 assert name in ("url", "events", "description", "status")
                 conn.execute(f"UPDATE subscriptions SET {name} = ? WHERE id = ?", (value, sub_id))  # noqa: S608
             if changes.get("status") == "enabled":
@@ -195,13 +147,13 @@ class NotificationMethods:
                     (sub_id,),
                 )
             conn.execute("UPDATE subscriptions SET updated_at = ? WHERE id = ?", (now, sub_id))
-            return _subscription(conn, sub_id)
+            return _subscription(conn, self._db.rules, sub_id)
 
-        return await self._transact(update)
+        return await self._db.transact(update)
 
     async def delete_subscription(self, sub_id: str, *, now: int) -> bool:
         def delete(conn: sqlite3.Connection) -> bool:
-            if _subscription(conn, sub_id) is None:
+            if _subscription(conn, self._db.rules, sub_id) is None:
                 return False
             conn.execute(
                 "UPDATE deliveries SET status = 'cancelled', last_error = 'subscription deleted' "
@@ -211,7 +163,7 @@ class NotificationMethods:
             conn.execute("DELETE FROM subscriptions WHERE id = ?", (sub_id,))
             return True
 
-        return await self._transact(delete)
+        return await self._db.transact(delete)
 
     async def rotate_subscription_secret(
         self, sub_id: str, new_secret: str, *, now: int, grace_ms: int
@@ -219,18 +171,23 @@ class NotificationMethods:
         """The old secret keeps signing beside the new one until `now + grace_ms`."""
 
         def rotate(conn: sqlite3.Connection) -> SubscriptionRecord | None:
-            if _subscription(conn, sub_id) is None:
+            if _subscription(conn, self._db.rules, sub_id) is None:
                 return None
             conn.execute(
                 """UPDATE subscriptions SET previous_secret = secret, previous_secret_until = ?,
                        secret = ?, updated_at = ? WHERE id = ?""",
                 (now + grace_ms, new_secret, now, sub_id),
             )
-            return _subscription(conn, sub_id)
+            return _subscription(conn, self._db.rules, sub_id)
 
-        return await self._transact(rotate)
+        return await self._db.transact(rotate)
 
-    # Deliveries -------------------------------------------------------------------------------
+
+class DeliveryStore:
+    """Deliveries: one per event and destination, leased, attempted, retried."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     async def claim_due_deliveries(
         self, *, now: int, limit: int, lease_ms: int, busy: Mapping[str, int], per_destination: int
@@ -306,7 +263,7 @@ class NotificationMethods:
                     )
             return claimed
 
-        return await self._transact(claim)
+        return await self._db.transact(claim)
 
     async def release_deliveries(self, leases: Sequence[tuple[str, int]]) -> int:
         """Hand back deliveries this process leased but did not attempt to the end (it is
@@ -317,14 +274,15 @@ class NotificationMethods:
         def release(conn: sqlite3.Connection) -> int:
             return sum(
                 conn.execute(
-                    "UPDATE deliveries SET lease_until = 0, attempts = MAX(attempts - 1, 0) "
+                    "UPDATE deliveries SET lease_until = 0, "
+                    "attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END "
                     "WHERE id = ? AND lease_until = ? AND status = 'pending'",
                     (delivery_id, lease_until),
                 ).rowcount
                 for delivery_id, lease_until in leases
             )
 
-        return await self._transact(release)
+        return await self._db.transact(release)
 
     async def record_delivery_attempt(
         self, delivery: ClaimedDelivery, result: AttemptResult, *, now: int, disable_after_ms: int
@@ -366,7 +324,7 @@ class NotificationMethods:
             )
             if delivery.subscription_id is None:
                 return
-            sub = _subscription(conn, delivery.subscription_id)
+            sub = _subscription(conn, self._db.rules, delivery.subscription_id)
             if sub is None or sub.status != "enabled":
                 return
             if result.delivered:
@@ -376,7 +334,7 @@ class NotificationMethods:
             conn.execute("UPDATE subscriptions SET failing_since = ? WHERE id = ?", (failing_since, sub.id))
             reason = result.disable_subscription
             if reason is None and now - failing_since >= disable_after_ms:
-                reason = f"failing since {rfc3339(failing_since)}"
+                reason = f"failing since {self._db.rules.timestamp(failing_since)}"
             if reason is not None:
                 conn.execute(
                     "UPDATE subscriptions SET status = 'disabled', disabled_reason = ?, updated_at = ? "
@@ -393,9 +351,10 @@ class NotificationMethods:
                     "subscription.disabled",
                     {"subscription_id": sub.id, "url": sub.url, "reason": reason},
                     now=now,
+                    rules=self._db.rules,
                 )
 
-        await self._transact(record)
+        await self._db.transact(record)
 
     async def redeliver(
         self, delivery_id: str, *, now: int
@@ -414,7 +373,7 @@ class NotificationMethods:
             assert delivery is not None
             return delivery, _delivery_attempts(conn, delivery_id)
 
-        return await self._transact(redeliver)
+        return await self._db.transact(redeliver)
 
     async def recover(self, subscription_id: str, *, since: int, now: int) -> int:
         """Resend every delivery to a subscription that failed since `since`; how many."""
@@ -427,7 +386,7 @@ class NotificationMethods:
             )
             return cursor.rowcount
 
-        return await self._transact(recover)
+        return await self._db.transact(recover)
 
     async def list_deliveries(
         self, *, subscription_id: str | None = None, job_id: str | None = None, limit: int = 100
@@ -440,7 +399,7 @@ class NotificationMethods:
             rows = conn.execute(sql, (value, limit)).fetchall()
             return [(DeliveryRecord.from_row(row), _delivery_attempts(conn, row["id"])) for row in rows]
 
-        return await self._query(list_them)
+        return await self._db.query(list_them)
 
     async def pending_delivery_due(self, *, exclude: Sequence[str] = ()) -> int | None:
         """When the next pending delivery falls due, leaving out destinations in `exclude`
@@ -448,16 +407,22 @@ class NotificationMethods:
         already-due rows would only make it spin)."""
         not_excluded = f"AND {_DESTINATION} NOT IN ({','.join('?' * len(exclude))})" if exclude else ""
         sql = (
-            "SELECT MIN(MAX(next_attempt_at, lease_until)) FROM deliveries "  # noqa: S608
+            "SELECT MIN(CASE WHEN next_attempt_at > lease_until "  # noqa: S608
+            "THEN next_attempt_at ELSE lease_until END) FROM deliveries "
             f"WHERE status = 'pending' {not_excluded}"
         )
-        row = await self._query(lambda conn: conn.execute(sql, tuple(exclude)).fetchone())
+        row = await self._db.query(lambda conn: conn.execute(sql, tuple(exclude)).fetchone())
         return row[0] if row and row[0] is not None else None
 
-    # The event log ----------------------------------------------------------------------------
+
+class EventStore:
+    """The event log, read in order by the event stream."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     async def latest_event_seq(self) -> int:
-        row = await self._query(lambda conn: conn.execute("SELECT MAX(seq) FROM events").fetchone())
+        row = await self._db.query(lambda conn: conn.execute("SELECT MAX(seq) FROM events").fetchone())
         return int(row[0]) if row and row[0] is not None else 0
 
     async def list_events(
@@ -472,7 +437,7 @@ class NotificationMethods:
             clauses.append(f"type IN ({','.join('?' * len(types))})")
             params.extend(types)
         sql = f"SELECT * FROM events WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ?"  # noqa: S608
-        rows = await self._query(lambda conn: conn.execute(sql, [*params, limit]).fetchall())
+        rows = await self._db.query(lambda conn: conn.execute(sql, [*params, limit]).fetchall())
         return [EventRecord.from_row(r) for r in rows]
 
 
@@ -480,19 +445,15 @@ _DELIVERIES_SQL = """SELECT d.*, e.id AS event_id, e.type AS event_type FROM del
     JOIN events e ON e.seq = d.event_seq WHERE {where} ORDER BY d.created_at DESC, d.id DESC LIMIT ?"""
 
 
-def destination_key(subscription_id: str | None, url: str) -> str:
-    return subscription_id or url
-
-
 _DESTINATION = "COALESCE(subscription_id, url)"  # destination_key, in SQL over deliveries
 
 
-# Transaction bodies' shared reads (they run inside `Store._transact` or `Store._query`) ----------
+# Transaction bodies' shared reads (they run inside `Database.transact` or `Database.query`) ----
 
 
-def _subscription(conn: sqlite3.Connection, sub_id: str) -> SubscriptionRecord | None:
+def _subscription(conn: sqlite3.Connection, rules: JobRules, sub_id: str) -> SubscriptionRecord | None:
     row = conn.execute("SELECT * FROM subscriptions WHERE id = ?", (sub_id,)).fetchone()
-    return SubscriptionRecord.from_row(row) if row else None
+    return SubscriptionRecord.from_row(row, rules.decode) if row else None
 
 
 def _delivery(conn: sqlite3.Connection, delivery_id: str) -> DeliveryRecord | None:

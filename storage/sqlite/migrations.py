@@ -1,8 +1,8 @@
 """The SQLite schema as numbered migrations, applied in order through `PRAGMA user_version`.
 
 Times are integer epoch milliseconds, UTC. JSON columns hold compact JSON text that reads back
-under service/strict_json.py. A step is SQL text, or a function over the connection for a
-repair SQL cannot express; each runs inside the migrating transaction.
+under the strict JSON rules (storage/rules.py). A step is SQL text, or a function over the
+connection and those rules for a repair SQL cannot express; each runs inside the migrating transaction.
 """
 
 from __future__ import annotations
@@ -10,33 +10,33 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
-from service.strict_json import DOCUMENT_DEPTH, MAX_DEPTH, repair_text
+from storage.rules import JobRules
 
-# Every JSON column, as (table, key column, JSON column, depth allowed); events' bodies are the
+# Every JSON column, as (table, key column, JSON column, whether a whole document); events' bodies are the
 # exact bytes sent, an envelope around a job document around the client's input and metadata.
 JSON_COLUMNS = (
-    ("jobs", "id", "input", MAX_DEPTH),
-    ("jobs", "id", "metadata", MAX_DEPTH),
-    ("jobs", "id", "output_urls", MAX_DEPTH),
-    ("jobs", "id", "candidates", MAX_DEPTH),
-    ("jobs", "id", "webhook_events", MAX_DEPTH),
-    ("subscriptions", "id", "events", MAX_DEPTH),
-    ("events", "seq", "body", DOCUMENT_DEPTH),
+    ("jobs", "id", "input", False),
+    ("jobs", "id", "metadata", False),
+    ("jobs", "id", "output_urls", False),
+    ("jobs", "id", "candidates", False),
+    ("jobs", "id", "webhook_events", False),
+    ("subscriptions", "id", "events", False),
+    ("events", "seq", "body", True),
 )
 
 
-def repair_stored_json(conn: sqlite3.Connection) -> None:
+def repair_stored_json(conn: sqlite3.Connection, rules: JobRules) -> None:
     """Rewrite every stored JSON value the strict parser would refuse (NaN, Infinity, numbers
     too long, lone surrogates, nesting too deep) so it reads back: such a row made every
     `GET /v1/jobs` page holding it a 500, and its events invalid JSON. Non-finite and over-long
     numbers become null and lone surrogates U+FFFD; rows already well-formed are not touched.
     """
-    for table, key, column, max_depth in JSON_COLUMNS:
+    for table, key, column, document in JSON_COLUMNS:
         rows = conn.execute(f"SELECT {key}, {column} FROM {table}").fetchall()  # noqa: S608
         for row_key, value in rows:
             if value is None:
                 continue
-            repaired = repair_text(value, max_depth=max_depth)
+            repaired = rules.repair(value, document=document)
             if repaired is None:
                 continue
             stored: str | bytes = repaired.encode("utf-8") if isinstance(value, bytes) else repaired
@@ -44,7 +44,7 @@ def repair_stored_json(conn: sqlite3.Connection) -> None:
                          (stored, row_key))
 
 
-Migration = str | Callable[[sqlite3.Connection], None]
+Migration = str | Callable[[sqlite3.Connection, JobRules], None]
 
 MIGRATIONS: tuple[Migration, ...] = (
     # 1: jobs, their stored outputs, the work queue (transactional outbox), inbound callbacks
@@ -224,7 +224,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     """,
     # 6: stored JSON that the strict boundary would refuse
     repair_stored_json,
-    # 7: per-provider caps on active jobs (storage/tasks.py claim_due_tasks). A submit task
+    # 7: per-provider caps on active jobs (storage/sqlite/tasks.py claim_due_tasks). A submit task
     #    carries its job's provider and model, so the submits waiting for one provider (or one
     #    of its models) are an index range in due order; triggers keep the copies equal to the
     #    job's (also through a failover), whatever code inserts the task or moves the job. The

@@ -1,185 +1,58 @@
-"""The store: one method per transaction, named for what it records.
+"""Jobs: one method per transaction, named for what it records.
 
-One aiosqlite connection per process. Each store method is one synchronous function over the
-`sqlite3.Connection`, run in aiosqlite's thread in a single hop (storage/sqlite_thread.py says
-why), so a transaction never awaits anything, let alone the network; a lock keeps coroutines
-from interleaving them. Every write opens with `BEGIN IMMEDIATE` and writes a state change
-together with the work it causes (the transactional outbox): rows in `tasks` that workers carry
-out at least once. sqlite3 errors become StoreUnavailable here and nowhere else.
+A write applies an observation through the state machine the database was opened with
+(storage/rules.py) and writes, in the same transaction, the job's new state, the event the change
+is worth and the work it causes (rows in `tasks`). The bodies below run in the database's thread
+(storage/sqlite/database.py).
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import hashlib
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from enum import StrEnum
+from collections.abc import Callable, Sequence
 from functools import partial
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-import aiosqlite
-import anyio
-
-from service.adoption import ADOPTED, ORPHANED, UNKNOWN, TaskRole
-from service.errors import CallbackRejected, Conflict, MalformedRequest, StoreUnavailable
-from service.jobs import (
+from storage.errors import IdempotencyConflict, UnknownJob
+from storage.records import (
+    Attempt,
+    AttemptRecord,
+    JobRecord,
+    Judgement,
+    NewJob,
+    Observation,
+    OutputRecord,
+    Recorded,
+    Schedule,
+    StoredOutput,
+    TaskKind,
+    TaskOutcome,
+)
+from storage.rules import JobRules
+from storage.sqlite.notifications import emit_job_event
+from storage.state import (
+    ADOPTED,
+    ORPHANED,
     TERMINAL,
+    UNKNOWN,
     Effect,
     JobState,
     JobStatus,
-    Observation,
-    ProviderSucceeded,
-    Submitted,
+    TaskRole,
     Transition,
-    apply,
 )
-from service.parsing import parse_count
-from service.strict_json import dumps
-from storage.addresses import AddressMethods
-from storage.migrations import MIGRATIONS
-from storage.notifications import NotificationMethods, emit_job_event
-from storage.records import AttemptRecord, JobRecord, NewJob, OutputRecord, UploadRecord
-from storage.retention import RetentionMethods
-from storage.sqlite_thread import check_supported, run_in_connection_thread
-from storage.tasks import TaskMethods
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from storage.sqlite.database import Database
 
 
-class TaskKind(StrEnum):
-    SUBMIT = "submit"
-    POLL = "poll"
-    FETCH = "fetch"
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """When the work a transition causes should run; the caller knows the settings."""
-
-    poll_at: int | None = None
-    fetch_at: int | None = None
-
-
-@dataclass(frozen=True)
-class TaskOutcome:
-    """How the task that produced an observation ends: done, or due again at `retry_at`."""
-
-    task_id: int
-    retry_at: int | None = None
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class Judgement:
-    """What a callback proved: its verdict, the provider state it reports, and what to do."""
-
-    verdict: str
-    state: str | None
-    observation: Observation | None = None
-    confirm_at: int | None = None
-    role: TaskRole = TaskRole.CURRENT  # which provider task it is about (service/adoption.py)
-    task: str | None = None  # the provider task it names
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """What one submit to one provider came to; `outcome` is accepted, rejected,
-    unavailable (will be retried) or failed_over (the next provider is tried)."""
-
-    provider: str
-    outcome: str
-    http_status: int | None = None
-    message: str | None = None
-    provider_job_id: str | None = None
-
-
-@dataclass(frozen=True)
-class StoredOutput:
-    index: int
-    sha256: str
-    content_type: str
-    bytes: int
-    source_url: str | None
-
-
-@dataclass(frozen=True)
-class Recorded:
-    """The job after a write, and what the state machine made of the observation."""
-
-    job: JobRecord
-    transition: Transition | None = None
-    duplicate: bool = False
-
-
-class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
-    def __init__(self, db: aiosqlite.Connection, *, public_url: str = "") -> None:
+class JobStore:
+    def __init__(self, db: Database) -> None:
         self._db = db
-        self._lock = anyio.Lock()
-        self.public_url = public_url  # for the job documents events carry
-
-    @classmethod
-    async def open(cls, path: Path, *, synchronous: str = "FULL", public_url: str = "") -> Store:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            db = await aiosqlite.connect(path, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"cannot open database: {exc}") from exc
-        try:
-            check_supported(db)
-        except RuntimeError:
-            with contextlib.suppress(Exception):  # best effort: the RuntimeError is the news
-                await db.close()
-            raise
-        try:
-            db.row_factory = sqlite3.Row
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute(f"PRAGMA synchronous={synchronous}")
-            await db.execute("PRAGMA busy_timeout=10000")
-            await db.execute("PRAGMA foreign_keys=ON")
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"cannot open database: {exc}") from exc
-        store = cls(db, public_url=public_url)
-        await store._transact(_migrate)
-        return store
-
-    async def close(self) -> None:
-        await self._db.close()
-
-    async def _transact(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn` as one write transaction: `BEGIN IMMEDIATE`, `fn`, `COMMIT`, in one hop.
-
-        Anything `fn` raises (a refusal such as CallbackRejected or Conflict included) rolls the
-        transaction back, so a refused write changes nothing, and is raised here.
-        """
-        return await self._run(partial(_in_transaction, fn))
-
-    async def _query(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn`'s reads in one hop (autocommit: each statement sees committed data)."""
-        return await self._run(partial(_reading, fn))
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        async with self._lock:
-            # Once queued, the thread runs `fn` to the end whatever happens here, so the lock
-            # is held until it has: a cancelled caller still waits out its (short) transaction.
-            with anyio.CancelScope(shield=True):
-                result = await run_in_connection_thread(self._db, fn)
-        return result
-
-    # Reads ------------------------------------------------------------------------------------
-
-    async def ping(self) -> bool:
-        def ping(conn: sqlite3.Connection) -> bool:
-            row = conn.execute("SELECT 1").fetchone()
-            return row is not None and row[0] == 1
-
-        return await self._query(ping)
 
     async def get_job(self, job_id: str) -> JobRecord | None:
-        return await self._query(partial(_select_job, job_id=job_id))
+        return await self._db.query(partial(_select_job, rules=self._db.rules, job_id=job_id))
 
     async def list_jobs(
         self, *, status: str | None, limit: int, before: tuple[int, str] | None
@@ -195,8 +68,8 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
             params.extend(before)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = f"SELECT * FROM jobs {where} ORDER BY created_at DESC, id DESC LIMIT ?"  # noqa: S608
-        rows = await self._query(lambda conn: conn.execute(sql, [*params, limit]).fetchall())
-        return [JobRecord.from_row(r) for r in rows]
+        rows = await self._db.query(lambda conn: conn.execute(sql, [*params, limit]).fetchall())
+        return [JobRecord.from_row(r, self._db.rules.decode) for r in rows]
 
     async def get_outputs(self, job_ids: Sequence[str]) -> dict[str, list[OutputRecord]]:
         result: dict[str, list[OutputRecord]] = {job_id: [] for job_id in job_ids}
@@ -204,12 +77,12 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
             return result
         marks = ",".join("?" * len(job_ids))
         sql = f"SELECT * FROM outputs WHERE job_id IN ({marks}) ORDER BY job_id, idx"  # noqa: S608
-        for row in await self._query(lambda conn: conn.execute(sql, list(job_ids)).fetchall()):
+        for row in await self._db.query(lambda conn: conn.execute(sql, list(job_ids)).fetchall()):
             result[row["job_id"]].append(OutputRecord.from_row(row))
         return result
 
     async def get_output(self, job_id: str, index: int) -> OutputRecord | None:
-        row = await self._query(
+        row = await self._db.query(
             lambda conn: conn.execute(
                 "SELECT * FROM outputs WHERE job_id = ? AND idx = ?", (job_id, index)
             ).fetchone()
@@ -222,15 +95,9 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
             return result
         marks = ",".join("?" * len(job_ids))
         sql = f"SELECT * FROM attempts WHERE job_id IN ({marks}) ORDER BY id"  # noqa: S608
-        for row in await self._query(lambda conn: conn.execute(sql, list(job_ids)).fetchall()):
+        for row in await self._db.query(lambda conn: conn.execute(sql, list(job_ids)).fetchall()):
             result[row["job_id"]].append(AttemptRecord.from_row(row))
         return result
-
-    async def get_upload(self, upload_id: str) -> UploadRecord | None:
-        row = await self._query(
-            lambda conn: conn.execute("SELECT * FROM uploads WHERE id = ?", (upload_id,)).fetchone()
-        )
-        return UploadRecord.from_row(row) if row else None
 
     # Writes -----------------------------------------------------------------------------------
 
@@ -243,31 +110,26 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
                     "SELECT * FROM jobs WHERE idempotency_key = ?", (new.idempotency_key,)
                 ).fetchone()
                 if row is not None:
-                    existing = JobRecord.from_row(row)
+                    existing = JobRecord.from_row(row, self._db.rules.decode)
                     if existing.request_hash != new.request_hash:
-                        raise Conflict(
-                            "Idempotency-Key was already used with a different request body",
-                            code="idempotency_key_reused",
-                            details=[
-                                {"field": "Idempotency-Key", "rule": "same_body", "job_id": existing.id}
-                            ],
-                        )
+                        raise IdempotencyConflict(existing.id)
                     return existing, False
+            encode = self._db.rules.encode
             conn.execute(
                 """INSERT INTO jobs (id, provider, model, status, input, metadata, webhook_secret,
                        idempotency_key, request_hash, created_at, updated_at, deadline_at, candidates,
                        webhook_url, webhook_events)
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                (new.id, new.provider, new.model, JobStatus.QUEUED.value, _json(new.input, "input"),
-                 _json(new.metadata, "metadata"), new.webhook_secret, new.idempotency_key,
+                (new.id, new.provider, new.model, JobStatus.QUEUED.value, encode(new.input, path="input"),
+                 encode(new.metadata, path="metadata"), new.webhook_secret, new.idempotency_key,
                  new.request_hash, now, now, new.deadline_at,
-                 _json(list(new.candidates or (new.provider,)), "candidates"), new.webhook_url,
-                 _json(list(new.webhook_events), "webhook_events")),
+                 encode(list(new.candidates or (new.provider,)), path="candidates"), new.webhook_url,
+                 encode(list(new.webhook_events), path="webhook_events")),
             )
             _upsert_task(conn, new.id, TaskKind.SUBMIT, now, now)
-            return _must_select_job(conn, new.id), True
+            return _must_select_job(conn, self._db.rules, new.id), True
 
-        return await self._transact(create)
+        return await self._db.transact(create)
 
     async def record_observation(
         self,
@@ -282,7 +144,7 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
         """Apply one observation and write the job, its follow-up work and `task`'s end."""
 
         def record(conn: sqlite3.Connection) -> Recorded | None:
-            job = _select_job(conn, job_id)
+            job = _select_job(conn, self._db.rules, job_id)
             if job is None:
                 if task is not None:
                     conn.execute("DELETE FROM tasks WHERE id = ?", (task.task_id,))
@@ -290,12 +152,12 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
             if counted_poll:
                 conn.execute("UPDATE jobs SET poll_count = poll_count + 1 WHERE id = ?", (job_id,))
             transition = _apply_in_tx(conn, job, observation, now=now, schedule=schedule,
-                                      public_url=self.public_url)
+                                      rules=self._db.rules, public_url=self._db.public_url)
             if task is not None:
                 _end_task(conn, task, transition.state)
-            return Recorded(_must_select_job(conn, job_id), transition)
+            return Recorded(_must_select_job(conn, self._db.rules, job_id), transition)
 
-        return await self._transact(record)
+        return await self._db.transact(record)
 
     async def record_callback(
         self,
@@ -318,10 +180,9 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
         digest = hashlib.sha256(body).hexdigest()
 
         def record(conn: sqlite3.Connection) -> Recorded:
-            job = _select_job(conn, job_id)
+            job = _select_job(conn, self._db.rules, job_id)
             if job is None:
-                raise CallbackRejected("callback token names no job here", code="unknown_job",
-                                       status_code=403)
+                raise UnknownJob(job_id)
             judgement = judge(job, _select_attempts(conn, job_id))
             cursor = conn.execute(
                 """INSERT INTO callbacks (job_id, provider, body_sha256, verdict, state, body,
@@ -336,22 +197,23 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
             observation, confirm_at = judgement.observation, judgement.confirm_at
             if judgement.role in (TaskRole.ADOPT, TaskRole.ORPHAN) and judgement.task:
                 transition = _take_task(conn, job, provider, judgement.task, observation, now=now,
-                                        schedule=schedule, public_url=self.public_url,
+                                        schedule=schedule, rules=self._db.rules,
+                                        public_url=self._db.public_url,
                                         how="named by a verified callback")
             elif observation is not None:
                 transition = _apply_in_tx(conn, job, observation, now=now, schedule=schedule,
-                                          public_url=self.public_url)
+                                          rules=self._db.rules, public_url=self._db.public_url)
             elif confirm_at is not None and job.state.awaiting_provider and not duplicate:
                 # A byte-identical repeat (a provider retrying) has already asked for its poll.
                 _upsert_task(conn, job_id, TaskKind.POLL, confirm_at, now)
-            return Recorded(_must_select_job(conn, job_id), transition, duplicate)
+            return Recorded(_must_select_job(conn, self._db.rules, job_id), transition, duplicate)
 
-        return await self._transact(record)
+        return await self._db.transact(record)
 
     async def named_tasks(self, job_id: str, provider: str) -> list[str]:
         """Provider tasks that unsigned callbacks for this job named, oldest first (a task a poll
         refuted is never named again)."""
-        rows = await self._query(
+        rows = await self._db.query(
             lambda conn: conn.execute(
                 """SELECT provider_job_id FROM callbacks
                    WHERE job_id = ? AND provider = ? AND verdict = 'unsigned'
@@ -376,7 +238,7 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
                 (job_id, task),
             )
 
-        await self._transact(refute)
+        await self._db.transact(refute)
 
     async def adopt_task(
         self,
@@ -392,15 +254,16 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
         orphan when the job already has a task of its own (service/adoption.py)."""
 
         def adopt(conn: sqlite3.Connection) -> Recorded | None:
-            job = _select_job(conn, job_id)
+            job = _select_job(conn, self._db.rules, job_id)
             if job is None:
                 return None
             conn.execute("UPDATE jobs SET poll_count = poll_count + 1 WHERE id = ?", (job_id,))
             transition = _take_task(conn, job, provider, task, observation, now=now, schedule=schedule,
-                                    public_url=self.public_url, how="confirmed by polling it")
-            return Recorded(_must_select_job(conn, job_id), transition)
+                                    rules=self._db.rules, public_url=self._db.public_url,
+                                    how="confirmed by polling it")
+            return Recorded(_must_select_job(conn, self._db.rules, job_id), transition)
 
-        return await self._transact(adopt)
+        return await self._db.transact(adopt)
 
     async def record_outputs(
         self,
@@ -414,7 +277,7 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
         """Keep the stored outputs' records and mark the job succeeded, in one transaction."""
 
         def record(conn: sqlite3.Connection) -> Recorded | None:
-            job = _select_job(conn, job_id)
+            job = _select_job(conn, self._db.rules, job_id)
             if job is None:
                 conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
                 return None
@@ -425,11 +288,11 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
                  for out in outputs],
             )
             transition = _apply_in_tx(conn, job, observation, now=now, schedule=Schedule(),
-                                      public_url=self.public_url)
+                                      rules=self._db.rules, public_url=self._db.public_url)
             conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
-            return Recorded(_must_select_job(conn, job_id), transition)
+            return Recorded(_must_select_job(conn, self._db.rules, job_id), transition)
 
-        return await self._transact(record)
+        return await self._db.transact(record)
 
     async def begin_submit(
         self, job_id: str, provider: str, *, now: int, reuse: int | None = None
@@ -439,19 +302,19 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
         queued. `reuse` re-sends over an earlier attempt (an idempotent provider)."""
 
         def begin(conn: sqlite3.Connection) -> int | None:
-            job = _select_job(conn, job_id)
+            job = _select_job(conn, self._db.rules, job_id)
             if job is None or job.status is not JobStatus.QUEUED or job.provider != provider:
                 return None
             if reuse is not None:
                 conn.execute("UPDATE attempts SET message = NULL WHERE id = ?", (reuse,))
                 return reuse
-            cursor = conn.execute(
-                "INSERT INTO attempts (job_id, provider, outcome, at) VALUES (?, ?, ?, ?)",
+            row = conn.execute(
+                "INSERT INTO attempts (job_id, provider, outcome, at) VALUES (?, ?, ?, ?) RETURNING id",
                 (job_id, provider, UNKNOWN, now),
-            )
-            return cursor.lastrowid
+            ).fetchone()
+            return int(row[0])
 
-        return await self._transact(begin)
+        return await self._db.transact(begin)
 
     async def record_submit(
         self,
@@ -470,7 +333,7 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
         provider), and the submit task's end, in one transaction."""
 
         def record(conn: sqlite3.Connection) -> Recorded | None:
-            job = _select_job(conn, job_id)
+            job = _select_job(conn, self._db.rules, job_id)
             if job is None:
                 conn.execute("DELETE FROM tasks WHERE id = ?", (task.task_id,))
                 return None
@@ -481,95 +344,23 @@ class Store(NotificationMethods, TaskMethods, AddressMethods, RetentionMethods):
                              (switch_to, now, job_id))
             if observation is not None:
                 transition = _apply_in_tx(conn, job, observation, now=now, schedule=schedule,
-                                          public_url=self.public_url)
+                                          rules=self._db.rules, public_url=self._db.public_url)
             _end_task(conn, task, transition.state if transition else job.state)
-            return Recorded(_must_select_job(conn, job_id), transition)
+            return Recorded(_must_select_job(conn, self._db.rules, job_id), transition)
 
-        return await self._transact(record)
-
-    async def record_upload(self, upload: UploadRecord) -> None:
-        def record(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO uploads (id, sha256, content_type, bytes, created_at, expires_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (upload.id, upload.sha256, upload.content_type, upload.bytes, upload.created_at,
-                 upload.expires_at),
-            )
-
-        await self._transact(record)
+        return await self._db.transact(record)
 
 
-# How a transaction runs (in the database thread) ------------------------------------------------
+# Transaction bodies (they run inside `Database.transact`) ----------------------------------------
 
 
-def _in_transaction(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.Error as exc:
-        raise StoreUnavailable(f"database busy or unavailable: {exc}") from exc
-    try:
-        result = fn(conn)
-    except BaseException as exc:
-        _roll_back(conn)
-        if isinstance(exc, sqlite3.Error):
-            raise StoreUnavailable(f"database write failed: {exc}") from exc
-        raise
-    try:
-        conn.execute("COMMIT")
-    except sqlite3.Error as exc:
-        _roll_back(conn)
-        raise StoreUnavailable(f"commit failed: {exc}") from exc
-    return result
-
-
-def _roll_back(conn: sqlite3.Connection) -> None:
-    # Some errors (SQLITE_FULL, SQLITE_IOERR, ...) have already rolled the transaction back.
-    if conn.in_transaction:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-
-
-def _reading(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
-    try:
-        return fn(conn)
-    except sqlite3.Error as exc:
-        raise StoreUnavailable(f"database read failed: {exc}") from exc
-
-
-def _migrate(conn: sqlite3.Connection) -> None:
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    for number, step in enumerate(MIGRATIONS, start=1):
-        if number <= version:
-            continue
-        if callable(step):  # a repair of stored rows, which SQL alone cannot express
-            step(conn)
-        else:
-            for statement in _statements(step):
-                conn.execute(statement)
-        conn.execute(f"PRAGMA user_version={number}")
-
-
-def _statements(script: str) -> Iterator[str]:
-    """The statements of a script, in order; a trigger's body keeps its own semicolons."""
-    pending = ""
-    for piece in script.split(";"):
-        pending += piece + ";"
-        if sqlite3.complete_statement(pending):
-            if pending.strip(" \n;"):
-                yield pending.strip()
-            pending = ""
-
-
-# Transaction bodies (they run inside `_transact`) -----------------------------------------------
-
-
-def _select_job(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
+def _select_job(conn: sqlite3.Connection, rules: JobRules, job_id: str) -> JobRecord | None:
     row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-    return JobRecord.from_row(row) if row else None
+    return JobRecord.from_row(row, rules.decode) if row else None
 
 
-def _must_select_job(conn: sqlite3.Connection, job_id: str) -> JobRecord:
-    job = _select_job(conn, job_id)
+def _must_select_job(conn: sqlite3.Connection, rules: JobRules, job_id: str) -> JobRecord:
+    job = _select_job(conn, rules, job_id)
     assert job is not None  # written in this same transaction
     return job
 
@@ -611,6 +402,7 @@ def _take_task(
     *,
     now: int,
     schedule: Schedule,
+    rules: JobRules,
     public_url: str,
     how: str,
 ) -> Transition | None:
@@ -623,16 +415,18 @@ def _take_task(
     if job.provider_job_id is None and job.provider == provider and not job.state.terminal:
         _mark_attempt(conn, job.id, provider, task, ADOPTED, now=now, how=how)
         conn.execute("DELETE FROM tasks WHERE job_id = ? AND kind = ?", (job.id, TaskKind.SUBMIT.value))
-        transition = _apply_in_tx(conn, job, Submitted(task), now=now, schedule=schedule,
-                                  public_url=public_url)
+        transition = _apply_in_tx(conn, job, rules.accepted(task), now=now, schedule=schedule,
+                                  rules=rules, public_url=public_url)
         if observation is not None:
-            transition = _apply_in_tx(conn, _must_select_job(conn, job.id), observation, now=now,
-                                      schedule=schedule, public_url=public_url)
+            transition = _apply_in_tx(conn, _must_select_job(conn, rules, job.id), observation, now=now,
+                                      schedule=schedule, rules=rules, public_url=public_url)
         return transition
-    first_result = isinstance(observation, ProviderSucceeded) and job.state.awaiting_provider
+    first_result = (observation is not None and rules.is_result(observation)
+                    and job.state.awaiting_provider)
     _mark_attempt(conn, job.id, provider, task, ADOPTED if first_result else ORPHANED, now=now, how=how)
     if first_result and observation is not None:
-        return _apply_in_tx(conn, job, observation, now=now, schedule=schedule, public_url=public_url)
+        return _apply_in_tx(conn, job, observation, now=now, schedule=schedule, rules=rules,
+                            public_url=public_url)
     return None
 
 
@@ -670,16 +464,18 @@ def _apply_in_tx(
     *,
     now: int,
     schedule: Schedule,
+    rules: JobRules,
     public_url: str,
 ) -> Transition:
     before = job.state
-    transition = apply(before, observation)
+    transition = rules.apply(before, observation)
     after = transition.state
     if after != before:
-        _write_state(conn, job, before, after, now)
+        _write_state(conn, job, before, after, now, rules)
         event_type = _event_for(before, after)
         if event_type is not None:
-            emit_job_event(conn, _must_select_job(conn, job.id), event_type, now=now, public_url=public_url)
+            emit_job_event(conn, _must_select_job(conn, rules, job.id), event_type, now=now, rules=rules,
+                           public_url=public_url)
     for effect in transition.effects:
         _materialize(conn, job.id, effect, now=now, schedule=schedule)
     return transition
@@ -695,7 +491,7 @@ def _event_for(before: JobState, after: JobState) -> str | None:
 
 
 def _write_state(
-    conn: sqlite3.Connection, job: JobRecord, before: JobState, after: JobState, now: int
+    conn: sqlite3.Connection, job: JobRecord, before: JobState, after: JobState, now: int, rules: JobRules
 ) -> None:
     submitted_at = job.submitted_at
     if submitted_at is None and after.provider_job_id and not before.provider_job_id:
@@ -710,7 +506,7 @@ def _write_state(
                updated_at = ?, submitted_at = ?, ready_at = ?, completed_at = ?
            WHERE id = ?""",
         (after.status.value, after.provider_job_id, after.polling_url,
-         _json(list(after.output_urls), "output_urls"), after.error_code, after.error_message,
+         rules.encode(list(after.output_urls), path="output_urls"), after.error_code, after.error_message,
          after.completion_source, after.progress, now, submitted_at, ready_at, completed_at, job.id),
     )
 
@@ -746,38 +542,7 @@ def _upsert_task(conn: sqlite3.Connection, job_id: str, kind: TaskKind, due_at: 
     # One live task per job and kind; asking again only ever brings it forward.
     conn.execute(
         """INSERT INTO tasks (job_id, kind, due_at, created_at) VALUES (?, ?, ?, ?)
-           ON CONFLICT (job_id, kind) DO UPDATE SET due_at = MIN(due_at, excluded.due_at)""",
+           ON CONFLICT (job_id, kind) DO UPDATE SET due_at = CASE
+               WHEN excluded.due_at < tasks.due_at THEN excluded.due_at ELSE tasks.due_at END""",
         (job_id, kind.value, due_at, now),
-    )
-
-
-def _json(value: Any, path: str) -> str:
-    # The one serializer: a value that would not read back (NaN, a lone surrogate) raises
-    # JsonRefused naming `path`, inside the transaction, so nothing is written.
-    return dumps(value, path=path)  # keeps the client's key order
-
-
-def encode_cursor(job: JobRecord) -> str:
-    return base64.urlsafe_b64encode(f"{job.created_at}:{job.id}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[int, str]:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        created, job_id = base64.urlsafe_b64decode(padded).decode().split(":", 1)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise _bad_cursor() from exc
-    # int() alone would take "+1", "1_0", "٣" and numbers past SQLite's 64-bit range, which
-    # fail as OverflowError when bound to the query (a 500).
-    created_at = parse_count(created, max_digits=18)
-    if created_at is None:
-        raise _bad_cursor()
-    return created_at, job_id
-
-
-def _bad_cursor() -> MalformedRequest:
-    return MalformedRequest(
-        "cursor is not one this service issued",
-        code="invalid_cursor",
-        details=[{"field": "cursor", "rule": "format"}],
     )

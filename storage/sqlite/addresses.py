@@ -1,4 +1,4 @@
-"""The announced address: where the web process says it can be reached (mixed into Store).
+"""The announced address: where the web process says it can be reached (its store).
 
 A web process announces the public URL it serves; workers and `tick` that were not given
 FLUXHOOK_PUBLIC_URL read it here, so every process builds callback and output URLs alike.
@@ -6,24 +6,20 @@ FLUXHOOK_PUBLIC_URL read it here, so every process builds callback and output UR
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from storage.sqlite.database import Database
 
+class AddressStore:
+    """Store methods for the one announced public URL (its store)."""
 
-class AddressMethods:
-    """Store methods for the one announced public URL (mixed into Store)."""
-
-    if TYPE_CHECKING:  # provided by Store
-
-        async def _transact(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
-        async def _query(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     async def announce_address(self, public_url: str, *, owner: str, now: int) -> None:
         """Record `public_url` as the address to use; the latest announcement wins."""
-        await self._transact(
+        await self._db.transact(
             lambda conn: conn.execute(
                 """INSERT INTO announced_address (id, owner, public_url, announced_at)
                    VALUES (1, ?, ?, ?)
@@ -35,12 +31,12 @@ class AddressMethods:
 
     async def withdraw_address(self, *, owner: str) -> None:
         """Forget the announcement, unless another process has announced since."""
-        await self._transact(
+        await self._db.transact(
             lambda conn: conn.execute("DELETE FROM announced_address WHERE owner = ?", (owner,))
         )
 
     async def announced_address(self) -> str | None:
-        row = await self._query(
+        row = await self._db.query(
             lambda conn: conn.execute("SELECT public_url FROM announced_address WHERE id = 1").fetchone()
         )
         return str(row[0]) if row else None

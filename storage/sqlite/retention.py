@@ -1,4 +1,4 @@
-"""Data lifecycle: store methods that remove a job's outputs and prune old rows (mixed into Store).
+"""Data lifecycle: the store that removes a job's outputs and prunes old rows.
 
 Every method is one short transaction over at most `limit` rows, so pruning a large backlog
 runs as many small batches with other writers (callbacks first of all) in between; the policy
@@ -14,25 +14,24 @@ service/retention.py for why that order is the safe one).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from service.jobs import TERMINAL
 from storage.records import JobRecord
+from storage.state import TERMINAL
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from storage.sqlite.database import Database
 
 _FINAL = tuple(status.value for status in TERMINAL)
 _FINAL_MARKS = ",".join("?" * len(_FINAL))
 
 
-class RetentionMethods:
-    """Store methods that remove and prune (mixed into Store)."""
+class RetentionStore:
+    """Removal and pruning, in short batches."""
 
-    if TYPE_CHECKING:  # provided by Store
-
-        async def _transact(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
-        async def _query(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     async def remove_job_outputs(self, job_id: str, *, now: int) -> JobRecord | None:
         """Mark a final job's outputs removed and queue its images; the job otherwise stays as
@@ -48,9 +47,9 @@ class RetentionMethods:
             if cursor.rowcount:
                 _queue_images(conn, [job_id], now)
             row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            return JobRecord.from_row(row) if row else None
+            return JobRecord.from_row(row, self._db.rules.decode) if row else None
 
-        return await self._transact(remove)
+        return await self._db.transact(remove)
 
     async def remove_old_outputs(self, *, completed_before: int, now: int, limit: int) -> int:
         """Remove the outputs of up to `limit` final jobs completed before `completed_before`
@@ -73,7 +72,7 @@ class RetentionMethods:
             _queue_images(conn, ids, now)
             return len(ids)
 
-        return await self._transact(remove)
+        return await self._db.transact(remove)
 
     async def unreferenced_blobs(
         self, *, after: str, now: int, limit: int, only: Sequence[str] | None = None
@@ -101,7 +100,7 @@ class RetentionMethods:
                     unreferenced.append(sha256)
             return unreferenced, (queued[-1] if queued else None)
 
-        return await self._transact(look)
+        return await self._db.transact(look)
 
     async def forget_blobs(self, sha256s: Sequence[str]) -> None:
         """The files of these queued images are gone: take them off the queue."""
@@ -109,7 +108,7 @@ class RetentionMethods:
         def forget(conn: sqlite3.Connection) -> None:
             conn.executemany("DELETE FROM blob_garbage WHERE sha256 = ?", [(s,) for s in sha256s])
 
-        await self._transact(forget)
+        await self._db.transact(forget)
 
     async def prune_events(self, *, before: int, limit: int) -> int:
         """Delete up to `limit` events created before `before` that no delivery still has to
@@ -136,11 +135,11 @@ class RetentionMethods:
             conn.execute(f"DELETE FROM events WHERE seq IN ({marks})", seqs)  # noqa: S608
             return len(seqs)
 
-        return await self._transact(prune)
+        return await self._db.transact(prune)
 
     async def prune_callbacks(self, *, before: int, limit: int) -> int:
         """Delete up to `limit` received callbacks (their raw bodies) older than `before`."""
-        return await self._transact(
+        return await self._db.transact(
             lambda conn: conn.execute(
                 "DELETE FROM callbacks WHERE id IN "
                 "(SELECT id FROM callbacks WHERE received_at < ? ORDER BY received_at LIMIT ?)",
@@ -151,7 +150,7 @@ class RetentionMethods:
     async def prune_delivery_attempts(self, *, before: int, limit: int) -> int:
         """Delete up to `limit` delivery attempts started before `before` (the delivery keeps its
         count, last status and error)."""
-        return await self._transact(
+        return await self._db.transact(
             lambda conn: conn.execute(
                 "DELETE FROM delivery_attempts WHERE id IN "
                 "(SELECT id FROM delivery_attempts WHERE started_at < ? ORDER BY started_at LIMIT ?)",

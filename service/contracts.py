@@ -1,0 +1,374 @@
+"""The contracts service/ holds its storage to: one Protocol per store, and `Stores`, the set.
+
+service/ (the workers, the handlers, `WorkContext`) depends on these, never on a backend.
+storage/ implements them once per backend (storage/sqlite/; storage/postgres/ next), chosen by
+`storage.open_database(url, ...)`; a backend raises storage errors only (storage/errors.py).
+The value types (records, `Schedule`, `Judgement`, ...) are storage/records.py's; observations
+are service/jobs.py's, which a backend hands to the rules it was opened with (storage/rules.py).
+The blob store's contract is storage/blobs.py's `BlobStore` for now.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from service.jobs import Observation
+from storage.records import (
+    Attempt,
+    AttemptRecord,
+    AttemptResult,
+    ClaimedDelivery,
+    DeliveryAttemptRecord,
+    DeliveryRecord,
+    EventRecord,
+    JobRecord,
+    Judgement,
+    NewJob,
+    OutputRecord,
+    Recorded,
+    Schedule,
+    StoredOutput,
+    SubmitCaps,
+    SubscriptionRecord,
+    TaskOutcome,
+    TaskRecord,
+    UploadRecord,
+)
+
+
+class JobStore(Protocol):
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        ...
+
+    async def list_jobs(
+        self, *, status: str | None, limit: int, before: tuple[int, str] | None
+    ) -> list[JobRecord]:
+        """Newest first; `before` is the (created_at, id) of the last job already seen."""
+        ...
+
+    async def get_outputs(self, job_ids: Sequence[str]) -> dict[str, list[OutputRecord]]:
+        ...
+
+    async def get_output(self, job_id: str, index: int) -> OutputRecord | None:
+        ...
+
+    async def get_attempts(self, job_ids: Sequence[str]) -> dict[str, list[AttemptRecord]]:
+        ...
+
+    async def create_job(self, new: NewJob, *, now: int) -> tuple[JobRecord, bool]:
+        """Store a queued job and its submit task; an Idempotency-Key replay returns the original."""
+        ...
+
+    async def record_observation(
+        self,
+        job_id: str,
+        observation: Observation,
+        *,
+        now: int,
+        schedule: Schedule = Schedule(),
+        task: TaskOutcome | None = None,
+        counted_poll: bool = False,
+    ) -> Recorded | None:
+        """Apply one observation and write the job, its follow-up work and `task`'s end."""
+        ...
+
+    async def record_callback(
+        self,
+        job_id: str,
+        *,
+        provider: str,
+        body: bytes,
+        judge: Callable[[JobRecord, list[AttemptRecord]], Judgement],
+        now: int,
+        schedule: Schedule,
+    ) -> Recorded:
+        """Judge a callback against its job and keep it durably, in one transaction."""
+        ...
+
+    async def named_tasks(self, job_id: str, provider: str) -> list[str]:
+        """Provider tasks that unsigned callbacks for this job named, oldest first (a task a poll refuted
+        is never named again)."""
+        ...
+
+    async def refute_task(self, job_id: str, task: str) -> None:
+        """A task an unsigned callback named that the provider does not know: a forgery, never polled
+        again."""
+        ...
+
+    async def adopt_task(
+        self,
+        job_id: str,
+        provider: str,
+        task: str,
+        observation: Observation | None,
+        *,
+        now: int,
+        schedule: Schedule,
+    ) -> Recorded | None:
+        """A task a hint named, confirmed by polling it: the job adopts it, or records it as an orphan when
+        the job already has a task of its own (service/adoption.py)."""
+        ...
+
+    async def record_outputs(
+        self,
+        job_id: str,
+        outputs: Sequence[StoredOutput],
+        *,
+        now: int,
+        task_id: int,
+        observation: Observation,
+    ) -> Recorded | None:
+        """Keep the stored outputs' records and mark the job succeeded, in one transaction."""
+        ...
+
+    async def begin_submit(
+        self, job_id: str, provider: str, *, now: int, reuse: int | None = None
+    ) -> int | None:
+        """Write the submit down as `unknown` before it goes out, so a crash or a lost answer leaves a
+        trace (service/adoption.py); its attempt id, or None when the job is no longer queued. `reuse`
+        re-sends over an earlier attempt (an idempotent provider)."""
+        ...
+
+    async def record_submit(
+        self,
+        job_id: str,
+        attempt: Attempt,
+        *,
+        now: int,
+        task: TaskOutcome,
+        observation: Observation | None = None,
+        schedule: Schedule = Schedule(),
+        switch_to: str | None = None,
+        attempt_id: int | None = None,
+    ) -> Recorded | None:
+        """One submit's outcome: its attempt row (written over the `unknown` one `begin_submit` wrote, when
+        given), the job's change (accepted, rejected, or moved to the next provider), and the submit
+        task's end, in one transaction."""
+        ...
+
+
+
+class UploadStore(Protocol):
+    async def get_upload(self, upload_id: str) -> UploadRecord | None:
+        ...
+
+    async def record_upload(self, upload: UploadRecord) -> None:
+        ...
+
+
+
+class TaskStore(Protocol):
+    """The tasks workers carry out."""
+
+    async def next_due_at(self, *, now: int, caps: SubmitCaps = SubmitCaps()) -> int | None:
+        """When the earliest task becomes claimable: due, not leased, and (for a submit) with room at its
+        provider. A provider at its cap has room again only when one of its jobs ends, which commits and
+        wakes the workers, or when a claimed submit's lease runs out."""
+        ...
+
+    async def get_tasks(self, job_id: str) -> list[TaskRecord]:
+        ...
+
+    async def count_tasks(self) -> dict[str, int]:
+        ...
+
+    async def count_active(self, provider: str, *, now: int) -> int:
+        """Jobs active at `provider`: claimed submits, and jobs sent without a final word."""
+        ...
+
+    async def claim_due_tasks(
+        self, *, now: int, limit: int, lease_ms: int, caps: SubmitCaps = SubmitCaps()
+    ) -> list[TaskRecord]:
+        """Lease up to `limit` due tasks, earliest due first, keeping submits within `caps`. The attempt is
+        counted now, so a crash uses up a try."""
+        ...
+
+    async def release_tasks(self, leases: Sequence[tuple[int, int]]) -> int:
+        """Hand back tasks this process leased but did not finish (it is stopping): due again at once for
+        any worker, and the interrupted run is not counted as an attempt. Each is `(task id, lease_until
+        as claimed)`; a task whose lease is no longer that one (it was finished or rescheduled, or the
+        lease ran out and another worker holds it) is left alone. How many were handed back."""
+        ...
+
+    async def retry_task(self, task_id: int, *, due_at: int, error: str) -> None:
+        ...
+
+    async def finish_task(self, task_id: int) -> None:
+        ...
+
+
+
+class SubscriptionStore(Protocol):
+    """Notification subscriptions: where events go."""
+
+    async def create_subscription(self, sub: SubscriptionRecord) -> SubscriptionRecord:
+        ...
+
+    async def get_subscription(self, sub_id: str) -> SubscriptionRecord | None:
+        ...
+
+    async def list_subscriptions(self) -> list[SubscriptionRecord]:
+        ...
+
+    async def update_subscription(
+        self, sub_id: str, changes: Mapping[str, Any], *, now: int
+    ) -> SubscriptionRecord | None:
+        """Apply `changes` (url, events, description, status); enabling clears the failure clock."""
+        ...
+
+    async def delete_subscription(self, sub_id: str, *, now: int) -> bool:
+        ...
+
+    async def rotate_subscription_secret(
+        self, sub_id: str, new_secret: str, *, now: int, grace_ms: int
+    ) -> SubscriptionRecord | None:
+        """The old secret keeps signing beside the new one until `now + grace_ms`."""
+        ...
+
+
+
+class DeliveryStore(Protocol):
+    """Deliveries: one per event and destination, leased, attempted, retried."""
+
+    async def claim_due_deliveries(
+        self, *, now: int, limit: int, lease_ms: int, busy: Mapping[str, int], per_destination: int
+    ) -> list[ClaimedDelivery]:
+        """Lease due deliveries, at most `per_destination` in flight per destination."""
+        ...
+
+    async def release_deliveries(self, leases: Sequence[tuple[str, int]]) -> int:
+        """Hand back deliveries this process leased but did not attempt to the end (it is stopping): due
+        again at once, and the interrupted try is not counted. A lease that is no longer the one given
+        by the claim (the attempt was recorded, or the lease ran out and another process holds it) is
+        left alone. How many were handed back."""
+        ...
+
+    async def record_delivery_attempt(
+        self, delivery: ClaimedDelivery, result: AttemptResult, *, now: int, disable_after_ms: int
+    ) -> None:
+        """One attempt's log row, the delivery's new state and the subscription's health."""
+        ...
+
+    async def redeliver(
+        self, delivery_id: str, *, now: int
+    ) -> tuple[DeliveryRecord, list[DeliveryAttemptRecord]] | None:
+        """Send one delivery again now, as a manual attempt (not retried if it fails)."""
+        ...
+
+    async def recover(self, subscription_id: str, *, since: int, now: int) -> int:
+        """Resend every delivery to a subscription that failed since `since`; how many."""
+        ...
+
+    async def list_deliveries(
+        self, *, subscription_id: str | None = None, job_id: str | None = None, limit: int = 100
+    ) -> list[tuple[DeliveryRecord, list[DeliveryAttemptRecord]]]:
+        ...
+
+    async def pending_delivery_due(self, *, exclude: Sequence[str] = ()) -> int | None:
+        """When the next pending delivery falls due, leaving out destinations in `exclude` (those at their
+        in-flight cap: a freed slot wakes the notifier, so waiting on their already-due rows would only
+        make it spin)."""
+        ...
+
+
+
+class EventStore(Protocol):
+    """The event log, read in order by the event stream."""
+
+    async def latest_event_seq(self) -> int:
+        ...
+
+    async def list_events(
+        self, *, after: int, job_id: str | None = None, types: Sequence[str] = (), limit: int = 100
+    ) -> list[EventRecord]:
+        ...
+
+
+
+class RetentionStore(Protocol):
+    """Removal and pruning, in short batches."""
+
+    async def remove_job_outputs(self, job_id: str, *, now: int) -> JobRecord | None:
+        """Mark a final job's outputs removed and queue its images; the job otherwise stays as it is
+        (attempts, events, callbacks). A job not final, or already removed, is unchanged. None if there
+        is no such job."""
+        ...
+
+    async def remove_old_outputs(self, *, completed_before: int, now: int, limit: int) -> int:
+        """Remove the outputs of up to `limit` final jobs completed before `completed_before` (as
+        `remove_job_outputs` does); how many jobs."""
+        ...
+
+    async def unreferenced_blobs(
+        self, *, after: str, now: int, limit: int, only: Sequence[str] | None = None
+    ) -> tuple[list[str], str | None]:
+        """Look at up to `limit` queued images (sha256 order, from after `after`): forget those a job whose
+        outputs are kept references (removing that job's outputs queues them again), keep queued those
+        only an upload not yet expired references (looked at again next time), and name the rest, whose
+        files may go. Also the last sha256 looked at (None when there were no more), to carry on from.
+        `only` limits the look to those images."""
+        ...
+
+    async def forget_blobs(self, sha256s: Sequence[str]) -> None:
+        """The files of these queued images are gone: take them off the queue."""
+        ...
+
+    async def prune_events(self, *, before: int, limit: int) -> int:
+        """Delete up to `limit` events created before `before` that no delivery still has to send, with
+        their deliveries and the deliveries' attempts; how many events."""
+        ...
+
+    async def prune_callbacks(self, *, before: int, limit: int) -> int:
+        """Delete up to `limit` received callbacks (their raw bodies) older than `before`."""
+        ...
+
+    async def prune_delivery_attempts(self, *, before: int, limit: int) -> int:
+        """Delete up to `limit` delivery attempts started before `before` (the delivery keeps its count,
+        last status and error)."""
+        ...
+
+
+
+class AddressStore(Protocol):
+    """Store methods for the one announced public URL (its store)."""
+
+    async def announce_address(self, public_url: str, *, owner: str, now: int) -> None:
+        """Record `public_url` as the address to use; the latest announcement wins."""
+        ...
+
+    async def withdraw_address(self, *, owner: str) -> None:
+        """Forget the announcement, unless another process has announced since."""
+        ...
+
+    async def announced_address(self) -> str | None:
+        ...
+
+
+class Stores(Protocol):
+    """One database and the stores composed over it (storage/sqlite/database.py `Database`)."""
+
+    @property
+    def jobs(self) -> JobStore: ...
+    @property
+    def uploads(self) -> UploadStore: ...
+    @property
+    def tasks(self) -> TaskStore: ...
+    @property
+    def subscriptions(self) -> SubscriptionStore: ...
+    @property
+    def deliveries(self) -> DeliveryStore: ...
+    @property
+    def events(self) -> EventStore: ...
+    @property
+    def retention(self) -> RetentionStore: ...
+    @property
+    def addresses(self) -> AddressStore: ...
+
+    public_url: str  # the address the job documents in events carry (service/address.py)
+
+    async def ping(self) -> bool:
+        """Whether the database answers."""
+        ...
+
+    async def close(self) -> None: ...

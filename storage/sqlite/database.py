@@ -1,0 +1,172 @@
+"""The SQLite database: one connection per process, its transactions and its migrations.
+
+Each store method is one synchronous function over the `sqlite3.Connection`, run in aiosqlite's
+thread in a single hop (storage/sqlite/thread.py says why), so a transaction never awaits
+anything, let alone the network; a lock keeps coroutines from interleaving them. Every write opens
+with `BEGIN IMMEDIATE` and writes a state change together with the work it causes (the
+transactional outbox): rows in `tasks` that workers carry out at least once. sqlite3 errors
+become StorageUnavailable (storage/errors.py) here and nowhere else. The stores (jobs, tasks,
+...) are composed over one `Database` and run their bodies through `transact` and `query`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import TypeVar
+
+import aiosqlite
+import anyio
+
+from storage.errors import StorageUnavailable
+from storage.rules import JobRules
+from storage.sqlite.addresses import AddressStore
+from storage.sqlite.jobs import JobStore
+from storage.sqlite.migrations import MIGRATIONS
+from storage.sqlite.notifications import DeliveryStore, EventStore, SubscriptionStore
+from storage.sqlite.retention import RetentionStore
+from storage.sqlite.tasks import TaskStore
+from storage.sqlite.thread import check_supported, run_in_connection_thread
+from storage.sqlite.uploads import UploadStore
+
+T = TypeVar("T")
+
+
+class Database:
+    """One SQLite database: its connection, its transactions and its migrations, and the stores
+    composed over it, one noun each (service/contracts.py `Stores`)."""
+
+    def __init__(self, db: aiosqlite.Connection, *, rules: JobRules, public_url: str = "") -> None:
+        self._db = db
+        self.rules = rules  # the state machine, event bodies, JSON (storage/rules.py)
+        self._lock = anyio.Lock()
+        self.public_url = public_url  # for the job documents events carry
+        self.jobs = JobStore(self)
+        self.uploads = UploadStore(self)
+        self.tasks = TaskStore(self)
+        self.subscriptions = SubscriptionStore(self)
+        self.deliveries = DeliveryStore(self)
+        self.events = EventStore(self)
+        self.retention = RetentionStore(self)
+        self.addresses = AddressStore(self)
+
+    @classmethod
+    async def open(
+        cls, path: Path, *, rules: JobRules, synchronous: str = "FULL", public_url: str = ""
+    ) -> Database:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db = await aiosqlite.connect(path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StorageUnavailable(f"cannot open database: {exc}") from exc
+        try:
+            check_supported(db)
+        except RuntimeError:
+            with contextlib.suppress(Exception):  # best effort: the RuntimeError is the news
+                await db.close()
+            raise
+        try:
+            db.row_factory = sqlite3.Row
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute(f"PRAGMA synchronous={synchronous}")
+            await db.execute("PRAGMA busy_timeout=10000")
+            await db.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.Error as exc:
+            raise StorageUnavailable(f"cannot open database: {exc}") from exc
+        store = cls(db, rules=rules, public_url=public_url)
+        await store.transact(partial(_migrate, rules=rules))
+        return store
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def transact(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` as one write transaction: `BEGIN IMMEDIATE`, `fn`, `COMMIT`, in one hop.
+
+        Anything `fn` raises (a refusal raised by a callable the caller passed in included) rolls the
+        transaction back, so a refused write changes nothing, and is raised here.
+        """
+        return await self._run(partial(_in_transaction, fn))
+
+    async def query(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn`'s reads in one hop (autocommit: each statement sees committed data)."""
+        return await self._run(partial(_reading, fn))
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        async with self._lock:
+            # Once queued, the thread runs `fn` to the end whatever happens here, so the lock
+            # is held until it has: a cancelled caller still waits out its (short) transaction.
+            with anyio.CancelScope(shield=True):
+                result = await run_in_connection_thread(self._db, fn)
+        return result
+
+    async def ping(self) -> bool:
+        def ping(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT 1").fetchone()
+            return row is not None and row[0] == 1
+
+        return await self.query(ping)
+
+
+# How a transaction runs (in the database thread) ------------------------------------------------
+
+
+def _in_transaction(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        raise StorageUnavailable(f"database busy or unavailable: {exc}") from exc
+    try:
+        result = fn(conn)
+    except BaseException as exc:
+        _roll_back(conn)
+        if isinstance(exc, sqlite3.Error):
+            raise StorageUnavailable(f"database write failed: {exc}") from exc
+        raise
+    try:
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        _roll_back(conn)
+        raise StorageUnavailable(f"commit failed: {exc}") from exc
+    return result
+
+
+def _roll_back(conn: sqlite3.Connection) -> None:
+    # Some errors (SQLITE_FULL, SQLITE_IOERR, ...) have already rolled the transaction back.
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
+def _reading(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
+    try:
+        return fn(conn)
+    except sqlite3.Error as exc:
+        raise StorageUnavailable(f"database read failed: {exc}") from exc
+
+
+def _migrate(conn: sqlite3.Connection, *, rules: JobRules) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    for number, step in enumerate(MIGRATIONS, start=1):
+        if number <= version:
+            continue
+        if callable(step):  # a repair of stored rows, which SQL alone cannot express
+            step(conn, rules)
+        else:
+            for statement in _statements(step):
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version={number}")
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of a script, in order; a trigger's body keeps its own semicolons."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                yield pending.strip()
+            pending = ""
