@@ -1,7 +1,8 @@
 """The contracts service/ holds its storage to: one Protocol per store, and `Stores`, the set.
 
 service/ (the workers, the handlers, `WorkContext`) depends on these, never on a backend.
-storage/ implements them once per backend (storage/sqlite/; storage/postgres/ next), chosen by
+storage/ implements them once (storage/sql/) over either backend (storage/sqlite/,
+storage/postgres/), chosen by
 `storage.open_database(url, ...)`; a backend raises storage errors only (storage/errors.py).
 The value types (records, `Schedule`, `Judgement`, ...) are storage/records.py's; observations
 are service/jobs.py's, which a backend hands to the rules it was opened with (storage/rules.py).
@@ -346,7 +347,8 @@ class AddressStore(Protocol):
 
 
 class Stores(Protocol):
-    """One database and the stores composed over it (storage/sqlite/database.py `Database`)."""
+    """One database and the stores composed over it (storage/sqlite/ and storage/postgres/
+    database.py `Database`)."""
 
     @property
     def jobs(self) -> JobStore: ...
