@@ -373,4 +373,11 @@ class Stores(Protocol):
         """Whether the database answers."""
         ...
 
+    async def follow_wake_ups(self, wake: Callable[[str], None]) -> None:
+        """Until cancelled, call `wake(kind)` ("work", "deliveries" or "events") soon after any
+        process, on any host, commits such work (PostgreSQL: LISTEN/NOTIFY). Returns at once
+        where the database cannot tell (SQLite): other processes' work is then found by the
+        loops' idle looks, the safety net on every backend."""
+        ...
+
     async def close(self) -> None: ...

@@ -18,7 +18,7 @@ from service.simulator import SimulatorConfig
 from tests.conftest import assert_error_shape
 from tests.e2e import TERMINAL, running_stack, submit_jobs, wait_terminal
 
-pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.usefixtures("e2e_backend")]
 
 CONFIG = SimulatorConfig(latency_s=(0.2, 0.4), seed=5)
 FINAL_EVENTS = {"job.succeeded", "job.failed", "job.cancelled"}

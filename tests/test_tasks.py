@@ -182,6 +182,7 @@ async def test_a_job_cancelled_while_waiting_is_claimed_despite_a_full_provider(
     assert task.job_id == jobs[1].id  # the submitter just ends it
 
 
+@pytest.mark.sqlite_only  # SQLite's EXPLAIN QUERY PLAN; PostgreSQL's twin follows
 async def test_claiming_reads_only_index_ranges(store: Database):
     for n in range(3):
         await queued(store, n, candidates=("bfl", "cometapi"))

@@ -35,7 +35,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from storage.errors import StorageUnavailable
 from storage.postgres.connection import Connection
-from storage.postgres.migrations import migrate
+from storage.postgres.migrations import WAKE_CHANNELS, migrate
+from storage.postgres.wakeups import Listener
 from storage.rules import JobRules
 from storage.sql import POSTGRES
 from storage.sql.stores import StoresOver
@@ -76,6 +77,7 @@ class Database(StoresOver):
         self._pool_size = pool_size
         self._attempts = attempts
         self.url = where(url)  # for messages: never the password
+        self._dsn = url
 
     @classmethod
     async def open(
@@ -108,6 +110,12 @@ class Database(StoresOver):
             return row is not None and row[0] == 1
 
         return await self.query(ping)
+
+    async def follow_wake_ups(self, wake: Callable[[str], None]) -> None:
+        """Until cancelled, call `wake(kind)` for each notification the wake-up triggers send
+        (storage/postgres/migrations.py WAKE_UPS), over a connection of its own."""
+        kinds = {channel: kind for kind, channel in WAKE_CHANNELS.items()}
+        await Listener(self._dsn, list(kinds), lambda channel, _payload: wake(kinds[channel])).run()
 
     async def migrate(self) -> int:
         """Apply the numbered migrations not yet applied, under the migration lock (several

@@ -118,6 +118,7 @@ class RetentionStore:
                 row[0]
                 for row in conn.execute(
                     """SELECT seq FROM events e WHERE created_at < ?
+                         AND seq < (SELECT MAX(seq) FROM events)  -- the newest stays: seqs are never reused
                          AND NOT EXISTS (SELECT 1 FROM deliveries d
                                          WHERE d.event_seq = e.seq AND d.status = 'pending')
                        ORDER BY seq LIMIT ?""",

@@ -93,6 +93,9 @@ class Database(StoresOver):
                 result = await run_in_connection_thread(self._db, fn)
         return result
 
+    async def follow_wake_ups(self, wake: Callable[[str], None]) -> None:
+        """SQLite cannot tell one process about another's commits: the loops' idle looks do."""
+
     async def ping(self) -> bool:
         def ping(conn: sqlite3.Connection) -> bool:
             row = conn.execute("SELECT 1").fetchone()
