@@ -92,3 +92,50 @@ async def test_without_notifications_the_idle_looks_still_find_every_job(tmp_pat
         ids = await submit_jobs(client, 3)
         docs = await wait_terminal(client, ids, timeout=60)
     assert {d["status"] for d in docs.values()} == {"succeeded"}, read(log)[-3000:]
+
+
+async def test_two_web_hosts_and_two_workers_one_killed_finish_every_job_once(
+    tmp_path, postgres_url, s3_endpoint
+):
+    """Four processes sharing nothing but PostgreSQL and an S3 bucket (each its own data
+    directory), as on four hosts: jobs submitted to either web host all finish, each submitted
+    to the provider once, though one worker is killed (SIGKILL) with work in hand."""
+    from service.loopback import serve
+    from service.simulator import SimulatorConfig, create_simulator_app
+    from tests.conftest import new_bucket, s3_env
+    from tests.e2e import assert_outputs_match_simulator, fluxhook_env, run_fluxhook, simulator_tasks
+
+    simulator = create_simulator_app(SimulatorConfig(latency_s=(0.3, 1.0), download_delay_s=1.0, seed=12))
+    ports = [free_port(), free_port()]
+    webs = [f"http://127.0.0.1:{port}" for port in ports]
+    log = tmp_path / "hosts.log"
+    shared = {"FLUXHOOK_DATABASE_URL": postgres_url, "FLUXHOOK_TASK_LEASE_SECONDS": "2",
+              **s3_env(s3_endpoint, new_bucket(s3_endpoint))}
+    started: list[subprocess.Popen[bytes]] = []
+    async with serve(simulator) as provider_url:
+        def env(host: str) -> dict[str, str]:  # the load balancer's address: the first web's
+            return fluxhook_env(tmp_path / host, webs[0], provider_url, **shared)
+
+        try:
+            for n, port in enumerate(ports):
+                web_args = ["serve", "--port", str(port), "--no-workers"]
+                started.append(run_fluxhook(web_args, env(f"web{n}"), log))
+            for n in range(2):
+                started.append(run_fluxhook(["worker"], env(f"worker{n}"), log))
+            for web, process in zip(webs, started, strict=False):
+                await wait_up(f"{web}/healthz", process)
+            async with httpx.AsyncClient(base_url=webs[0], timeout=10) as first, \
+                    httpx.AsyncClient(base_url=webs[1], timeout=10) as second:
+                ids = await submit_jobs(first, 6) + await submit_jobs(second, 6)
+                with anyio.fail_after(30):  # the first worker is killed while jobs are in flight
+                    while not (await simulator_tasks(provider_url)):
+                        await anyio.sleep(0.05)
+                started[2].kill()
+                final = await wait_terminal(second, ids, timeout=60)
+                assert {d["status"] for d in final.values()} == {"succeeded"}, read(log)[-3000:]
+                await assert_outputs_match_simulator(second, final, await simulator_tasks(provider_url))
+            assert len(await simulator_tasks(provider_url)) == len(ids)  # none submitted twice
+        finally:
+            for process in started:
+                process.kill()
+                process.wait(timeout=10)
