@@ -183,8 +183,9 @@ async def test_a_resumed_filtered_stream_skips_what_came_before_the_given_id(tmp
         await wait_terminal(client, ids, timeout=20)
         everything = await all_events(client, until=finals_of(ids))
         middle = everything[len(everything) // 2].id
-        wanted = [e for e in everything if e.id > middle and e.job_id == ids[0]]
-        async with open_stream(client, params={"job_id": ids[0]}, last_event_id=str(middle)) as stream:
+        job_id = everything[-1].job_id  # a job with events after the middle, whichever ended last
+        wanted = [e for e in everything if e.id > middle and e.job_id == job_id]
+        async with open_stream(client, params={"job_id": job_id}, last_event_id=str(middle)) as stream:
             resumed = await stream.until(count(len(wanted))) + await stream.rest(idle=0.3)
 
     assert wanted and resumed == wanted
