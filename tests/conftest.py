@@ -141,7 +141,9 @@ def backend_env(backend: str, request: pytest.FixtureRequest) -> dict[str, str]:
     directory), FLUXHOOK_DATABASE_URL of a fresh migrated database for PostgreSQL."""
     if backend == "sqlite":
         return {}
-    return {"FLUXHOOK_DATABASE_URL": request.getfixturevalue("postgres_url")}
+    # A small pool: a test's process runs few transactions at once, and opening 10 costs time.
+    return {"FLUXHOOK_DATABASE_URL": request.getfixturevalue("postgres_url"),
+            "FLUXHOOK_DATABASE_POOL_SIZE": "4"}
 
 
 @pytest.fixture
