@@ -19,7 +19,7 @@ import anyio
 
 from service.context import WorkContext
 from service.errors import ConfigError
-from service.settings import Settings
+from service.settings import Settings, redact_url
 from service.stores import open_stores
 
 log = logging.getLogger("fluxhook")
@@ -33,11 +33,12 @@ class AddressUnknown(ConfigError):
 
 
 def unknown_message(settings: Settings) -> str:
+    database = redact_url(settings.database_url) if settings.uses_postgres else settings.db_path
     return (
         "the public URL is unknown: FLUXHOOK_PUBLIC_URL is not set and no `fluxhook serve` has "
-        f"announced the address it serves in {settings.db_path}. Set FLUXHOOK_PUBLIC_URL to the "
+        f"announced the address it serves in {database}. Set FLUXHOOK_PUBLIC_URL to the "
         "web process's address (the same for every process), or start `fluxhook serve` with "
-        "this data directory; until then nothing is submitted"
+        "this database; until then nothing is submitted"
     )
 
 

@@ -8,6 +8,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from typing import Any
 
 import anyio
@@ -39,7 +40,7 @@ from handlers.subscriptions import (
 from handlers.uploads import create_upload, get_upload
 from service.address import announce, withdraw
 from service.catalog import Catalog
-from service.context import Clock, WorkContext
+from service.context import Clock, Signals, WorkContext
 from service.egress import EgressPolicy, guarded_transport
 from service.errors import ConfigError
 from service.logs import quiet_url_loggers
@@ -110,12 +111,16 @@ async def open_context(
         if removed:
             log.info("removed %d partial download(s) left by an earlier process", removed)
         limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+        signals = Signals()
         async with (
             httpx.AsyncClient(transport=transport, limits=limits, timeout=settings.http_timeout_s) as client,
             httpx.AsyncClient(
                 transport=notify_transport, follow_redirects=False, timeout=settings.webhook_timeout_s
             ) as notify_client,
+            anyio.create_task_group() as wake_ups,
         ):
+            # Work committed by other processes (PostgreSQL) wakes this one's loops and streams.
+            wake_ups.start_soon(store.follow_wake_ups, partial(_wake, signals))
             yield WorkContext(
                 settings=settings,
                 store=store,
@@ -129,10 +134,16 @@ async def open_context(
                 clock=clock,
                 rand=rand or random.Random(),
                 egress=policy,
+                signals=signals,
             )
+            wake_ups.cancel_scope.cancel()
     finally:
         await blobs.close()
         await store.close()
+
+
+def _wake(signals: Signals, kind: str) -> None:
+    getattr(signals, kind).fire()
 
 
 def _callable_from_signal_handler(fn: Callable[[], None]) -> Callable[[], None]:

@@ -1,7 +1,8 @@
 """The contracts service/ holds its storage to: one Protocol per store, and `Stores`, the set.
 
 service/ (the workers, the handlers, `WorkContext`) depends on these, never on a backend.
-storage/ implements them once per backend (storage/sqlite/; storage/postgres/ next), chosen by
+storage/ implements them once (storage/sql/) over either backend (storage/sqlite/,
+storage/postgres/), chosen by
 `storage.open_database(url, ...)`; a backend raises storage errors only (storage/errors.py).
 The value types (records, `Schedule`, `Judgement`, ...) are storage/records.py's; observations
 are service/jobs.py's, which a backend hands to the rules it was opened with (storage/rules.py).
@@ -346,7 +347,8 @@ class AddressStore(Protocol):
 
 
 class Stores(Protocol):
-    """One database and the stores composed over it (storage/sqlite/database.py `Database`)."""
+    """One database and the stores composed over it (storage/sqlite/ and storage/postgres/
+    database.py `Database`)."""
 
     @property
     def jobs(self) -> JobStore: ...
@@ -369,6 +371,13 @@ class Stores(Protocol):
 
     async def ping(self) -> bool:
         """Whether the database answers."""
+        ...
+
+    async def follow_wake_ups(self, wake: Callable[[str], None]) -> None:
+        """Until cancelled, call `wake(kind)` ("work", "deliveries" or "events") soon after any
+        process, on any host, commits such work (PostgreSQL: LISTEN/NOTIFY). Returns at once
+        where the database cannot tell (SQLite): other processes' work is then found by the
+        loops' idle looks, the safety net on every backend."""
         ...
 
     async def close(self) -> None: ...

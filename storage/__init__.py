@@ -4,6 +4,9 @@
 its stores (service/contracts.py `Stores` is the contract every backend implements):
 
 - `sqlite:///absolute/path.db`, `sqlite:relative/path.db` or a bare path: storage/sqlite/.
+- `postgresql://user:password@host:port/dbname` (or `postgres://`): storage/postgres/.
+
+Both run the same stores (storage/sql/) over the same numbered migrations.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from storage.postgres.database import Database as PostgresDatabase
     from storage.rules import JobRules
     from storage.sqlite.database import Database
 
@@ -21,10 +25,21 @@ def sqlite_url(path: Path) -> str:
 
 
 async def open_database(
-    url: str, *, rules: JobRules, public_url: str = "", synchronous: str = "FULL"
-) -> Database:
-    """Open (and migrate) the database `url` names. `synchronous` is SQLite's PRAGMA."""
+    url: str, *, rules: JobRules, public_url: str = "", synchronous: str = "FULL", pool_size: int = 10
+) -> Database | PostgresDatabase:
+    """Open (and migrate) the database `url` names. `synchronous` is SQLite's PRAGMA;
+    `pool_size` is how many connections PostgreSQL's pool holds."""
     scheme, _, rest = url.partition(":")
+    if scheme in ("postgresql", "postgres"):
+        from storage.postgres.database import Database as PostgresDatabase
+
+        database = await PostgresDatabase.open(url, pool_size=pool_size, rules=rules, public_url=public_url)
+        try:
+            await database.migrate()
+        except BaseException:
+            await database.close()
+            raise
+        return database
     if not rest or len(scheme) == 1:  # a bare path (a Windows drive letter included)
         scheme, rest = "sqlite", url
     if scheme != "sqlite":

@@ -123,7 +123,7 @@ class TaskRecord:
     due_at: int
     attempts: int
     last_error: str | None
-    lease_until: int = 0  # as leased by a claim: which lease to hand back (storage/sqlite/tasks.py)
+    lease_until: int = 0  # as leased by a claim: which lease to hand back (storage/sql/tasks.py)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> TaskRecord:

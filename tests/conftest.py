@@ -119,26 +119,66 @@ def blob_env() -> dict[str, str]:
     return {}
 
 
+# The storage backends: every test that opens a database (through `make_settings`, `ctx`, `api`,
+# `database`, the end-to-end stacks) runs once per backend, unless marked `sqlite_only`.
+BACKENDS = ["sqlite", "postgres"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames:
+        only_sqlite = metafunc.definition.get_closest_marker("sqlite_only") is not None
+        metafunc.parametrize("backend", ["sqlite"] if only_sqlite else BACKENDS, indirect=True)
+
+
 @pytest.fixture
-def make_settings(tmp_path: Path, blob_env: dict[str, str]) -> Callable[..., Settings]:
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def backend_env(backend: str, request: pytest.FixtureRequest) -> dict[str, str]:
+    """The settings naming this test's database: none for SQLite (the file in the data
+    directory), FLUXHOOK_DATABASE_URL of a fresh migrated database for PostgreSQL."""
+    if backend == "sqlite":
+        return {}
+    # A small pool: a test's process runs few transactions at once, and opening 10 costs time.
+    return {"FLUXHOOK_DATABASE_URL": request.getfixturevalue("postgres_url"),
+            "FLUXHOOK_DATABASE_POOL_SIZE": "4"}
+
+
+@pytest.fixture
+def e2e_backend(backend_env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """End-to-end tests opt in (`usefixtures("e2e_backend")`): tests/e2e.py `fluxhook_env`, and
+    so `running_stack` and the processes started with it, use this test's backend."""
+    from tests import e2e
+
+    e2e.BACKEND_ENV.clear()
+    e2e.BACKEND_ENV.update(backend_env)
+    try:
+        yield backend_env
+    finally:
+        e2e.BACKEND_ENV.clear()
+
+
+@pytest.fixture
+def make_settings(
+    tmp_path: Path, blob_env: dict[str, str], backend_env: dict[str, str]
+) -> Callable[..., Settings]:
     def make(**env: str) -> Settings:
-        merged = {**BFL_TEST_ENV, "FLUXHOOK_DATA_DIR": str(tmp_path / "data"), **blob_env, **env}
+        merged = {**BFL_TEST_ENV, "FLUXHOOK_DATA_DIR": str(tmp_path / "data"), **backend_env,
+                  **blob_env, **env}
         return Settings.from_env(merged)
 
     return make
 
 
-# The storage backends the store tests run against; storage/postgres/ adds "postgres".
-BACKENDS = ["sqlite"]
-
-
-@pytest.fixture(params=BACKENDS)
-async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+@pytest.fixture
+async def database(backend_env: dict[str, str], tmp_path: Path) -> AsyncIterator[Any]:
     """A fresh, migrated database with its stores (service/contracts.py `Stores`), per backend.
     Its `transact`/`query` take the backend's own connection: tests that use them are that
     backend's."""
-    assert request.param == "sqlite", request.param
-    database = await open_database(sqlite_url(tmp_path / "fluxhook.db"), rules=JOB_RULES)
+    url = backend_env.get("FLUXHOOK_DATABASE_URL") or sqlite_url(tmp_path / "fluxhook.db")
+    database = await open_database(url, rules=JOB_RULES, pool_size=4)
     try:
         yield database
     finally:

@@ -52,9 +52,16 @@ async def wait_up(url: str, process: subprocess.Popen[bytes] | None = None) -> N
                     await anyio.sleep(0.1)
 
 
+# The database settings of the running test's backend (conftest.py `e2e_backend` sets them):
+# none for SQLite, FLUXHOOK_DATABASE_URL of the test's own PostgreSQL database.
+BACKEND_ENV: dict[str, str] = {}
+
+
 def fluxhook_env(data_dir: Path, public_url: str, provider_url: str, **extra: str) -> dict[str, str]:
-    """Settings for a fluxhook whose BFL provider is a simulator at `provider_url`."""
+    """Settings for a fluxhook whose BFL provider is a simulator at `provider_url`, on the
+    running test's database backend."""
     return {
+        **BACKEND_ENV,
         "FLUXHOOK_DATA_DIR": str(data_dir),
         "FLUXHOOK_PUBLIC_URL": public_url,
         "FLUXHOOK_SIMULATOR": "off",

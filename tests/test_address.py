@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,20 +13,30 @@ from service.address import AddressUnknown, adopt, agreed_settings
 from service.app import create_app, open_context
 from service.rules import JOB_RULES
 from service.settings import Settings
-from storage.sqlite.database import Database
+from storage import open_database, sqlite_url
 
 pytestmark = pytest.mark.anyio
+
+BACKEND: dict[str, str] = {}  # the running test's database settings (tests/conftest.py backend_env)
+
+
+@pytest.fixture(autouse=True)
+def _on_each_backend(backend_env: dict[str, str]) -> Iterator[None]:
+    BACKEND.update(backend_env)
+    yield
+    BACKEND.clear()
 
 WEB = "http://127.0.0.1:5000"
 
 
 def zero_config(data_dir: Path, **env: str) -> dict[str, str]:
     """What a Procfile runner hands a process when nothing is configured but the data dir."""
-    return {"FLUXHOOK_DATA_DIR": str(data_dir), "FLUXHOOK_SECRET_KEY": "k", **env}
+    return {**BACKEND, "FLUXHOOK_DATA_DIR": str(data_dir), "FLUXHOOK_SECRET_KEY": "k", **env}
 
 
 async def announced(data_dir: Path) -> str | None:
-    store = await Database.open(data_dir / "fluxhook.db", rules=JOB_RULES)
+    store = await open_database(BACKEND.get("FLUXHOOK_DATABASE_URL") or sqlite_url(data_dir / "fluxhook.db"),
+                                rules=JOB_RULES, pool_size=1)
     try:
         return await store.addresses.announced_address()
     finally:
@@ -33,7 +44,8 @@ async def announced(data_dir: Path) -> str | None:
 
 
 async def announce(data_dir: Path, url: str) -> None:
-    store = await Database.open(data_dir / "fluxhook.db", rules=JOB_RULES)
+    store = await open_database(BACKEND.get("FLUXHOOK_DATABASE_URL") or sqlite_url(data_dir / "fluxhook.db"),
+                                rules=JOB_RULES, pool_size=1)
     try:
         await store.addresses.announce_address(url, owner="test", now=1)
     finally:

@@ -11,7 +11,7 @@ import pytest
 from service.simulator import SimulatorConfig
 from tests.e2e import running_stack, submit_jobs, wait_terminal
 
-pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.usefixtures("e2e_backend")]
 
 JOBS = 100
 LIMIT = 4

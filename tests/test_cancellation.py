@@ -9,7 +9,7 @@ from service.simulator import SimulatorConfig
 from tests.conftest import assert_error_shape
 from tests.e2e import running_stack, simulator_tasks
 
-pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.usefixtures("e2e_backend")]
 
 SLOW = SimulatorConfig(latency_s=(2.0, 2.0), seed=1)
 

@@ -18,7 +18,7 @@ from tests.e2e import (
     wait_up,
 )
 
-pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.usefixtures("e2e_backend")]
 
 
 @pytest.fixture

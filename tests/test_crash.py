@@ -23,7 +23,7 @@ from tests.e2e import (
     wait_up,
 )
 
-pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.usefixtures("e2e_backend")]
 
 
 async def test_sigkill_with_callbacks_acknowledged_and_images_unstored_loses_nothing(tmp_path: Path):

@@ -28,7 +28,7 @@ from tests.e2e import (
     wait_up,
 )
 
-pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.usefixtures("e2e_backend")]
 
 JOBS = 3
 TASK_OUTCOMES = {"unknown", "accepted", "adopted", "orphaned"}  # attempts that may own a task

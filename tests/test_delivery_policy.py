@@ -23,7 +23,7 @@ from tests.conftest import assert_error_shape
 from tests.e2e import running_stack, submit_jobs, wait_terminal
 from tests.receivers import Receiver
 
-pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.usefixtures("e2e_backend")]
 
 CONFIG = SimulatorConfig(latency_s=(0.1, 0.3), seed=17)
 LOOPBACK = {"FLUXHOOK_ALLOW_PRIVATE_DESTINATIONS": "loopback", "FLUXHOOK_WEBHOOK_TIMEOUT_SECONDS": "2"}

@@ -19,7 +19,7 @@ from tests.e2e import (
     wait_terminal,
 )
 
-pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.usefixtures("e2e_backend")]
 
 
 async def test_fifty_jobs_succeed_with_dropped_and_duplicated_callbacks(tmp_path: Path):

@@ -18,7 +18,7 @@ from service.simulator import SimulatorConfig
 from tests.conftest import assert_error_shape
 from tests.e2e import TERMINAL, running_stack, submit_jobs, wait_terminal
 
-pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.usefixtures("e2e_backend")]
 
 CONFIG = SimulatorConfig(latency_s=(0.2, 0.4), seed=5)
 FINAL_EVENTS = {"job.succeeded", "job.failed", "job.cancelled"}
@@ -183,8 +183,9 @@ async def test_a_resumed_filtered_stream_skips_what_came_before_the_given_id(tmp
         await wait_terminal(client, ids, timeout=20)
         everything = await all_events(client, until=finals_of(ids))
         middle = everything[len(everything) // 2].id
-        wanted = [e for e in everything if e.id > middle and e.job_id == ids[0]]
-        async with open_stream(client, params={"job_id": ids[0]}, last_event_id=str(middle)) as stream:
+        job_id = everything[-1].job_id  # a job with events after the middle, whichever ended last
+        wanted = [e for e in everything if e.id > middle and e.job_id == job_id]
+        async with open_stream(client, params={"job_id": job_id}, last_event_id=str(middle)) as stream:
             resumed = await stream.until(count(len(wanted))) + await stream.rest(idle=0.3)
 
     assert wanted and resumed == wanted

@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio
 import httpx
+import psycopg
 import pytest
 
 from service.app import open_context
@@ -26,7 +27,7 @@ from service.simulator import SimulatorConfig, create_simulator_app
 from service.worker import Worker
 from storage.records import NewJob
 from tests.conftest import FakeClock
-from tests.e2e import fluxhook_env, free_port, run_fluxhook, submit_jobs, wait_terminal, wait_up
+from tests.e2e import BACKEND_ENV, fluxhook_env, free_port, run_fluxhook, submit_jobs, wait_terminal, wait_up
 from tests.receivers import Receiver
 
 pytestmark = pytest.mark.anyio
@@ -163,9 +164,15 @@ def make_job_in() -> Callable[..., Any]:
 # End to end: real processes, SIGTERM ------------------------------------------------------------
 
 
+def connect(db: Path) -> Any:
+    """The processes' database: the test's PostgreSQL one (e2e_backend), or the SQLite file."""
+    url = BACKEND_ENV.get("FLUXHOOK_DATABASE_URL")
+    return psycopg.connect(url, autocommit=True) if url else sqlite3.connect(db)
+
+
 def leases_held(db: Path) -> list[tuple[str, Any]]:
     """Every task and delivery whose lease has not been handed back or ended."""
-    with sqlite3.connect(db) as conn:
+    with connect(db) as conn:
         rows = conn.execute(
             "SELECT 'task', kind FROM tasks WHERE lease_until > 0 "
             "UNION ALL SELECT 'delivery', id FROM deliveries WHERE lease_until > 0 AND status = 'pending'"
@@ -174,13 +181,13 @@ def leases_held(db: Path) -> list[tuple[str, Any]]:
 
 
 def leased_fetches(db: Path) -> int:
-    with sqlite3.connect(db) as conn:
+    with connect(db) as conn:
         return int(conn.execute(
             "SELECT COUNT(*) FROM tasks WHERE kind = 'fetch' AND lease_until > 0").fetchone()[0])
 
 
 def leased_deliveries(db: Path) -> int:
-    with sqlite3.connect(db) as conn:
+    with connect(db) as conn:
         return int(conn.execute(
             "SELECT COUNT(*) FROM deliveries WHERE status = 'pending' AND lease_until > 0").fetchone()[0])
 
@@ -204,6 +211,7 @@ LONG_LEASE = "600"  # far longer than any test timeout: only a handed-back lease
 
 
 @pytest.mark.e2e
+@pytest.mark.usefixtures("e2e_backend")
 async def test_sigterm_hands_back_downloads_and_deliveries_and_a_second_worker_takes_them_at_once(
     tmp_path: Path,
 ):
@@ -259,6 +267,7 @@ async def test_sigterm_hands_back_downloads_and_deliveries_and_a_second_worker_t
 
 
 @pytest.mark.e2e
+@pytest.mark.usefixtures("e2e_backend")
 async def test_sigterm_lets_downloads_finishing_within_the_grace_finish(tmp_path: Path):
     simulator = create_simulator_app(SimulatorConfig(latency_s=(0.2, 0.4), download_delay_s=1.5, seed=4))
     port = free_port()
@@ -287,6 +296,7 @@ async def test_sigterm_lets_downloads_finishing_within_the_grace_finish(tmp_path
 
 
 @pytest.mark.e2e
+@pytest.mark.usefixtures("e2e_backend")
 async def test_sigterm_to_serve_with_workers_hands_back_and_a_restart_finishes_at_once(tmp_path: Path):
     simulator = create_simulator_app(SimulatorConfig(latency_s=(0.2, 0.4), download_delay_s=60, seed=6))
     port = free_port()
@@ -316,11 +326,12 @@ async def test_sigterm_to_serve_with_workers_hands_back_and_a_restart_finishes_a
 
 
 def due_fetches(db: Path) -> int:
-    with sqlite3.connect(db) as conn:
+    with connect(db) as conn:
         return int(conn.execute("SELECT COUNT(*) FROM tasks WHERE kind = 'fetch'").fetchone()[0])
 
 
 @pytest.mark.e2e
+@pytest.mark.usefixtures("e2e_backend")
 async def test_sigterm_to_tick_hands_back_and_the_next_tick_finishes(tmp_path: Path):
     simulator = create_simulator_app(SimulatorConfig(latency_s=(0.2, 0.4), download_delay_s=60, seed=9))
     port = free_port()

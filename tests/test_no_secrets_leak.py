@@ -7,15 +7,17 @@ import hmac
 import json
 import logging
 import sqlite3
+from typing import Any
 
+import psycopg
 import pytest
 
 from service.loopback import serve
 from service.simulator import SimulatorConfig
-from tests.e2e import running_stack, submit_jobs, wait_terminal
+from tests.e2e import BACKEND_ENV, running_stack, submit_jobs, wait_terminal
 from tests.receivers import Receiver
 
-pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.usefixtures("e2e_backend")]
 
 
 async def test_secrets_tokens_and_keys_never_reach_logs_or_error_bodies(tmp_path, caplog):
@@ -41,7 +43,8 @@ async def test_secrets_tokens_and_keys_never_reach_logs_or_error_bodies(tmp_path
         await wait_terminal(client, ids, timeout=30)
         upload = (await client.post("/v1/uploads", content=b"\x89PNG\r\n\x1a\n" + b"\0" * 64)).json()
 
-        db = sqlite3.connect(tmp_path / "data" / "fluxhook.db")
+        url = BACKEND_ENV.get("FLUXHOOK_DATABASE_URL")
+        db: Any = psycopg.connect(url) if url else sqlite3.connect(tmp_path / "data" / "fluxhook.db")
         job_secrets = [row[0] for row in db.execute("SELECT webhook_secret FROM jobs")]
         db.close()
         # Provoke the error paths a forger or a confused client would hit.

@@ -13,7 +13,7 @@ from service.simulator import SimulatorConfig
 from tests.e2e import free_port, running_stack, submit_jobs, wait_terminal
 from tests.receivers import Receiver
 
-pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.usefixtures("e2e_backend")]
 
 FAST_RETRIES = {
     "FLUXHOOK_ALLOW_PRIVATE_DESTINATIONS": "loopback",

@@ -8,6 +8,7 @@ import anyio
 import psycopg
 import pytest
 
+from service.rules import JOB_RULES
 from storage.errors import StorageUnavailable
 from storage.postgres.database import Database, Isolation
 
@@ -20,7 +21,7 @@ class Refused(Exception):
 
 @pytest.fixture
 async def db(postgres_url):
-    database = await Database.open(postgres_url, pool_size=4)
+    database = await Database.open(postgres_url, pool_size=4, rules=JOB_RULES)
     await database.transact(lambda conn: conn.execute(
         "CREATE TABLE counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL)"))
     yield database
@@ -92,13 +93,13 @@ async def test_read_committed_is_there_for_bodies_that_lock_rows_themselves(db):
 async def test_an_unreachable_server_is_storage_unavailable_without_the_password(postgres_server):
     url = postgres_server.url_for("no_such_database").replace("postgres@", "postgres:hunter2-pw@")
     with pytest.raises(StorageUnavailable) as refused:
-        await Database.open(url, pool_size=1, timeout=1)
+        await Database.open(url, pool_size=1, rules=JOB_RULES, timeout=1)
     assert "hunter2-pw" not in str(refused.value)
     assert "no_such_database" in str(refused.value)
 
 
 async def test_transactions_wait_for_a_connection_when_all_are_busy(postgres_url):
-    db = await Database.open(postgres_url, pool_size=2)
+    db = await Database.open(postgres_url, pool_size=2, rules=JOB_RULES)
     try:
         inside = threading.Semaphore(0)
         release = threading.Event()

@@ -57,7 +57,7 @@ def postgres_schema(url):
                WHERE c.contype IN ('u', 'p') AND r.relnamespace = 'public'::regnamespace
                AND r.relname != 'schema_version'""")}
         triggers = {r[0] for r in conn.execute(
-            "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")}
+            "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgname NOT LIKE 'fluxhook%'")}
     return set(tables), columns, indexes, unique, triggers
 
 

@@ -6,6 +6,7 @@ import anyio
 import psycopg
 import pytest
 
+from service.rules import JOB_RULES
 from storage.postgres.database import Database
 from storage.postgres.wakeups import Listener, notify
 
@@ -30,7 +31,7 @@ class Heard:
 
 @pytest.fixture
 async def db(postgres_url):
-    database = await Database.open(postgres_url, pool_size=2)
+    database = await Database.open(postgres_url, pool_size=2, rules=JOB_RULES)
     yield database
     await database.close()
 

@@ -11,6 +11,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -18,9 +19,10 @@ import pytest
 
 from service.ids import new_job_id, new_webhook_secret
 from service.rules import JOB_RULES
+from storage import open_database, sqlite_url
 from storage.records import NewJob
-from storage.sqlite.database import Database
 from tests.e2e import (
+    BACKEND_ENV,
     free_port,
     procfile,
     run_process_type,
@@ -30,7 +32,7 @@ from tests.e2e import (
     wait_up,
 )
 
-pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.usefixtures("e2e_backend")]
 
 JOBS = 12
 
@@ -79,7 +81,7 @@ async def test_web_and_worker_on_their_own_ports_finish_every_job_by_callback(
     types = procfile()
     web_port, worker_port = free_port(), free_port()
     web = f"http://127.0.0.1:{web_port}"
-    env = {"FLUXHOOK_PUBLIC_URL": web} if public_url else {}
+    env = {**BACKEND_ENV, "FLUXHOOK_PUBLIC_URL": web} if public_url else {**BACKEND_ENV}
     log = tmp_path / "procfile.log"
     for name, port in (("web", web_port), ("worker", worker_port)):  # started together, as a runner does
         processes.append(run_process_type(types[name], port=port, cwd=tmp_path, env=env, log=log))
@@ -90,9 +92,15 @@ async def test_web_and_worker_on_their_own_ports_finish_every_job_by_callback(
     assert processes[1].poll() is None, "the worker exited"
 
 
+async def open_test_database(data_dir: Path) -> Any:
+    """The database the processes use: the test's PostgreSQL one, or the data dir's SQLite file."""
+    url = BACKEND_ENV.get("FLUXHOOK_DATABASE_URL") or sqlite_url(data_dir / "fluxhook.db")
+    return await open_database(url, rules=JOB_RULES, pool_size=1)
+
+
 async def queue_jobs(data_dir: Path, count: int) -> list[str]:
     """Jobs written straight to the database: queued while no web process runs."""
-    store = await Database.open(data_dir / "fluxhook.db", rules=JOB_RULES)
+    store = await open_test_database(data_dir)
     try:
         now = time.time_ns() // 1_000_000
         ids = []
@@ -110,7 +118,7 @@ async def queue_jobs(data_dir: Path, count: int) -> list[str]:
 
 
 async def submit_attempts(data_dir: Path, ids: list[str]) -> list[int]:
-    store = await Database.open(data_dir / "fluxhook.db", rules=JOB_RULES)
+    store = await open_test_database(data_dir)
     try:
         return [task.attempts for job_id in ids for task in await store.tasks.get_tasks(job_id)]
     finally:
@@ -123,7 +131,8 @@ async def test_a_worker_with_no_address_to_use_waits_naming_the_setting_and_subm
     types = procfile()
     log = tmp_path / "procfile.log"
     ids = await queue_jobs(tmp_path / "data", 3)
-    processes.append(run_process_type(types["worker"], port=free_port(), cwd=tmp_path, env={}, log=log))
+    processes.append(run_process_type(types["worker"], port=free_port(), cwd=tmp_path,
+                                      env={**BACKEND_ENV}, log=log))
     with anyio.fail_after(30):
         while "FLUXHOOK_PUBLIC_URL is not set" not in read(log):
             assert processes[0].poll() is None, read(log)
@@ -132,7 +141,8 @@ async def test_a_worker_with_no_address_to_use_waits_naming_the_setting_and_subm
 
     web_port = free_port()
     web = f"http://127.0.0.1:{web_port}"
-    processes.append(run_process_type(types["web"], port=web_port, cwd=tmp_path, env={}, log=log))
+    processes.append(run_process_type(types["web"], port=web_port, cwd=tmp_path,
+                                      env={**BACKEND_ENV}, log=log))
     await wait_up(f"{web}/healthz", processes[1])
     async with httpx.AsyncClient(base_url=web, timeout=10) as client:
         # The waiting worker takes the address the web process announced and submits the queued
@@ -141,7 +151,7 @@ async def test_a_worker_with_no_address_to_use_waits_naming_the_setting_and_subm
 
 
 async def test_tick_with_no_address_to_use_exits_naming_the_setting(tmp_path):
-    tick = run_process_type("fluxhook tick", port=free_port(), cwd=tmp_path, env={},
+    tick = run_process_type("fluxhook tick", port=free_port(), cwd=tmp_path, env={**BACKEND_ENV},
                             log=tmp_path / "tick.log")
     assert await anyio.to_thread.run_sync(tick.wait) == 2
     assert "FLUXHOOK_PUBLIC_URL is not set" in read(tmp_path / "tick.log")

@@ -8,7 +8,7 @@ import pytest
 from service.simulator import SimulatorConfig
 from tests.e2e import assert_outputs_match_simulator, running_stack, simulator_tasks, wait_terminal
 
-pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.usefixtures("e2e_backend")]
 
 
 def every_provider(url: str) -> dict[str, str]:

@@ -3,7 +3,6 @@ is not, and never removes an image a kept job or a live upload still references.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -97,11 +96,13 @@ async def callback(ctx: WorkContext, job: JobRecord, body: bytes) -> None:
                                          judge=lambda _job, _attempts: Judgement("unsigned", None))
 
 
-def count(ctx: WorkContext, table: str, job_id: str) -> int:
+async def count(ctx: WorkContext, table: str, job_id: str) -> int:
+    """Rows of `table` about `job_id`, read through the database's own query (either backend)."""
     column = "delivery_id IN (SELECT id FROM deliveries WHERE job_id = ?)" if table == "delivery_attempts" \
         else "job_id = ?"
-    with sqlite3.connect(ctx.settings.db_path) as conn:
-        return int(conn.execute(f"SELECT COUNT(*) FROM {table} WHERE {column}", (job_id,)).fetchone()[0])  # noqa: S608
+    sql = f"SELECT COUNT(*) FROM {table} WHERE {column}"  # noqa: S608
+    store: Any = ctx.store
+    return int(await store.query(lambda conn: conn.execute(sql, (job_id,)).fetchone()[0]))
 
 
 def image(n: int) -> bytes:
@@ -121,13 +122,13 @@ async def test_pruning_removes_old_events_callbacks_and_attempts_and_keeps_recen
     new = await succeeded_job(life, image(2), webhook_url="https://receiver.example.com/hook")
     await callback(life, new, b'{"status": "Ready"}')
     await deliver(life, new)
-    before = {t: (count(life, t, old.id), count(life, t, new.id))
+    before = {t: (await count(life, t, old.id), await count(life, t, new.id))
               for t in ("events", "deliveries", "delivery_attempts", "callbacks")}
     assert all(o > 0 and n > 0 for o, n in before.values()), before
 
     pruned = await prune(life)
 
-    after = {t: (count(life, t, old.id), count(life, t, new.id)) for t in before}
+    after = {t: (await count(life, t, old.id), await count(life, t, new.id)) for t in before}
     assert after == {t: (0, n) for t, (_, n) in before.items()}
     assert pruned.events == before["events"][0]
     assert pruned.callbacks == 1
@@ -138,16 +139,29 @@ async def test_pruning_removes_old_events_callbacks_and_attempts_and_keeps_recen
 
 async def test_an_old_event_with_a_delivery_still_pending_is_kept(life: WorkContext, clock: FakeClock):
     job = await succeeded_job(life, image(1), webhook_url="https://receiver.example.com/hook")
-    events = count(life, "events", job.id)
+    events = await count(life, "events", job.id)
     clock.advance(40 * DAY)
 
     assert (await prune(life)).events == 0
-    assert count(life, "events", job.id) == events
-    assert count(life, "deliveries", job.id) == events
+    assert await count(life, "events", job.id) == events
+    assert await count(life, "deliveries", job.id) == events
 
     await deliver(life, job)  # once delivered, the next prune takes them
+    await succeeded_job(life, image(2))  # (a later event: the log's newest is always kept)
     await prune(life)
-    assert count(life, "events", job.id) == 0
+    assert await count(life, "events", job.id) == 0
+
+
+async def test_pruning_keeps_the_newest_event_so_no_event_id_is_used_again(
+    life: WorkContext, clock: FakeClock
+):
+    job = await succeeded_job(life, image(1))
+    newest = await life.store.events.latest_event_seq()
+    clock.advance(40 * DAY)
+    await prune(life)
+    assert await count(life, "events", job.id) == 1
+    await succeeded_job(life, image(2))
+    assert await life.store.events.latest_event_seq() > newest
 
 
 async def test_old_images_go_but_one_a_recent_job_shares_is_kept(life: WorkContext, clock: FakeClock):
@@ -209,7 +223,7 @@ async def test_pruning_a_backlog_runs_in_small_batches(life: WorkContext, clock:
 
     assert await life.store.retention.prune_callbacks(before=clock(), limit=10) == 10  # one batch is 10
     assert (await prune(life, batch=10)).callbacks == 15  # the rest: two more batches
-    assert count(life, "callbacks", job.id) == 0
+    assert await count(life, "callbacks", job.id) == 0
 
 
 async def test_settings_of_zero_keep_everything(
@@ -223,7 +237,7 @@ async def test_settings_of_zero_keep_everything(
         clock.advance(10_000 * DAY)
         pruned = await prune(ctx)
         assert (pruned.events, pruned.callbacks, pruned.delivery_attempts, pruned.jobs_images) == (0, 0, 0, 0)
-        assert count(ctx, "callbacks", job.id) == 1
+        assert await count(ctx, "callbacks", job.id) == 1
 
 
 async def test_a_file_written_moments_ago_is_left_for_a_later_prune(life: WorkContext, clock: FakeClock):
@@ -264,7 +278,7 @@ async def test_delete_removes_a_finished_jobs_images_and_keeps_its_history(api, 
     other = await succeeded_job(ctx, image(1))
     before = (await api.client.get(f"/v1/jobs/{job.id}")).json()
     shared, own = (o["sha256"] for o in before["outputs"])
-    events = count(ctx, "events", job.id)
+    events = await count(ctx, "events", job.id)
 
     response = await api.client.delete(f"/v1/jobs/{job.id}")
 
@@ -273,7 +287,7 @@ async def test_delete_removes_a_finished_jobs_images_and_keeps_its_history(api, 
     assert doc["status"] == "succeeded" and doc["outputs_deleted_at"] is not None
     assert doc["outputs"] == before["outputs"]  # what there was, for the record
     assert doc["attempts"] == before["attempts"]
-    assert count(ctx, "events", job.id) == events
+    assert await count(ctx, "events", job.id) == events
     assert not await ctx.blobs.exists(own)
     assert await ctx.blobs.exists(shared)  # the other job still serves it
     assert_error_shape(await api.client.get(f"/v1/jobs/{job.id}/outputs/0"), 410, "output_deleted")

@@ -25,7 +25,7 @@ from tests.e2e import (
     wait_up,
 )
 
-pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.usefixtures("e2e_backend")]
 
 
 async def test_jobs_store_their_images_in_s3_and_serve_them_streamed_or_by_presigned_redirect(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiosqlite
@@ -26,12 +25,8 @@ NOW = 1_790_000_000_000
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Database]:
-    store = await Database.open(tmp_path / "fluxhook.db", rules=JOB_RULES)
-    try:
-        yield store
-    finally:
-        await store.close()
+def store(database: Database) -> Database:
+    return database  # every backend (tests/conftest.py BACKENDS)
 
 
 async def submitted_job(store: Database, n: int = 0) -> JobRecord:
@@ -111,7 +106,7 @@ async def test_a_transaction_that_raises_writes_nothing(store: Database):
     await store.tasks.retry_task((await store.tasks.get_tasks(job.id))[0].id, due_at=NOW, error="x")
 
 
-async def test_a_sqlite_error_inside_a_transaction_rolls_back_as_store_unavailable(store: Database):
+async def test_a_database_error_inside_a_transaction_rolls_back_as_store_unavailable(store: Database):
     job = await submitted_job(store)
 
     def broken(conn: sqlite3.Connection) -> None:

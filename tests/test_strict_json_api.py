@@ -264,6 +264,7 @@ async def running(settings: Settings, transport: httpx.AsyncBaseTransport, clock
             yield Api(client, app.state.ctx)
 
 
+@pytest.mark.sqlite_only  # the repair is of rows an older SQLite schema stored
 async def test_migration_repairs_stored_rows_that_break_the_rules(
     make_settings: Callable[..., Settings], clock, transport
 ):

@@ -182,6 +182,7 @@ async def test_a_job_cancelled_while_waiting_is_claimed_despite_a_full_provider(
     assert task.job_id == jobs[1].id  # the submitter just ends it
 
 
+@pytest.mark.sqlite_only  # SQLite's EXPLAIN QUERY PLAN; PostgreSQL's twin follows
 async def test_claiming_reads_only_index_ranges(store: Database):
     for n in range(3):
         await queued(store, n, candidates=("bfl", "cometapi"))
@@ -204,6 +205,44 @@ async def test_claiming_reads_only_index_ranges(store: Database):
     scans = [(s, plan) for s, plan in plans
              if any(step.startswith(("SCAN", "USE TEMP B-TREE FOR ORDER BY")) for step in plan)]
     assert scans == []
+
+
+async def test_on_postgres_claiming_reads_tables_through_their_indexes(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    from storage.postgres.connection import Connection
+    from storage.postgres.database import Database as PostgresDatabase
+
+    store = await PostgresDatabase.open(postgres_url, pool_size=2, rules=JOB_RULES)
+    try:
+        for n in range(3):
+            await queued(store, n, candidates=("bfl", "cometapi"))  # type: ignore[arg-type]
+        await queued(store, 9, model="flux-kontext-max")  # type: ignore[arg-type]
+        statements: list[tuple[str, tuple]] = []
+        execute = Connection.execute
+
+        def recording(self: Connection, sql: str, params: tuple = ()) -> object:
+            statements.append((sql, tuple(params)))
+            return execute(self, sql, params)
+
+        monkeypatch.setattr(Connection, "execute", recording)
+        await claim(store, SubmitCaps({"bfl": 2, "cometapi": None}, {("bfl", "flux-kontext-max"): 1}))  # type: ignore[arg-type]
+        await store.tasks.next_due_at(now=NOW + 1000, caps=SubmitCaps({"bfl": 10}))
+        monkeypatch.undo()
+        queries = [(s, p) for s, p in statements if s.lstrip().upper().startswith(("SELECT", "UPDATE"))]
+        assert any(s.startswith("UPDATE jobs SET provider") for s, _ in queries)  # the overflow
+        assert len(queries) >= 12
+
+        def explain(conn: Connection) -> list[tuple[str, list[str]]]:
+            # With sequential scans priced out, a plan that still has one has no index to use.
+            conn.execute("SET LOCAL enable_seqscan = off")
+            return [(s, [row[0] for row in conn.execute(f"EXPLAIN {s}", p)]) for s, p in queries]
+
+        plans = await store.transact(explain)
+        scans = [(s, plan) for s, plan in plans if any("Seq Scan" in step for step in plan)]
+        assert scans == []
+    finally:
+        await store.close()
 
 
 async def test_migration_gives_existing_submit_tasks_their_jobs_provider(tmp_path: Path):

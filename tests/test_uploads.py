@@ -15,7 +15,7 @@ from service.simulator import SimulatorConfig
 from tests.conftest import assert_error_shape
 from tests.e2e import running_stack
 
-pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.usefixtures("e2e_backend")]
 
 
 def png(size: tuple[int, int] = (40, 30)) -> bytes:

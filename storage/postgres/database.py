@@ -35,7 +35,11 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from storage.errors import StorageUnavailable
 from storage.postgres.connection import Connection
-from storage.postgres.migrations import migrate
+from storage.postgres.migrations import WAKE_CHANNELS, migrate
+from storage.postgres.wakeups import Listener
+from storage.rules import JobRules
+from storage.sql import POSTGRES
+from storage.sql.stores import StoresOver
 
 T = TypeVar("T")
 
@@ -50,18 +54,35 @@ class Isolation(StrEnum):
     READ_COMMITTED = "READ COMMITTED"
 
 
-class Database:
+class Database(StoresOver):
+    """One PostgreSQL database: its pool, its transactions and its migrations, and the stores
+    composed over it, the same as SQLite's (storage/sql/, service/contracts.py `Stores`)."""
+
     def __init__(
-        self, pool: ConnectionPool[psycopg.Connection[Any]], *, url: str, pool_size: int, attempts: int = 10
+        self,
+        pool: ConnectionPool[psycopg.Connection[Any]],
+        *,
+        url: str,
+        pool_size: int,
+        rules: JobRules,
+        public_url: str = "",
+        attempts: int = 10,
     ) -> None:
         self._pool = pool
+        self.rules = rules  # the state machine, event bodies, JSON (storage/rules.py)
+        self.public_url = public_url  # for the job documents events carry
+        self.dialect = POSTGRES
+        self.compose_stores(self)
         self._limiter = anyio.CapacityLimiter(pool_size)
         self._pool_size = pool_size
         self._attempts = attempts
         self.url = where(url)  # for messages: never the password
+        self._dsn = url
 
     @classmethod
-    async def open(cls, url: str, *, pool_size: int, timeout: float = 30.0) -> Database:
+    async def open(
+        cls, url: str, *, pool_size: int, rules: JobRules, public_url: str = "", timeout: float = 30.0
+    ) -> Database:
         """Connect `pool_size` connections to the database at `url` (a postgresql:// URL);
         StorageUnavailable if that cannot be done within `timeout` seconds."""
         pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
@@ -78,10 +99,23 @@ class Database:
         except (PoolTimeout, psycopg.Error) as exc:
             await anyio.to_thread.run_sync(pool.close)
             raise StorageUnavailable(f"cannot connect to PostgreSQL at {where(url)}") from exc
-        return cls(pool, url=url, pool_size=pool_size)
+        return cls(pool, url=url, pool_size=pool_size, rules=rules, public_url=public_url)
 
     async def close(self) -> None:
         await anyio.to_thread.run_sync(self._pool.close)
+
+    async def ping(self) -> bool:
+        def ping(conn: Connection) -> bool:
+            row = conn.execute("SELECT 1").fetchone()
+            return row is not None and row[0] == 1
+
+        return await self.query(ping)
+
+    async def follow_wake_ups(self, wake: Callable[[str], None]) -> None:
+        """Until cancelled, call `wake(kind)` for each notification the wake-up triggers send
+        (storage/postgres/migrations.py WAKE_UPS), over a connection of its own."""
+        kinds = {channel: kind for kind, channel in WAKE_CHANNELS.items()}
+        await Listener(self._dsn, list(kinds), lambda channel, _payload: wake(kinds[channel])).run()
 
     async def migrate(self) -> int:
         """Apply the numbered migrations not yet applied, under the migration lock (several

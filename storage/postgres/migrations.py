@@ -269,6 +269,51 @@ MIGRATIONS: tuple[str | None, ...] = tuple(
 )
 
 
+# Wake-ups (storage/postgres/wakeups.py): triggers that NOTIFY when a write creates work another
+# process should pick up, delivered to listeners when (and only if) it commits; and the event
+# log's order. Not a numbered migration: they change no table and SQLite needs neither (there
+# the loops of one process wake each other in memory, and one writer at a time orders the
+# log), so both backends keep the same numbered schema. Triggers named fluxhook_* are these. Claims
+# (which set a lease) wake nobody, so workers never wake each other in a loop.
+WAKE_CHANNELS = {"work": "fluxhook_work", "deliveries": "fluxhook_deliveries", "events": "fluxhook_events"}
+
+WAKE_UPS = """
+CREATE OR REPLACE FUNCTION fluxhook_wake() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify(TG_ARGV[0], '');
+    RETURN NULL;
+END $$;
+
+-- A task due (new, retried, handed back) or one ended (a provider may have room again).
+CREATE OR REPLACE TRIGGER fluxhook_wake_tasks_written AFTER INSERT OR UPDATE ON tasks
+    FOR EACH ROW WHEN (NEW.lease_until = 0) EXECUTE FUNCTION fluxhook_wake('fluxhook_work');
+CREATE OR REPLACE TRIGGER fluxhook_wake_tasks_ended AFTER DELETE ON tasks
+    FOR EACH STATEMENT EXECUTE FUNCTION fluxhook_wake('fluxhook_work');
+-- A delivery to make (new, retried, redelivered, handed back).
+CREATE OR REPLACE TRIGGER fluxhook_wake_deliveries AFTER INSERT OR UPDATE ON deliveries
+    FOR EACH ROW WHEN (NEW.status = 'pending' AND NEW.lease_until = 0)
+    EXECUTE FUNCTION fluxhook_wake('fluxhook_deliveries');
+-- A new event, for live streams and ?wait=.
+CREATE OR REPLACE TRIGGER fluxhook_wake_events AFTER INSERT ON events
+    FOR EACH STATEMENT EXECUTE FUNCTION fluxhook_wake('fluxhook_events');
+
+-- The event log's order. A reader resumes after the last seq it saw (Last-Event-ID), so seqs
+-- must become visible in order and without holes, as they do in SQLite with one writer: an
+-- identity would hand 8 and 9 to two transactions that may commit 9 first, and skip the values
+-- of rolled-back (retried) ones. So the writers of events queue on a lock held until they
+-- commit, and each takes the next number after the last committed one (pruning always keeps
+-- the newest event, so no number is used twice).
+CREATE OR REPLACE FUNCTION fluxhook_next_event_seq() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(7378651227429547891);
+    NEW.seq := COALESCE((SELECT max(seq) FROM events), 0) + 1;
+    RETURN NEW;
+END $$;
+CREATE OR REPLACE TRIGGER fluxhook_event_seq BEFORE INSERT ON events
+    FOR EACH ROW EXECUTE FUNCTION fluxhook_next_event_seq();
+"""
+
+
 def migrate(conn: psycopg.Connection[object]) -> int:
     """Bring the schema up to date in one transaction under the migration lock; return how
     many steps this call applied (0 when another process already had). `conn` must not be in
@@ -289,4 +334,7 @@ def migrate(conn: psycopg.Connection[object]) -> int:
         if applied:
             conn.execute("DELETE FROM schema_version")
             conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (len(MIGRATIONS),))
+        woken = conn.execute("SELECT 1 FROM pg_trigger WHERE tgname = 'fluxhook_event_seq'").fetchone()
+        if applied or woken is None:
+            conn.execute(WAKE_UPS.encode())
     return applied

@@ -23,19 +23,15 @@ import anyio
 
 from storage.errors import StorageUnavailable
 from storage.rules import JobRules
-from storage.sqlite.addresses import AddressStore
-from storage.sqlite.jobs import JobStore
+from storage.sql import SQLITE
+from storage.sql.stores import StoresOver
 from storage.sqlite.migrations import MIGRATIONS
-from storage.sqlite.notifications import DeliveryStore, EventStore, SubscriptionStore
-from storage.sqlite.retention import RetentionStore
-from storage.sqlite.tasks import TaskStore
 from storage.sqlite.thread import check_supported, run_in_connection_thread
-from storage.sqlite.uploads import UploadStore
 
 T = TypeVar("T")
 
 
-class Database:
+class Database(StoresOver):
     """One SQLite database: its connection, its transactions and its migrations, and the stores
     composed over it, one noun each (service/contracts.py `Stores`)."""
 
@@ -44,14 +40,8 @@ class Database:
         self.rules = rules  # the state machine, event bodies, JSON (storage/rules.py)
         self._lock = anyio.Lock()
         self.public_url = public_url  # for the job documents events carry
-        self.jobs = JobStore(self)
-        self.uploads = UploadStore(self)
-        self.tasks = TaskStore(self)
-        self.subscriptions = SubscriptionStore(self)
-        self.deliveries = DeliveryStore(self)
-        self.events = EventStore(self)
-        self.retention = RetentionStore(self)
-        self.addresses = AddressStore(self)
+        self.dialect = SQLITE
+        self.compose_stores(self)
 
     @classmethod
     async def open(
@@ -102,6 +92,9 @@ class Database:
             with anyio.CancelScope(shield=True):
                 result = await run_in_connection_thread(self._db, fn)
         return result
+
+    async def follow_wake_ups(self, wake: Callable[[str], None]) -> None:
+        """SQLite cannot tell one process about another's commits: the loops' idle looks do."""
 
     async def ping(self) -> bool:
         def ping(conn: sqlite3.Connection) -> bool:

@@ -224,7 +224,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     """,
     # 6: stored JSON that the strict boundary would refuse
     repair_stored_json,
-    # 7: per-provider caps on active jobs (storage/sqlite/tasks.py claim_due_tasks). A submit task
+    # 7: per-provider caps on active jobs (storage/sql/tasks.py claim_due_tasks). A submit task
     #    carries its job's provider and model, so the submits waiting for one provider (or one
     #    of its models) are an index range in due order; triggers keep the copies equal to the
     #    job's (also through a failover), whatever code inserts the task or moves the job. The

@@ -9,7 +9,6 @@ is worth and the work it causes (rows in `tasks`). The bodies below run in the d
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -30,7 +29,7 @@ from storage.records import (
     TaskOutcome,
 )
 from storage.rules import JobRules
-from storage.sqlite.notifications import emit_job_event
+from storage.sql.notifications import emit_job_event
 from storage.state import (
     ADOPTED,
     ORPHANED,
@@ -44,11 +43,11 @@ from storage.state import (
 )
 
 if TYPE_CHECKING:
-    from storage.sqlite.database import Database
+    from storage.sql import Conn, SqlDatabase
 
 
 class JobStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: SqlDatabase) -> None:
         self._db = db
 
     async def get_job(self, job_id: str) -> JobRecord | None:
@@ -104,7 +103,7 @@ class JobStore:
     async def create_job(self, new: NewJob, *, now: int) -> tuple[JobRecord, bool]:
         """Store a queued job and its submit task; an Idempotency-Key replay returns the original."""
 
-        def create(conn: sqlite3.Connection) -> tuple[JobRecord, bool]:
+        def create(conn: Conn) -> tuple[JobRecord, bool]:
             if new.idempotency_key:
                 row = conn.execute(
                     "SELECT * FROM jobs WHERE idempotency_key = ?", (new.idempotency_key,)
@@ -143,7 +142,7 @@ class JobStore:
     ) -> Recorded | None:
         """Apply one observation and write the job, its follow-up work and `task`'s end."""
 
-        def record(conn: sqlite3.Connection) -> Recorded | None:
+        def record(conn: Conn) -> Recorded | None:
             job = _select_job(conn, self._db.rules, job_id)
             if job is None:
                 if task is not None:
@@ -179,7 +178,7 @@ class JobStore:
         """
         digest = hashlib.sha256(body).hexdigest()
 
-        def record(conn: sqlite3.Connection) -> Recorded:
+        def record(conn: Conn) -> Recorded:
             job = _select_job(conn, self._db.rules, job_id)
             if job is None:
                 raise UnknownJob(job_id)
@@ -231,7 +230,7 @@ class JobStore:
         """A task an unsigned callback named that the provider does not know: a forgery, never
         polled again."""
 
-        def refute(conn: sqlite3.Connection) -> None:
+        def refute(conn: Conn) -> None:
             conn.execute(
                 "UPDATE callbacks SET verdict = 'refuted' WHERE job_id = ? AND provider_job_id = ? "
                 "AND verdict = 'unsigned'",
@@ -253,7 +252,7 @@ class JobStore:
         """A task a hint named, confirmed by polling it: the job adopts it, or records it as an
         orphan when the job already has a task of its own (service/adoption.py)."""
 
-        def adopt(conn: sqlite3.Connection) -> Recorded | None:
+        def adopt(conn: Conn) -> Recorded | None:
             job = _select_job(conn, self._db.rules, job_id)
             if job is None:
                 return None
@@ -276,7 +275,7 @@ class JobStore:
     ) -> Recorded | None:
         """Keep the stored outputs' records and mark the job succeeded, in one transaction."""
 
-        def record(conn: sqlite3.Connection) -> Recorded | None:
+        def record(conn: Conn) -> Recorded | None:
             job = _select_job(conn, self._db.rules, job_id)
             if job is None:
                 conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
@@ -301,7 +300,7 @@ class JobStore:
         leaves a trace (service/adoption.py); its attempt id, or None when the job is no longer
         queued. `reuse` re-sends over an earlier attempt (an idempotent provider)."""
 
-        def begin(conn: sqlite3.Connection) -> int | None:
+        def begin(conn: Conn) -> int | None:
             job = _select_job(conn, self._db.rules, job_id)
             if job is None or job.status is not JobStatus.QUEUED or job.provider != provider:
                 return None
@@ -332,7 +331,7 @@ class JobStore:
         wrote, when given), the job's change (accepted, rejected, or moved to the next
         provider), and the submit task's end, in one transaction."""
 
-        def record(conn: sqlite3.Connection) -> Recorded | None:
+        def record(conn: Conn) -> Recorded | None:
             job = _select_job(conn, self._db.rules, job_id)
             if job is None:
                 conn.execute("DELETE FROM tasks WHERE id = ?", (task.task_id,))
@@ -354,24 +353,24 @@ class JobStore:
 # Transaction bodies (they run inside `Database.transact`) ----------------------------------------
 
 
-def _select_job(conn: sqlite3.Connection, rules: JobRules, job_id: str) -> JobRecord | None:
+def _select_job(conn: Conn, rules: JobRules, job_id: str) -> JobRecord | None:
     row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
     return JobRecord.from_row(row, rules.decode) if row else None
 
 
-def _must_select_job(conn: sqlite3.Connection, rules: JobRules, job_id: str) -> JobRecord:
+def _must_select_job(conn: Conn, rules: JobRules, job_id: str) -> JobRecord:
     job = _select_job(conn, rules, job_id)
     assert job is not None  # written in this same transaction
     return job
 
 
-def _select_attempts(conn: sqlite3.Connection, job_id: str) -> list[AttemptRecord]:
+def _select_attempts(conn: Conn, job_id: str) -> list[AttemptRecord]:
     rows = conn.execute("SELECT * FROM attempts WHERE job_id = ? ORDER BY id", (job_id,)).fetchall()
     return [AttemptRecord.from_row(r) for r in rows]
 
 
 def _write_attempt(
-    conn: sqlite3.Connection, job_id: str, attempt: Attempt, *, now: int, attempt_id: int | None
+    conn: Conn, job_id: str, attempt: Attempt, *, now: int, attempt_id: int | None
 ) -> None:
     message = (attempt.message or "")[:500] or None
     if attempt_id is None:
@@ -394,7 +393,7 @@ def _write_attempt(
 
 
 def _take_task(
-    conn: sqlite3.Connection,
+    conn: Conn,
     job: JobRecord,
     provider: str,
     task: str,
@@ -431,7 +430,7 @@ def _take_task(
 
 
 def _mark_attempt(
-    conn: sqlite3.Connection, job_id: str, provider: str, task: str, outcome: str, *, now: int, how: str
+    conn: Conn, job_id: str, provider: str, task: str, outcome: str, *, now: int, how: str
 ) -> None:
     """Give the provider task its attempt: the one already naming it, else the oldest submit
     whose answer never came, else a new row (a task no attempt accounts for)."""
@@ -458,7 +457,7 @@ def _mark_attempt(
 
 
 def _apply_in_tx(
-    conn: sqlite3.Connection,
+    conn: Conn,
     job: JobRecord,
     observation: Observation,
     *,
@@ -491,7 +490,7 @@ def _event_for(before: JobState, after: JobState) -> str | None:
 
 
 def _write_state(
-    conn: sqlite3.Connection, job: JobRecord, before: JobState, after: JobState, now: int, rules: JobRules
+    conn: Conn, job: JobRecord, before: JobState, after: JobState, now: int, rules: JobRules
 ) -> None:
     submitted_at = job.submitted_at
     if submitted_at is None and after.provider_job_id and not before.provider_job_id:
@@ -512,7 +511,7 @@ def _write_state(
 
 
 def _materialize(
-    conn: sqlite3.Connection, job_id: str, effect: Effect, *, now: int, schedule: Schedule
+    conn: Conn, job_id: str, effect: Effect, *, now: int, schedule: Schedule
 ) -> None:
     if effect is Effect.SCHEDULE_POLL and schedule.poll_at is not None:
         _upsert_task(conn, job_id, TaskKind.POLL, schedule.poll_at, now)
@@ -524,7 +523,7 @@ def _materialize(
         conn.execute("DELETE FROM tasks WHERE job_id = ? AND kind = ?", (job_id, TaskKind.FETCH.value))
 
 
-def _end_task(conn: sqlite3.Connection, outcome: TaskOutcome, state: JobState) -> None:
+def _end_task(conn: Conn, outcome: TaskOutcome, state: JobState) -> None:
     row = conn.execute("SELECT kind FROM tasks WHERE id = ?", (outcome.task_id,)).fetchone()
     if row is None:
         return  # already ended by an effect of this or a concurrent transition
@@ -538,7 +537,7 @@ def _end_task(conn: sqlite3.Connection, outcome: TaskOutcome, state: JobState) -
         )
 
 
-def _upsert_task(conn: sqlite3.Connection, job_id: str, kind: TaskKind, due_at: int, now: int) -> None:
+def _upsert_task(conn: Conn, job_id: str, kind: TaskKind, due_at: int, now: int) -> None:
     # One live task per job and kind; asking again only ever brings it forward.
     conn.execute(
         """INSERT INTO tasks (job_id, kind, due_at, created_at) VALUES (?, ?, ?, ?)

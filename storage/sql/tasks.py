@@ -1,6 +1,6 @@
 """The work queue: the store that leases, retries and ends tasks.
 
-Tasks are written by the job transitions in storage/sqlite/jobs.py, in the same transaction as the
+Tasks are written by the job transitions in storage/sql/jobs.py, in the same transaction as the
 change that causes them (the transactional outbox); workers lease them here, at least once.
 
 Submits are held back by per-provider caps (`SubmitCaps`): a job is active at its provider from
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import heapq
 import json
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING
 from storage.records import SubmitCaps, TaskRecord
 
 if TYPE_CHECKING:
-    from storage.sqlite.database import Database
+    from storage.sql import Conn, Row, SqlDatabase
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,7 @@ class _Pick:
 class TaskStore:
     """The tasks workers carry out."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: SqlDatabase) -> None:
         self._db = db
 
     async def next_due_at(self, *, now: int, caps: SubmitCaps = SubmitCaps()) -> int | None:
@@ -71,7 +70,9 @@ class TaskStore:
         """Lease up to `limit` due tasks, earliest due first, keeping submits within `caps`.
         The attempt is counted now, so a crash uses up a try."""
 
-        def claim(conn: sqlite3.Connection) -> list[TaskRecord]:
+        skip_locked = self._db.dialect.skip_locked
+
+        def claim(conn: Conn) -> list[TaskRecord]:
             due = _others_due(conn, now, limit) + _submits_due(conn, now, limit, caps)
             picks = sorted(due, key=lambda pick: (pick.due_at, pick.task_id))[:limit]
             if not picks:
@@ -82,9 +83,11 @@ class TaskStore:
                                  (pick.move_to, now, pick.job_id))
             ids = [pick.task_id for pick in picks]
             marks = ",".join("?" * len(ids))
+            # On PostgreSQL a task another claimer has just locked is passed over, not waited for.
             rows = conn.execute(
                 f"""UPDATE tasks SET lease_until = ?, attempts = attempts + 1
-                    WHERE id IN ({marks}) RETURNING *""",  # noqa: S608
+                    WHERE id IN (SELECT id FROM tasks WHERE id IN ({marks}) {skip_locked})
+                    RETURNING *""",  # noqa: S608
                 (now + lease_ms, *ids),
             ).fetchall()
             return sorted((TaskRecord.from_row(r) for r in rows), key=lambda t: (t.due_at, t.id))
@@ -98,7 +101,7 @@ class TaskStore:
         finished or rescheduled, or the lease ran out and another worker holds it) is left
         alone. How many were handed back."""
 
-        def release(conn: sqlite3.Connection) -> int:
+        def release(conn: Conn) -> int:
             return sum(
                 conn.execute(
                     "UPDATE tasks SET lease_until = 0, "
@@ -112,7 +115,7 @@ class TaskStore:
         return await self._db.transact(release)
 
     async def retry_task(self, task_id: int, *, due_at: int, error: str) -> None:
-        def retry(conn: sqlite3.Connection) -> None:
+        def retry(conn: Conn) -> None:
             conn.execute(
                 "UPDATE tasks SET due_at = ?, lease_until = 0, last_error = ? WHERE id = ?",
                 (due_at, error[:500], task_id),
@@ -121,7 +124,7 @@ class TaskStore:
         await self._db.transact(retry)
 
     async def finish_task(self, task_id: int) -> None:
-        def finish(conn: sqlite3.Connection) -> None:
+        def finish(conn: Conn) -> None:
             conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
 
         await self._db.transact(finish)
@@ -144,7 +147,7 @@ _WAITING_FOR_PROVIDER = _WAITING.format(model="")
 _WAITING_FOR_MODEL = _WAITING.format(model="AND t.model = ?")
 
 
-def _others_due(conn: sqlite3.Connection, now: int, limit: int) -> list[_Pick]:
+def _others_due(conn: Conn, now: int, limit: int) -> list[_Pick]:
     rows = conn.execute(
         """SELECT id, due_at FROM tasks WHERE kind != 'submit' AND due_at <= ? AND lease_until <= ?
            ORDER BY due_at LIMIT ?""",
@@ -153,12 +156,12 @@ def _others_due(conn: sqlite3.Connection, now: int, limit: int) -> list[_Pick]:
     return [_Pick(row["due_at"], row["id"]) for row in rows]
 
 
-def _submits_due(conn: sqlite3.Connection, now: int, limit: int, caps: SubmitCaps) -> list[_Pick]:
+def _submits_due(conn: Conn, now: int, limit: int, caps: SubmitCaps) -> list[_Pick]:
     """Up to `limit` submits per provider that fit its caps; then the submits at the head of a
     queue that do not fit move to a later candidate provider with room, if their job has one."""
     room = _Room(conn, now, caps)
     picks: list[_Pick] = []
-    blocked: list[tuple[str, sqlite3.Row]] = []
+    blocked: list[tuple[str, Row]] = []
     for provider in _submit_providers(conn):
         mine = _fitting(conn, provider, now, limit, room)
         picks += mine
@@ -181,7 +184,7 @@ def _submits_due(conn: sqlite3.Connection, now: int, limit: int, caps: SubmitCap
     return picks
 
 
-def _fitting(conn: sqlite3.Connection, provider: str, now: int, limit: int, room: _Room) -> list[_Pick]:
+def _fitting(conn: Conn, provider: str, now: int, limit: int, room: _Room) -> list[_Pick]:
     """Up to `limit` of the provider's waiting submits, earliest due first, within its caps:
     the queues of its models with room, merged; a model that fills up drops out."""
     queues = [conn.execute(_WAITING_FOR_MODEL, (provider, model, now, now))
@@ -204,14 +207,14 @@ def _fitting(conn: sqlite3.Connection, provider: str, now: int, limit: int, room
     return picks
 
 
-def _needs_no_place(row: sqlite3.Row) -> bool:
+def _needs_no_place(row: Row) -> bool:
     """A submit whose job is no longer queued (cancelled while waiting) sends nothing: the
     submitter just ends it, so no cap holds it back. One whose earlier answer was lost already
     holds its place (its task may be running): sending again takes no second one."""
     return bool(row["status"] != "queued" or row["holds_place"])
 
 
-def _next_due(conn: sqlite3.Connection, now: int, caps: SubmitCaps) -> int | None:
+def _next_due(conn: Conn, now: int, caps: SubmitCaps) -> int | None:
     times: list[int] = []
     row = conn.execute(
         "SELECT MIN(CASE WHEN due_at > lease_until THEN due_at ELSE lease_until END) FROM tasks "
@@ -242,17 +245,17 @@ def _next_due(conn: sqlite3.Connection, now: int, caps: SubmitCaps) -> int | Non
     return min(times, default=None)
 
 
-def _submit_providers(conn: sqlite3.Connection) -> list[str]:
+def _submit_providers(conn: Conn) -> list[str]:
     """Each provider with a submit task, in name order."""
     return _distinct(conn, "provider", "", ())
 
 
-def _submit_models(conn: sqlite3.Connection, provider: str) -> list[str]:
+def _submit_models(conn: Conn, provider: str) -> list[str]:
     """Each model with a submit task at `provider`, in name order."""
     return _distinct(conn, "model", "AND provider = ?", (provider,))
 
 
-def _distinct(conn: sqlite3.Connection, column: str, where: str, params: tuple[str, ...]) -> list[str]:
+def _distinct(conn: Conn, column: str, where: str, params: tuple[str, ...]) -> list[str]:
     """The distinct values of a submit tasks' column: one index seek per value, not a scan."""
     sql = (f"SELECT {column} FROM tasks WHERE kind = 'submit' {where} AND {column} {{}} ? "  # noqa: S608
            f"ORDER BY {column} LIMIT 1")
@@ -264,7 +267,7 @@ def _distinct(conn: sqlite3.Connection, column: str, where: str, params: tuple[s
     return found
 
 
-def _active(conn: sqlite3.Connection, provider: str, now: int) -> dict[str, int]:
+def _active(conn: Conn, provider: str, now: int) -> dict[str, int]:
     """Per model, the jobs active at `provider`: sent and awaiting the provider's final word
     (service/jobs.py JobState.awaiting_provider), or queued with their submit claimed."""
     counts: dict[str, int] = {}
@@ -301,7 +304,7 @@ def _active(conn: sqlite3.Connection, provider: str, now: int) -> dict[str, int]
 class _Room:
     """The free places under each cap, counted once per provider and spent as submits are picked."""
 
-    def __init__(self, conn: sqlite3.Connection, now: int, caps: SubmitCaps) -> None:
+    def __init__(self, conn: Conn, now: int, caps: SubmitCaps) -> None:
         self._conn, self._now, self._caps = conn, now, caps
         self._active: dict[str, dict[str, int]] = {}
 

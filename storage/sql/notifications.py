@@ -8,7 +8,6 @@ subscriptions, deliveries and the event log; `emit_job_event` is what the job st
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -27,10 +26,10 @@ from storage.records import (
 from storage.rules import JobRules
 
 if TYPE_CHECKING:
-    from storage.sqlite.database import Database
+    from storage.sql import Conn, SqlDatabase
 
 def emit_job_event(
-    conn: sqlite3.Connection, job: JobRecord, event_type: str, *, now: int, rules: JobRules,
+    conn: Conn, job: JobRecord, event_type: str, *, now: int, rules: JobRules,
     public_url: str,
 ) -> int:
     """Record one job event (a snapshot of the job document) and its deliveries."""
@@ -59,7 +58,7 @@ def emit_job_event(
 
 
 def emit_system_event(
-    conn: sqlite3.Connection, event_type: str, data: Mapping[str, Any], *, now: int, rules: JobRules
+    conn: Conn, event_type: str, data: Mapping[str, Any], *, now: int, rules: JobRules
 ) -> int:
     event_id = rules.new_id("evt", now)
     body = rules.system_event(data, event_id=event_id, event_type=event_type, now=now)
@@ -73,7 +72,7 @@ def emit_system_event(
 
 
 def _fan_out(
-    conn: sqlite3.Connection, seq: int, event_type: str, *, job_id: str | None, now: int, rules: JobRules
+    conn: Conn, seq: int, event_type: str, *, job_id: str | None, now: int, rules: JobRules
 ) -> None:
     rows = conn.execute("SELECT id, url, events FROM subscriptions WHERE status = 'enabled'").fetchall()
     for row in rows:
@@ -83,7 +82,7 @@ def _fan_out(
 
 
 def _add_delivery(
-    conn: sqlite3.Connection, seq: int, subscription_id: str | None, job_id: str | None, url: str, now: int,
+    conn: Conn, seq: int, subscription_id: str | None, job_id: str | None, url: str, now: int,
     rules: JobRules,
 ) -> None:
     conn.execute(
@@ -96,11 +95,11 @@ def _add_delivery(
 class SubscriptionStore:
     """Notification subscriptions: where events go."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: SqlDatabase) -> None:
         self._db = db
 
     async def create_subscription(self, sub: SubscriptionRecord) -> SubscriptionRecord:
-        def create(conn: sqlite3.Connection) -> SubscriptionRecord:
+        def create(conn: Conn) -> SubscriptionRecord:
             conn.execute(
                 """INSERT INTO subscriptions (id, url, events, description, secret, status, created_at,
                        updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
@@ -133,7 +132,7 @@ class SubscriptionStore:
     ) -> SubscriptionRecord | None:
         """Apply `changes` (url, events, description, status); enabling clears the failure clock."""
 
-        def update(conn: sqlite3.Connection) -> SubscriptionRecord | None:
+        def update(conn: Conn) -> SubscriptionRecord | None:
             if _subscription(conn, self._db.rules, sub_id) is None:
                 return None
             for name, value in changes.items():
@@ -152,7 +151,7 @@ class SubscriptionStore:
         return await self._db.transact(update)
 
     async def delete_subscription(self, sub_id: str, *, now: int) -> bool:
-        def delete(conn: sqlite3.Connection) -> bool:
+        def delete(conn: Conn) -> bool:
             if _subscription(conn, self._db.rules, sub_id) is None:
                 return False
             conn.execute(
@@ -170,7 +169,7 @@ class SubscriptionStore:
     ) -> SubscriptionRecord | None:
         """The old secret keeps signing beside the new one until `now + grace_ms`."""
 
-        def rotate(conn: sqlite3.Connection) -> SubscriptionRecord | None:
+        def rotate(conn: Conn) -> SubscriptionRecord | None:
             if _subscription(conn, self._db.rules, sub_id) is None:
                 return None
             conn.execute(
@@ -186,7 +185,7 @@ class SubscriptionStore:
 class DeliveryStore:
     """Deliveries: one per event and destination, leased, attempted, retried."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: SqlDatabase) -> None:
         self._db = db
 
     async def claim_due_deliveries(
@@ -201,7 +200,10 @@ class DeliveryStore:
         URL as it is now, so a changed URL applies to retries, redeliveries and recoveries.
         """
 
-        def claim(conn: sqlite3.Connection) -> list[ClaimedDelivery]:
+        # On PostgreSQL a delivery another claimer has just locked is passed over, not waited for.
+        skip_locked = self._db.dialect.skip_locked.replace("UPDATE", "UPDATE OF d")
+
+        def claim(conn: Conn) -> list[ClaimedDelivery]:
             taken: dict[str, int] = dict(busy)
             claimed: list[ClaimedDelivery] = []
             while len(claimed) < limit:
@@ -217,7 +219,7 @@ class DeliveryStore:
                    FROM deliveries d JOIN events e ON e.seq = d.event_seq
                    LEFT JOIN subscriptions s ON s.id = d.subscription_id
                    WHERE d.status = 'pending' AND d.next_attempt_at <= ? AND d.lease_until <= ? {not_full}
-                   ORDER BY d.next_attempt_at, d.created_at LIMIT ?""",  # noqa: S608
+                   ORDER BY d.next_attempt_at, d.created_at LIMIT ? {skip_locked}""",  # noqa: S608
                     (now, now, *full, limit * 4),
                 ).fetchall()
                 if not rows:
@@ -271,7 +273,7 @@ class DeliveryStore:
         no longer the one given by the claim (the attempt was recorded, or the lease ran out
         and another process holds it) is left alone. How many were handed back."""
 
-        def release(conn: sqlite3.Connection) -> int:
+        def release(conn: Conn) -> int:
             return sum(
                 conn.execute(
                     "UPDATE deliveries SET lease_until = 0, "
@@ -289,7 +291,7 @@ class DeliveryStore:
     ) -> None:
         """One attempt's log row, the delivery's new state and the subscription's health."""
 
-        def record(conn: sqlite3.Connection) -> None:
+        def record(conn: Conn) -> None:
             conn.execute(
                 """INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms, status_code,
                        response_head, error, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
@@ -361,7 +363,7 @@ class DeliveryStore:
     ) -> tuple[DeliveryRecord, list[DeliveryAttemptRecord]] | None:
         """Send one delivery again now, as a manual attempt (not retried if it fails)."""
 
-        def redeliver(conn: sqlite3.Connection) -> tuple[DeliveryRecord, list[DeliveryAttemptRecord]] | None:
+        def redeliver(conn: Conn) -> tuple[DeliveryRecord, list[DeliveryAttemptRecord]] | None:
             cursor = conn.execute(
                 "UPDATE deliveries SET status = 'pending', next_attempt_at = ?, lease_until = 0, manual = 1 "
                 "WHERE id = ?",
@@ -378,13 +380,13 @@ class DeliveryStore:
     async def recover(self, subscription_id: str, *, since: int, now: int) -> int:
         """Resend every delivery to a subscription that failed since `since`; how many."""
 
-        def recover(conn: sqlite3.Connection) -> int:
+        def recover(conn: Conn) -> int:
             cursor = conn.execute(
                 """UPDATE deliveries SET status = 'pending', next_attempt_at = ?, lease_until = 0, manual = 1
                    WHERE subscription_id = ? AND status IN ('failed', 'cancelled') AND created_at >= ?""",
                 (now, subscription_id, since),
             )
-            return cursor.rowcount
+            return int(cursor.rowcount)
 
         return await self._db.transact(recover)
 
@@ -395,7 +397,7 @@ class DeliveryStore:
         value = subscription_id or job_id
         sql = _DELIVERIES_SQL.replace("{where}", where)
 
-        def list_them(conn: sqlite3.Connection) -> list[tuple[DeliveryRecord, list[DeliveryAttemptRecord]]]:
+        def list_them(conn: Conn) -> list[tuple[DeliveryRecord, list[DeliveryAttemptRecord]]]:
             rows = conn.execute(sql, (value, limit)).fetchall()
             return [(DeliveryRecord.from_row(row), _delivery_attempts(conn, row["id"])) for row in rows]
 
@@ -418,7 +420,7 @@ class DeliveryStore:
 class EventStore:
     """The event log, read in order by the event stream."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: SqlDatabase) -> None:
         self._db = db
 
     async def latest_event_seq(self) -> int:
@@ -451,12 +453,12 @@ _DESTINATION = "COALESCE(subscription_id, url)"  # destination_key, in SQL over 
 # Transaction bodies' shared reads (they run inside `Database.transact` or `Database.query`) ----
 
 
-def _subscription(conn: sqlite3.Connection, rules: JobRules, sub_id: str) -> SubscriptionRecord | None:
+def _subscription(conn: Conn, rules: JobRules, sub_id: str) -> SubscriptionRecord | None:
     row = conn.execute("SELECT * FROM subscriptions WHERE id = ?", (sub_id,)).fetchone()
     return SubscriptionRecord.from_row(row, rules.decode) if row else None
 
 
-def _delivery(conn: sqlite3.Connection, delivery_id: str) -> DeliveryRecord | None:
+def _delivery(conn: Conn, delivery_id: str) -> DeliveryRecord | None:
     row = conn.execute(
         """SELECT d.*, e.id AS event_id, e.type AS event_type FROM deliveries d
            JOIN events e ON e.seq = d.event_seq WHERE d.id = ?""",
@@ -465,7 +467,7 @@ def _delivery(conn: sqlite3.Connection, delivery_id: str) -> DeliveryRecord | No
     return DeliveryRecord.from_row(row) if row else None
 
 
-def _delivery_attempts(conn: sqlite3.Connection, delivery_id: str) -> list[DeliveryAttemptRecord]:
+def _delivery_attempts(conn: Conn, delivery_id: str) -> list[DeliveryAttemptRecord]:
     rows = conn.execute(
         "SELECT * FROM delivery_attempts WHERE delivery_id = ? ORDER BY id", (delivery_id,)
     ).fetchall()

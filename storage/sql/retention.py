@@ -13,7 +13,6 @@ service/retention.py for why that order is the safe one).
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -21,7 +20,7 @@ from storage.records import JobRecord
 from storage.state import TERMINAL
 
 if TYPE_CHECKING:
-    from storage.sqlite.database import Database
+    from storage.sql import Conn, SqlDatabase
 
 _FINAL = tuple(status.value for status in TERMINAL)
 _FINAL_MARKS = ",".join("?" * len(_FINAL))
@@ -30,7 +29,7 @@ _FINAL_MARKS = ",".join("?" * len(_FINAL))
 class RetentionStore:
     """Removal and pruning, in short batches."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: SqlDatabase) -> None:
         self._db = db
 
     async def remove_job_outputs(self, job_id: str, *, now: int) -> JobRecord | None:
@@ -38,7 +37,7 @@ class RetentionStore:
         it is (attempts, events, callbacks). A job not final, or already removed, is unchanged.
         None if there is no such job."""
 
-        def remove(conn: sqlite3.Connection) -> JobRecord | None:
+        def remove(conn: Conn) -> JobRecord | None:
             cursor = conn.execute(
                 f"""UPDATE jobs SET outputs_deleted_at = ?
                     WHERE id = ? AND outputs_deleted_at IS NULL AND status IN ({_FINAL_MARKS})""",  # noqa: S608
@@ -55,7 +54,7 @@ class RetentionStore:
         """Remove the outputs of up to `limit` final jobs completed before `completed_before`
         (as `remove_job_outputs` does); how many jobs."""
 
-        def remove(conn: sqlite3.Connection) -> int:
+        def remove(conn: Conn) -> int:
             ids = [
                 row[0]
                 for row in conn.execute(
@@ -84,7 +83,7 @@ class RetentionStore:
         when there were no more), to carry on from. `only` limits the look to those images."""
         among = f"AND sha256 IN ({','.join('?' * len(only))})" if only is not None else ""
 
-        def look(conn: sqlite3.Connection) -> tuple[list[str], str | None]:
+        def look(conn: Conn) -> tuple[list[str], str | None]:
             queued = [
                 row[0]
                 for row in conn.execute(
@@ -105,7 +104,7 @@ class RetentionStore:
     async def forget_blobs(self, sha256s: Sequence[str]) -> None:
         """The files of these queued images are gone: take them off the queue."""
 
-        def forget(conn: sqlite3.Connection) -> None:
+        def forget(conn: Conn) -> None:
             conn.executemany("DELETE FROM blob_garbage WHERE sha256 = ?", [(s,) for s in sha256s])
 
         await self._db.transact(forget)
@@ -114,11 +113,12 @@ class RetentionStore:
         """Delete up to `limit` events created before `before` that no delivery still has to
         send, with their deliveries and the deliveries' attempts; how many events."""
 
-        def prune(conn: sqlite3.Connection) -> int:
+        def prune(conn: Conn) -> int:
             seqs = [
                 row[0]
                 for row in conn.execute(
                     """SELECT seq FROM events e WHERE created_at < ?
+                         AND seq < (SELECT MAX(seq) FROM events)  -- the newest stays: seqs are never reused
                          AND NOT EXISTS (SELECT 1 FROM deliveries d
                                          WHERE d.event_seq = e.seq AND d.status = 'pending')
                        ORDER BY seq LIMIT ?""",
@@ -159,7 +159,7 @@ class RetentionStore:
         )
 
 
-def _queue_images(conn: sqlite3.Connection, job_ids: Sequence[str], now: int) -> None:
+def _queue_images(conn: Conn, job_ids: Sequence[str], now: int) -> None:
     marks = ",".join("?" * len(job_ids))
     conn.execute(
         f"""INSERT INTO blob_garbage (sha256, queued_at)
@@ -169,7 +169,7 @@ def _queue_images(conn: sqlite3.Connection, job_ids: Sequence[str], now: int) ->
     )
 
 
-def _kept_by_a_job(conn: sqlite3.Connection, sha256: str) -> bool:
+def _kept_by_a_job(conn: Conn, sha256: str) -> bool:
     """Any job's output whose outputs are not removed: a job not final, or final and kept."""
     row = conn.execute(
         """SELECT EXISTS (SELECT 1 FROM outputs o JOIN jobs j ON j.id = o.job_id
@@ -179,7 +179,7 @@ def _kept_by_a_job(conn: sqlite3.Connection, sha256: str) -> bool:
     return bool(row[0])
 
 
-def _kept_by_an_upload(conn: sqlite3.Connection, sha256: str, now: int) -> bool:
+def _kept_by_an_upload(conn: Conn, sha256: str, now: int) -> bool:
     row = conn.execute(
         "SELECT EXISTS (SELECT 1 FROM uploads WHERE sha256 = ? AND expires_at > ?)", (sha256, now)
     ).fetchone()

@@ -3,17 +3,16 @@ the blob store's)."""
 
 from __future__ import annotations
 
-import sqlite3
 from typing import TYPE_CHECKING
 
 from storage.records import UploadRecord
 
 if TYPE_CHECKING:
-    from storage.sqlite.database import Database
+    from storage.sql import Conn, SqlDatabase
 
 
 class UploadStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: SqlDatabase) -> None:
         self._db = db
 
     async def get_upload(self, upload_id: str) -> UploadRecord | None:
@@ -23,7 +22,7 @@ class UploadStore:
         return UploadRecord.from_row(row) if row else None
 
     async def record_upload(self, upload: UploadRecord) -> None:
-        def record(conn: sqlite3.Connection) -> None:
+        def record(conn: Conn) -> None:
             conn.execute(
                 "INSERT INTO uploads (id, sha256, content_type, bytes, created_at, expires_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",

@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from storage.sqlite.database import Database
+    from storage.sql import SqlDatabase
 
 class AddressStore:
     """Store methods for the one announced public URL (its store)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: SqlDatabase) -> None:
         self._db = db
 
     async def announce_address(self, public_url: str, *, owner: str, now: int) -> None:

@@ -1,0 +1,52 @@
+"""The stores' SQL, shared by both backends: one module per store, each a set of synchronous
+transaction bodies over a sqlite3-style connection (`conn.execute(sql, params)` with `?`
+placeholders, `row["column"]`), run by a database's `transact(fn)` and `query(fn)`.
+
+storage/sqlite/database.py runs them in aiosqlite's thread; storage/postgres/database.py runs them
+on a pooled psycopg connection adapted to the same API (storage/postgres/connection.py). The SQL
+is written to mean the same on both; the few differences left are the `Dialect`'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from storage.rules import JobRules
+
+T = TypeVar("T")
+
+# A sqlite3.Connection, or storage/postgres/connection.py's `Connection` (which reads like one),
+# and one of their rows. The bodies use only what both have.
+Conn = Any
+Row = Any
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What the stores' SQL must say differently on one backend.
+
+    `skip_locked`: appended to a claim's sub-select of the rows it is about to lease, so that
+    concurrent claimers on PostgreSQL pass over each other's rows instead of waiting for them;
+    SQLite has one writer at a time and needs nothing.
+    """
+
+    name: str
+    skip_locked: str = ""
+
+
+SQLITE = Dialect("sqlite")
+POSTGRES = Dialect("postgres", skip_locked="FOR UPDATE SKIP LOCKED")
+
+
+class SqlDatabase(Protocol):
+    """What a store needs of its database: transactions, reads, the rules, the dialect."""
+
+    rules: JobRules
+    public_url: str
+    dialect: Dialect
+
+    async def transact(self, fn: Callable[[Conn], T]) -> T: ...
+
+    async def query(self, fn: Callable[[Conn], T]) -> T: ...
