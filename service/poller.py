@@ -74,6 +74,8 @@ async def _confirm_named_tasks(ctx: WorkContext, job: JobRecord, adapter: Adapte
     """Poll the tasks unsigned callbacks named that no attempt accounts for: one the provider
     knows came from a submit of this job whose answer was lost, and is adopted (or recorded as
     an orphan); one it does not know was forged, and is never polled again."""
+    if not job.callback_count:
+        return None  # only a callback can name a task: a job polled for lack of one has none
     named = await ctx.store.jobs.named_tasks(job.id, job.provider)
     if not named:
         return None
