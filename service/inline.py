@@ -1,0 +1,73 @@
+"""Serverless mode (FLUXHOOK_MODE=serverless): the request that causes work does it before it
+answers, because nothing runs between requests.
+
+`POST /v1/jobs` submits its job; a provider callback, once recorded, downloads and stores the
+outputs and sends the notifications it caused. The work is claimed exactly as a worker claims
+it (storage/sql/tasks.py `claim_job_tasks`, the notifier's claim limited to the job), so a
+request on another instance, a tick or a worker racing this one never carries out the same
+task or delivery twice. Whatever the budget does not cover (a retry due later, a fallback poll,
+a delivery whose receiver failed) stays due work in the store for the next tick
+(service/tick.py); work cut off by the budget is handed back, due at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+
+from service.context import WorkContext
+from service.loops import ClaimLoop
+from service.notifier import Notifier
+from service.worker import Worker
+
+log = logging.getLogger("fluxhook.inline")
+
+# New work is claimed only in this first share of a budget; what is in flight then gets the
+# rest (up to the shutdown grace) before it is cancelled and handed back.
+CLAIMING_SHARE = 0.8
+
+
+async def run_inline(ctx: WorkContext, job_id: str) -> None:
+    """In serverless mode, carry out the job's due work now, within FLUXHOOK_INLINE_BUDGET_SECONDS;
+    otherwise nothing (the workers do it). Never raises: what fails stays due for the tick."""
+    if not ctx.settings.serverless:
+        return
+    stop = anyio.Event()
+    loops: list[ClaimLoop[Any]] = [Worker(ctx, stop=stop, only_job=job_id),
+                                   Notifier(ctx, stop=stop, only_job=job_id)]
+    try:
+        finished = await run_rounds(loops, seconds=ctx.settings.inline_budget_s, stop=stop)
+    except Exception:
+        log.exception("job %s: inline work failed; what is left stays due for the tick", job_id)
+        return
+    if not finished:
+        log.info("job %s: inline budget of %gs spent; the rest stays due for the tick", job_id,
+                 ctx.settings.inline_budget_s)
+
+
+async def run_rounds(loops: Sequence[ClaimLoop[Any]], *, seconds: float, stop: anyio.Event) -> bool:
+    """Drain each loop in turn, again and again (a download causes a delivery), until none has
+    anything due, for at most `seconds`. The loops must have been made with `stop`: it is set
+    once `CLAIMING_SHARE` of the time is spent, so they claim nothing new; at `seconds` what is
+    still in flight is cancelled and handed back. True when nothing due was left undone."""
+    finished = False
+    with anyio.move_on_after(seconds):
+        async with anyio.create_task_group() as group:
+            group.start_soon(_set_after, stop, seconds * CLAIMING_SHARE)
+            while not stop.is_set():
+                ran = 0
+                for loop in loops:
+                    ran += await loop.drain()
+                if ran == 0 and not stop.is_set():
+                    finished = True
+                    break
+            group.cancel_scope.cancel()
+    return finished
+
+
+async def _set_after(event: anyio.Event, seconds: float) -> None:
+    await anyio.sleep(seconds)
+    event.set()
