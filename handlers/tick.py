@@ -1,4 +1,5 @@
-"""POST /v1/tick: a platform's scheduler runs the due work (service/tick.py).
+"""POST /v1/tick (GET too, for Vercel Cron): a platform's scheduler runs the due work
+(service/tick.py).
 
 It has its own credential (FLUXHOOK_TICK_TOKEN), not the API key: a scheduler needs only the
 right to run due work. Without it nothing is done, not even reading the query.

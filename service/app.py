@@ -225,7 +225,7 @@ def create_app(
         Route("/v1/uploads", create_upload, methods=["POST"]),
         Route("/uploads/{token}", get_upload, methods=["GET"]),
         Route("/v1/callbacks/{provider}/{token}", receive_callback, methods=["POST"]),
-        Route("/v1/tick", run_tick, methods=["POST"]),
+        Route("/v1/tick", run_tick, methods=["GET", "POST"]),  # GET: Vercel Cron sends only GET
     ]
     if simulator is not None:
         routes.append(Mount(SIMULATOR_MOUNT, app=simulator))

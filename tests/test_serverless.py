@@ -332,9 +332,10 @@ async def test_tick_without_its_credential_is_refused_and_does_nothing(tmp_path:
         async with httpx.AsyncClient(base_url=stack.bases[0]) as client:  # no API key of its own
             for given in refused:
                 headers = {"Authorization": given} if given is not None else {}
-                response = await client.post("/v1/tick?seconds=5", headers=headers)
-                assert_error_shape(response, 401, "unauthorized")
-                assert TICK_TOKEN not in response.text
+                for method in ("POST", "GET"):
+                    response = await client.request(method, "/v1/tick?seconds=5", headers=headers)
+                    assert_error_shape(response, 401, "unauthorized")
+                    assert TICK_TOKEN not in response.text
         assert _store_state(db) == before  # nothing was done: no task, job or delivery changed
         assert TICK_TOKEN not in stack.log.read_text()
 
