@@ -196,6 +196,10 @@ class TaskStore(Protocol):
         """Per kind, the tasks due now and not leased."""
         ...
 
+    async def leased_for_job(self, job_id: str, *, now: int) -> int:
+        """How many of the job's tasks some claim holds right now (being carried out)."""
+        ...
+
     async def release_tasks(self, leases: Sequence[tuple[int, int]]) -> int:
         """Hand back tasks this process leased but did not finish (it is stopping): due again at once for
         any worker, and the interrupted run is not counted as an attempt. Each is `(task id, lease_until
@@ -253,6 +257,10 @@ class DeliveryStore(Protocol):
 
     async def count_due_deliveries(self, *, now: int) -> int:
         """Pending deliveries due now and not leased."""
+        ...
+
+    async def leased_for_job(self, job_id: str, *, now: int) -> int:
+        """How many of the job's pending deliveries some claim holds right now (being sent)."""
         ...
 
     async def release_deliveries(self, leases: Sequence[tuple[str, int]]) -> int:

@@ -32,20 +32,41 @@ CLAIMING_SHARE = 0.8
 
 async def run_inline(ctx: WorkContext, job_id: str) -> None:
     """In serverless mode, carry out the job's due work now, within FLUXHOOK_INLINE_BUDGET_SECONDS;
-    otherwise nothing (the workers do it). Never raises: what fails stays due for the tick."""
+    otherwise nothing (the workers do it). Never raises: what fails stays due for the tick.
+
+    Work of this job that another request or a tick is carrying out (a provider's progress
+    callback for the same job, say, whose request took the download this callback made due) is
+    waited for, so that when this returns the job's work is done, not merely started elsewhere."""
     if not ctx.settings.serverless:
         return
-    stop = anyio.Event()
-    loops: list[ClaimLoop[Any]] = [Worker(ctx, stop=stop, only_job=job_id),
-                                   Notifier(ctx, stop=stop, only_job=job_id)]
+    budget = ctx.settings.inline_budget_s
     try:
-        finished = await run_rounds(loops, seconds=ctx.settings.inline_budget_s, stop=stop)
+        with anyio.move_on_after(budget) as scope:
+            ends = anyio.current_time() + budget
+            while await _own_rounds(ctx, job_id, seconds=ends - anyio.current_time()):
+                wake = ctx.signals.work.current()  # taken first: a finish that follows is seen
+                if not await _held_elsewhere(ctx, job_id):
+                    return
+                with anyio.move_on_after(ctx.settings.worker_idle_s):
+                    await wake.wait()
     except Exception:
         log.exception("job %s: inline work failed; what is left stays due for the tick", job_id)
         return
-    if not finished:
-        log.info("job %s: inline budget of %gs spent; the rest stays due for the tick", job_id,
-                 ctx.settings.inline_budget_s)
+    if scope.cancelled_caught or anyio.current_time() >= ends:
+        log.info("job %s: inline budget of %gs spent; the rest stays due for the tick", job_id, budget)
+
+
+async def _own_rounds(ctx: WorkContext, job_id: str, *, seconds: float) -> bool:
+    stop = anyio.Event()
+    loops: list[ClaimLoop[Any]] = [Worker(ctx, stop=stop, only_job=job_id),
+                                   Notifier(ctx, stop=stop, only_job=job_id)]
+    return await run_rounds(loops, seconds=seconds, stop=stop)
+
+
+async def _held_elsewhere(ctx: WorkContext, job_id: str) -> bool:
+    now = ctx.clock()
+    return bool(await ctx.store.tasks.leased_for_job(job_id, now=now)
+                or await ctx.store.deliveries.leased_for_job(job_id, now=now))
 
 
 async def run_rounds(loops: Sequence[ClaimLoop[Any]], *, seconds: float, stop: anyio.Event) -> bool:

@@ -114,3 +114,23 @@ async def test_a_stopped_tick_claims_nothing_and_says_it_did_not_finish(serverle
     report = await tick(serverless, seconds=30, stop=stop)
     assert (report.deliveries, report.finished, report.pruned) == (0, False, None)
     assert report.due_deliveries == 1 and sent == []
+
+
+async def test_a_request_waits_for_its_jobs_work_that_another_claim_is_doing(serverless: WorkContext,
+                                                                            sent: list[httpx.Request]):
+    job = await submitted_job(serverless, 1)
+    # Another request (or a tick) holds the job's delivery: this request has nothing to claim.
+    [held] = await serverless.store.deliveries.claim_due_deliveries(
+        now=serverless.clock(), limit=10, lease_ms=60_000, busy={}, per_destination=10)
+    released = anyio.Event()
+
+    async def the_other_hands_it_back() -> None:
+        await anyio.sleep(0.3)
+        await serverless.store.deliveries.release_deliveries([(held.id, held.lease_until)])
+        released.set()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(the_other_hands_it_back)
+        await run_inline(serverless, job.id)
+        assert released.is_set()  # it did not answer while the job's work was in other hands
+    assert delivered_jobs(sent) == [job.id]  # and what came back due, it did itself

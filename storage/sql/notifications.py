@@ -406,6 +406,13 @@ class DeliveryStore:
 
         return await self._db.query(list_them)
 
+    async def leased_for_job(self, job_id: str, *, now: int) -> int:
+        """How many of the job's pending deliveries some claim holds right now (being sent)."""
+        row = await self._db.query(lambda conn: conn.execute(
+            "SELECT COUNT(*) FROM deliveries WHERE job_id = ? AND status = 'pending' AND lease_until > ?",
+            (job_id, now)).fetchone())
+        return int(row[0])
+
     async def count_due_deliveries(self, *, now: int) -> int:
         """Pending deliveries due now and not leased."""
         row = await self._db.query(lambda conn: conn.execute(

@@ -139,6 +139,12 @@ class TaskStore:
 
         return await self._db.transact(claim)
 
+    async def leased_for_job(self, job_id: str, *, now: int) -> int:
+        """How many of the job's tasks some claim holds right now (being carried out)."""
+        row = await self._db.query(lambda conn: conn.execute(
+            "SELECT COUNT(*) FROM tasks WHERE job_id = ? AND lease_until > ?", (job_id, now)).fetchone())
+        return int(row[0])
+
     async def count_due(self, *, now: int) -> dict[str, int]:
         """Per kind, the tasks due now and not leased (a submit held back by its provider's cap
         counts too: it is waiting)."""
