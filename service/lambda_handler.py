@@ -68,6 +68,16 @@ class StartedOnce:
                 started.set_exception(exc)
             raise
 
+    async def tick(self, seconds: float) -> dict[str, Any]:
+        """One tick (service/tick.py) in this environment's context: what a scheduled direct
+        invocation runs."""
+        from service.tick import tick
+
+        if self._state is None:
+            await self._start()
+        report = await tick((self._state or {})["ctx"], seconds=seconds)
+        return report.as_json()
+
     async def close(self) -> None:
         """Leave the lifespan (tests; Lambda just stops the environment)."""
         if self._closing is not None and self._holder is not None:
@@ -102,12 +112,28 @@ def make_handler(settings: Settings, **app_options: Any) -> tuple[Mangum, Starte
     return Mangum(app, lifespan="off"), app
 
 
-_handler: Mangum | None = None
+class LambdaHandler:
+    """Serves HTTP events through Mangum; runs a tick for a scheduled direct invocation whose
+    event is `{"fluxhook": "tick"}` (EventBridge Scheduler: IAM decides who may invoke, so no
+    token is needed, and no HTTP timeout cuts the tick short)."""
+
+    def __init__(self, settings: Settings, **app_options: Any) -> None:
+        self.settings = settings
+        self.mangum, self.app = make_handler(settings, **app_options)
+
+    def __call__(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
+        if event.get("fluxhook") == "tick":
+            loop = asyncio.get_event_loop()
+            return loop.run_until_complete(self.app.tick(self.settings.tick_s))
+        return self.mangum(event, context)
+
+
+_handler: LambdaHandler | None = None
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """The function's handler (`service.lambda_handler.handler`)."""
     global _handler
     if _handler is None:
-        _handler, _ = make_handler(lambda_settings(os.environ))
+        _handler = LambdaHandler(lambda_settings(os.environ))
     return _handler(event, context)

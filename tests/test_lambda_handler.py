@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from service.errors import ConfigError
-from service.lambda_handler import lambda_settings, make_handler
+from service.lambda_handler import LambdaHandler, lambda_settings
 from service.webhook_signing import new_secret
 from tests.e2e import free_port, run_fluxhook
 
@@ -151,7 +151,8 @@ def test_lambda_handler_serves_a_job_its_provider_callback_and_the_job_from_http
         "BFL_API_KEY": "lambda-bfl-key",
     })
     assert settings.serverless  # Lambda has no CPU between events: always serverless
-    handler, app = make_handler(settings)
+    handler = LambdaHandler(settings)
+    app = handler.app
     try:
         submitted = handler(http_api_event("POST", "/v1/jobs", headers={"content-type": "application/json"},
                                            body=json.dumps({"provider": "bfl", "model": "flux-pro-1.1",
@@ -186,6 +187,12 @@ def test_lambda_handler_serves_a_job_its_provider_callback_and_the_job_from_http
         missing = handler(http_api_event("GET", "/v1/jobs/job_nope"), None)
         assert missing["statusCode"] == 404 and set(json_body(missing)) == {"error"}
         assert app.app.state.ctx is ctx
+
+        # A scheduled direct invocation runs a tick (the job left nothing to do) and reports.
+        report = handler({"fluxhook": "tick"}, None)
+        assert report["finished"]
+        assert report["ran"]["tasks"] == 0 and report["ran"]["pruned"] is not None
+        assert report["due"] == {"tasks": {}, "deliveries": 0} and report["scheduled"] == {"tasks": {}}
     finally:
         loop = asyncio.get_event_loop()
         loop.run_until_complete(app.close())
