@@ -196,8 +196,9 @@ class TaskStore(Protocol):
         """Per kind, the tasks due now and not leased."""
         ...
 
-    async def leased_for_job(self, job_id: str, *, now: int) -> int:
-        """How many of the job's tasks some claim holds right now (being carried out)."""
+    async def unfinished_for_job(self, job_id: str, *, now: int) -> int:
+        """How many of the job's tasks are being carried out (leased) or due now; a submit only when
+        leased (one that is due may be waiting for room under its provider's cap)."""
         ...
 
     async def release_tasks(self, leases: Sequence[tuple[int, int]]) -> int:
@@ -259,8 +260,8 @@ class DeliveryStore(Protocol):
         """Pending deliveries due now and not leased."""
         ...
 
-    async def leased_for_job(self, job_id: str, *, now: int) -> int:
-        """How many of the job's pending deliveries some claim holds right now (being sent)."""
+    async def unfinished_for_job(self, job_id: str, *, now: int) -> int:
+        """How many of the job's pending deliveries are being sent (leased) or due now."""
         ...
 
     async def release_deliveries(self, leases: Sequence[tuple[str, int]]) -> int:

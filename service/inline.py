@@ -35,8 +35,10 @@ async def run_inline(ctx: WorkContext, job_id: str) -> None:
     otherwise nothing (the workers do it). Never raises: what fails stays due for the tick.
 
     Work of this job that another request or a tick is carrying out (a provider's progress
-    callback for the same job, say, whose request took the download this callback made due) is
-    waited for, so that when this returns the job's work is done, not merely started elsewhere."""
+    callback for the same job, say, whose request took the download this callback made due), or
+    that was due but not claimable a moment ago (PostgreSQL's SKIP LOCKED passes over a row that
+    another transaction is writing), is waited for and looked at again, so that when this returns
+    the job's work is done, not merely started elsewhere."""
     if not ctx.settings.serverless:
         return
     budget = ctx.settings.inline_budget_s
@@ -45,7 +47,7 @@ async def run_inline(ctx: WorkContext, job_id: str) -> None:
             ends = anyio.current_time() + budget
             while await _own_rounds(ctx, job_id, seconds=ends - anyio.current_time()):
                 wake = ctx.signals.work.current()  # taken first: a finish that follows is seen
-                if not await _held_elsewhere(ctx, job_id):
+                if not await _unfinished(ctx, job_id):
                     return
                 with anyio.move_on_after(ctx.settings.worker_idle_s):
                     await wake.wait()
@@ -63,10 +65,10 @@ async def _own_rounds(ctx: WorkContext, job_id: str, *, seconds: float) -> bool:
     return await run_rounds(loops, seconds=seconds, stop=stop)
 
 
-async def _held_elsewhere(ctx: WorkContext, job_id: str) -> bool:
+async def _unfinished(ctx: WorkContext, job_id: str) -> bool:
     now = ctx.clock()
-    return bool(await ctx.store.tasks.leased_for_job(job_id, now=now)
-                or await ctx.store.deliveries.leased_for_job(job_id, now=now))
+    return bool(await ctx.store.tasks.unfinished_for_job(job_id, now=now)
+                or await ctx.store.deliveries.unfinished_for_job(job_id, now=now))
 
 
 async def run_rounds(loops: Sequence[ClaimLoop[Any]], *, seconds: float, stop: anyio.Event) -> bool:

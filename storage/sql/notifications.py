@@ -406,11 +406,11 @@ class DeliveryStore:
 
         return await self._db.query(list_them)
 
-    async def leased_for_job(self, job_id: str, *, now: int) -> int:
-        """How many of the job's pending deliveries some claim holds right now (being sent)."""
+    async def unfinished_for_job(self, job_id: str, *, now: int) -> int:
+        """How many of the job's pending deliveries are being sent (leased) or due now."""
         row = await self._db.query(lambda conn: conn.execute(
-            "SELECT COUNT(*) FROM deliveries WHERE job_id = ? AND status = 'pending' AND lease_until > ?",
-            (job_id, now)).fetchone())
+            "SELECT COUNT(*) FROM deliveries WHERE job_id = ? AND status = 'pending' "
+            "AND (lease_until > ? OR next_attempt_at <= ?)", (job_id, now, now)).fetchone())
         return int(row[0])
 
     async def count_due_deliveries(self, *, now: int) -> int:

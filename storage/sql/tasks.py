@@ -139,10 +139,12 @@ class TaskStore:
 
         return await self._db.transact(claim)
 
-    async def leased_for_job(self, job_id: str, *, now: int) -> int:
-        """How many of the job's tasks some claim holds right now (being carried out)."""
+    async def unfinished_for_job(self, job_id: str, *, now: int) -> int:
+        """How many of the job's tasks are being carried out (leased) or due now; a submit only
+        when leased (one that is due may be waiting for room under its provider's cap)."""
         row = await self._db.query(lambda conn: conn.execute(
-            "SELECT COUNT(*) FROM tasks WHERE job_id = ? AND lease_until > ?", (job_id, now)).fetchone())
+            "SELECT COUNT(*) FROM tasks WHERE job_id = ? "
+            "AND (lease_until > ? OR (due_at <= ? AND kind != 'submit'))", (job_id, now, now)).fetchone())
         return int(row[0])
 
     async def count_due(self, *, now: int) -> dict[str, int]:
