@@ -1,4 +1,5 @@
-"""API-key check for every /v1/ route except provider callbacks (they carry their own token)."""
+"""API-key check for every /v1/ route except provider callbacks (they carry their own token) and
+the tick (its own credential)."""
 
 from __future__ import annotations
 
@@ -34,4 +35,5 @@ class ApiKeyMiddleware:
 
     @staticmethod
     def _guarded(path: str) -> bool:
-        return path.startswith("/v1/") and not path.startswith("/v1/callbacks/")
+        # Callbacks carry their own token, and the tick its own credential (handlers/tick.py).
+        return path.startswith("/v1/") and not path.startswith("/v1/callbacks/") and path != "/v1/tick"

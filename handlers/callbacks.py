@@ -8,6 +8,7 @@ from starlette.responses import JSONResponse, Response
 from handlers.body import read_body
 from service.callbacks import ingest_callback
 from service.context import WorkContext
+from service.inline import run_inline
 
 
 async def receive_callback(request: Request) -> Response:
@@ -17,6 +18,11 @@ async def receive_callback(request: Request) -> Response:
     target = ctx.tokens.read(request.path_params["token"], provider=provider)
     body = await read_body(request, limit=ctx.settings.callback_max_bytes)
     recorded = await ingest_callback(ctx, target, request.headers, body)
-    # Only now, with the callback committed, does the provider get its 2xx.
-    return JSONResponse({"received": True, "job_id": recorded.job.id,
-                         "status": recorded.job.status.value, "duplicate": recorded.duplicate})
+    # Only now, with the callback committed, does the provider get its 2xx; in serverless mode
+    # the download, the stored outputs and the notifications come first (service/inline.py).
+    job = recorded.job
+    if ctx.settings.serverless:
+        await run_inline(ctx, job.id)
+        job = await ctx.store.jobs.get_job(job.id) or job
+    return JSONResponse({"received": True, "job_id": job.id,
+                         "status": job.status.value, "duplicate": recorded.duplicate})

@@ -17,6 +17,7 @@ from service.cursors import decode_cursor, encode_cursor
 from service.documents import job_document
 from service.errors import Conflict, Gone, NotFound, ValidationFailed
 from service.ids import new_job_id, new_webhook_secret
+from service.inline import run_inline
 from service.parsing import parse_count
 from service.retention import delete_job as delete
 from service.submissions import parse_job_request
@@ -83,6 +84,10 @@ async def create_job(request: Request) -> Response:
         ) from exc
     if created:
         ctx.nudge()
+    if ctx.settings.serverless:
+        # The submit, before answering: the document then names the provider's task.
+        await run_inline(ctx, job.id)
+        job = await ctx.store.jobs.get_job(job.id) or job
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
@@ -111,6 +116,7 @@ async def get_job(request: Request) -> Response:
 async def cancel_job(request: Request) -> Response:
     ctx = _ctx(request)
     job = await cancel(ctx, request.path_params["job_id"])
+    await run_inline(ctx, job.id)  # serverless: the job.cancelled notifications, before answering
     [document] = await documents(ctx, [job])
     return JSONResponse(document)
 

@@ -37,6 +37,7 @@ from handlers.subscriptions import (
     update_subscription,
     webhook_secret,
 )
+from handlers.tick import run_tick
 from handlers.uploads import create_upload, get_upload
 from service.address import announce, withdraw
 from service.catalog import Catalog
@@ -166,7 +167,8 @@ def create_app(
     run_workers: bool = True,
     simulator: Starlette | None = None,
 ) -> Starlette:
-    """fluxhook's web app. With `run_workers`, the workers run in-process under its lifespan.
+    """fluxhook's web app. With `run_workers`, the workers run in-process under its lifespan
+(never in serverless mode, where requests do the work they cause: service/inline.py).
 
     `simulator`, when given, is mounted at /simulator and its lifespan run alongside ours.
     """
@@ -191,7 +193,7 @@ def create_app(
             # at once and wind down while uvicorn drains connections, not after.
             app.state.stop_workers = _callable_from_signal_handler(stop.set)
             async with anyio.create_task_group() as group:
-                if run_workers:
+                if run_workers and not settings.serverless:  # serverless: requests and ticks do it
                     group.start_soon(Worker(ctx, stop=stop).run)
                     group.start_soon(Notifier(ctx, stop=stop).run)
                     group.start_soon(prune_periodically, ctx, stop)
@@ -223,6 +225,7 @@ def create_app(
         Route("/v1/uploads", create_upload, methods=["POST"]),
         Route("/uploads/{token}", get_upload, methods=["GET"]),
         Route("/v1/callbacks/{provider}/{token}", receive_callback, methods=["POST"]),
+        Route("/v1/tick", run_tick, methods=["GET", "POST"]),  # GET: Vercel Cron sends only GET
     ]
     if simulator is not None:
         routes.append(Mount(SIMULATOR_MOUNT, app=simulator))

@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--no-workers", action="store_true",
                        help="serve the API only (run `fluxhook worker` separately)")
     commands.add_parser("worker", help="run only the workers")
-    commands.add_parser("tick", help="run every due piece of work once, then exit (for cron)")
+    commands.add_parser("tick", help="run due work (at most FLUXHOOK_TICK_SECONDS), then exit (for cron)")
     sim = commands.add_parser("simulator", help="run the embedded provider simulator alone")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8100)
@@ -160,24 +160,21 @@ async def _stop_on_signals(
 
 async def _tick(settings: Settings) -> int:
     from service.app import open_context
-    from service.notifier import Notifier
-    from service.retention import prune
-    from service.worker import Worker
+    from service.tick import TickReport, tick
 
+    report: TickReport | None = None
     async with open_context(settings) as ctx:
         stop = anyio.Event()
-        ran = sent = 0
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with anyio.create_task_group() as group:
                 group.start_soon(_stop_on_signals, signals, stop, group.cancel_scope)
-                ran = await Worker(ctx, stop=stop).drain()
-                sent = await Notifier(ctx, stop=stop).drain()
-                if not stop.is_set():
-                    await prune(ctx)
+                report = await tick(ctx, seconds=settings.tick_s, stop=stop)
                 group.cancel_scope.cancel()
-        counts = await ctx.store.tasks.count_tasks()
-    log.info("tick: ran %d task(s), sent %d notification(s); still scheduled: %s", ran, sent,
-             counts or "none")
+    if report is None:  # a second signal: stopped at once, what was in flight handed back
+        return 0
+    log.info("tick: ran %d task(s), sent %d notification(s)%s; due now: %s; still scheduled: %s",
+             report.tasks, report.deliveries, "" if report.finished else " (stopped before the end)",
+             report.due_tasks or "none", report.scheduled_tasks or "none")
     return 0
 
 

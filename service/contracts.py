@@ -185,6 +185,22 @@ class TaskStore(Protocol):
         counted now, so a crash uses up a try."""
         ...
 
+    async def claim_job_tasks(
+        self, job_id: str, *, now: int, limit: int, lease_ms: int, caps: SubmitCaps = SubmitCaps()
+    ) -> list[TaskRecord]:
+        """Lease up to `limit` of one job's due tasks as `claim_due_tasks` would (a submit only with room
+        under `caps`): what a request that caused them runs before answering (service/inline.py)."""
+        ...
+
+    async def count_due(self, *, now: int) -> dict[str, int]:
+        """Per kind, the tasks due now and not leased."""
+        ...
+
+    async def unfinished_for_job(self, job_id: str, *, now: int) -> int:
+        """How many of the job's tasks are being carried out (leased) or due now; a submit only when
+        leased (one that is due may be waiting for room under its provider's cap)."""
+        ...
+
     async def release_tasks(self, leases: Sequence[tuple[int, int]]) -> int:
         """Hand back tasks this process leased but did not finish (it is stopping): due again at once for
         any worker, and the interrupted run is not counted as an attempt. Each is `(task id, lease_until
@@ -233,9 +249,19 @@ class DeliveryStore(Protocol):
     """Deliveries: one per event and destination, leased, attempted, retried."""
 
     async def claim_due_deliveries(
-        self, *, now: int, limit: int, lease_ms: int, busy: Mapping[str, int], per_destination: int
+        self, *, now: int, limit: int, lease_ms: int, busy: Mapping[str, int], per_destination: int,
+        job_id: str | None = None,
     ) -> list[ClaimedDelivery]:
-        """Lease due deliveries, at most `per_destination` in flight per destination."""
+        """Lease due deliveries, at most `per_destination` in flight per destination; with `job_id`, only
+        that job's."""
+        ...
+
+    async def count_due_deliveries(self, *, now: int) -> int:
+        """Pending deliveries due now and not leased."""
+        ...
+
+    async def unfinished_for_job(self, job_id: str, *, now: int) -> int:
+        """How many of the job's pending deliveries are being sent (leased) or due now."""
         ...
 
     async def release_deliveries(self, leases: Sequence[tuple[str, int]]) -> int:

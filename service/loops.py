@@ -31,6 +31,7 @@ class ClaimLoop(ABC, Generic[Item]):
     def __init__(self, ctx: WorkContext, *, stop: anyio.Event | None = None) -> None:
         self.ctx = ctx
         self.inflight = 0
+        self.done = 0  # items carried out to the end (not cancelled): what a tick reports
         self.stop = stop if stop is not None else anyio.Event()
         self._idle = anyio.Event()  # set whenever nothing is in flight
         self._idle.set()
@@ -151,6 +152,7 @@ class ClaimLoop(ABC, Generic[Item]):
         try:
             await self.handle(item)
             del self._held[id(item)]  # done: nothing to hand back (a cancelled one stays held)
+            self.done += 1
         finally:
             self.inflight -= 1
             if self.inflight == 0:

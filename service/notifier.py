@@ -42,11 +42,15 @@ def next_attempt_at(
 
 
 class Notifier(ClaimLoop[ClaimedDelivery]):
-    """Sends deliveries: one attempt each time a delivery is due."""
+    """Sends deliveries: one attempt each time a delivery is due (with `only_job`, only that
+    job's: serverless mode's request doing the work it caused, service/inline.py)."""
 
-    def __init__(self, ctx: WorkContext, *, stop: anyio.Event | None = None) -> None:
+    def __init__(
+        self, ctx: WorkContext, *, stop: anyio.Event | None = None, only_job: str | None = None
+    ) -> None:
         super().__init__(ctx, stop=stop)
         self._busy: Counter[str] = Counter()
+        self.only_job = only_job
 
     async def send(self, delivery: ClaimedDelivery) -> AttemptResult:
         """One attempt at one delivery, recorded in the delivery log."""
@@ -124,6 +128,7 @@ class Notifier(ClaimLoop[ClaimedDelivery]):
             lease_ms=ctx.ms(max(ctx.settings.task_lease_s, ctx.settings.webhook_timeout_s + 5)),
             busy=self._busy,
             per_destination=ctx.settings.webhook_per_destination,
+            job_id=self.only_job,
         )
         for delivery in claimed:
             self._busy[destination_key(delivery.subscription_id, delivery.url)] += 1

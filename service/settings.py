@@ -53,6 +53,10 @@ SETTINGS: tuple[SettingDoc, ...] = (
     SettingDoc("FLUXHOOK_WORKER_IDLE_SECONDS", "0.25", "Longest a worker sleeps before looking for due work it was not woken for (work committed by another process, e.g. callbacks received by a separate web process)."),
     SettingDoc("FLUXHOOK_TASK_LEASE_SECONDS", "120", "A claimed piece of work not finished in this time (a crashed worker) is claimed again."),
     SettingDoc("FLUXHOOK_SHUTDOWN_GRACE_SECONDS", "8", "On SIGTERM/SIGINT the workers stop claiming at once and give work in flight this long to finish; what is left is cancelled and handed back for another process to take at once (8 fits a platform's usual 10 s grace)."),
+    SettingDoc("FLUXHOOK_MODE", "workers", "`workers`: background workers submit, poll, download and notify (`fluxhook serve` runs them in-process, or `fluxhook worker` beside `serve --no-workers`). `serverless`: no background work at all (for Cloud Run, AWS Lambda and the like, where a process has CPU only while it answers a request): `POST /v1/jobs` submits before answering, a provider callback is recorded and then its download, stored outputs and notifications are done before the callback is answered, each within `FLUXHOOK_INLINE_BUDGET_SECONDS`; what is left (retries, fallback polls, later deliveries, pruning) is run by `POST /v1/tick` or `fluxhook tick` on a schedule."),
+    SettingDoc("FLUXHOOK_INLINE_BUDGET_SECONDS", "20", "Serverless mode: the most a request spends on the work it caused before answering. Work not done by then is handed back as due work for the next tick, never lost; keep it above `FLUXHOOK_HTTP_TIMEOUT_SECONDS` so a submit is rarely cut off in flight, and below the platform's request timeout."),
+    SettingDoc("FLUXHOOK_TICK_TOKEN", "(unset: `POST /v1/tick` refuses every call)", "The credential of `POST /v1/tick`: callers send `Authorization: Bearer <token>` (Cloud Scheduler's header, an EventBridge connection, Vercel's `CRON_SECRET`). Its own secret, not the API key, so a scheduler holds no more than the right to run due work."),
+    SettingDoc("FLUXHOOK_TICK_SECONDS", "50", "The most one tick (`POST /v1/tick`, `fluxhook tick`) spends running due work; what is left stays due for the next. `POST /v1/tick?seconds=N` may ask for less."),
     SettingDoc("FLUXHOOK_RETAIN_EVENTS_SECONDS", "2592000", "Events older than this (30 days) are pruned with their deliveries and delivery attempts, never while a delivery of theirs is still pending. 0 keeps them forever."),
     SettingDoc("FLUXHOOK_RETAIN_CALLBACKS_SECONDS", "2592000", "Received provider callbacks (raw bodies) older than this are pruned. 0 keeps them forever."),
     SettingDoc("FLUXHOOK_RETAIN_DELIVERY_ATTEMPTS_SECONDS", "2592000", "Delivery attempts (the delivery log's rows) older than this are pruned; each delivery keeps its count and last result. 0 keeps them forever."),
@@ -153,6 +157,10 @@ class Settings:
     worker_idle_s: float = 0.25
     task_lease_s: float = 120.0
     shutdown_grace_s: float = 8.0
+    serverless: bool = False  # FLUXHOOK_MODE=serverless: no background workers (service/inline.py)
+    inline_budget_s: float = 20.0
+    tick_token: str | None = field(default=None, repr=False)
+    tick_s: float = 50.0
     retain_events_s: float = 2_592_000.0
     retain_callbacks_s: float = 2_592_000.0
     retain_delivery_attempts_s: float = 2_592_000.0
@@ -182,6 +190,12 @@ class Settings:
             found.append("no provider is configured: set a provider key or FLUXHOOK_SIMULATOR=on")
         if self.api_key is None and self.host not in ("127.0.0.1", "localhost", "::1"):
             found.append(f"FLUXHOOK_API_KEY is not set and fluxhook listens on {self.host}: the API is open")
+        if self.serverless and self.tick_token is None:
+            found.append(
+                "FLUXHOOK_MODE is serverless and FLUXHOOK_TICK_TOKEN is not set: only `fluxhook tick` "
+                "can run retries, fallback polls and later deliveries; schedule it, or set the token "
+                "and schedule POST /v1/tick"
+            )
         return found
 
     @property
@@ -283,6 +297,12 @@ class Settings:
             worker_idle_s=env.number("FLUXHOOK_WORKER_IDLE_SECONDS", 0.25),
             task_lease_s=env.number("FLUXHOOK_TASK_LEASE_SECONDS", 120.0),
             shutdown_grace_s=env.number("FLUXHOOK_SHUTDOWN_GRACE_SECONDS", 8.0),
+            serverless=_choice("FLUXHOOK_MODE", env.text("FLUXHOOK_MODE", "workers"),
+                               ("workers", "serverless")) == "serverless",
+            inline_budget_s=_positive("FLUXHOOK_INLINE_BUDGET_SECONDS",
+                                      env.number("FLUXHOOK_INLINE_BUDGET_SECONDS", 20.0)),
+            tick_token=env.text("FLUXHOOK_TICK_TOKEN", "") or None,
+            tick_s=_positive("FLUXHOOK_TICK_SECONDS", env.number("FLUXHOOK_TICK_SECONDS", 50.0)),
             retain_events_s=env.number("FLUXHOOK_RETAIN_EVENTS_SECONDS", 2_592_000.0),
             retain_callbacks_s=env.number("FLUXHOOK_RETAIN_CALLBACKS_SECONDS", 2_592_000.0),
             retain_delivery_attempts_s=env.number("FLUXHOOK_RETAIN_DELIVERY_ATTEMPTS_SECONDS", 2_592_000.0),
@@ -312,6 +332,12 @@ def _blob_url(value: str) -> str:
         raise ConfigError("FLUXHOOK_BLOB_URL: s3:// needs a bucket (s3://bucket/prefix)")
     if scheme not in ("", "file", "s3"):
         raise ConfigError("FLUXHOOK_BLOB_URL must be a directory, a file:// URL or s3://bucket/prefix")
+    return value
+
+
+def _positive(name: str, value: float) -> float:
+    if not value > 0:
+        raise ConfigError(f"{name} must be a number of seconds above 0")
     return value
 
 

@@ -30,7 +30,14 @@ HANDLERS: dict[str, Handler] = {
 
 
 class Worker(ClaimLoop[TaskRecord]):
-    """Submits, polls and downloads: the tasks the outbox holds."""
+    """Submits, polls and downloads: the tasks the outbox holds (with `only_job`, only that
+    job's: serverless mode's request doing the work it caused, service/inline.py)."""
+
+    def __init__(
+        self, ctx: WorkContext, *, stop: anyio.Event | None = None, only_job: str | None = None
+    ) -> None:
+        super().__init__(ctx, stop=stop)
+        self.only_job = only_job
 
     @property
     def concurrency(self) -> int:
@@ -45,9 +52,13 @@ class Worker(ClaimLoop[TaskRecord]):
         return submit_caps(self.ctx.settings, self.ctx.catalog)
 
     async def claim(self, limit: int) -> list[TaskRecord]:
+        lease_ms = self.ctx.ms(self.ctx.settings.task_lease_s)
+        if self.only_job is not None:
+            return await self.ctx.store.tasks.claim_job_tasks(
+                self.only_job, now=self.ctx.clock(), limit=limit, lease_ms=lease_ms, caps=self.caps
+            )
         return await self.ctx.store.tasks.claim_due_tasks(
-            now=self.ctx.clock(), limit=limit, lease_ms=self.ctx.ms(self.ctx.settings.task_lease_s),
-            caps=self.caps,
+            now=self.ctx.clock(), limit=limit, lease_ms=lease_ms, caps=self.caps
         )
 
     async def next_due(self) -> int | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ class Received:
     signature: str
     body: bytes
     answered: int | str  # the status sent, or "slow" when the sender had already given up
+    arrived_at: float = 0.0  # time.time() when the request came in
 
     @property
     def payload(self) -> dict[str, Any]:
@@ -45,6 +47,7 @@ class Receiver:
         return Starlette(routes=[Route("/hook", self.handle, methods=["POST"])])
 
     async def handle(self, request: Request) -> Response:
+        arrived_at = time.time()
         body = await request.body()
         webhook_id = request.headers["webhook-id"]
         self.attempts[webhook_id] += 1
@@ -59,6 +62,7 @@ class Receiver:
                         request.headers["webhook-signature"],
                         body,
                         "slow",
+                        arrived_at,
                     )
                 )
                 return Response(status_code=204)
@@ -76,6 +80,7 @@ class Receiver:
                 request.headers["webhook-signature"],
                 body,
                 answer,
+                arrived_at,
             )
         )
         if answer == 204:

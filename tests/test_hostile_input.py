@@ -121,7 +121,8 @@ HOSTILE_VALUES = [
     "2026-01-01T00:00:00Z", "2026-01-01T00:00:00", "0001-01-01T00:00:00+23:59",
     "9999-12-31T23:59:59-23:59", "job.succeeded", "job.succeeded,bogus", "succeeded", "queued",
 ]
-QUERY_KEYS = ["cursor", "limit", "status", "wait", "since", "type", "job_id", "last_event_id"]
+QUERY_KEYS = ["cursor", "limit", "status", "wait", "since", "type", "job_id", "last_event_id", "seconds"]
+TICK_TOKEN = "hostile-tick-token"
 
 
 def _encode(value: str) -> str:
@@ -140,6 +141,9 @@ header_value = st.one_of(
 )
 headers = st.fixed_dictionaries({}, optional={
     "Idempotency-Key": header_value, "Last-Event-ID": header_value, "If-None-Match": header_value,
+    # POST /v1/tick's credential, right or hostile, so its own checks see hostile queries too.
+    "Authorization": st.one_of(st.just(f"Bearer {TICK_TOKEN}"), header_value.map(lambda v: f"Bearer {v}"),
+                               header_value),
     "Content-Type": st.sampled_from(["application/json", "text/plain", "image/png",
                                      "multipart/form-data; boundary=x"]),
 })
@@ -205,8 +209,11 @@ def _disconnect_after_first_chunk(app: Any, state: dict[str, Any]) -> Any:
 async def running(data_dir: Path) -> AsyncIterator[tuple[httpx.AsyncClient, WorkContext]]:
     router = respx.Router(assert_all_mocked=False)
     router.route().mock(return_value=httpx.Response(503, json={"detail": "unavailable"}))
-    app_settings = Settings.from_env({**BFL_TEST_ENV, **ALL_PROVIDERS, "FLUXHOOK_DATA_DIR": str(data_dir)})
+    app_settings = Settings.from_env({**BFL_TEST_ENV, **ALL_PROVIDERS, "FLUXHOOK_DATA_DIR": str(data_dir),
+                                      "FLUXHOOK_TICK_TOKEN": TICK_TOKEN})
+    # The tick sends due notifications: they get the same 503 as every provider call.
     app = create_app(app_settings, transport=httpx.MockTransport(router.async_handler),
+                     notify_transport=httpx.MockTransport(router.async_handler),
                      clock=FakeClock(START_MS), rand=random.Random(7), run_workers=False)
     async with app.router.lifespan_context(app) as state:
         transport = httpx.ASGITransport(app=_disconnect_after_first_chunk(app, dict(state or {})))
@@ -269,7 +276,7 @@ ROUTES = sorted(_app_routes(), key=lambda r: r[0] == "DELETE")
 def test_every_route_of_the_app_is_exercised():
     paths = {path for _, path, _ in ROUTES}
     assert {"/v1/jobs", "/v1/subscriptions/{subscription_id}", "/v1/callbacks/{provider}/{token}",
-            "/v1/events", "/v1/deliveries/{delivery_id}/redeliver"} <= paths
+            "/v1/events", "/v1/deliveries/{delivery_id}/redeliver", "/v1/tick"} <= paths
     assert len(ROUTES) >= 20
 
 

@@ -46,7 +46,8 @@ def test_an_open_api_on_a_public_interface_is_warned_about(tmp_path):
     ("FLUXHOOK_WEBHOOK_RETRY_SCHEDULE", "0,soon"), ("BFL_BASE_URL", "api.bfl.ai"),
     ("BFL_MAX_ACTIVE_TASKS", "-1"), ("RUNCOMFY_MAX_ACTIVE_TASKS", "many"),
     ("FLUXHOOK_BLOB_URL", "gs://bucket/images"), ("FLUXHOOK_BLOB_URL", "s3:///no-bucket"),
-    ("FLUXHOOK_BLOB_REDIRECT", "sometimes"),
+    ("FLUXHOOK_BLOB_REDIRECT", "sometimes"), ("FLUXHOOK_MODE", "lambda"),
+    ("FLUXHOOK_INLINE_BUDGET_SECONDS", "0"), ("FLUXHOOK_TICK_SECONDS", "nan"),
 ])
 def test_a_malformed_setting_fails_fast_naming_the_variable(tmp_path, name, value):
     with pytest.raises(ConfigError, match=name):
@@ -65,11 +66,12 @@ def test_active_task_caps_default_to_what_each_provider_documents(tmp_path):
 def test_secrets_never_show_in_the_settings_repr(tmp_path):
     settings = make(tmp_path, FLUXHOOK_API_KEY="api-secret", BFL_API_KEY="bfl-secret",
                     FLUXHOOK_PUBLIC_URL="https://hooks.example.com", FLUXHOOK_BLOB_URL="s3://b/p",
-                    AWS_SECRET_ACCESS_KEY="aws-secret", AWS_SESSION_TOKEN="aws-token")
+                    AWS_SECRET_ACCESS_KEY="aws-secret", AWS_SESSION_TOKEN="aws-token",
+                    FLUXHOOK_TICK_TOKEN="tick-secret")
     assert settings.aws["AWS_SECRET_ACCESS_KEY"] == "aws-secret"  # kept, for the blob store
     text = repr(settings) + repr(dict(settings.providers))
-    for secret in ("api-secret", "bfl-secret", "aws-secret", "aws-token", settings.secret_key,
-                   settings.webhook_secret):
+    for secret in ("api-secret", "bfl-secret", "aws-secret", "aws-token", "tick-secret",
+                   settings.secret_key, settings.webhook_secret):
         assert secret not in text
 
 
@@ -114,3 +116,11 @@ def test_a_database_url_that_is_not_postgresql_is_refused_without_echoing_it(tmp
     with pytest.raises(ConfigError, match="FLUXHOOK_DATABASE_URL") as refused:
         make(tmp_path, FLUXHOOK_DATABASE_URL="mysql://app:hunter2-pw@db/fluxhook")
     assert "hunter2-pw" not in str(refused.value)
+
+
+def test_serverless_mode_without_a_tick_token_is_warned_about(tmp_path):
+    settings = make(tmp_path, FLUXHOOK_MODE="serverless")
+    assert settings.serverless and settings.tick_token is None
+    assert any("FLUXHOOK_TICK_TOKEN" in w for w in settings.warnings())
+    assert make(tmp_path, FLUXHOOK_MODE="serverless", FLUXHOOK_TICK_TOKEN="t").warnings() == []
+    assert not make(tmp_path).serverless  # workers, unless asked

@@ -310,3 +310,46 @@ async def test_a_submit_whose_answer_was_lost_is_sent_again_in_its_own_place_nev
     assert (await store.jobs.get_job(lost.id)).provider == "bfl"
     assert await store.tasks.count_active("bfl", now=NOW + 181_500) == 1
     assert other.id not in {t.job_id for t in await claim(store, caps, now=NOW + 181_600)}
+
+
+# One job's claim: what a serverless request does for the job it is about (service/inline.py) --
+
+
+async def claim_job(store: Database, job: JobRecord, caps: SubmitCaps = BFL_4, *, now: int = NOW + 1000,
+                    ) -> list[TaskRecord]:
+    return await store.tasks.claim_job_tasks(job.id, now=now, limit=16, lease_ms=LEASE_MS, caps=caps)
+
+
+async def test_a_jobs_own_claim_leases_only_that_jobs_due_tasks(store: Database):
+    mine, other = await queued(store, 1), await queued(store, 2)
+    [task] = await claim_job(store, mine)
+    assert (task.job_id, task.kind, task.attempts) == (mine.id, "submit", 1)  # counted, as any claim
+    [left] = await claim(store)
+    assert left.job_id == other.id  # the other job's submit was not touched
+    assert await store.tasks.count_due(now=NOW + 1000) == {}
+
+
+async def test_a_task_another_claim_holds_is_not_claimed_again_by_the_jobs_own(store: Database):
+    job = await queued(store, 1)
+    [held] = await claim(store)  # a tick (or another instance) took it first
+    assert await claim_job(store, job) == []
+    await store.tasks.release_tasks([(held.id, held.lease_until)])
+    assert [t.id for t in await claim_job(store, job)] == [held.id]  # handed back: due again
+    assert await claim(store) == []  # and now the job's own claim holds it
+
+
+async def test_a_jobs_own_claim_leaves_a_submit_over_its_providers_cap_waiting(store: Database):
+    jobs = [await queued(store, n) for n in range(5)]
+    assert len(await claim(store)) == 4  # bfl's 4 places are taken
+    assert await claim_job(store, jobs[4]) == []
+    assert await store.tasks.count_due(now=NOW + 1000) == {"submit": 1}  # still due, for a tick
+    assert [t.job_id for t in await claim_job(store, jobs[4], SubmitCaps({"bfl": 5}))] == [jobs[4].id]
+
+
+async def test_a_jobs_own_claim_takes_no_task_not_yet_due(store: Database):
+    job = await queued(store, 1)
+    [task] = await claim_job(store, job)
+    await accept(store, task)  # its fallback poll is due 15 s later
+    assert await claim_job(store, job) == []
+    [poll] = await claim_job(store, job, now=NOW + 1000 + 15_000)
+    assert poll.kind == "poll"

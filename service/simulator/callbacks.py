@@ -86,6 +86,7 @@ async def deliver(
             entry["error"] = type(exc).__name__
             continue
         entry["status_code"] = response.status_code
+        entry["answered_at"] = clock()  # when the receiver's answer came back (tests order by it)
         if response.is_success:
             task.callbacks_acknowledged += 1
             return True

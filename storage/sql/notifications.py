@@ -189,9 +189,11 @@ class DeliveryStore:
         self._db = db
 
     async def claim_due_deliveries(
-        self, *, now: int, limit: int, lease_ms: int, busy: Mapping[str, int], per_destination: int
+        self, *, now: int, limit: int, lease_ms: int, busy: Mapping[str, int], per_destination: int,
+        job_id: str | None = None,
     ) -> list[ClaimedDelivery]:
-        """Lease due deliveries, at most `per_destination` in flight per destination.
+        """Lease due deliveries, at most `per_destination` in flight per destination; with
+        `job_id`, only that job's (what a request that caused them sends before answering).
 
         Destinations already at their cap are left out of the query itself, and it looks again
         until `limit` are leased or none is left: with a plain LIMIT window, one slow
@@ -212,6 +214,7 @@ class DeliveryStore:
                 full = [key for key, count in taken.items() if count >= per_destination]
                 marks = ",".join("?" * len(full))
                 not_full = f"AND COALESCE(d.subscription_id, d.url) NOT IN ({marks})" if full else ""
+                of_job = "AND d.job_id = ?" if job_id is not None else ""
                 rows = conn.execute(
                     f"""SELECT d.*, e.id AS event_id, e.type AS event_type, e.body AS body,
                           s.url AS sub_url, s.secret AS secret, s.previous_secret AS previous_secret,
@@ -219,8 +222,8 @@ class DeliveryStore:
                    FROM deliveries d JOIN events e ON e.seq = d.event_seq
                    LEFT JOIN subscriptions s ON s.id = d.subscription_id
                    WHERE d.status = 'pending' AND d.next_attempt_at <= ? AND d.lease_until <= ? {not_full}
-                   ORDER BY d.next_attempt_at, d.created_at LIMIT ? {skip_locked}""",  # noqa: S608
-                    (now, now, *full, limit * 4),
+                   {of_job} ORDER BY d.next_attempt_at, d.created_at LIMIT ? {skip_locked}""",  # noqa: S608
+                    (now, now, *full, *([job_id] if job_id is not None else []), limit * 4),
                 ).fetchall()
                 if not rows:
                     break
@@ -402,6 +405,20 @@ class DeliveryStore:
             return [(DeliveryRecord.from_row(row), _delivery_attempts(conn, row["id"])) for row in rows]
 
         return await self._db.query(list_them)
+
+    async def unfinished_for_job(self, job_id: str, *, now: int) -> int:
+        """How many of the job's pending deliveries are being sent (leased) or due now."""
+        row = await self._db.query(lambda conn: conn.execute(
+            "SELECT COUNT(*) FROM deliveries WHERE job_id = ? AND status = 'pending' "
+            "AND (lease_until > ? OR next_attempt_at <= ?)", (job_id, now, now)).fetchone())
+        return int(row[0])
+
+    async def count_due_deliveries(self, *, now: int) -> int:
+        """Pending deliveries due now and not leased."""
+        row = await self._db.query(lambda conn: conn.execute(
+            "SELECT COUNT(*) FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ? "
+            "AND lease_until <= ?", (now, now)).fetchone())
+        return int(row[0]) if row else 0
 
     async def pending_delivery_due(self, *, exclude: Sequence[str] = ()) -> int | None:
         """When the next pending delivery falls due, leaving out destinations in `exclude`

@@ -94,6 +94,70 @@ class TaskStore:
 
         return await self._db.transact(claim)
 
+    async def claim_job_tasks(
+        self, job_id: str, *, now: int, limit: int, lease_ms: int, caps: SubmitCaps = SubmitCaps()
+    ) -> list[TaskRecord]:
+        """Lease up to `limit` of one job's due tasks, as `claim_due_tasks` leases them (a task
+        another process holds is passed over; the attempt is counted now). A submit is leased
+        only when its provider has room under `caps`; one that does not fit is left for
+        `claim_due_tasks`, which also moves it to a later candidate provider."""
+
+        skip_locked = self._db.dialect.skip_locked
+
+        def claim(conn: Conn) -> list[TaskRecord]:
+            rows = conn.execute(
+                """SELECT t.id, t.kind, t.provider, t.model, j.status,
+                          EXISTS (SELECT 1 FROM attempts a
+                                  WHERE a.job_id = t.job_id AND a.provider = t.provider
+                                  AND a.outcome = 'unknown' AND a.provider_job_id IS NULL) AS holds_place
+                   FROM tasks t JOIN jobs j ON j.id = t.job_id
+                   WHERE t.job_id = ? AND t.due_at <= ? AND t.lease_until <= ?
+                   ORDER BY t.due_at, t.id""",
+                (job_id, now, now),
+            ).fetchall()
+            room = _Room(conn, now, caps)
+            ids: list[int] = []
+            for row in rows[:limit]:
+                if row["kind"] == "submit" and not _needs_no_place(row):
+                    if not room.fits(row["provider"], row["model"]):
+                        continue
+                    room.take(row["provider"], row["model"])
+                ids.append(row["id"])
+            if not ids:
+                return []
+            marks = ",".join("?" * len(ids))
+            # The lease is checked again under the row lock: on PostgreSQL another instance
+            # may have leased one of these since the SELECT above.
+            leased = conn.execute(
+                f"""UPDATE tasks SET lease_until = ?, attempts = attempts + 1
+                    WHERE id IN (SELECT id FROM tasks
+                                 WHERE id IN ({marks}) AND lease_until <= ? {skip_locked})
+                    RETURNING *""",  # noqa: S608
+                (now + lease_ms, *ids, now),
+            ).fetchall()
+            return sorted((TaskRecord.from_row(r) for r in leased), key=lambda t: (t.due_at, t.id))
+
+        return await self._db.transact(claim)
+
+    async def unfinished_for_job(self, job_id: str, *, now: int) -> int:
+        """How many of the job's tasks are being carried out (leased) or due now; a submit only
+        when leased (one that is due may be waiting for room under its provider's cap)."""
+        row = await self._db.query(lambda conn: conn.execute(
+            "SELECT COUNT(*) FROM tasks WHERE job_id = ? "
+            "AND (lease_until > ? OR (due_at <= ? AND kind != 'submit'))", (job_id, now, now)).fetchone())
+        return int(row[0])
+
+    async def count_due(self, *, now: int) -> dict[str, int]:
+        """Per kind, the tasks due now and not leased (a submit held back by its provider's cap
+        counts too: it is waiting)."""
+        rows = await self._db.query(
+            lambda conn: conn.execute(
+                "SELECT kind, COUNT(*) FROM tasks WHERE due_at <= ? AND lease_until <= ? GROUP BY kind",
+                (now, now),
+            ).fetchall()
+        )
+        return {row[0]: row[1] for row in rows}
+
     async def release_tasks(self, leases: Sequence[tuple[int, int]]) -> int:
         """Hand back tasks this process leased but did not finish (it is stopping): due again
         at once for any worker, and the interrupted run is not counted as an attempt. Each is
