@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 import httpx
+from standardwebhooks import Webhook, WebhookVerificationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -33,7 +34,11 @@ class Received:
 @dataclass
 class Receiver:
     """Answers each webhook-id's first `fail_first` attempts with `failure` (503, or "slow"),
-    then 2xx. On job.succeeded it fetches the output from fluxhook, as a real consumer would."""
+    then 2xx. On job.succeeded it fetches the output from fluxhook, as a real consumer would.
+
+    Given a `secret` (whsec_...), it verifies each delivery as a Standard Webhooks consumer
+    does, before anything else: one that does not verify is answered 401 and counted in
+    `forged`, never recorded as received."""
 
     fail_first: int = 0
     failure: int | str = 503
@@ -42,6 +47,8 @@ class Receiver:
     received: list[Received] = field(default_factory=list)
     output_status: dict[str, int] = field(default_factory=dict)
     attempts: Counter[str] = field(default_factory=Counter)
+    secret: str | None = None
+    forged: int = 0
 
     def app(self) -> Starlette:
         return Starlette(routes=[Route("/hook", self.handle, methods=["POST"])])
@@ -49,6 +56,12 @@ class Receiver:
     async def handle(self, request: Request) -> Response:
         arrived_at = time.time()
         body = await request.body()
+        if self.secret is not None:
+            try:
+                Webhook(self.secret).verify(body, dict(request.headers))
+            except WebhookVerificationError:
+                self.forged += 1
+                return JSONResponse({"error": "bad signature"}, status_code=401)
         webhook_id = request.headers["webhook-id"]
         self.attempts[webhook_id] += 1
         answer: int | str = 204

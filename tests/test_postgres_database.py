@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from functools import partial
 
 import anyio
 import psycopg
@@ -158,3 +159,34 @@ async def test_two_claimers_skip_each_others_locked_rows(db):
     rows = await db.query(
         lambda conn: conn.execute("SELECT name, value FROM counters ORDER BY name").fetchall())
     assert [tuple(r) for r in rows] == [("a", 1), ("b", 1)]
+
+
+async def test_event_writers_in_two_processes_at_once_each_commit_on_their_first_try(postgres_url):
+    """Two processes each write an event at the same moment. Each body reads, lets the other
+    start (if it can), then appends: overlapping, the later would take the number after a last
+    event older than the other's commit, and fail to serialize (with one try each, the write is
+    lost). Declared as event writers, the second starts only once the first has committed:
+    both commit first time, numbered in commit order."""
+    processes = [await Database.open(postgres_url, pool_size=1, rules=JOB_RULES, attempts=1)
+                 for _ in range(2)]
+    started = [threading.Event(), threading.Event()]
+    runs: list[str] = []
+
+    def append(me: int, conn):
+        runs.append(f"p{me}")
+        conn.execute("SELECT count(*) FROM events")  # its snapshot is taken here
+        started[me].set()
+        started[1 - me].wait(timeout=1)  # the other starts now, unless it waits for this one
+        conn.execute("INSERT INTO events (id, type, body, created_at) VALUES (?, 'test', '', 0)", (f"p{me}",))
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for me, db in enumerate(processes):
+                tg.start_soon(partial(db.transact, partial(append, me), writes_events=True))
+        rows = await processes[0].query(
+            lambda conn: conn.execute("SELECT seq, id FROM events ORDER BY seq").fetchall())
+    finally:
+        for db in processes:
+            await db.close()
+    assert len(runs) == 2
+    assert [(r["seq"], r["id"]) for r in rows] == [(1, runs[0]), (2, runs[1])]

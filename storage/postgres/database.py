@@ -81,7 +81,8 @@ class Database(StoresOver):
 
     @classmethod
     async def open(
-        cls, url: str, *, pool_size: int, rules: JobRules, public_url: str = "", timeout: float = 30.0
+        cls, url: str, *, pool_size: int, rules: JobRules, public_url: str = "", timeout: float = 30.0,
+        attempts: int = 10,
     ) -> Database:
         """Connect `pool_size` connections to the database at `url` (a postgresql:// URL);
         StorageUnavailable if that cannot be done within `timeout` seconds."""
@@ -99,7 +100,8 @@ class Database(StoresOver):
         except (PoolTimeout, psycopg.Error) as exc:
             await anyio.to_thread.run_sync(pool.close)
             raise StorageUnavailable(f"cannot connect to PostgreSQL at {where(url)}") from exc
-        return cls(pool, url=url, pool_size=pool_size, rules=rules, public_url=public_url)
+        return cls(pool, url=url, pool_size=pool_size, rules=rules, public_url=public_url,
+                   attempts=attempts)
 
     async def close(self) -> None:
         await anyio.to_thread.run_sync(self._pool.close)
@@ -127,15 +129,17 @@ class Database(StoresOver):
         return await self._hop(run, what="migration")
 
     async def transact(
-        self, fn: Callable[[Connection], T], *, isolation: Isolation = Isolation.SERIALIZABLE
+        self, fn: Callable[[Connection], T], *, isolation: Isolation = Isolation.SERIALIZABLE,
+        writes_events: bool = False,
     ) -> T:
         """Run `fn` as one transaction (BEGIN, `fn`, COMMIT) in one hop, again from the start
         if PostgreSQL reports a serialization failure or a deadlock. Whatever `fn` raises rolls
         the transaction back and is raised here. Once started, a hop runs to its end even if
-        this await is cancelled."""
+        this await is cancelled. A body that `writes_events` waits for the event log's other
+        writers before it starts (`_in_transaction`)."""
         for attempt in range(1, self._attempts + 1):
             try:
-                return await self._hop(partial(_in_transaction, fn, isolation), what="write")
+                return await self._hop(partial(_in_transaction, fn, isolation, writes_events), what="write")
             except _Retry as retry:
                 if attempt == self._attempts:
                     raise StorageUnavailable(
@@ -193,9 +197,28 @@ class _Retry(Exception):
         self.reason = reason
 
 
-def _in_transaction(fn: Callable[[Connection], T], isolation: Isolation, conn: Connection) -> T:
+# The event log's numbers are gapless and in commit order: its writers queue on a lock and each
+# takes the number after the last committed event (migrations.py `fluxhook_next_event_seq`).
+# Taken only when the event is inserted, that lock comes too late for a SERIALIZABLE
+# transaction, whose snapshot is taken at its first statement: one that queued there behind
+# another writer reads a last number older than the other's commit, and fails to serialize.
+# Under load (several processes writing events at once) it did on every try until it ran out of
+# them: a provider's answer not written down (and the job submitted again), callbacks answered
+# 503. So a body that may write an event first locks the event log against every other writer
+# (SHARE ROW EXCLUSIVE: conflicts with itself and with inserts, not with reads). LOCK takes no
+# snapshot: the body's is taken after every earlier writer of events has committed, and no
+# other writes one until it commits. The lock comes before any other, so two such bodies never
+# wait for each other holding something the other needs.
+QUEUE_FOR_THE_EVENT_LOG = "LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE"
+
+
+def _in_transaction(
+    fn: Callable[[Connection], T], isolation: Isolation, writes_events: bool, conn: Connection
+) -> T:
     conn.execute(f"BEGIN ISOLATION LEVEL {isolation.value}")
     try:
+        if writes_events:
+            conn.execute(QUEUE_FOR_THE_EVENT_LOG)
         result = fn(conn)
         conn.raw.execute("COMMIT")
     except RETRYABLE as exc:

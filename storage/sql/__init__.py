@@ -47,6 +47,9 @@ class SqlDatabase(Protocol):
     public_url: str
     dialect: Dialect
 
-    async def transact(self, fn: Callable[[Conn], T]) -> T: ...
+    async def transact(self, fn: Callable[[Conn], T], *, writes_events: bool = False) -> T:
+        """Run `fn` as one write transaction. `writes_events`: it may append to the event log
+        (the database orders such transactions: storage/postgres/database.py)."""
+        ...
 
     async def query(self, fn: Callable[[Conn], T]) -> T: ...

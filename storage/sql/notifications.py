@@ -359,7 +359,8 @@ class DeliveryStore:
                     rules=self._db.rules,
                 )
 
-        await self._db.transact(record)
+        # Only a failed attempt can disable the subscription, and so write an event.
+        await self._db.transact(record, writes_events=not result.delivered)
 
     async def redeliver(
         self, delivery_id: str, *, now: int

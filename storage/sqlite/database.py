@@ -73,11 +73,12 @@ class Database(StoresOver):
     async def close(self) -> None:
         await self._db.close()
 
-    async def transact(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def transact(self, fn: Callable[[sqlite3.Connection], T], *, writes_events: bool = False) -> T:
         """Run `fn` as one write transaction: `BEGIN IMMEDIATE`, `fn`, `COMMIT`, in one hop.
 
         Anything `fn` raises (a refusal raised by a callable the caller passed in included) rolls the
-        transaction back, so a refused write changes nothing, and is raised here.
+        transaction back, so a refused write changes nothing, and is raised here. `writes_events`
+        changes nothing here: SQLite runs one writer at a time, so the event log is in order anyway.
         """
         return await self._run(partial(_in_transaction, fn))
 
