@@ -10,6 +10,7 @@ import difflib
 import math
 import os
 import secrets
+import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -381,17 +382,19 @@ def prepare_data_dir(data_dir: Path) -> None:
 
 
 def data_dir_problem(data_dir: Path) -> str | None:
-    """Why `data_dir` could not be created or written, judged without creating anything."""
+    """Why `data_dir` could not be created or written, judged leaving nothing behind: a probe
+    file in the nearest directory that exists (permission bits alone miss a read-only mount)."""
     path = data_dir
-    while not path.exists():
-        if path.parent == path:
-            break
+    while not path.exists() and path.parent != path:
         path = path.parent
+    verb = "write in" if path == data_dir else "create"
     if not path.is_dir():
-        return f"FLUXHOOK_DATA_DIR: cannot create {data_dir}: {path} is not a directory"
-    if not os.access(path, os.W_OK | os.X_OK):
-        verb = "write in" if path == data_dir else "create"
-        return f"FLUXHOOK_DATA_DIR: cannot {verb} {data_dir}: {path} is not writable"
+        return f"FLUXHOOK_DATA_DIR: cannot {verb} {data_dir}: {path} is not a directory"
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        return f"FLUXHOOK_DATA_DIR: cannot {verb} {data_dir}: {exc.strerror or exc}"
     return None
 
 
@@ -627,13 +630,15 @@ OTHER_VARIABLES = frozenset({"FLUXHOOK_DEMO_DIR", "FLUXHOOK_TEST_DATABASE_URL"})
 def unknown_variables(environ: Mapping[str, str], also_known: Iterable[str] = ()) -> list[str]:
     """A warning for each FLUXHOOK_* variable fluxhook does not read, naming the closest known
     one: a misspelt setting is otherwise silently ignored."""
-    known = sorted({s.name for s in SETTINGS} | OTHER_VARIABLES | set(also_known))
+    known = {s.name for s in SETTINGS} | OTHER_VARIABLES | set(also_known)
+    # Compared without the prefix every name shares, which would make anything look close.
+    tails = {name.removeprefix("FLUXHOOK_"): name for name in sorted(known)}
     found = []
     for name in sorted(environ):
         if not name.startswith("FLUXHOOK_") or name in known:
             continue
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-        hint = f" (did you mean {close[0]}?)" if close else ""
+        close = difflib.get_close_matches(name.removeprefix("FLUXHOOK_"), tails, n=1, cutoff=0.6)
+        hint = f" (did you mean {tails[close[0]]}?)" if close else ""
         found.append(f"{name} is not a fluxhook setting{hint}; it is ignored")
     return found
 
