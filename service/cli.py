@@ -66,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # the first and only thing reported.
             listener = listen(settings.host, settings.port)
         settings = settings.prepared()
+        anyio.run(_open_store_once, settings)
     except ConfigError as exc:
         if listener is not None:
             listener.close()
@@ -138,6 +139,20 @@ def listen(host: str, port: int) -> socket.socket:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; change it with --host "
                           "or --port (or FLUXHOOK_HOST, FLUXHOOK_PORT)") from None
     return sock
+
+
+async def _open_store_once(settings: Settings) -> None:
+    """Open (and migrate) the database, so one that cannot be reached is reported like a bad
+    setting, not as a traceback from inside the server's start-up."""
+    from service.stores import open_stores
+    from storage.errors import StorageUnavailable
+
+    try:
+        store = await open_stores(settings)
+    except StorageUnavailable as exc:  # its message never holds the password
+        name = "FLUXHOOK_DATABASE_URL" if settings.uses_postgres else "FLUXHOOK_DATA_DIR"
+        raise ConfigError(f"{name}: {exc}") from None
+    await store.close()
 
 
 def _simulator_config() -> SimulatorConfig:

@@ -119,6 +119,15 @@ def test_a_port_in_use_is_reported_first_naming_the_flag_and_nothing_starts(tmp_
     assert "FLUXHOOK_DATA_DIR" not in stderr and not data.exists()  # no data dir, no migrations
 
 
+@pytest.mark.e2e  # slow: the pool gives a database 30 s to answer
+def test_a_database_that_cannot_be_reached_is_named_without_its_password(tmp_path):
+    url = f"postgresql://app:db-password-MARK@127.0.0.1:{free_port()}/fluxhook"  # nothing listens
+    env = {"FLUXHOOK_DATA_DIR": str(tmp_path), "FLUXHOOK_DATABASE_URL": url}
+    stderr = refused(fluxhook(["serve", "--port", str(free_port())], env),
+                     "FLUXHOOK_DATABASE_URL: cannot connect to PostgreSQL at app@127.0.0.1")
+    assert "db-password-MARK" not in stderr
+
+
 def test_a_port_flag_out_of_range_is_named(tmp_path):
     refused(fluxhook(["serve", "--port", "99999"], {"FLUXHOOK_DATA_DIR": str(tmp_path)}),
             "--port must be from 1 to 65535, got 99999")
