@@ -10,6 +10,7 @@ from starlette.responses import Response, StreamingResponse
 
 from service.context import WorkContext
 from service.errors import ValidationFailed
+from service.fields import only_params
 from storage.records import EVENT_TYPES
 
 KEEPALIVE_S = 15.0
@@ -21,6 +22,7 @@ async def stream_events(request: Request) -> Response:
     resumes after that event, `0` replays from the start; with neither, only new events."""
     ctx: WorkContext = request.state.ctx
     params = request.query_params
+    only_params(params, ("type", "job_id", "last_event_id"))
     types = tuple(t for t in (params.get("type") or "").split(",") if t)
     unknown = [t for t in types if t not in EVENT_TYPES]
     if unknown:

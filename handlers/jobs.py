@@ -16,6 +16,7 @@ from service.context import WorkContext
 from service.cursors import decode_cursor, encode_cursor
 from service.documents import job_document
 from service.errors import Conflict, Gone, NotFound, ValidationFailed
+from service.fields import only_params
 from service.ids import new_job_id, new_webhook_secret
 from service.inline import run_inline
 from service.parsing import parse_count
@@ -132,6 +133,7 @@ async def delete_job(request: Request) -> Response:
 async def list_jobs(request: Request) -> Response:
     ctx = _ctx(request)
     params = request.query_params
+    only_params(params, ("status", "limit", "cursor"))
     status = params.get("status") or None
     allowed = ("queued", "submitted", "running", "succeeded", "failed", "cancelled")
     if status is not None and status not in allowed:

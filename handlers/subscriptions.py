@@ -8,6 +8,7 @@ from starlette.responses import JSONResponse, Response
 from handlers.body import read_json
 from service.context import WorkContext
 from service.errors import NotFound
+from service.fields import only_params
 from service.subscriptions import (
     ROTATION_GRACE_S,
     delivery_document,
@@ -37,6 +38,7 @@ async def create_subscription(request: Request) -> Response:
 
 
 async def list_subscriptions(request: Request) -> Response:
+    only_params(request.query_params, ())
     subs = await _ctx(request).store.subscriptions.list_subscriptions()
     return JSONResponse({"data": [subscription_document(s) for s in subs]})
 
@@ -81,6 +83,7 @@ async def rotate_secret(request: Request) -> Response:
 async def subscription_deliveries(request: Request) -> Response:
     ctx = _ctx(request)
     sub_id = request.path_params["subscription_id"]
+    only_params(request.query_params, ())
     if await ctx.store.subscriptions.get_subscription(sub_id) is None:
         raise _missing(sub_id)
     rows = await ctx.store.deliveries.list_deliveries(subscription_id=sub_id)
@@ -101,6 +104,7 @@ async def recover(request: Request) -> Response:
 async def job_deliveries(request: Request) -> Response:
     ctx = _ctx(request)
     job_id = request.path_params["job_id"]
+    only_params(request.query_params, ())
     if await ctx.store.jobs.get_job(job_id) is None:
         raise NotFound(f"no job {job_id!r}", details=[{"field": "job_id", "rule": "exists"}])
     rows = await ctx.store.deliveries.list_deliveries(job_id=job_id)

@@ -1,24 +1,29 @@
-"""`fluxhook serve | worker | tick | simulator`: the process entry points."""
+"""`fluxhook serve | worker | tick | check | simulator`: the process entry points."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from functools import partial
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import uvicorn
 
 from service.errors import ConfigError
-from service.settings import Settings
+from service.settings import Settings, log_settings
+
+if TYPE_CHECKING:
+    from service.simulator import SimulatorConfig
 
 log = logging.getLogger("fluxhook")
 
@@ -27,26 +32,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fluxhook", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="web service with its workers in-process")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
+    serve.add_argument("--host", help="address to listen on (default: FLUXHOOK_HOST, else 127.0.0.1)")
+    serve.add_argument("--port", type=int,
+                       help="port to listen on (default: FLUXHOOK_PORT, else PORT, else 8000)")
     serve.add_argument("--no-workers", action="store_true",
                        help="serve the API only (run `fluxhook worker` separately)")
     commands.add_parser("worker", help="run only the workers")
     commands.add_parser("tick", help="run due work (at most FLUXHOOK_TICK_SECONDS), then exit (for cron)")
+    check = commands.add_parser(
+        "check", help="print the effective configuration (secrets masked); exit 2 if it is invalid")
+    check.add_argument("--host", help="as for serve")
+    check.add_argument("--port", type=int, help="as for serve")
     sim = commands.add_parser("simulator", help="run the embedded provider simulator alone")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8100)
     args = parser.parse_args(argv)
 
+    if args.command == "check":
+        return _check(args.host, args.port)
     try:
         if args.command == "simulator":
             return _simulator(args.host, args.port)
-        settings = Settings.from_env(os.environ, host=getattr(args, "host", None),
-                                     port=getattr(args, "port", None))
+        settings = Settings.parse(os.environ, host=getattr(args, "host", None),
+                                  port=getattr(args, "port", None))
+        simulator = _simulator_config() if args.command == "serve" and settings.simulator else None
     except ConfigError as exc:
-        print(f"fluxhook: configuration error: {exc}", file=sys.stderr)
-        return 2
-    _logging(settings.log_level)
+        return _refuse(f"configuration error: {exc}")
+    _logging(settings.log_level, settings.log_format)
+    listener = None
+    try:
+        if args.command == "serve":
+            # Before anything else starts (migrations, workers, secrets): a taken address is
+            # the first and only thing reported.
+            listener = listen(settings.host, settings.port)
+        settings = settings.prepared()
+        anyio.run(_open_store_once, settings)
+    except ConfigError as exc:
+        if listener is not None:
+            listener.close()
+        return _refuse(f"cannot start: {exc}")
     if args.command != "serve":
         # Only `serve` may build the public URL from its own host and port (service/address.py).
         from service.address import AddressUnknown, agreed_settings
@@ -55,38 +79,118 @@ def main(argv: Sequence[str] | None = None) -> int:
             wait = args.command == "worker"  # a worker waits for the web process; tick cannot
             settings = anyio.run(partial(agreed_settings, settings, os.environ, wait=wait))
         except AddressUnknown as exc:
-            print(f"fluxhook: {exc}", file=sys.stderr)
-            return 2
-    for warning in settings.warnings():
+            return _refuse(str(exc))
+    from service.check import environment_warnings
+
+    for warning in environment_warnings(os.environ) + settings.warnings():
         log.warning("%s", warning)
-    if args.command == "serve":
-        return _serve(settings, run_workers=not args.no_workers)
+    if listener is not None:
+        return _serve(settings, listener, simulator, run_workers=not args.no_workers)
     if args.command == "worker":
         return anyio.run(_worker, settings)
     return anyio.run(_tick, settings)
 
 
-def _logging(level: str) -> None:
+def _refuse(message: str) -> int:
+    """Report why fluxhook cannot start, as a log line in the asked-for format; exit status 2."""
+    if os.environ.get("FLUXHOOK_LOG_FORMAT", "").strip().lower() == "json":
+        from service.logs import JsonFormatter
+
+        record = logging.LogRecord("fluxhook", logging.ERROR, __file__, 0, message, None, None)
+        print(JsonFormatter().format(record), file=sys.stderr)
+    else:
+        print(f"fluxhook: {message}", file=sys.stderr)
+    return 2
+
+
+def _check(host: str | None, port: int | None) -> int:
+    from service.check import report
+
+    lines, warnings, errors = report(os.environ, host=host, port=port)
+    print("\n".join(lines))
+    for warning in warnings:
+        print(f"warning: {warning}")
+    if errors:
+        for error in errors:
+            print(f"fluxhook: configuration error: {error}", file=sys.stderr)
+        return 2
+    print("configuration is valid")
+    return 0
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to `host`:`port`, for uvicorn to serve on; ConfigError naming the flag to
+    change when the address is taken or not this machine's."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot listen on {host!r}: {exc.strerror}; change it with --host "
+                          "(or FLUXHOOK_HOST)") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: TIME_WAIT is no obstacle
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"address {host}:{port} is already in use (another fluxhook?); choose "
+                              "another port with --port (or FLUXHOOK_PORT)") from None
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; change it with --host "
+                          "or --port (or FLUXHOOK_HOST, FLUXHOOK_PORT)") from None
+    return sock
+
+
+async def _open_store_once(settings: Settings) -> None:
+    """Open (and migrate) the database, so one that cannot be reached is reported like a bad
+    setting, not as a traceback from inside the server's start-up."""
+    from service.stores import open_stores
+    from storage.errors import StorageUnavailable
+
+    try:
+        store = await open_stores(settings)
+    except StorageUnavailable as exc:  # its message never holds the password
+        name = "FLUXHOOK_DATABASE_URL" if settings.uses_postgres else "FLUXHOOK_DATA_DIR"
+        raise ConfigError(f"{name}: {exc}") from None
+    await store.close()
+
+
+def _simulator_config() -> SimulatorConfig:
+    from service.simulator import SimulatorConfig
+    from service.simulator.config import ENV_PREFIX, KnobError
+
+    try:
+        return SimulatorConfig.from_env(os.environ)
+    except KnobError as exc:
+        raise ConfigError(f"{ENV_PREFIX}{exc.knob.upper()}: {exc.message}") from None
+
+
+def _logging(level: str, log_format: str) -> None:
     from service.logs import configure_logging
 
-    configure_logging(level)
+    configure_logging(level, log_format)
 
 
-def _serve(settings: Settings, *, run_workers: bool) -> int:
+def _serve(
+    settings: Settings, listener: socket.socket, simulator_config: SimulatorConfig | None, *,
+    run_workers: bool,
+) -> int:
     from service.app import create_app
 
     simulator = None
-    if settings.simulator:
-        from service.simulator import SimulatorConfig, create_simulator_app
+    if simulator_config is not None:
+        from service.simulator import create_simulator_app
 
-        simulator = create_simulator_app(SimulatorConfig.from_env(os.environ))
+        simulator = create_simulator_app(simulator_config)
     app = create_app(settings, run_workers=run_workers, simulator=simulator)
     # access_log off: callback paths carry tokens, which must not reach a log. Open requests
     # (event streams included) get the same grace as the workers, which wind down meanwhile.
+    # log_config None: uvicorn's own lines go through fluxhook's handler, in its format.
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            access_log=False, lifespan="on",
+                            log_config=None, access_log=False, lifespan="on",
                             timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)))
-    _GracefulServer(config, on_exit=lambda: _stop_workers(app)).run()
+    log.info("fluxhook listening on %s:%d", settings.host, settings.port)
+    _GracefulServer(config, on_exit=lambda: _stop_workers(app)).run(sockets=[listener])
     return 0
 
 
@@ -179,11 +283,11 @@ async def _tick(settings: Settings) -> int:
 
 
 def _simulator(host: str, port: int) -> int:
-    from service.simulator import SimulatorConfig, create_simulator_app
+    from service.simulator import create_simulator_app
 
-    _logging(os.environ.get("FLUXHOOK_LOG_LEVEL", "info"))
-    app = create_simulator_app(SimulatorConfig.from_env(os.environ))
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+    _logging(*log_settings(os.environ))
+    app = create_simulator_app(_simulator_config())
+    uvicorn.run(app, host=host, port=port, log_level="info", log_config=None, access_log=False)
     return 0
 
 

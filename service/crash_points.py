@@ -12,11 +12,11 @@ import logging
 import os
 import signal
 
-from service.settings import Settings
+from service.settings import CRASH_POINTS, Settings
 
 log = logging.getLogger("fluxhook.crash_points")
 
-POINTS = frozenset({"submit.before_send", "submit.answered"})
+POINTS = CRASH_POINTS
 
 
 def crash_point(settings: Settings, name: str) -> None:

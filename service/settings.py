@@ -6,10 +6,13 @@ checked against it by a test, so none goes undocumented.
 
 from __future__ import annotations
 
+import difflib
+import math
 import os
 import secrets
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -24,6 +27,7 @@ class SettingDoc:
     name: str
     default: str
     meaning: str
+    secret: bool = False  # `fluxhook check` shows it masked
 
 
 SETTINGS: tuple[SettingDoc, ...] = (
@@ -31,8 +35,8 @@ SETTINGS: tuple[SettingDoc, ...] = (
     SettingDoc("FLUXHOOK_PUBLIC_URL", "(the web's own address)", "Base URL providers call back and clients fetch outputs from. Unset: `fluxhook serve` uses `http://127.0.0.1:<port>` and announces it in the database; `worker` and `tick` use the announced URL, never one built from their own `PORT` (until one is announced a worker waits, submitting nothing, and `tick` exits 2)."),
     SettingDoc("FLUXHOOK_HOST", "127.0.0.1", "Address `fluxhook serve` listens on (`--host` overrides)."),
     SettingDoc("FLUXHOOK_PORT", "8000", "Port `fluxhook serve` listens on (`--port` overrides; `PORT` also works)."),
-    SettingDoc("FLUXHOOK_API_KEY", "(unset: open)", "When set, every `/v1/` route except callbacks needs `Authorization: Bearer <key>`."),
-    SettingDoc("FLUXHOOK_SECRET_KEY", "(created once in the data dir)", "Signs callback tokens. If unset, a random key is created once in `<data dir>/secret_key` and reused."),
+    SettingDoc("FLUXHOOK_API_KEY", "(unset: open)", "When set, every `/v1/` route except callbacks needs `Authorization: Bearer <key>`.", secret=True),
+    SettingDoc("FLUXHOOK_SECRET_KEY", "(created once in the data dir)", "Signs callback tokens. If unset, a random key is created once in `<data dir>/secret_key` and reused.", secret=True),
     SettingDoc("FLUXHOOK_SIMULATOR", "auto", "`on`, `off` or `auto`: mount the embedded provider simulator at `/simulator`. `auto` = on when no provider key is set."),
     SettingDoc("FLUXHOOK_MAX_BODY_BYTES", "1048576", "Largest API request body; larger gets 413."),
     SettingDoc("FLUXHOOK_CALLBACK_MAX_BYTES", "262144", "Largest provider callback body; larger gets 413 and changes nothing."),
@@ -55,7 +59,7 @@ SETTINGS: tuple[SettingDoc, ...] = (
     SettingDoc("FLUXHOOK_SHUTDOWN_GRACE_SECONDS", "8", "On SIGTERM/SIGINT the workers stop claiming at once and give work in flight this long to finish; what is left is cancelled and handed back for another process to take at once (8 fits a platform's usual 10 s grace)."),
     SettingDoc("FLUXHOOK_MODE", "workers", "`workers`: background workers submit, poll, download and notify (`fluxhook serve` runs them in-process, or `fluxhook worker` beside `serve --no-workers`). `serverless`: no background work at all (for Cloud Run, AWS Lambda and the like, where a process has CPU only while it answers a request): `POST /v1/jobs` submits before answering, a provider callback is recorded and then its download, stored outputs and notifications are done before the callback is answered, each within `FLUXHOOK_INLINE_BUDGET_SECONDS`; what is left (retries, fallback polls, later deliveries, pruning) is run by `POST /v1/tick` or `fluxhook tick` on a schedule."),
     SettingDoc("FLUXHOOK_INLINE_BUDGET_SECONDS", "20", "Serverless mode: the most a request spends on the work it caused before answering. Work not done by then is handed back as due work for the next tick, never lost; keep it above `FLUXHOOK_HTTP_TIMEOUT_SECONDS` so a submit is rarely cut off in flight, and below the platform's request timeout."),
-    SettingDoc("FLUXHOOK_TICK_TOKEN", "(unset: `POST /v1/tick` refuses every call)", "The credential of `POST /v1/tick`: callers send `Authorization: Bearer <token>` (Cloud Scheduler's header, an EventBridge connection, Vercel's `CRON_SECRET`). Its own secret, not the API key, so a scheduler holds no more than the right to run due work."),
+    SettingDoc("FLUXHOOK_TICK_TOKEN", "(unset: `POST /v1/tick` refuses every call)", "The credential of `POST /v1/tick`: callers send `Authorization: Bearer <token>` (Cloud Scheduler's header, an EventBridge connection, Vercel's `CRON_SECRET`). Its own secret, not the API key, so a scheduler holds no more than the right to run due work.", secret=True),
     SettingDoc("FLUXHOOK_TICK_SECONDS", "50", "The most one tick (`POST /v1/tick`, `fluxhook tick`) spends running due work; what is left stays due for the next. `POST /v1/tick?seconds=N` may ask for less."),
     SettingDoc("FLUXHOOK_RETAIN_EVENTS_SECONDS", "2592000", "Events older than this (30 days) are pruned with their deliveries and delivery attempts, never while a delivery of theirs is still pending. 0 keeps them forever."),
     SettingDoc("FLUXHOOK_RETAIN_CALLBACKS_SECONDS", "2592000", "Received provider callbacks (raw bodies) older than this are pruned. 0 keeps them forever."),
@@ -68,30 +72,31 @@ SETTINGS: tuple[SettingDoc, ...] = (
     SettingDoc("FLUXHOOK_BLOB_REDIRECT", "stream", "How `GET /v1/jobs/{id}/outputs/{i}` and upload URLs serve an image: `stream` passes the bytes through fluxhook; `presigned` answers 307 to a short-lived presigned URL of the object store (with `s3://` only; a local directory always streams)."),
     SettingDoc("FLUXHOOK_BLOB_REDIRECT_SECONDS", "300", "How long a presigned URL from `FLUXHOOK_BLOB_REDIRECT=presigned` stays valid."),
     SettingDoc("FLUXHOOK_SQLITE_SYNCHRONOUS", "FULL", "SQLite `synchronous` pragma: FULL survives power loss, NORMAL only process crashes."),
-    SettingDoc("FLUXHOOK_LOG_LEVEL", "info", "Log level (debug, info, warning, error)."),
+    SettingDoc("FLUXHOOK_LOG_LEVEL", "info", "Log level: `debug`, `info`, `warning` or `error`."),
+    SettingDoc("FLUXHOOK_LOG_FORMAT", "text", "`text`: one readable line per record; `json`: one JSON object per line (`time`, `level`, `logger`, `message`, and `exception` when there is one), for a log collector."),
     SettingDoc("FLUXHOOK_PROVIDER_ORDER", "bfl,cometapi,apiframe,runcomfy", "Order in which `\"provider\": \"auto\"` tries the configured providers that serve a model; a submit another provider could fix (429, 5xx, timeout, no credits) fails over to the next."),
     SettingDoc("FLUXHOOK_UPLOAD_MAX_BYTES", "10485760", "Largest reference image `POST /v1/uploads` accepts."),
     SettingDoc("FLUXHOOK_UPLOAD_URL_TTL_SECONDS", "86400", "How long a signed upload URL stays fetchable."),
-    SettingDoc("FLUXHOOK_WEBHOOK_SECRET", "(created once in the data dir)", "The `whsec_` secret that signs per-job notifications (`webhook_url` on a job). If unset, one is created once in `<data dir>/webhook_secret`; read it at `GET /v1/webhook-secret`."),
+    SettingDoc("FLUXHOOK_WEBHOOK_SECRET", "(created once in the data dir)", "The `whsec_` secret that signs per-job notifications (`webhook_url` on a job). If unset, one is created once in `<data dir>/webhook_secret`; read it at `GET /v1/webhook-secret`.", secret=True),
     SettingDoc("FLUXHOOK_WEBHOOK_RETRY_SCHEDULE", "0,5,300,1800,7200,18000,36000,36000", "Seconds before each delivery attempt (Svix's schedule: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h); each retry gets ±20% jitter."),
     SettingDoc("FLUXHOOK_WEBHOOK_TIMEOUT_SECONDS", "15", "Timeout for one delivery attempt."),
     SettingDoc("FLUXHOOK_WEBHOOK_DISABLE_AFTER_SECONDS", "432000", "A subscription failing for longer than this (5 days) is disabled and a `subscription.disabled` event recorded."),
     SettingDoc("FLUXHOOK_WEBHOOK_CONCURRENCY", "32", "How many deliveries one worker sends at once."),
     SettingDoc("FLUXHOOK_WEBHOOK_PER_DESTINATION", "4", "How many deliveries to one destination may be in flight at once, so a slow receiver never delays others."),
     SettingDoc("FLUXHOOK_ALLOW_PRIVATE_DESTINATIONS", "(none)", "Comma list of CIDRs, IPs, host names, `loopback` or `private` that notifications may go to although they are not public addresses (checked on the address actually connected to)."),
-    SettingDoc("BFL_API_KEY", "(unset)", "Black Forest Labs API key (`x-key`). A provider with no key is not configured, unless the simulator serves it (mounted, or its base URL is on this machine)."),
+    SettingDoc("BFL_API_KEY", "(unset)", "Black Forest Labs API key (`x-key`). A provider with no key is not configured, unless the simulator serves it (mounted, or its base URL is on this machine).", secret=True),
     SettingDoc("BFL_BASE_URL", "https://api.bfl.ai", "BFL API base URL. With the simulator on and no key: `<public URL>/simulator`."),
     SettingDoc("BFL_MAX_ACTIVE_TASKS", "24", "Most jobs active at BFL at once (submitted and without its final word): BFL allows 24 per account (6 for `flux-kontext-max`, a cap the catalog adds) and answers 429 past that. Jobs beyond it wait in fluxhook, in order, and are submitted as slots free up; `\"provider\": \"auto\"` jobs may overflow to the next provider. `0` = no cap."),
     SettingDoc("BFL_OUTPUT_HOSTS", "*.bfl.ai,bfldeliveryprod.blob.core.windows.net", "Hosts BFL outputs may be downloaded from (comma list, `*.` wildcards); the base URL's host is always added."),
-    SettingDoc("COMETAPI_API_KEY", "(unset)", "CometAPI key (`Authorization: Bearer`)."),
+    SettingDoc("COMETAPI_API_KEY", "(unset)", "CometAPI key (`Authorization: Bearer`).", secret=True),
     SettingDoc("COMETAPI_BASE_URL", "https://api.cometapi.com", "CometAPI base URL (simulator: `<public URL>/simulator`)."),
     SettingDoc("COMETAPI_MAX_ACTIVE_TASKS", "0", "Most jobs active at CometAPI at once, as for BFL; `0` = no cap (CometAPI documents none)."),
     SettingDoc("COMETAPI_OUTPUT_HOSTS", "*.bfl.ai,bfldeliveryprod.blob.core.windows.net,*.cometapi.com", "Hosts CometAPI outputs may be downloaded from; the base URL's host is always added."),
-    SettingDoc("APIFRAME_API_KEY", "(unset)", "Apiframe key (`X-API-Key`); its SHA-256 also verifies Apiframe's callbacks."),
+    SettingDoc("APIFRAME_API_KEY", "(unset)", "Apiframe key (`X-API-Key`); its SHA-256 also verifies Apiframe's callbacks.", secret=True),
     SettingDoc("APIFRAME_BASE_URL", "https://api.apiframe.ai", "Apiframe base URL (simulator: `<public URL>/simulator`)."),
     SettingDoc("APIFRAME_MAX_ACTIVE_TASKS", "0", "Most jobs active at Apiframe at once, as for BFL; `0` = no cap (Apiframe documents none)."),
     SettingDoc("APIFRAME_OUTPUT_HOSTS", "*.apiframe.ai", "Hosts Apiframe outputs may be downloaded from; the base URL's host is always added."),
-    SettingDoc("RUNCOMFY_API_TOKEN", "(unset)", "RunComfy token (`Authorization: Bearer`)."),
+    SettingDoc("RUNCOMFY_API_TOKEN", "(unset)", "RunComfy token (`Authorization: Bearer`).", secret=True),
     SettingDoc("RUNCOMFY_BASE_URL", "https://model-api.runcomfy.net", "RunComfy Model API base URL (simulator: `<public URL>/simulator`)."),
     SettingDoc("RUNCOMFY_MAX_ACTIVE_TASKS", "0", "Most jobs active at RunComfy at once, as for BFL; `0` = no cap (RunComfy documents none: it queues)."),
     SettingDoc("RUNCOMFY_OUTPUT_HOSTS", "*.runcomfy.net,*.runcomfy.com", "Hosts RunComfy outputs may be downloaded from; the base URL's host is always added."),
@@ -170,6 +175,7 @@ class Settings:
     database_url: str = field(default="", repr=False)  # "": SQLite at db_path
     database_pool_size: int = 10
     log_level: str = "info"
+    log_format: str = "text"
     blob_url: str = ""  # "": `<data dir>/blobs`
     blob_redirect: str = "stream"
     blob_redirect_s: float = 300.0
@@ -222,6 +228,11 @@ class Settings:
             f"database_url={redact_url(self.database_url)!r})"
         )
 
+    @property
+    def needs_data_dir(self) -> bool:
+        """Whether anything lives in the data dir: a kept secret, the SQLite file or the blobs."""
+        return not (self.secret_key and self.webhook_secret and self.uses_postgres and self.blob_url)
+
     @classmethod
     def from_env(
         cls,
@@ -231,23 +242,40 @@ class Settings:
         port: int | None = None,
         public_url: str | None = None,
     ) -> Settings:
-        """Read every setting from `environ` (tests pass a dict). Fails fast on bad values.
+        """Every setting read from `environ` and checked (`parse`), with the data dir prepared."""
+        return cls.parse(environ, host=host, port=port, public_url=public_url).prepared()
 
-        `public_url` is the address a web process announced, used when FLUXHOOK_PUBLIC_URL is
-        not set; without either, the public URL is this process's own `host` and `port`.
+    @classmethod
+    def parse(
+        cls,
+        environ: Mapping[str, str],
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        public_url: str | None = None,
+    ) -> Settings:
+        """Read every setting from `environ` (tests pass a dict) and check it; creates nothing.
+
+        A bad value raises ConfigError naming the setting. A secret kept in the data dir is ""
+        until `prepared()` loads it. `public_url` is the address a web process announced, used
+        when FLUXHOOK_PUBLIC_URL is not set; without either, the public URL is this process's
+        own `host` and `port`.
         """
         env = _Env(environ)
         data_dir = Path(env.text("FLUXHOOK_DATA_DIR", "./data")).resolve()
         host = host or env.text("FLUXHOOK_HOST", "127.0.0.1")
-        port = port or env.integer("FLUXHOOK_PORT", env.integer("PORT", 8000))
+        if port is None:
+            port = env.integer("FLUXHOOK_PORT", env.integer("PORT", 8000, minimum=1, maximum=65535),
+                               minimum=1, maximum=65535)
+        elif not 1 <= port <= 65535:
+            raise ConfigError(f"--port must be from 1 to 65535, got {port}")
         local_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
         configured = env.text("FLUXHOOK_PUBLIC_URL", "")
         public_url = (configured or public_url or f"http://{local_host}:{port}").rstrip("/")
         _check_url("FLUXHOOK_PUBLIC_URL", public_url)
 
-        simulator_mode = env.text("FLUXHOOK_SIMULATOR", "auto").lower()
-        if simulator_mode not in ("auto", "on", "off"):
-            raise ConfigError("FLUXHOOK_SIMULATOR must be one of auto, on, off")
+        simulator_mode = _choice("FLUXHOOK_SIMULATOR", env.text("FLUXHOOK_SIMULATOR", "auto"),
+                                 ("auto", "on", "off"))
         any_key = any(env.text(spec.key_var, "") for spec in _PROVIDER_SPECS.values())
         simulator = simulator_mode == "on" or (simulator_mode == "auto" and not any_key)
 
@@ -257,67 +285,136 @@ class Settings:
         unknown = [name for name in order if name not in PROVIDER_NAMES]
         if unknown:
             raise ConfigError(f"FLUXHOOK_PROVIDER_ORDER names unknown providers: {', '.join(unknown)}")
-        return cls(
+        log_level, log_format = log_settings(environ)
+        webhook_secret = env.text("FLUXHOOK_WEBHOOK_SECRET", "")
+        if webhook_secret:
+            _check_webhook_secret("FLUXHOOK_WEBHOOK_SECRET", webhook_secret)
+        settings = cls(
             data_dir=data_dir,
             public_url=public_url,
             host=host,
             port=port,
             api_key=env.text("FLUXHOOK_API_KEY", "") or None,
-            secret_key=env.text("FLUXHOOK_SECRET_KEY", "") or load_or_create_secret_key(data_dir),
+            secret_key=env.text("FLUXHOOK_SECRET_KEY", ""),
             simulator=simulator,
             providers=providers,
             provider_order=tuple(dict.fromkeys([*order, *PROVIDER_NAMES])),
             public_url_configured=bool(configured),
-            upload_max_bytes=env.integer("FLUXHOOK_UPLOAD_MAX_BYTES", 10_485_760),
-            upload_url_ttl_s=env.number("FLUXHOOK_UPLOAD_URL_TTL_SECONDS", 86_400.0),
-            webhook_secret=_webhook_secret(env.text("FLUXHOOK_WEBHOOK_SECRET", ""), data_dir),
+            upload_max_bytes=env.integer("FLUXHOOK_UPLOAD_MAX_BYTES", 10_485_760, minimum=1),
+            upload_url_ttl_s=env.number("FLUXHOOK_UPLOAD_URL_TTL_SECONDS", 86_400.0, positive=True),
+            webhook_secret=webhook_secret,
             webhook_retry_schedule=_schedule(env.items(
                 "FLUXHOOK_WEBHOOK_RETRY_SCHEDULE", ["0", "5", "300", "1800", "7200", "18000", "36000", "36000"])),
-            webhook_timeout_s=env.number("FLUXHOOK_WEBHOOK_TIMEOUT_SECONDS", 15.0),
-            webhook_disable_after_s=env.number("FLUXHOOK_WEBHOOK_DISABLE_AFTER_SECONDS", 432_000.0),
-            webhook_concurrency=max(1, env.integer("FLUXHOOK_WEBHOOK_CONCURRENCY", 32)),
-            webhook_per_destination=max(1, env.integer("FLUXHOOK_WEBHOOK_PER_DESTINATION", 4)),
-            allow_private_destinations=env.text("FLUXHOOK_ALLOW_PRIVATE_DESTINATIONS", ""),
-            max_body_bytes=env.integer("FLUXHOOK_MAX_BODY_BYTES", 1_048_576),
-            callback_max_bytes=env.integer("FLUXHOOK_CALLBACK_MAX_BYTES", 262_144),
-            max_output_bytes=env.integer("FLUXHOOK_MAX_OUTPUT_BYTES", 52_428_800),
+            webhook_timeout_s=env.number("FLUXHOOK_WEBHOOK_TIMEOUT_SECONDS", 15.0, positive=True),
+            webhook_disable_after_s=env.number("FLUXHOOK_WEBHOOK_DISABLE_AFTER_SECONDS", 432_000.0,
+                                               positive=True),
+            webhook_concurrency=env.integer("FLUXHOOK_WEBHOOK_CONCURRENCY", 32, minimum=1),
+            webhook_per_destination=env.integer("FLUXHOOK_WEBHOOK_PER_DESTINATION", 4, minimum=1),
+            allow_private_destinations=_destinations(env.text("FLUXHOOK_ALLOW_PRIVATE_DESTINATIONS", "")),
+            max_body_bytes=env.integer("FLUXHOOK_MAX_BODY_BYTES", 1_048_576, minimum=1),
+            callback_max_bytes=env.integer("FLUXHOOK_CALLBACK_MAX_BYTES", 262_144, minimum=1),
+            max_output_bytes=env.integer("FLUXHOOK_MAX_OUTPUT_BYTES", 52_428_800, minimum=1),
             poll_grace_s=env.number("FLUXHOOK_POLL_GRACE_SECONDS", 15.0),
-            poll_base_s=env.number("FLUXHOOK_POLL_BASE_SECONDS", 2.0),
-            poll_max_s=env.number("FLUXHOOK_POLL_MAX_SECONDS", 30.0),
-            job_timeout_s=env.number("FLUXHOOK_JOB_TIMEOUT_SECONDS", 900.0),
+            poll_base_s=env.number("FLUXHOOK_POLL_BASE_SECONDS", 2.0, positive=True),
+            poll_max_s=env.number("FLUXHOOK_POLL_MAX_SECONDS", 30.0, positive=True),
+            job_timeout_s=env.number("FLUXHOOK_JOB_TIMEOUT_SECONDS", 900.0, positive=True),
             not_found_grace_s=env.number("FLUXHOOK_NOT_FOUND_GRACE_SECONDS", 60.0),
             submit_timeout_s=env.number("FLUXHOOK_SUBMIT_TIMEOUT_SECONDS", 300.0),
             adopt_window_s=env.number("FLUXHOOK_ADOPT_WINDOW_SECONDS", 180.0),
-            crash_at=frozenset(env.items("FLUXHOOK_CRASH_AT", [])),
-            output_window_s=env.number("FLUXHOOK_OUTPUT_WINDOW_SECONDS", 600.0),
-            retry_base_s=env.number("FLUXHOOK_RETRY_BASE_SECONDS", 1.0),
-            retry_max_s=env.number("FLUXHOOK_RETRY_MAX_SECONDS", 60.0),
-            http_timeout_s=env.number("FLUXHOOK_HTTP_TIMEOUT_SECONDS", 30.0),
-            worker_concurrency=env.integer("FLUXHOOK_WORKER_CONCURRENCY", 16),
-            worker_idle_s=env.number("FLUXHOOK_WORKER_IDLE_SECONDS", 0.25),
-            task_lease_s=env.number("FLUXHOOK_TASK_LEASE_SECONDS", 120.0),
+            crash_at=_crash_points(env.items("FLUXHOOK_CRASH_AT", [])),
+            output_window_s=env.number("FLUXHOOK_OUTPUT_WINDOW_SECONDS", 600.0, positive=True),
+            retry_base_s=env.number("FLUXHOOK_RETRY_BASE_SECONDS", 1.0, positive=True),
+            retry_max_s=env.number("FLUXHOOK_RETRY_MAX_SECONDS", 60.0, positive=True),
+            http_timeout_s=env.number("FLUXHOOK_HTTP_TIMEOUT_SECONDS", 30.0, positive=True),
+            worker_concurrency=env.integer("FLUXHOOK_WORKER_CONCURRENCY", 16, minimum=1),
+            worker_idle_s=env.number("FLUXHOOK_WORKER_IDLE_SECONDS", 0.25, positive=True),
+            task_lease_s=env.number("FLUXHOOK_TASK_LEASE_SECONDS", 120.0, positive=True),
             shutdown_grace_s=env.number("FLUXHOOK_SHUTDOWN_GRACE_SECONDS", 8.0),
             serverless=_choice("FLUXHOOK_MODE", env.text("FLUXHOOK_MODE", "workers"),
                                ("workers", "serverless")) == "serverless",
-            inline_budget_s=_positive("FLUXHOOK_INLINE_BUDGET_SECONDS",
-                                      env.number("FLUXHOOK_INLINE_BUDGET_SECONDS", 20.0)),
+            inline_budget_s=env.number("FLUXHOOK_INLINE_BUDGET_SECONDS", 20.0, positive=True),
             tick_token=env.text("FLUXHOOK_TICK_TOKEN", "") or None,
-            tick_s=_positive("FLUXHOOK_TICK_SECONDS", env.number("FLUXHOOK_TICK_SECONDS", 50.0)),
+            tick_s=env.number("FLUXHOOK_TICK_SECONDS", 50.0, positive=True),
             retain_events_s=env.number("FLUXHOOK_RETAIN_EVENTS_SECONDS", 2_592_000.0),
             retain_callbacks_s=env.number("FLUXHOOK_RETAIN_CALLBACKS_SECONDS", 2_592_000.0),
             retain_delivery_attempts_s=env.number("FLUXHOOK_RETAIN_DELIVERY_ATTEMPTS_SECONDS", 2_592_000.0),
             retain_images_s=env.number("FLUXHOOK_RETAIN_IMAGES_SECONDS", 0.0),
-            prune_interval_s=max(1.0, env.number("FLUXHOOK_PRUNE_INTERVAL_SECONDS", 3600.0)),
-            sqlite_synchronous=_synchronous(env.text("FLUXHOOK_SQLITE_SYNCHRONOUS", "FULL")),
+            prune_interval_s=env.number("FLUXHOOK_PRUNE_INTERVAL_SECONDS", 3600.0, positive=True),
+            sqlite_synchronous=_choice("FLUXHOOK_SQLITE_SYNCHRONOUS",
+                                       env.text("FLUXHOOK_SQLITE_SYNCHRONOUS", "FULL"),
+                                       ("OFF", "NORMAL", "FULL", "EXTRA"), upper=True),
             database_url=_database_url(env.text("FLUXHOOK_DATABASE_URL", "")),
-            database_pool_size=max(1, env.integer("FLUXHOOK_DATABASE_POOL_SIZE", 10)),
-            log_level=env.text("FLUXHOOK_LOG_LEVEL", "info").lower(),
+            database_pool_size=env.integer("FLUXHOOK_DATABASE_POOL_SIZE", 10, minimum=1),
+            log_level=log_level,
+            log_format=log_format,
             blob_url=_blob_url(env.text("FLUXHOOK_BLOB_URL", "")),
             blob_redirect=_choice("FLUXHOOK_BLOB_REDIRECT", env.text("FLUXHOOK_BLOB_REDIRECT", "stream"),
                                   ("stream", "presigned")),
-            blob_redirect_s=env.number("FLUXHOOK_BLOB_REDIRECT_SECONDS", 300.0),
+            # SigV4 presigned URLs live at most 7 days.
+            blob_redirect_s=env.number("FLUXHOOK_BLOB_REDIRECT_SECONDS", 300.0, positive=True,
+                                       maximum=604_800.0),
             aws={name: value for name, value in environ.items() if name in AWS_VARIABLES},
         )
+        _within_cap("FLUXHOOK_POLL_BASE_SECONDS", settings.poll_base_s,
+                    "FLUXHOOK_POLL_MAX_SECONDS", settings.poll_max_s)
+        _within_cap("FLUXHOOK_RETRY_BASE_SECONDS", settings.retry_base_s,
+                    "FLUXHOOK_RETRY_MAX_SECONDS", settings.retry_max_s)
+        return settings
+
+    def prepared(self) -> Settings:
+        """These settings with the data dir created and writable, and the secrets kept there
+        loaded (created once). Raises ConfigError naming FLUXHOOK_DATA_DIR when it cannot be."""
+        if not self.needs_data_dir:
+            return self
+        from service.webhook_signing import new_secret
+
+        prepare_data_dir(self.data_dir)
+        try:
+            secret_key = self.secret_key or load_or_create_secret_key(self.data_dir)
+            webhook_secret = self.webhook_secret or load_or_create_secret_key(
+                self.data_dir, name="webhook_secret", make=new_secret)
+        except OSError as exc:
+            raise ConfigError(f"FLUXHOOK_DATA_DIR: cannot keep secrets in {self.data_dir}: "
+                              f"{exc.strerror or exc}") from None
+        if not self.webhook_secret:
+            _check_webhook_secret(f"{self.data_dir / 'webhook_secret'}", webhook_secret)
+        return replace(self, secret_key=secret_key, webhook_secret=webhook_secret)
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+CRASH_POINTS = frozenset({"submit.before_send", "submit.answered"})
+
+
+def prepare_data_dir(data_dir: Path) -> None:
+    """Create `data_dir` if needed and prove it writable; ConfigError naming the setting if not."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"FLUXHOOK_DATA_DIR: cannot create {data_dir}: {exc.strerror or exc}") from None
+    probe = data_dir / f".write-test.{os.getpid()}.{secrets.token_hex(4)}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"FLUXHOOK_DATA_DIR: cannot write in {data_dir}: {exc.strerror or exc}") from None
+
+
+def data_dir_problem(data_dir: Path) -> str | None:
+    """Why `data_dir` could not be created or written, judged leaving nothing behind: a probe
+    file in the nearest directory that exists (permission bits alone miss a read-only mount)."""
+    path = data_dir
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    verb = "write in" if path == data_dir else "create"
+    if not path.is_dir():
+        return f"FLUXHOOK_DATA_DIR: cannot {verb} {data_dir}: {path} is not a directory"
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        return f"FLUXHOOK_DATA_DIR: cannot {verb} {data_dir}: {exc.strerror or exc}"
+    return None
 
 
 AWS_VARIABLES = frozenset({
@@ -335,16 +432,11 @@ def _blob_url(value: str) -> str:
     return value
 
 
-def _positive(name: str, value: float) -> float:
-    if not value > 0:
-        raise ConfigError(f"{name} must be a number of seconds above 0")
+def _choice(name: str, value: str, allowed: tuple[str, ...], *, upper: bool = False) -> str:
+    value = value.upper() if upper else value.lower()
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
     return value
-
-
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
-    if value.lower() not in allowed:
-        raise ConfigError(f"{name} must be one of {', '.join(allowed)}")
-    return value.lower()
 
 
 SIMULATOR_API_KEY = "simulator-key"  # the simulator accepts any non-empty key; this one is public
@@ -393,7 +485,7 @@ def _provider_settings(
         return None
     hosts = env.items(f"{spec.prefix}_OUTPUT_HOSTS", list(spec.default_hosts))
     base_host = urlsplit(base_url).hostname or ""
-    max_active = env.integer(f"{spec.prefix}_MAX_ACTIVE_TASKS", spec.default_max_active)
+    max_active = env.integer(f"{spec.prefix}_MAX_ACTIVE_TASKS", spec.default_max_active, minimum=0)
     return ProviderSettings(
         name=name,
         base_url=base_url,
@@ -404,15 +496,36 @@ def _provider_settings(
     )
 
 
-def _webhook_secret(value: str, data_dir: Path) -> str:
-    from service.webhook_signing import new_secret, secret_key
+def _within_cap(name: str, value: float, cap_name: str, cap: float) -> None:
+    if value > cap:
+        raise ConfigError(f"{name} ({value:g}) must not be above its cap {cap_name} ({cap:g})")
 
-    secret = value or load_or_create_secret_key(data_dir, name="webhook_secret", make=new_secret)
+
+def _check_webhook_secret(source: str, secret: str) -> None:
+    from service.webhook_signing import secret_key
+
     try:
         secret_key(secret)
     except ConfigError:
-        raise ConfigError("FLUXHOOK_WEBHOOK_SECRET must look like whsec_<base64 of 24-64 bytes>") from None
-    return secret
+        raise ConfigError(f"{source} must look like whsec_<base64 of 24-64 bytes>") from None
+
+
+def _destinations(value: str) -> str:
+    from service.egress import EgressPolicy
+
+    try:
+        EgressPolicy.from_setting(value)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None  # the message names the setting
+    return value
+
+
+def _crash_points(names: list[str]) -> frozenset[str]:
+    unknown = sorted(set(names) - CRASH_POINTS)
+    if unknown:
+        raise ConfigError(f"FLUXHOOK_CRASH_AT names unknown points: {', '.join(unknown)} "
+                          f"(known: {', '.join(sorted(CRASH_POINTS))})")
+    return frozenset(names)
 
 
 def _schedule(items: list[str]) -> tuple[float, ...]:
@@ -460,13 +573,6 @@ def _check_url(name: str, value: str) -> None:
         raise ConfigError(f"{name} must be an http(s) URL, got {value!r}")
 
 
-def _synchronous(value: str) -> str:
-    value = value.upper()
-    if value not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-        raise ConfigError("FLUXHOOK_SQLITE_SYNCHRONOUS must be OFF, NORMAL, FULL or EXTRA")
-    return value
-
-
 def _database_url(value: str) -> str:
     if value and urlsplit(value).scheme not in ("postgresql", "postgres"):
         # The value may hold a password: the message names only the scheme.
@@ -494,7 +600,7 @@ class _Env:
         value = self._environ.get(name)
         return default if value is None or value.strip() == "" else value.strip()
 
-    def integer(self, name: str, default: int) -> int:
+    def integer(self, name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
         raw = self._environ.get(name)
         if raw is None or raw.strip() == "":
             return default
@@ -502,11 +608,16 @@ class _Env:
             value = int(raw)
         except ValueError:
             raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-        if value < 0:
-            raise ConfigError(f"{name} must not be negative")
+        if value < minimum:
+            raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(f"{name} must be at most {maximum}, got {value}")
         return value
 
-    def number(self, name: str, default: float) -> float:
+    def number(
+        self, name: str, default: float, *, positive: bool = False, maximum: float | None = None
+    ) -> float:
+        """Seconds and the like: finite, never negative; with `positive`, never 0 either."""
         raw = self._environ.get(name)
         if raw is None or raw.strip() == "":
             return default
@@ -514,8 +625,14 @@ class _Env:
             value = float(raw)
         except ValueError:
             raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+        if not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {raw!r}")
         if value < 0:
-            raise ConfigError(f"{name} must not be negative")
+            raise ConfigError(f"{name} must not be negative, got {value:g}")
+        if positive and value == 0:
+            raise ConfigError(f"{name} must be more than 0")
+        if maximum is not None and value > maximum:
+            raise ConfigError(f"{name} must be at most {maximum:g}, got {value:g}")
         return value
 
     def items(self, name: str, default: list[str]) -> list[str]:
@@ -523,3 +640,30 @@ class _Env:
         if raw is None or raw.strip() == "":
             return default
         return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+# FLUXHOOK_* variables read outside `SETTINGS`: the demo's directory and the test suite's server.
+OTHER_VARIABLES = frozenset({"FLUXHOOK_DEMO_DIR", "FLUXHOOK_TEST_DATABASE_URL"})
+
+
+def unknown_variables(environ: Mapping[str, str], also_known: Iterable[str] = ()) -> list[str]:
+    """A warning for each FLUXHOOK_* variable fluxhook does not read, naming the closest known
+    one: a misspelt setting is otherwise silently ignored."""
+    known = {s.name for s in SETTINGS} | OTHER_VARIABLES | set(also_known)
+    # Compared without the prefix every name shares, which would make anything look close.
+    tails = {name.removeprefix("FLUXHOOK_"): name for name in sorted(known)}
+    found = []
+    for name in sorted(environ):
+        if not name.startswith("FLUXHOOK_") or name in known:
+            continue
+        close = difflib.get_close_matches(name.removeprefix("FLUXHOOK_"), tails, n=1, cutoff=0.6)
+        hint = f" (did you mean {tails[close[0]]}?)" if close else ""
+        found.append(f"{name} is not a fluxhook setting{hint}; it is ignored")
+    return found
+
+
+def log_settings(environ: Mapping[str, str]) -> tuple[str, str]:
+    """FLUXHOOK_LOG_LEVEL and FLUXHOOK_LOG_FORMAT alone, for a process that reads no other setting."""
+    env = _Env(environ)
+    return (_choice("FLUXHOOK_LOG_LEVEL", env.text("FLUXHOOK_LOG_LEVEL", "info"), LOG_LEVELS),
+            _choice("FLUXHOOK_LOG_FORMAT", env.text("FLUXHOOK_LOG_FORMAT", "text"), LOG_FORMATS))

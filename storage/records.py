@@ -138,7 +138,7 @@ class NewJob:
     model: str
     input: dict[str, Any]
     metadata: dict[str, Any]
-    webhook_secret: str | None
+    webhook_secret: str | None = field(repr=False)
     idempotency_key: str | None
     request_hash: str | None
     deadline_at: int
@@ -368,7 +368,7 @@ class ClaimedDelivery:
     job_id: str | None
     attempt: int
     manual: bool
-    secrets: tuple[str, ...]  # the subscription's live secrets; empty: use the service secret
+    secrets: tuple[str, ...] = field(repr=False)  # the subscription's live secrets; empty: the service's
     lease_until: int = 0  # the lease this claim holds: what `release_deliveries` hands back
 
 

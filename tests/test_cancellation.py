@@ -60,7 +60,8 @@ async def test_cancelling_a_finished_job_is_a_409_naming_its_status(tmp_path):
 async def test_a_queued_job_cancelled_before_submit_is_never_sent(tmp_path):
     # Every submit is answered 503, so the job sits queued between retries.
     config = SimulatorConfig(submit_5xx_rate=1.0, seed=3)
-    async with running_stack(tmp_path, config, FLUXHOOK_RETRY_BASE_SECONDS="5") as stack:
+    async with running_stack(tmp_path, config, FLUXHOOK_RETRY_BASE_SECONDS="5",
+                             FLUXHOOK_RETRY_MAX_SECONDS="5") as stack:
         job = (await stack.client.post("/v1/jobs", json={
             "provider": "bfl", "model": "flux-pro-1.1", "input": {"prompt": "never mind"}})).json()
         with anyio.fail_after(10):

@@ -124,3 +124,57 @@ def test_serverless_mode_without_a_tick_token_is_warned_about(tmp_path):
     assert any("FLUXHOOK_TICK_TOKEN" in w for w in settings.warnings())
     assert make(tmp_path, FLUXHOOK_MODE="serverless", FLUXHOOK_TICK_TOKEN="t").warnings() == []
     assert not make(tmp_path).serverless  # workers, unless asked
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("FLUXHOOK_LOG_LEVEL", "loud"), ("FLUXHOOK_LOG_FORMAT", "xml"), ("FLUXHOOK_WORKER_CONCURRENCY", "0"),
+    ("FLUXHOOK_WEBHOOK_CONCURRENCY", "0"), ("FLUXHOOK_PRUNE_INTERVAL_SECONDS", "0"),
+    ("FLUXHOOK_HTTP_TIMEOUT_SECONDS", "inf"), ("FLUXHOOK_JOB_TIMEOUT_SECONDS", "0"),
+    ("FLUXHOOK_UPLOAD_MAX_BYTES", "0"), ("FLUXHOOK_PORT", "0"), ("PORT", "65536"),
+    ("FLUXHOOK_CRASH_AT", "everywhere"), ("FLUXHOOK_ALLOW_PRIVATE_DESTINATIONS", "10.0.0.1/8"),
+])
+def test_a_value_out_of_its_range_fails_fast_naming_the_variable(tmp_path, name, value):
+    with pytest.raises(ConfigError, match=name):
+        make(tmp_path, **{name: value})
+
+
+def test_zero_is_accepted_where_it_means_something(tmp_path):
+    settings = make(tmp_path, FLUXHOOK_POLL_GRACE_SECONDS="0", FLUXHOOK_RETAIN_EVENTS_SECONDS="0",
+                    FLUXHOOK_SHUTDOWN_GRACE_SECONDS="0", BFL_MAX_ACTIVE_TASKS="0")
+    assert (settings.poll_grace_s, settings.retain_events_s, settings.shutdown_grace_s) == (0, 0, 0)
+
+
+def test_parsing_creates_nothing_and_preparing_makes_the_data_dir_and_its_secrets(tmp_path):
+    data = tmp_path / "data"
+    parsed = Settings.parse({"FLUXHOOK_DATA_DIR": str(data)})
+    assert not data.exists() and parsed.secret_key == ""
+    prepared = parsed.prepared()
+    assert prepared.secret_key == (data / "secret_key").read_text()
+    assert prepared.webhook_secret == (data / "webhook_secret").read_text()
+
+
+def test_with_everything_elsewhere_the_data_dir_is_not_needed(tmp_path):
+    data = tmp_path / "data"
+    settings = Settings.from_env({
+        "FLUXHOOK_DATA_DIR": str(data), "FLUXHOOK_SECRET_KEY": "k", "FLUXHOOK_BLOB_URL": "s3://b/p",
+        "FLUXHOOK_WEBHOOK_SECRET": "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldY",
+        "FLUXHOOK_DATABASE_URL": "postgresql://app@db/fluxhook"})
+    assert not settings.needs_data_dir and not data.exists()
+
+
+def test_a_data_dir_under_a_file_is_refused_naming_the_setting(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="FLUXHOOK_DATA_DIR: cannot create"):
+        make(tmp_path / "file" / "data")
+
+
+def test_an_unknown_fluxhook_variable_is_named_with_the_closest_known_one():
+    from service.settings import unknown_variables
+
+    found = unknown_variables({"FLUXHOOK_POLL_BASE_SECOND": "1", "FLUXHOOK_ZZZ": "1", "FLUXHOOK_PORT": "1",
+                               "FLUXHOOK_SIM_SEED": "1", "HOME": "/root"}, also_known=["FLUXHOOK_SIM_SEED"])
+    assert found == [
+        "FLUXHOOK_POLL_BASE_SECOND is not a fluxhook setting (did you mean FLUXHOOK_POLL_BASE_SECONDS?); "
+        "it is ignored",
+        "FLUXHOOK_ZZZ is not a fluxhook setting; it is ignored",
+    ]

@@ -23,8 +23,10 @@ from service.strict_json import loads
 class ProviderCall:
     method: str
     url: str
-    headers: Mapping[str, str] = field(default_factory=dict)
-    json: Any = None
+    # Out of the repr: the headers carry the API key, a submit's body the webhook secret and the
+    # callback URL with its token.
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    json: Any = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,8 @@ class SubmitOrder:
     job_id: str
     model: str
     input: Mapping[str, Any]
-    webhook_url: str | None
-    webhook_secret: str | None
+    webhook_url: str | None = field(repr=False)  # its path carries the callback token
+    webhook_secret: str | None = field(repr=False)
 
 
 @dataclass(frozen=True)

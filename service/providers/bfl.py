@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -50,7 +50,7 @@ _STATES = {
 @dataclass(frozen=True)
 class BflAdapter:
     base_url: str
-    api_key: str
+    api_key: str = field(repr=False)  # keep the key out of logs and tracebacks
     output_hosts: tuple[str, ...]
     name: str = "bfl"
     submit_path: str = "/v1/{model}"
