@@ -8,7 +8,8 @@ minutes on (nothing falls due while this runs), its attempt, two events and one 
 notification.
 Then, with the simulator off:
 - `fluxhook serve` is started and left idle; its CPU over `--seconds` is read from
-  /proc/<pid>/stat (utime + stime) and given as a share of one core;
+  /proc/<pid>/stat (utime + stime) and given as a share of one core (at `--jobs`, the
+  acceptance figure, and at `--small` for comparison);
 - `fluxhook tick` (nothing due) is timed `--ticks` times at `--small` and at `--jobs` jobs,
   median of each, and their ratio.
 """
@@ -145,6 +146,7 @@ def main() -> None:
         tick_seconds(small)  # warm the page cache for the code
         small_ticks = [tick_seconds(small) for _ in range(args.ticks)]
         large_ticks = [tick_seconds(large) for _ in range(args.ticks)]
+        cpu_small = idle_cpu(small, args.seconds)
         cpu = idle_cpu(large, args.seconds)
     small_tick, large_tick = statistics.median(small_ticks), statistics.median(large_ticks)
     print(json.dumps({
@@ -152,6 +154,7 @@ def main() -> None:
         "cores": os.cpu_count(),
         "seed_seconds": round(seeded, 1),
         "serve_idle_cpu_percent": round(cpu, 2),
+        "serve_idle_cpu_percent_at_small": round(cpu_small, 2),
         "idle_seconds": args.seconds,
         "tick_nothing_due_s": {str(args.small): round(small_tick, 3), str(args.jobs): round(large_tick, 3)},
         "tick_ratio": round(large_tick / small_tick, 2),
