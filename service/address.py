@@ -19,6 +19,7 @@ import anyio
 
 from service.context import WorkContext
 from service.errors import ConfigError
+from service.resources import build_adapters
 from service.settings import Settings, redact_url
 from service.stores import open_stores
 
@@ -101,8 +102,6 @@ async def follow_address(ctx: WorkContext, environ: Mapping[str, str]) -> None:
 
 def adopt(ctx: WorkContext, settings: Settings) -> None:
     """Point `ctx` at `settings`' public URL: callback URLs, adapters and event documents."""
-    from service.app import build_adapters  # app imports this module
-
     ctx.settings = settings
     ctx.adapters = build_adapters(settings)
     ctx.store.public_url = settings.public_url

@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from functools import partial
 from typing import Any
 
 import anyio
@@ -40,111 +38,15 @@ from handlers.subscriptions import (
 from handlers.tick import run_tick
 from handlers.uploads import create_upload, get_upload
 from service.address import announce, withdraw
-from service.catalog import Catalog
-from service.context import Clock, Signals, WorkContext
-from service.egress import EgressPolicy, guarded_transport
-from service.errors import ConfigError
+from service.context import Clock
 from service.logs import quiet_url_loggers
 from service.notifier import Notifier
-from service.providers.apiframe import ApiframeAdapter
-from service.providers.base import Adapter
-from service.providers.bfl import BflAdapter
-from service.providers.cometapi import CometApiAdapter
-from service.providers.runcomfy import RunComfyAdapter
+from service.resources import open_context, system_clock
 from service.retention import prune_periodically
 from service.settings import SIMULATOR_MOUNT, Settings
-from service.stores import open_stores
-from service.tokens import CallbackTokens, UploadTokens
 from service.worker import Worker
-from storage.blobs import open_blob_store
 
 log = logging.getLogger("fluxhook")
-
-
-def system_clock() -> int:
-    return time.time_ns() // 1_000_000
-
-
-ADAPTERS: dict[str, type[BflAdapter] | type[ApiframeAdapter] | type[RunComfyAdapter]] = {
-    "bfl": BflAdapter,
-    "cometapi": CometApiAdapter,
-    "apiframe": ApiframeAdapter,
-    "runcomfy": RunComfyAdapter,
-}
-
-
-def build_adapters(settings: Settings) -> dict[str, Adapter]:
-    """One adapter per configured provider (a key, or the simulator serving it)."""
-    return {
-        name: ADAPTERS[name](p.base_url, p.api_key, p.output_hosts) for name, p in settings.providers.items()
-    }
-
-
-@asynccontextmanager
-async def open_context(
-    settings: Settings,
-    *,
-    transport: httpx.AsyncBaseTransport | None = None,
-    notify_transport: httpx.AsyncBaseTransport | None = None,
-    clock: Clock = system_clock,
-    rand: random.Random | None = None,
-) -> AsyncIterator[WorkContext]:
-    """Open the database, blob store and HTTP clients that the web app and workers share.
-
-    `transport` answers provider calls and downloads; `notify_transport` carries notifications
-    (by default SSRF-guarded by FLUXHOOK_ALLOW_PRIVATE_DESTINATIONS).
-    """
-    store = await open_stores(settings, public_url=settings.public_url)
-    try:
-        policy = EgressPolicy.from_setting(settings.allow_private_destinations)
-    except ValueError as exc:
-        await store.close()
-        raise ConfigError(f"FLUXHOOK_ALLOW_PRIVATE_DESTINATIONS: {exc}") from exc
-    if notify_transport is None:
-        notify_transport = guarded_transport(policy)
-    try:
-        blobs = open_blob_store(settings.blob_location, aws=settings.aws)
-    except ValueError as exc:
-        await store.close()
-        raise ConfigError(str(exc)) from exc
-    try:
-        removed = await blobs.remove_partials()
-        if removed:
-            log.info("removed %d partial download(s) left by an earlier process", removed)
-        limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
-        signals = Signals()
-        async with (
-            httpx.AsyncClient(transport=transport, limits=limits, timeout=settings.http_timeout_s) as client,
-            httpx.AsyncClient(
-                transport=notify_transport, follow_redirects=False, timeout=settings.webhook_timeout_s
-            ) as notify_client,
-            anyio.create_task_group() as wake_ups,
-        ):
-            # Work committed by other processes (PostgreSQL) wakes this one's loops and streams.
-            wake_ups.start_soon(store.follow_wake_ups, partial(_wake, signals))
-            yield WorkContext(
-                settings=settings,
-                store=store,
-                blobs=blobs,
-                adapters=build_adapters(settings),
-                catalog=Catalog.default(),
-                client=client,
-                notify_client=notify_client,
-                tokens=CallbackTokens(settings.secret_key),
-                upload_tokens=UploadTokens(settings.secret_key),
-                clock=clock,
-                rand=rand or random.Random(),
-                egress=policy,
-                signals=signals,
-            )
-            wake_ups.cancel_scope.cancel()
-    finally:
-        await blobs.close()
-        await store.close()
-
-
-def _wake(signals: Signals, kind: str) -> None:
-    getattr(signals, kind).fire()
 
 
 def _callable_from_signal_handler(fn: Callable[[], None]) -> Callable[[], None]:

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import logging
 import os
 import signal
 import socket
 import sys
-import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from functools import partial
-from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
-import uvicorn
 
 from service.errors import ConfigError
 from service.settings import Settings, log_settings
@@ -85,7 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for warning in environment_warnings(os.environ) + settings.warnings():
         log.warning("%s", warning)
     if listener is not None:
-        return _serve(settings, listener, simulator, run_workers=not args.no_workers)
+        from service.serving import serve_app
+
+        return serve_app(settings, listener, simulator, run_workers=not args.no_workers)
     if args.command == "worker":
         return anyio.run(_worker, settings)
     return anyio.run(_tick, settings)
@@ -171,65 +169,10 @@ def _logging(level: str, log_format: str) -> None:
     configure_logging(level, log_format)
 
 
-def _serve(
-    settings: Settings, listener: socket.socket, simulator_config: SimulatorConfig | None, *,
-    run_workers: bool,
-) -> int:
-    from service.app import create_app
-
-    simulator = None
-    if simulator_config is not None:
-        from service.simulator import create_simulator_app
-
-        simulator = create_simulator_app(simulator_config)
-    app = create_app(settings, run_workers=run_workers, simulator=simulator)
-    # access_log off: callback paths carry tokens, which must not reach a log. Open requests
-    # (event streams included) get the same grace as the workers, which wind down meanwhile.
-    # log_config None: uvicorn's own lines go through fluxhook's handler, in its format.
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            log_config=None, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)))
-    log.info("fluxhook listening on %s:%d", settings.host, settings.port)
-    _GracefulServer(config, on_exit=lambda: _stop_workers(app)).run(sockets=[listener])
-    return 0
-
-
-def _stop_workers(app: Any) -> None:
-    stop = getattr(app.state, "stop_workers", None)  # set by the lifespan once started
-    if stop is not None:
-        stop()
-
-
-class _GracefulServer(uvicorn.Server):
-    """uvicorn's server, except that a SIGTERM/SIGINT also tells the in-process workers to stop
-    claiming at once, and a clean stop exits 0 (uvicorn re-raises the signal once it has shut
-    down, so the process would otherwise die of it)."""
-
-    def __init__(self, config: uvicorn.Config, *, on_exit: Callable[[], None]) -> None:
-        super().__init__(config)
-        self._on_exit = on_exit
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self._on_exit()
-        super().handle_exit(sig, frame)
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in original.items():
-                signal.signal(sig, handler)
-
-
 async def _worker(settings: Settings) -> int:
     from service.address import follow_address
-    from service.app import open_context
     from service.notifier import Notifier
+    from service.resources import open_context
     from service.retention import prune_periodically
     from service.worker import Worker
 
@@ -263,7 +206,7 @@ async def _stop_on_signals(
 
 
 async def _tick(settings: Settings) -> int:
-    from service.app import open_context
+    from service.resources import open_context
     from service.tick import TickReport, tick
 
     report: TickReport | None = None
@@ -283,11 +226,10 @@ async def _tick(settings: Settings) -> int:
 
 
 def _simulator(host: str, port: int) -> int:
-    from service.simulator import create_simulator_app
+    from service.serving import serve_simulator
 
     _logging(*log_settings(os.environ))
-    app = create_simulator_app(_simulator_config())
-    uvicorn.run(app, host=host, port=port, log_level="info", log_config=None, access_log=False)
+    serve_simulator(host, port, _simulator_config())
     return 0
 
 

@@ -292,7 +292,7 @@ class DeliveryStore(Protocol):
     ) -> list[tuple[DeliveryRecord, list[DeliveryAttemptRecord]]]:
         ...
 
-    async def pending_delivery_due(self, *, exclude: Sequence[str] = ()) -> int | None:
+    async def pending_delivery_due(self, *, now: int, exclude: Sequence[str] = ()) -> int | None:
         """When the next pending delivery falls due, leaving out destinations in `exclude` (those at their
         in-flight cap: a freed slot wakes the notifier, so waiting on their already-due rows would only
         make it spin)."""

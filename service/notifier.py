@@ -158,7 +158,7 @@ class Notifier(ClaimLoop[ClaimedDelivery]):
         full = [
             key for key, count in self._busy.items() if count >= self.ctx.settings.webhook_per_destination
         ]
-        return await self.ctx.store.deliveries.pending_delivery_due(exclude=full)
+        return await self.ctx.store.deliveries.pending_delivery_due(now=self.ctx.clock(), exclude=full)
 
 
 async def _read_head(response: httpx.Response, into: bytearray) -> None:

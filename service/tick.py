@@ -63,8 +63,8 @@ async def tick(ctx: WorkContext, *, seconds: float, stop: anyio.Event | None = N
     now = ctx.clock()
     due_tasks = await ctx.store.tasks.count_due(now=now)
     due_deliveries = await ctx.store.deliveries.count_due_deliveries(now=now)
-    next_times = [t for t in (await worker.next_due(), await ctx.store.deliveries.pending_delivery_due())
-                  if t is not None]
+    next_times = [t for t in (await worker.next_due(),
+                              await ctx.store.deliveries.pending_delivery_due(now=now)) if t is not None]
     return TickReport(
         tasks=worker.done,
         deliveries=notifier.done,

@@ -132,9 +132,10 @@ def leaks(text: str) -> list[str]:
 async def test_no_adapter_settings_store_or_blob_store_shows_a_secret_in_its_repr(
     tmp_path, caplog, postgres_url
 ):
-    from service.app import build_adapters, create_app
+    from service.app import create_app
     from service.check import environment_warnings
     from service.providers.base import SubmitOrder
+    from service.resources import build_adapters
     from service.settings import Settings
     from service.stores import open_stores
     from service.tokens import CallbackTokens, UploadTokens

@@ -265,6 +265,15 @@ MIGRATIONS: tuple[str | None, ...] = tuple(
         CREATE INDEX callbacks_by_received ON callbacks (received_at);
         CREATE INDEX delivery_attempts_by_started ON delivery_attempts (started_at);
         """,
+        # 9: every hot query reads an index range: leased tasks and deliveries, a job's and a
+        #    type's events in log order
+        """
+        CREATE INDEX tasks_others_leased ON tasks (lease_until) WHERE kind != 'submit';
+        CREATE INDEX deliveries_leased ON deliveries (lease_until) WHERE status = 'pending';
+        DROP INDEX events_by_job;
+        CREATE INDEX events_of_job ON events (job_id, seq);
+        CREATE INDEX events_of_type ON events (type, seq);
+        """,
     )
 )
 

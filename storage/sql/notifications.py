@@ -421,18 +421,32 @@ class DeliveryStore:
             "AND lease_until <= ?", (now, now)).fetchone())
         return int(row[0]) if row else 0
 
-    async def pending_delivery_due(self, *, exclude: Sequence[str] = ()) -> int | None:
+    async def pending_delivery_due(self, *, now: int, exclude: Sequence[str] = ()) -> int | None:
         """When the next pending delivery falls due, leaving out destinations in `exclude`
         (those at their in-flight cap: a freed slot wakes the notifier, so waiting on their
-        already-due rows would only make it spin)."""
+        already-due rows would only make it spin).
+
+        A delivery can be sent from MAX(next_attempt_at, lease_until); the earliest is the least
+        of three index ranges (migration 9), not a MIN over every pending delivery (a dead
+        destination's backlog of retries included): those due and not leased, the first not
+        leased falling due later, and the leased ones (in flight, so few)."""
         not_excluded = f"AND {_DESTINATION} NOT IN ({','.join('?' * len(exclude))})" if exclude else ""
-        sql = (
-            "SELECT MIN(CASE WHEN next_attempt_at > lease_until "  # noqa: S608
-            "THEN next_attempt_at ELSE lease_until END) FROM deliveries "
-            f"WHERE status = 'pending' {not_excluded}"
+        sendable = ("SELECT MIN(CASE WHEN next_attempt_at > lease_until THEN next_attempt_at "
+                    "ELSE lease_until END)")
+        looks = (
+            (f"{sendable} FROM deliveries WHERE status = 'pending' AND next_attempt_at <= ? "
+             f"AND +lease_until <= ? {not_excluded}", (now, now)),
+            ("SELECT next_attempt_at FROM deliveries WHERE status = 'pending' AND next_attempt_at > ? "  # noqa: S608
+             f"AND +lease_until <= ? {not_excluded} ORDER BY next_attempt_at LIMIT 1", (now, now)),
+            (f"{sendable} FROM deliveries WHERE status = 'pending' AND lease_until > ? {not_excluded}",
+             (now,)),
         )
-        row = await self._db.query(lambda conn: conn.execute(sql, tuple(exclude)).fetchone())
-        return row[0] if row and row[0] is not None else None
+
+        def look(conn: Conn) -> int | None:
+            found = [conn.execute(sql, (*params, *exclude)).fetchone() for sql, params in looks]
+            return min((row[0] for row in found if row is not None and row[0] is not None), default=None)
+
+        return await self._db.query(look)
 
 
 class EventStore:
@@ -454,8 +468,12 @@ class EventStore:
             clauses.append("job_id = ?")
             params.append(job_id)
         if types:
-            clauses.append(f"type IN ({','.join('?' * len(types))})")
+            # With a job, its events are the range to read (events_of_job): `type || ''` keeps
+            # the planner from walking every event of the types instead (events_of_type).
+            column = "type || ''" if job_id else "type"
+            clauses.append(f"{column} IN ({','.join('?' * len(types))})")
             params.extend(types)
+        # Both filters read an index in log order from the cursor on (migration 9).
         sql = f"SELECT * FROM events WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ?"  # noqa: S608
         rows = await self._db.query(lambda conn: conn.execute(sql, [*params, limit]).fetchall())
         return [EventRecord.from_row(r) for r in rows]

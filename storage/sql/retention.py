@@ -121,10 +121,12 @@ class RetentionStore:
                          AND seq < (SELECT MAX(seq) FROM events)  -- the newest stays: seqs are never reused
                          AND NOT EXISTS (SELECT 1 FROM deliveries d
                                          WHERE d.event_seq = e.seq AND d.status = 'pending')
-                       ORDER BY seq LIMIT ?""",
+                       ORDER BY created_at, seq LIMIT ?""",  # events_by_created's order: none old, none read
                     (before, limit),
                 ).fetchall()
             ]
+            if not seqs:
+                return 0
             marks = ",".join("?" * len(seqs))
             conn.execute(
                 f"""DELETE FROM delivery_attempts WHERE delivery_id IN

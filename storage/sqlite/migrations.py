@@ -271,4 +271,18 @@ MIGRATIONS: tuple[Migration, ...] = (
     CREATE INDEX callbacks_by_received ON callbacks (received_at);
     CREATE INDEX delivery_attempts_by_started ON delivery_attempts (started_at);
     """,
+    # 9: every hot query reads an index range, so what idle workers, ticks and streams cost does
+    #    not grow with the jobs in flight (tests/test_query_plans.py): the leased polls and
+    #    downloads, and the leased pending deliveries (when a lease runs out is part of the next
+    #    due time, storage/sql/tasks.py `_OTHERS_NEXT`); a job's events, and one type's, in log
+    #    order (filtered event streams), where events_by_job's (job_id, job_seq) gave the job's
+    #    events only to be sorted. An index ends with its table's rowid in SQLite; `seq` is
+    #    named for PostgreSQL.
+    """
+    CREATE INDEX tasks_others_leased ON tasks (lease_until) WHERE kind != 'submit';
+    CREATE INDEX deliveries_leased ON deliveries (lease_until) WHERE status = 'pending';
+    DROP INDEX events_by_job;
+    CREATE INDEX events_of_job ON events (job_id, seq);
+    CREATE INDEX events_of_type ON events (type, seq);
+    """,
 )
