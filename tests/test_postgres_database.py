@@ -158,3 +158,42 @@ async def test_two_claimers_skip_each_others_locked_rows(db):
     rows = await db.query(
         lambda conn: conn.execute("SELECT name, value FROM counters ORDER BY name").fetchall())
     assert [tuple(r) for r in rows] == [("a", 1), ("b", 1)]
+
+
+async def test_event_appenders_that_overlap_queue_up_and_each_commits_on_its_first_run(db, postgres_url):
+    """The second appender starts while the first is inside its transaction. Marked as
+    appending events, it waits for the first to commit before taking its snapshot, so it sees
+    the first's event and takes the next seq: neither runs twice. (Unmarked, it would read the
+    log's last seq from a snapshot older than the first's commit, fail to serialize and run
+    again, as ten workers submitting at once did, some of them ten times over.)"""
+    runs: list[str] = []
+
+    def append(name: str, wait_for_a_waiter: bool):
+        def body(conn):
+            runs.append(name)
+            seq = conn.execute(
+                "INSERT INTO events (id, type, body, created_at) VALUES (?, 'test', ?, 0) RETURNING seq",
+                (f"evt_{name}_{len(runs)}", b"{}"),
+            ).fetchone()[0]
+            if wait_for_a_waiter:  # hold the transaction open until the other one queues behind it
+                with psycopg.connect(postgres_url, autocommit=True) as watch:
+                    for _ in range(200):
+                        if watch.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()[0]:
+                            break
+                        threading.Event().wait(0.05)
+            return seq
+
+        return body
+
+    seqs: dict[str, int] = {}
+
+    async def run(name: str, wait_for_a_waiter: bool) -> None:
+        seqs[name] = await db.transact(append(name, wait_for_a_waiter), appends_events=True)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run, "first", True)
+        while not runs:
+            await anyio.sleep(0.01)
+        tg.start_soon(run, "second", False)
+    assert runs == ["first", "second"]
+    assert seqs == {"first": 1, "second": 2}

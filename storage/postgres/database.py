@@ -67,6 +67,7 @@ class Database(StoresOver):
         rules: JobRules,
         public_url: str = "",
         attempts: int = 10,
+        own_backends: set[int] | None = None,
     ) -> None:
         self._pool = pool
         self.rules = rules  # the state machine, event bodies, JSON (storage/rules.py)
@@ -78,6 +79,9 @@ class Database(StoresOver):
         self._attempts = attempts
         self.url = where(url)  # for messages: never the password
         self._dsn = url
+        # The server processes behind this pool's connections (filled as the pool connects):
+        # what they commit, this process has woken its own loops for already.
+        self._own_backends = own_backends if own_backends is not None else set()
 
     @classmethod
     async def open(
@@ -85,11 +89,16 @@ class Database(StoresOver):
     ) -> Database:
         """Connect `pool_size` connections to the database at `url` (a postgresql:// URL);
         StorageUnavailable if that cannot be done within `timeout` seconds."""
+        own_backends: set[int] = set()
         pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             url,
+            configure=lambda conn: own_backends.add(conn.info.backend_pid),
             min_size=pool_size,
             max_size=pool_size,
-            kwargs={"autocommit": True},  # transactions are explicit: BEGIN ... COMMIT
+            # Transactions are explicit (BEGIN ... COMMIT). No server-side prepared statements:
+            # psycopg (3.3) can lose track of one prepared in a pipeline that a failed statement
+            # aborted, and then fails each later use with "prepared statement does not exist".
+            kwargs={"autocommit": True, "prepare_threshold": None},
             timeout=timeout,
             open=False,
             name="fluxhook",
@@ -99,7 +108,8 @@ class Database(StoresOver):
         except (PoolTimeout, psycopg.Error) as exc:
             await anyio.to_thread.run_sync(pool.close)
             raise StorageUnavailable(f"cannot connect to PostgreSQL at {where(url)}") from exc
-        return cls(pool, url=url, pool_size=pool_size, rules=rules, public_url=public_url)
+        return cls(pool, url=url, pool_size=pool_size, rules=rules, public_url=public_url,
+                   own_backends=own_backends)
 
     async def close(self) -> None:
         await anyio.to_thread.run_sync(self._pool.close)
@@ -113,9 +123,13 @@ class Database(StoresOver):
 
     async def follow_wake_ups(self, wake: Callable[[str], None]) -> None:
         """Until cancelled, call `wake(kind)` for each notification the wake-up triggers send
-        (storage/postgres/migrations.py WAKE_UPS), over a connection of its own."""
+        (storage/postgres/migrations.py WAKE_UPS), over a connection of its own; except for
+        what this process committed itself, which woke its loops in memory at once (as on
+        SQLite): woken twice, a worker would claim again for nothing, in the way of the work
+        it has just been given."""
         kinds = {channel: kind for kind, channel in WAKE_CHANNELS.items()}
-        await Listener(self._dsn, list(kinds), lambda channel, _payload: wake(kinds[channel])).run()
+        await Listener(self._dsn, list(kinds), lambda channel, _payload: wake(kinds[channel]),
+                       ignore_senders=self._own_backends).run()
 
     async def migrate(self) -> int:
         """Apply the numbered migrations not yet applied, under the migration lock (several
@@ -127,15 +141,24 @@ class Database(StoresOver):
         return await self._hop(run, what="migration")
 
     async def transact(
-        self, fn: Callable[[Connection], T], *, isolation: Isolation = Isolation.SERIALIZABLE
+        self,
+        fn: Callable[[Connection], T],
+        *,
+        isolation: Isolation = Isolation.SERIALIZABLE,
+        appends_events: bool = False,
     ) -> T:
         """Run `fn` as one transaction (BEGIN, `fn`, COMMIT) in one hop, again from the start
         if PostgreSQL reports a serialization failure or a deadlock. Whatever `fn` raises rolls
         the transaction back and is raised here. Once started, a hop runs to its end even if
-        this await is cancelled."""
+        this await is cancelled.
+
+        `appends_events`: `fn` may append to the event log, so it waits for every other such
+        transaction to end before it takes its snapshot (`EVENT_LOG_LOCK`). Without that, two
+        SERIALIZABLE transactions appending at once both read the log's last seq and one of
+        them always fails and runs again; with ten at once, some fail ten times over."""
         for attempt in range(1, self._attempts + 1):
             try:
-                return await self._hop(partial(_in_transaction, fn, isolation), what="write")
+                return await self._hop(partial(_in_transaction, fn, isolation, appends_events), what="write")
             except _Retry as retry:
                 if attempt == self._attempts:
                     raise StorageUnavailable(
@@ -164,7 +187,7 @@ class Database(StoresOver):
                     try:
                         return fn(conn)
                     except psycopg.OperationalError:
-                        if raw.broken and conn.statements == 0:
+                        if raw.broken and not conn.answered:
                             continue
                         raise
             except _Retry:
@@ -193,11 +216,26 @@ class _Retry(Exception):
         self.reason = reason
 
 
-def _in_transaction(fn: Callable[[Connection], T], isolation: Isolation, conn: Connection) -> T:
-    conn.execute(f"BEGIN ISOLATION LEVEL {isolation.value}")
+# Taken first by a transaction that may append events, before anything else, so before its
+# snapshot: LOCK TABLE is the one statement a SERIALIZABLE transaction can run without taking
+# its snapshot. The mode queues appenders behind each other (it conflicts with itself and with
+# the ROW EXCLUSIVE lock any INSERT holds) while plain reads and FOR UPDATE claims go on. The
+# event-order trigger's advisory lock (migrations.py) stays the rule for every other writer.
+EVENT_LOG_LOCK = "LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE"
+
+
+def _in_transaction(
+    fn: Callable[[Connection], T], isolation: Isolation, appends_events: bool, conn: Connection
+) -> T:
     try:
-        result = fn(conn)
-        conn.raw.execute("COMMIT")
+        # Pipelined: BEGIN and the lock go out with the body's first statement, COMMIT with
+        # its last writes, and the writes between two reads together.
+        with conn.pipelined():
+            conn.execute(f"BEGIN ISOLATION LEVEL {isolation.value}")
+            if appends_events:
+                conn.execute(EVENT_LOG_LOCK)
+            result = fn(conn)
+            conn.execute("COMMIT")
     except RETRYABLE as exc:
         _roll_back(conn)
         raise _Retry(_describe(exc)) from exc

@@ -47,6 +47,9 @@ class SqlDatabase(Protocol):
     public_url: str
     dialect: Dialect
 
-    async def transact(self, fn: Callable[[Conn], T]) -> T: ...
+    async def transact(self, fn: Callable[[Conn], T], *, appends_events: bool = False) -> T:
+        """Run `fn` as one write transaction. `appends_events`: `fn` may append to the event
+        log (a job change does), so it must not overlap another transaction that does."""
+        ...
 
     async def query(self, fn: Callable[[Conn], T]) -> T: ...

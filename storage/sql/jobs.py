@@ -156,7 +156,7 @@ class JobStore:
                 _end_task(conn, task, transition.state)
             return Recorded(_must_select_job(conn, self._db.rules, job_id), transition)
 
-        return await self._db.transact(record)
+        return await self._db.transact(record, appends_events=True)
 
     async def record_callback(
         self,
@@ -207,7 +207,7 @@ class JobStore:
                 _upsert_task(conn, job_id, TaskKind.POLL, confirm_at, now)
             return Recorded(_must_select_job(conn, self._db.rules, job_id), transition, duplicate)
 
-        return await self._db.transact(record)
+        return await self._db.transact(record, appends_events=True)
 
     async def named_tasks(self, job_id: str, provider: str) -> list[str]:
         """Provider tasks that unsigned callbacks for this job named, oldest first (a task a poll
@@ -262,7 +262,7 @@ class JobStore:
                                     how="confirmed by polling it")
             return Recorded(_must_select_job(conn, self._db.rules, job_id), transition)
 
-        return await self._db.transact(adopt)
+        return await self._db.transact(adopt, appends_events=True)
 
     async def record_outputs(
         self,
@@ -291,7 +291,7 @@ class JobStore:
             conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
             return Recorded(_must_select_job(conn, self._db.rules, job_id), transition)
 
-        return await self._db.transact(record)
+        return await self._db.transact(record, appends_events=True)
 
     async def begin_submit(
         self, job_id: str, provider: str, *, now: int, reuse: int | None = None
@@ -347,7 +347,7 @@ class JobStore:
             _end_task(conn, task, transition.state if transition else job.state)
             return Recorded(_must_select_job(conn, self._db.rules, job_id), transition)
 
-        return await self._db.transact(record)
+        return await self._db.transact(record, appends_events=True)
 
 
 # Transaction bodies (they run inside `Database.transact`) ----------------------------------------
