@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 
 import anyio
@@ -197,3 +198,35 @@ async def test_event_appenders_that_overlap_queue_up_and_each_commits_on_its_fir
         tg.start_soon(run, "second", False)
     assert runs == ["first", "second"]
     assert seqs == {"first": 1, "second": 2}
+
+
+async def test_a_statement_failing_mid_body_leaves_no_broken_prepared_statement_behind(postgres_url):
+    """Bodies run pipelined and their statements get prepared on the server once used often;
+    a failure mid-body must not leave a connection whose later bodies fail."""
+    db = await Database.open(postgres_url, pool_size=1, rules=JOB_RULES)
+    try:
+        await db.transact(lambda conn: conn.execute("CREATE TABLE t (id BIGINT PRIMARY KEY)"))
+        statements = [f"SELECT count(*) FROM t WHERE id > ? + {k}" for k in range(4)] + [
+            f"UPDATE t SET id = id WHERE id = ? + {k}" for k in range(4)]
+        rng = random.Random(1)
+
+        def body(failing: bool, picks: list[int]):
+            def run(conn):
+                for n, pick in enumerate(picks):
+                    cursor = conn.execute(statements[pick], (n,))
+                    if n % 2:
+                        cursor.fetchall()
+                    if failing and n == 1:
+                        conn.execute("SELECT 1/0")  # its error comes back with a later result
+            return run
+
+        for _ in range(150):
+            failing = rng.random() < 0.3
+            picks = [rng.randrange(len(statements)) for _ in range(rng.randint(2, 6))]
+            if failing:
+                with pytest.raises(StorageUnavailable, match="division by zero"):
+                    await db.transact(body(failing, picks))
+            else:
+                await db.transact(body(failing, picks))
+    finally:
+        await db.close()

@@ -95,10 +95,7 @@ class Database(StoresOver):
             configure=lambda conn: own_backends.add(conn.info.backend_pid),
             min_size=pool_size,
             max_size=pool_size,
-            # Transactions are explicit (BEGIN ... COMMIT). No server-side prepared statements:
-            # psycopg (3.3) can lose track of one prepared in a pipeline that a failed statement
-            # aborted, and then fails each later use with "prepared statement does not exist".
-            kwargs={"autocommit": True, "prepare_threshold": None},
+            kwargs={"autocommit": True},  # transactions are explicit: BEGIN ... COMMIT
             timeout=timeout,
             open=False,
             name="fluxhook",
@@ -237,12 +234,24 @@ def _in_transaction(
             result = fn(conn)
             conn.execute("COMMIT")
     except RETRYABLE as exc:
-        _roll_back(conn)
+        _discard(conn)
         raise _Retry(_describe(exc)) from exc
+    except psycopg.Error:
+        _discard(conn)
+        raise
     except BaseException:
         _roll_back(conn)
         raise
     return result
+
+
+def _discard(conn: Connection) -> None:
+    """Close a connection on which a statement failed inside the pipeline; the pool opens a
+    new one. Rolling back would do for the transaction, but psycopg (3.3) can lose track of
+    the statements it prepared in a pipeline a failure aborted, and every later use of one on
+    that connection would fail ("prepared statement _pg3_N does not exist")."""
+    with contextlib.suppress(psycopg.Error):
+        conn.raw.close()
 
 
 def _roll_back(conn: Connection) -> None:

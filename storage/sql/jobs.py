@@ -473,8 +473,8 @@ def _apply_in_tx(
         _write_state(conn, job, before, after, now, rules)
         event_type = _event_for(before, after)
         if event_type is not None:
-            emit_job_event(conn, _must_select_job(conn, rules, job.id), event_type, now=now, rules=rules,
-                           public_url=public_url)
+            emit_job_event(conn, job.id, partial(_must_select_job, conn, rules, job.id), event_type,
+                           now=now, rules=rules, public_url=public_url)
     for effect in transition.effects:
         _materialize(conn, job.id, effect, now=now, schedule=schedule)
     return transition

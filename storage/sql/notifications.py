@@ -8,7 +8,7 @@ subscriptions, deliveries and the event log; `emit_job_event` is what the job st
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from storage.records import (
@@ -26,30 +26,33 @@ from storage.records import (
 from storage.rules import JobRules
 
 if TYPE_CHECKING:
-    from storage.sql import Conn, SqlDatabase
+    from storage.sql import Conn, Row, SqlDatabase
 
 def emit_job_event(
-    conn: Conn, job: JobRecord, event_type: str, *, now: int, rules: JobRules,
-    public_url: str,
+    conn: Conn, job_id: str, load_job: Callable[[], JobRecord], event_type: str, *, now: int,
+    rules: JobRules, public_url: str,
 ) -> int:
-    """Record one job event (a snapshot of the job document) and its deliveries."""
-    # Both reads and the count's update are sent before either result is read: on PostgreSQL
-    # (pipelined) that is one round trip for the three, not three.
-    output_rows = conn.execute("SELECT * FROM outputs WHERE job_id = ? ORDER BY idx", (job.id,))
-    attempt_rows = conn.execute("SELECT * FROM attempts WHERE job_id = ? ORDER BY id", (job.id,))
-    sequence = job.event_count + 1
-    conn.execute("UPDATE jobs SET event_count = ? WHERE id = ?", (sequence, job.id))
+    """Record one job event (a snapshot of the job document, read by `load_job`) and its
+    deliveries. Reads are sent before their results are read where nothing else waits on them:
+    on PostgreSQL (pipelined) each group of them costs one round trip."""
+    output_rows = conn.execute("SELECT * FROM outputs WHERE job_id = ? ORDER BY idx", (job_id,))
+    attempt_rows = conn.execute("SELECT * FROM attempts WHERE job_id = ? ORDER BY id", (job_id,))
+    job = load_job()
     outputs = [OutputRecord.from_row(r) for r in output_rows.fetchall()]
     attempts = [AttemptRecord.from_row(r) for r in attempt_rows.fetchall()]
+    sequence = job.event_count + 1
+    conn.execute("UPDATE jobs SET event_count = ? WHERE id = ?", (sequence, job.id))
     event_id = rules.new_id("evt", now)
     body = rules.job_event(job, outputs, attempts, event_id=event_id, event_type=event_type, now=now,
                            sequence=sequence, public_url=public_url)
-    seq = int(conn.execute(
+    inserted = conn.execute(
         "INSERT INTO events (id, job_id, job_seq, type, body, created_at) VALUES (?, ?, ?, ?, ?, ?) "
         "RETURNING seq",
         (event_id, job.id, sequence, event_type, body, now),
-    ).fetchone()[0])
-    _fan_out(conn, seq, event_type, job_id=job.id, now=now, rules=rules)
+    )
+    subscriptions = _subscriptions(conn)
+    seq = int(inserted.fetchone()[0])
+    _fan_out(conn, seq, event_type, subscriptions.fetchall(), job_id=job.id, now=now, rules=rules)
     if job.webhook_url and (not job.webhook_events or event_type in job.webhook_events):
         _add_delivery(conn, seq, None, job.id, job.webhook_url, now, rules)
     return seq
@@ -65,15 +68,20 @@ def emit_system_event(
         "RETURNING seq",
         (event_id, event_type, body, now),
     ).fetchone()[0])
-    _fan_out(conn, seq, event_type, job_id=None, now=now, rules=rules)
+    _fan_out(conn, seq, event_type, _subscriptions(conn).fetchall(), job_id=None, now=now, rules=rules)
     return seq
 
 
+def _subscriptions(conn: Conn) -> Any:
+    """The enabled subscriptions (a cursor: sent now, read when needed)."""
+    return conn.execute("SELECT id, url, events FROM subscriptions WHERE status = 'enabled'")
+
+
 def _fan_out(
-    conn: Conn, seq: int, event_type: str, *, job_id: str | None, now: int, rules: JobRules
+    conn: Conn, seq: int, event_type: str, subscriptions: Sequence[Row], *, job_id: str | None, now: int,
+    rules: JobRules,
 ) -> None:
-    rows = conn.execute("SELECT id, url, events FROM subscriptions WHERE status = 'enabled'").fetchall()
-    for row in rows:
+    for row in subscriptions:
         wanted = rules.decode(row["events"])
         if not wanted or event_type in wanted:
             _add_delivery(conn, seq, row["id"], job_id, row["url"], now, rules)

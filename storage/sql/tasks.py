@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import heapq
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -73,7 +73,8 @@ class TaskStore:
         skip_locked = self._db.dialect.skip_locked
 
         def claim(conn: Conn) -> list[TaskRecord]:
-            due = _others_due(conn, now, limit) + _submits_due(conn, now, limit, caps)
+            others = _others_due(conn, now, limit)  # sent now, read after the submits' reads
+            due = _submits_due(conn, now, limit, caps) + others()
             picks = sorted(due, key=lambda pick: (pick.due_at, pick.task_id))[:limit]
             if not picks:
                 return []
@@ -147,13 +148,15 @@ _WAITING_FOR_PROVIDER = _WAITING.format(model="")
 _WAITING_FOR_MODEL = _WAITING.format(model="AND t.model = ?")
 
 
-def _others_due(conn: Conn, now: int, limit: int) -> list[_Pick]:
-    rows = conn.execute(
+def _others_due(conn: Conn, now: int, limit: int) -> Callable[[], list[_Pick]]:
+    """The polls and fetches due: the query is sent now, its rows read when the result is
+    called (on PostgreSQL, pipelined, with the next read's round trip)."""
+    cursor = conn.execute(
         """SELECT id, due_at FROM tasks WHERE kind != 'submit' AND due_at <= ? AND lease_until <= ?
            ORDER BY due_at LIMIT ?""",
         (now, now, limit),
-    ).fetchall()
-    return [_Pick(row["due_at"], row["id"]) for row in rows]
+    )
+    return lambda: [_Pick(row["due_at"], row["id"]) for row in cursor.fetchall()]
 
 
 def _submits_due(conn: Conn, now: int, limit: int, caps: SubmitCaps) -> list[_Pick]:
