@@ -5,6 +5,9 @@ A body is a plain function over a `Connection` (storage/postgres/connection.py) 
 awaits: `transact(fn)` runs it between `BEGIN` and `COMMIT` on a connection borrowed from the
 pool, in a worker thread; `query(fn)` runs reads with each statement in its own autocommit
 transaction. At most `pool_size` bodies run at once; the rest wait for a connection.
+A transaction runs pipelined (storage/postgres/connection.py): each statement is sent at once
+and its result waited for only when the body reads it, so a round trip to the server is paid
+per read the body waits on, not per statement.
 
 Writes are SERIALIZABLE by default: SQLite runs one writer at a time, so a body that reads a
 job and then writes what follows from it never races another; SERIALIZABLE keeps that promise

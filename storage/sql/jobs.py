@@ -179,10 +179,13 @@ class JobStore:
         digest = hashlib.sha256(body).hexdigest()
 
         def record(conn: Conn) -> Recorded:
+            # Sent before either is read, and the callback's row is counted only where that
+            # matters: on PostgreSQL (pipelined) that spares two round trips.
+            attempts = _select_attempts_later(conn, job_id)
             job = _select_job(conn, self._db.rules, job_id)
             if job is None:
                 raise UnknownJob(job_id)
-            judgement = judge(job, _select_attempts(conn, job_id))
+            judgement = judge(job, attempts())
             cursor = conn.execute(
                 """INSERT INTO callbacks (job_id, provider, body_sha256, verdict, state, body,
                                           received_at, provider_job_id)
@@ -190,7 +193,10 @@ class JobStore:
                 (job_id, provider, digest, judgement.verdict, judgement.state, body, now,
                  judgement.task),
             )
-            duplicate = cursor.rowcount == 0
+
+            def is_duplicate() -> bool:
+                return bool(cursor.rowcount == 0)
+
             conn.execute("UPDATE jobs SET callback_count = callback_count + 1 WHERE id = ?", (job_id,))
             transition = None
             observation, confirm_at = judgement.observation, judgement.confirm_at
@@ -202,10 +208,10 @@ class JobStore:
             elif observation is not None:
                 transition = _apply_in_tx(conn, job, observation, now=now, schedule=schedule,
                                           rules=self._db.rules, public_url=self._db.public_url)
-            elif confirm_at is not None and job.state.awaiting_provider and not duplicate:
+            elif confirm_at is not None and job.state.awaiting_provider and not is_duplicate():
                 # A byte-identical repeat (a provider retrying) has already asked for its poll.
                 _upsert_task(conn, job_id, TaskKind.POLL, confirm_at, now)
-            return Recorded(_must_select_job(conn, self._db.rules, job_id), transition, duplicate)
+            return Recorded(_must_select_job(conn, self._db.rules, job_id), transition, is_duplicate())
 
         return await self._db.transact(record, appends_events=True)
 
@@ -364,9 +370,10 @@ def _must_select_job(conn: Conn, rules: JobRules, job_id: str) -> JobRecord:
     return job
 
 
-def _select_attempts(conn: Conn, job_id: str) -> list[AttemptRecord]:
-    rows = conn.execute("SELECT * FROM attempts WHERE job_id = ? ORDER BY id", (job_id,)).fetchall()
-    return [AttemptRecord.from_row(r) for r in rows]
+def _select_attempts_later(conn: Conn, job_id: str) -> Callable[[], list[AttemptRecord]]:
+    """The job's attempts: the query is sent now, its rows read when the result is called."""
+    cursor = conn.execute("SELECT * FROM attempts WHERE job_id = ? ORDER BY id", (job_id,))
+    return lambda: [AttemptRecord.from_row(r) for r in cursor.fetchall()]
 
 
 def _write_attempt(
