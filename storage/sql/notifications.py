@@ -230,6 +230,7 @@ class DeliveryStore:
                 ).fetchall()
                 if not rows:
                     break
+                last_look = len(rows) < limit * 4  # every candidate row is in hand
                 for row in rows:
                     if len(claimed) >= limit:
                         break
@@ -269,6 +270,8 @@ class DeliveryStore:
                             lease_until=now + lease_ms,
                         )
                     )
+                if last_look:  # a look again could only find rows just passed over
+                    break
             return claimed
 
         return await self._db.transact(claim)
