@@ -230,3 +230,42 @@ async def test_a_statement_failing_mid_body_leaves_no_broken_prepared_statement_
                 await db.transact(body(failing, picks))
     finally:
         await db.close()
+
+
+async def test_a_body_that_returns_how_to_read_its_result_is_read_once_committed(db):
+    """Its last results come back with the COMMIT (one round trip fewer), so they are read
+    after it: the transaction is over by then, and what it wrote is there."""
+
+    def body(conn):
+        conn.execute("INSERT INTO counters VALUES (?, ?)", ("a", 1))
+        written = conn.execute("SELECT value FROM counters WHERE name = ?", ("a",))
+        return lambda: (conn.raw.info.transaction_status, written.fetchone()["value"])
+
+    status, value = await db.transact_then_read(body)
+    assert status == psycopg.pq.TransactionStatus.IDLE
+    assert value == 1
+
+
+async def test_a_body_that_returns_how_to_read_its_result_and_fails_to_commit_runs_again(db):
+    await db.transact(lambda conn: conn.execute("INSERT INTO counters VALUES ('n', 0)"))
+    both_read = threading.Barrier(2)
+    runs: list[int] = []
+
+    def increment(conn):
+        value = conn.execute("SELECT value FROM counters WHERE name = 'n'").fetchone()["value"]
+        runs.append(value)
+        if len(runs) <= 2:
+            both_read.wait(timeout=10)
+        updated = conn.execute("UPDATE counters SET value = ? WHERE name = 'n' RETURNING value", (value + 1,))
+        return lambda: updated.fetchone()["value"]
+
+    results: list[int] = []
+
+    async def run() -> None:
+        results.append(await db.transact_then_read(increment))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        tg.start_soon(run)
+    assert sorted(results) == [1, 2]  # the loser ran again and read the winner's write
+    assert runs == [0, 0, 1]

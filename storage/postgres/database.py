@@ -156,9 +156,19 @@ class Database(StoresOver):
         transaction to end before it takes its snapshot (`EVENT_LOG_LOCK`). Without that, two
         SERIALIZABLE transactions appending at once both read the log's last seq and one of
         them always fails and runs again; with ten at once, some fail ten times over."""
+        return await self._transact(partial(_in_transaction, fn, isolation, appends_events))
+
+    async def transact_then_read(
+        self, fn: Callable[[Connection], Callable[[], T]], *, appends_events: bool = False
+    ) -> T:
+        """As `transact`, for a body that returns how to read its result: read once COMMIT has
+        come back, so the statements whose results it reads go out with the COMMIT."""
+        return await self._transact(partial(_in_transaction_then_read, fn, appends_events))
+
+    async def _transact(self, run: Callable[[Connection], T]) -> T:
         for attempt in range(1, self._attempts + 1):
             try:
-                return await self._hop(partial(_in_transaction, fn, isolation, appends_events), what="write")
+                return await self._hop(run, what="write")
             except _Retry as retry:
                 if attempt == self._attempts:
                     raise StorageUnavailable(
@@ -246,6 +256,13 @@ def _in_transaction(
         _roll_back(conn)
         raise
     return result
+
+
+def _in_transaction_then_read(
+    fn: Callable[[Connection], Callable[[], T]], appends_events: bool, conn: Connection
+) -> T:
+    # Every result is in once the pipelined transaction has committed: reading is local.
+    return _in_transaction(fn, Isolation.SERIALIZABLE, appends_events, conn)()
 
 
 def _discard(conn: Connection) -> None:

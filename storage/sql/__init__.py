@@ -52,4 +52,12 @@ class SqlDatabase(Protocol):
         log (a job change does), so it must not overlap another transaction that does."""
         ...
 
+    async def transact_then_read(
+        self, fn: Callable[[Conn], Callable[[], T]], *, appends_events: bool = False
+    ) -> T:
+        """As `transact`, for a body that returns how to read its result (from cursors of
+        statements it sent): PostgreSQL reads it once the transaction has committed, so those
+        results come back with the COMMIT, one round trip fewer; SQLite, before committing."""
+        ...
+
     async def query(self, fn: Callable[[Conn], T]) -> T: ...

@@ -178,7 +178,7 @@ class JobStore:
         """
         digest = hashlib.sha256(body).hexdigest()
 
-        def record(conn: Conn) -> Recorded:
+        def record(conn: Conn) -> Callable[[], Recorded]:
             # Sent before either is read, and the callback's row is counted only where that
             # matters: on PostgreSQL (pipelined) that spares two round trips.
             attempts = _select_attempts_later(conn, job_id)
@@ -211,9 +211,10 @@ class JobStore:
             elif confirm_at is not None and job.state.awaiting_provider and not is_duplicate():
                 # A byte-identical repeat (a provider retrying) has already asked for its poll.
                 _upsert_task(conn, job_id, TaskKind.POLL, confirm_at, now)
-            return Recorded(_must_select_job(conn, self._db.rules, job_id), transition, is_duplicate())
+            final = _select_job_later(conn, self._db.rules, job_id)
+            return lambda: Recorded(final(), transition, is_duplicate())
 
-        return await self._db.transact(record, appends_events=True)
+        return await self._db.transact_then_read(record, appends_events=True)
 
     async def named_tasks(self, job_id: str, provider: str) -> list[str]:
         """Provider tasks that unsigned callbacks for this job named, oldest first (a task a poll
@@ -281,11 +282,11 @@ class JobStore:
     ) -> Recorded | None:
         """Keep the stored outputs' records and mark the job succeeded, in one transaction."""
 
-        def record(conn: Conn) -> Recorded | None:
+        def record(conn: Conn) -> Callable[[], Recorded | None]:
             job = _select_job(conn, self._db.rules, job_id)
             if job is None:
                 conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
-                return None
+                return lambda: None
             conn.executemany(
                 """INSERT INTO outputs (job_id, idx, sha256, content_type, bytes, source_url, stored_at)
                    VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, idx) DO NOTHING""",
@@ -295,9 +296,10 @@ class JobStore:
             transition = _apply_in_tx(conn, job, observation, now=now, schedule=Schedule(),
                                       rules=self._db.rules, public_url=self._db.public_url)
             conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
-            return Recorded(_must_select_job(conn, self._db.rules, job_id), transition)
+            final = _select_job_later(conn, self._db.rules, job_id)
+            return lambda: Recorded(final(), transition)
 
-        return await self._db.transact(record, appends_events=True)
+        return await self._db.transact_then_read(record, appends_events=True)
 
     async def begin_submit(
         self, job_id: str, provider: str, *, now: int, reuse: int | None = None
@@ -362,6 +364,18 @@ class JobStore:
 def _select_job(conn: Conn, rules: JobRules, job_id: str) -> JobRecord | None:
     row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
     return JobRecord.from_row(row, rules.decode) if row else None
+
+
+def _select_job_later(conn: Conn, rules: JobRules, job_id: str) -> Callable[[], JobRecord]:
+    """A job written in this transaction: the query is sent now, the row read when called."""
+    cursor = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))
+
+    def read() -> JobRecord:
+        row = cursor.fetchone()
+        assert row is not None  # written in this same transaction
+        return JobRecord.from_row(row, rules.decode)
+
+    return read
 
 
 def _must_select_job(conn: Conn, rules: JobRules, job_id: str) -> JobRecord:

@@ -72,12 +72,12 @@ class TaskStore:
 
         skip_locked = self._db.dialect.skip_locked
 
-        def claim(conn: Conn) -> list[TaskRecord]:
+        def claim(conn: Conn) -> Callable[[], list[TaskRecord]]:
             others = _others_due(conn, now, limit)  # sent now, read after the submits' reads
             due = _submits_due(conn, now, limit, caps) + others()
             picks = sorted(due, key=lambda pick: (pick.due_at, pick.task_id))[:limit]
             if not picks:
-                return []
+                return list
             for pick in picks:
                 if pick.move_to is not None:  # its submit task follows (a trigger, migration 7)
                     conn.execute("UPDATE jobs SET provider = ?, updated_at = ? WHERE id = ?",
@@ -85,15 +85,16 @@ class TaskStore:
             ids = [pick.task_id for pick in picks]
             marks = ",".join("?" * len(ids))
             # On PostgreSQL a task another claimer has just locked is passed over, not waited for.
-            rows = conn.execute(
+            leased = conn.execute(
                 f"""UPDATE tasks SET lease_until = ?, attempts = attempts + 1
                     WHERE id IN (SELECT id FROM tasks WHERE id IN ({marks}) {skip_locked})
                     RETURNING *""",  # noqa: S608
                 (now + lease_ms, *ids),
-            ).fetchall()
-            return sorted((TaskRecord.from_row(r) for r in rows), key=lambda t: (t.due_at, t.id))
+            )
+            return lambda: sorted((TaskRecord.from_row(r) for r in leased.fetchall()),
+                                  key=lambda t: (t.due_at, t.id))
 
-        return await self._db.transact(claim)
+        return await self._db.transact_then_read(claim)
 
     async def release_tasks(self, leases: Sequence[tuple[int, int]]) -> int:
         """Hand back tasks this process leased but did not finish (it is stopping): due again

@@ -82,6 +82,12 @@ class Database(StoresOver):
         """
         return await self._run(partial(_in_transaction, fn))
 
+    async def transact_then_read(
+        self, fn: Callable[[sqlite3.Connection], Callable[[], T]], *, appends_events: bool = False
+    ) -> T:
+        """As `transact`; the body's result is read inside the transaction, before it commits."""
+        return await self.transact(lambda conn: fn(conn)())
+
     async def query(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn`'s reads in one hop (autocommit: each statement sees committed data)."""
         return await self._run(partial(_reading, fn))
