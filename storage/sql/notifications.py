@@ -31,12 +31,14 @@ if TYPE_CHECKING:
 def emit_job_event(
     conn: Conn, job_id: str, load_job: Callable[[], JobRecord], event_type: str, *, now: int,
     rules: JobRules, public_url: str,
-) -> int:
+) -> None:
     """Record one job event (a snapshot of the job document, read by `load_job`) and its
-    deliveries. Reads are sent before their results are read where nothing else waits on them:
-    on PostgreSQL (pipelined) each group of them costs one round trip."""
+    deliveries. Every read is sent before the job's is read, and the deliveries name their
+    event by its id (its seq is the database's to give): on PostgreSQL (pipelined) the reads
+    cost one round trip, and the writes none of their own."""
     output_rows = conn.execute("SELECT * FROM outputs WHERE job_id = ? ORDER BY idx", (job_id,))
     attempt_rows = conn.execute("SELECT * FROM attempts WHERE job_id = ? ORDER BY id", (job_id,))
+    subscriptions = _subscriptions(conn)
     job = load_job()
     outputs = [OutputRecord.from_row(r) for r in output_rows.fetchall()]
     attempts = [AttemptRecord.from_row(r) for r in attempt_rows.fetchall()]
@@ -45,17 +47,13 @@ def emit_job_event(
     event_id = rules.new_id("evt", now)
     body = rules.job_event(job, outputs, attempts, event_id=event_id, event_type=event_type, now=now,
                            sequence=sequence, public_url=public_url)
-    inserted = conn.execute(
-        "INSERT INTO events (id, job_id, job_seq, type, body, created_at) VALUES (?, ?, ?, ?, ?, ?) "
-        "RETURNING seq",
+    conn.execute(
+        "INSERT INTO events (id, job_id, job_seq, type, body, created_at) VALUES (?, ?, ?, ?, ?, ?)",
         (event_id, job.id, sequence, event_type, body, now),
     )
-    subscriptions = _subscriptions(conn)
-    seq = int(inserted.fetchone()[0])
-    _fan_out(conn, seq, event_type, subscriptions.fetchall(), job_id=job.id, now=now, rules=rules)
+    _fan_out(conn, event_id, event_type, subscriptions.fetchall(), job_id=job.id, now=now, rules=rules)
     if job.webhook_url and (not job.webhook_events or event_type in job.webhook_events):
-        _add_delivery(conn, seq, None, job.id, job.webhook_url, now, rules)
-    return seq
+        _add_delivery(conn, event_id, None, job.id, job.webhook_url, now, rules)
 
 
 def emit_system_event(
@@ -78,23 +76,25 @@ def _subscriptions(conn: Conn) -> Any:
 
 
 def _fan_out(
-    conn: Conn, seq: int, event_type: str, subscriptions: Sequence[Row], *, job_id: str | None, now: int,
-    rules: JobRules,
+    conn: Conn, event: int | str, event_type: str, subscriptions: Sequence[Row], *, job_id: str | None,
+    now: int, rules: JobRules,
 ) -> None:
     for row in subscriptions:
         wanted = rules.decode(row["events"])
         if not wanted or event_type in wanted:
-            _add_delivery(conn, seq, row["id"], job_id, row["url"], now, rules)
+            _add_delivery(conn, event, row["id"], job_id, row["url"], now, rules)
 
 
 def _add_delivery(
-    conn: Conn, seq: int, subscription_id: str | None, job_id: str | None, url: str, now: int,
+    conn: Conn, event: int | str, subscription_id: str | None, job_id: str | None, url: str, now: int,
     rules: JobRules,
 ) -> None:
+    """A delivery of the event with this seq (an int) or this id (a str: its seq looked up)."""
+    seq = "?" if isinstance(event, int) else "(SELECT seq FROM events WHERE id = ?)"
     conn.execute(
-        """INSERT INTO deliveries (id, event_seq, subscription_id, job_id, url, status, next_attempt_at,
-               created_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)""",
-        (rules.new_id("dlv", now), seq, subscription_id, job_id, url, now, now),
+        f"""INSERT INTO deliveries (id, event_seq, subscription_id, job_id, url, status, next_attempt_at,
+               created_at) VALUES (?, {seq}, ?, ?, ?, 'pending', ?, ?)""",  # noqa: S608
+        (rules.new_id("dlv", now), event, subscription_id, job_id, url, now, now),
     )
 
 
