@@ -206,8 +206,8 @@ async def test_a_statement_failing_mid_body_leaves_no_broken_prepared_statement_
     db = await Database.open(postgres_url, pool_size=1, rules=JOB_RULES)
     try:
         await db.transact(lambda conn: conn.execute("CREATE TABLE t (id BIGINT PRIMARY KEY)"))
-        statements = [f"SELECT count(*) FROM t WHERE id > ? + {k}" for k in range(4)] + [
-            f"UPDATE t SET id = id WHERE id = ? + {k}" for k in range(4)]
+        statements = [f"SELECT count(*) FROM t WHERE id > ? + {k}" for k in range(4)] + [  # noqa: S608
+            f"UPDATE t SET id = id WHERE id = ? + {k}" for k in range(4)]  # noqa: S608
         rng = random.Random(1)
 
         def body(failing: bool, picks: list[int]):
