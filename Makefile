@@ -34,8 +34,9 @@ test-fast: $(STAMP) postgres
 	$(BIN)/pytest -m "not e2e"
 
 ## make bench: callback-ingest throughput and callback-to-notification latency, each against
-## a bare baseline measured in the same run (a benchmark, not a test)
-bench: $(STAMP)
+## a bare baseline measured in the same run (a benchmark, not a test); the latency one also
+## runs web and worker as separate processes on a throwaway PostgreSQL
+bench: $(STAMP) postgres
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/notify.py
 

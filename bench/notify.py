@@ -5,15 +5,23 @@ receiver getting `job.succeeded`, for a small PNG on loopback, at a steady rate 
 
     provider callback -> [server] verify, download the image, notify -> receiver
 
-fluxhook runs for real as `python -m service.cli serve` (workers in-process, default settings
-apart from loopback destinations and a poll grace long enough that the poller never runs), in
-its own process so the load generator does not share its event loop. It verifies the
-callback, commits it to SQLite (synchronous=FULL), downloads the image into its blob store,
-commits the success, and its notifier POSTs a Standard Webhooks signed `job.succeeded` to a
-subscription. The baseline (bench/notify_baseline.py, also its own process) takes the same
-callback, checks the same HMAC, downloads the same image with httpx, and POSTs a small JSON
-note to the same receiver with a bare `httpx.AsyncClient.post`: no durability, no queue, no
-webhook signature, no retries.
+Three sides, each in processes of its own so the load generator does not share their event
+loops, measured in turn (the order alternating by round):
+
+- `baseline` (bench/notify_baseline.py) takes the same callback, checks the same HMAC,
+  downloads the same image with httpx, and POSTs a small JSON note to the same receiver with a
+  bare `httpx.AsyncClient.post`: no durability, no queue, no webhook signature, no retries.
+- `fluxhook`: `python -m service.cli serve` with its workers in-process, on SQLite (default
+  settings apart from loopback destinations, no cap on active jobs at the stand-in provider and
+  a poll grace long enough that the poller never runs). It verifies the callback, commits it
+  (synchronous=FULL), downloads the image into its blob store, commits the success, and its
+  notifier POSTs a Standard Webhooks signed `job.succeeded` to a subscription.
+- `fluxhook-pg`: the same settings on PostgreSQL, as the Procfile splits it: `serve
+  --no-workers` takes the callback, and a separate `fluxhook worker` process learns of it
+  through LISTEN/NOTIFY (storage/postgres/wakeups.py), downloads and notifies. The bench starts
+  a throwaway PostgreSQL cluster of its own (tests/pg_server.py, as the `postgres` user when
+  run as root) with PostgreSQL's durable defaults (fsync, synchronous commit), and a fresh
+  database per round. Issue 8's budget: its p50 at most 5 ms above the `fluxhook` side's.
 
 This process plays the rest, on one event loop: a stand-in BFL provider (accepts submits,
 serves the PNG), the load generator (plays the provider's callbacks open-loop at `--rate`,
@@ -21,9 +29,11 @@ t0 taken just before each POST), and the receiver (t1 taken when a notification'
 arrived). At 20 jobs/s that is light work, and t0 and t1 read the same clock.
 
     .venv/bin/python bench/notify.py [--jobs 300] [--rate 20] [--rounds 1] [--warmup 20]
+                                     [--sides baseline,fluxhook,fluxhook-pg]
 
-Prints absolute figures for each side and the ratios fluxhook / baseline. Not a test: these
-machines are shared and noisy, so read the ratios, and run it more than once.
+Prints absolute figures for each side, the ratios fluxhook / baseline, and the PostgreSQL
+side's p50 minus the SQLite side's against the budget. Not a test: these machines are shared
+and noisy, so read the ratios, and run it more than once.
 """
 
 from __future__ import annotations
@@ -48,8 +58,11 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import httpx
+import psycopg
 from PIL import Image
+from psycopg import sql
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -59,11 +72,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from service.loopback import serve  # noqa: E402
+from tests import pg_server  # noqa: E402  (the throwaway PostgreSQL the tests start too)
 
 SECRET_KEY = "bench-secret-key"  # noqa: S105 - a throwaway key for a throwaway data dir
 BASELINE_SECRET = "bench-baseline-webhook-secret"  # noqa: S105 - signs the baseline's callbacks
 MODEL = "flux-pro-1.1"
-SIDES = ("baseline", "fluxhook")
+SIDES = ("baseline", "fluxhook", "fluxhook-pg")
+SIDE_NAMES = {
+    "baseline": "bare endpoint (httpx download + POST)",
+    "fluxhook": "fluxhook, one process (serve + in-process workers), SQLite",
+    "fluxhook-pg": "fluxhook, serve --no-workers + worker processes, PostgreSQL",
+}
+SPLIT_BUDGET_MS = 5.0  # what the PostgreSQL split side may add to the one-process p50 (issue 8)
 
 
 def small_png(side: int = 64) -> bytes:
@@ -307,19 +327,56 @@ async def run_baseline(args: argparse.Namespace, tmp: Path, tag: str, provider: 
 
 async def run_fluxhook(args: argparse.Namespace, tmp: Path, tag: str, provider: Provider,
                        receiver: Receiver, receiver_url: str) -> dict[str, Any]:
+    """fluxhook as one process: `serve` with its workers in-process, on SQLite."""
+    return await _run_fluxhook(args, tmp, f"sqlite-{tag}", provider, receiver, receiver_url,
+                               database_url=None)
+
+
+async def run_fluxhook_pg(args: argparse.Namespace, tmp: Path, tag: str, provider: Provider,
+                          receiver: Receiver, receiver_url: str) -> dict[str, Any]:
+    """fluxhook as two processes, `serve --no-workers` and `worker`, on a fresh PostgreSQL
+    database of the bench's own server: the worker learns of each callback through NOTIFY."""
+    server = args.postgres
+    name = f"fluxhook_bench_{tag}"
+    await anyio.to_thread.run_sync(_create_database, server.url, name)
+    return await _run_fluxhook(args, tmp, f"pg-{tag}", provider, receiver, receiver_url,
+                               database_url=server.url_for(name))
+
+
+def _create_database(admin_url: str, name: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+async def _run_fluxhook(args: argparse.Namespace, tmp: Path, tag: str, provider: Provider,
+                        receiver: Receiver, receiver_url: str, *, database_url: str | None) -> dict[str, Any]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    log = tmp / f"fluxhook-{tag}.log"
     # The jobs sit `submitted` for the whole run; the fallback poller must not wake up meanwhile.
     grace = 120 + 3 * (args.jobs + args.warmup) / args.rate
     env = {"FLUXHOOK_DATA_DIR": str(tmp / f"fluxhook-{tag}"), "FLUXHOOK_PUBLIC_URL": base,
            "FLUXHOOK_SECRET_KEY": SECRET_KEY, "FLUXHOOK_SIMULATOR": "off",
            "BFL_BASE_URL": provider.base, "BFL_API_KEY": "bench",
+           # The stand-in BFL takes any number of tasks; BFL's own cap (24 active) would hold
+           # all but the first 24 jobs queued, and the bench submits them all before calling back.
+           "BFL_MAX_ACTIVE_TASKS": "0",
            "FLUXHOOK_ALLOW_PRIVATE_DESTINATIONS": "loopback",
            "FLUXHOOK_POLL_GRACE_SECONDS": str(grace), "FLUXHOOK_LOG_LEVEL": "warning"}
-    process = start([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], env, log)
+    serve_command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
+    if database_url is None:
+        commands = {"serve": serve_command}
+    else:  # the Procfile's topology: the web answers callbacks, a worker process does the rest
+        env["FLUXHOOK_DATABASE_URL"] = database_url
+        commands = {"web": [*serve_command, "--no-workers"],
+                    "worker": [sys.executable, "-m", "service.cli", "worker"]}
+    logs = {name: tmp / f"fluxhook-{tag}-{name}.log" for name in commands}
+    processes: dict[str, subprocess.Popen] = {}
     try:
-        await wait_up(base, process)
+        for name, command in commands.items():
+            processes[name] = start(command, env, logs[name])
+            if name != "worker":  # the web first: it migrates, and workers need its address
+                await wait_up(base, processes[name])
         async with httpx.AsyncClient(base_url=base, timeout=30) as api:
             response = await api.post("/v1/subscriptions", json={"url": f"{receiver_url}/hook",
                                                                  "events": ["job.succeeded"]})
@@ -331,10 +388,12 @@ async def run_fluxhook(args: argparse.Namespace, tmp: Path, tag: str, provider: 
             callbacks.append(signed_callback(key, webhook_url, secret, f"{provider.base}/img/{key}.png"))
         return await drive(callbacks, receiver, rate=args.rate, warmup=args.warmup, drain_s=args.drain)
     except BaseException:
-        print(f"fluxhook log:\n{log_tail(log)}", file=sys.stderr)
+        for name, log in logs.items():
+            print(f"fluxhook {tag} {name} log:\n{log_tail(log)}", file=sys.stderr)
         raise
     finally:
-        stop(process)
+        for process in processes.values():
+            stop(process)
 
 
 async def submitted_jobs(api: httpx.AsyncClient, count: int) -> list[str]:
@@ -377,14 +436,14 @@ async def submitted_jobs(api: httpx.AsyncClient, count: int) -> list[str]:
 async def measure(args: argparse.Namespace) -> tuple[dict[str, list[dict[str, Any]]], int]:
     provider = Provider(small_png())
     receiver = Receiver()
-    results: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
-    runners = {"baseline": run_baseline, "fluxhook": run_fluxhook}
+    results: dict[str, list[dict[str, Any]]] = {side: [] for side in args.sides}
+    runners = {"baseline": run_baseline, "fluxhook": run_fluxhook, "fluxhook-pg": run_fluxhook_pg}
     with tempfile.TemporaryDirectory(prefix="fluxhook-bench-notify-") as tmp:
         async with serve(provider.app(), tcp_listener()) as provider_url, \
                 serve(receiver.app(), tcp_listener()) as receiver_url:
             provider.base = provider_url
             for round_no in range(args.rounds):
-                order = SIDES if round_no % 2 == 0 else SIDES[::-1]  # alternate who goes first
+                order = args.sides if round_no % 2 == 0 else args.sides[::-1]  # alternate who goes first
                 for side in order:
                     results[side].append(await runners[side](
                         args, Path(tmp), str(round_no), provider, receiver, receiver_url))
@@ -405,15 +464,23 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=20, help="jobs sent first and not counted")
     parser.add_argument("--drain", type=float, default=30.0,
                         help="seconds to wait for stragglers after the last callback")
+    parser.add_argument("--sides", default=",".join(SIDES),
+                        help=f"which sides to measure, comma-separated (default: {','.join(SIDES)})")
     args = parser.parse_args()
-    results, image_bytes = anyio.run(measure, args)
+    args.sides = tuple(side for side in SIDES if side in args.sides.split(","))
+    args.postgres = pg_server.start(durable=True) if "fluxhook-pg" in args.sides else None
+    try:
+        results, image_bytes = anyio.run(measure, args)
+    finally:
+        if args.postgres is not None:
+            args.postgres.stop()
 
     print(f"callback -> job.succeeded at the receiver: {args.jobs} jobs (+{args.warmup} warm-up) "
           f"at {args.rate:g}/s x {args.rounds} round(s), {image_bytes}-byte PNG on loopback, "
           f"{os.cpu_count()} cores" + ("; percentiles are medians over rounds" if args.rounds > 1 else "")
           + "\n")
     summary: dict[str, dict[str, Any]] = {}
-    for side in SIDES:
+    for side in args.sides:
         runs = results[side]
         summary[side] = {name: median_over_rounds(runs, name) for name in
                          ("p50_ms", "p90_ms", "p99_ms", "max_ms", "callback_answered_p50_ms",
@@ -423,22 +490,53 @@ def main() -> int:
         summary[side]["jobs"] = sum(r["jobs"] for r in runs)
         summary[side]["callbacks_refused"] = sum(r["callbacks_refused"] for r in runs)
         s = summary[side]
-        print(f"{side:<9} delivered {s['delivered']:>4}/{s['jobs']:<4}  p50 {_ms(s['p50_ms'])}  "
-              f"p90 {_ms(s['p90_ms'])}  p99 {_ms(s['p99_ms'])}  max {_ms(s['max_ms'])}"
+        print(f"{side:<11} delivered {s['delivered']:>4}/{s['jobs']:<4}  p50 {_ms(s['p50_ms'])}  "
+              f"p90 {_ms(s['p90_ms'])}  p99 {_ms(s['p99_ms'])}  max {_ms(s['max_ms'])}   "
+              f"{SIDE_NAMES[side]}"
               + (f"  (callbacks refused: {s['callbacks_refused']})" if s["callbacks_refused"] else ""))
-    ratios = {}
-    for name in ("p50_ms", "p99_ms"):
-        flux, base = summary["fluxhook"][name], summary["baseline"][name]
-        ratios[name.removesuffix("_ms")] = round(flux / base, 2) if flux and base else None
-    print(f"\nratio fluxhook / baseline:  p50 {ratios['p50']}x   p99 {ratios['p99']}x")
-    flux = summary["fluxhook"]
-    print(f"fluxhook, p50 of each step: callback answered {_ms(flux['callback_answered_p50_ms'])}, "
-          f"callback -> success committed {_ms(flux['callback_to_committed_p50_ms'])}, "
-          f"committed -> received {_ms(flux['committed_to_received_p50_ms'])} (wall clock, ms steps)\n")
+        if args.rounds > 1:
+            by_round = ", ".join(str(r["p50_ms"]) for r in runs)
+            print(f"{'':<11} p50 by round: {by_round} ms")
+    ratios: dict[str, float | None] = {}
+    if "fluxhook" in summary and "baseline" in summary:
+        for name in ("p50_ms", "p99_ms"):
+            flux, base = summary["fluxhook"][name], summary["baseline"][name]
+            ratios[name.removesuffix("_ms")] = round(flux / base, 2) if flux and base else None
+        print(f"\nratio fluxhook / baseline:  p50 {ratios['p50']}x   p99 {ratios['p99']}x")
+    for side in ("fluxhook", "fluxhook-pg"):
+        if side in summary:
+            flux = summary[side]
+            print(f"{side}, p50 of each step: callback answered {_ms(flux['callback_answered_p50_ms'])}, "
+                  f"callback -> success committed {_ms(flux['callback_to_committed_p50_ms'])}, "
+                  f"committed -> received {_ms(flux['committed_to_received_p50_ms'])} (wall clock, ms steps)")
+    split = split_budget(results, summary)
+    if split is not None:
+        verdict = "PASS" if split["pass"] else "FAIL"
+        print(f"\nfluxhook-pg p50 above one-process SQLite (fluxhook): {split['p50_above_ms']:+.2f} ms "
+              f"(budget {SPLIT_BUDGET_MS:g} ms: {verdict}; by round: "
+              f"{', '.join(f'{d:+.2f}' for d in split['by_round_ms'])} ms)")
+    print()
     print(json.dumps({"jobs": args.jobs, "warmup": args.warmup, "rate": args.rate, "rounds": args.rounds,
                       "cores": os.cpu_count(), "image_bytes": image_bytes, "ratios": ratios,
-                      "summary": summary, "runs": results}))
+                      "postgres_split": split, "summary": summary, "runs": results}))
     return 0
+
+
+def split_budget(results: dict[str, list[dict[str, Any]]],
+                 summary: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The PostgreSQL split side's p50 minus the one-process SQLite side's (medians over
+    rounds), against the budget; and the same difference within each round, for the spread."""
+    if "fluxhook" not in summary or "fluxhook-pg" not in summary:
+        return None
+    pg, sqlite = summary["fluxhook-pg"]["p50_ms"], summary["fluxhook"]["p50_ms"]
+    if pg is None or sqlite is None:
+        return None
+    above = round(pg - sqlite, 2)
+    by_round = [round(p["p50_ms"] - s["p50_ms"], 2)
+                for p, s in zip(results["fluxhook-pg"], results["fluxhook"], strict=True)
+                if p["p50_ms"] is not None and s["p50_ms"] is not None]
+    return {"p50_above_ms": above, "budget_ms": SPLIT_BUDGET_MS, "pass": above <= SPLIT_BUDGET_MS,
+            "by_round_ms": by_round}
 
 
 def _ms(value: float | None) -> str:

@@ -61,8 +61,10 @@ class WorkContext:
     signals: Signals = field(default_factory=Signals)
 
     def nudge(self) -> None:
-        self.signals.work.fire()
+        # Deliveries first: a notification waiting to go out is what someone is waiting for,
+        # so the notifier gets the first thread and connection.
         self.signals.deliveries.fire()
+        self.signals.work.fire()
         self.signals.events.fire()
 
     def ms(self, seconds: float) -> int:

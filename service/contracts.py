@@ -401,7 +401,8 @@ class Stores(Protocol):
 
     async def follow_wake_ups(self, wake: Callable[[str], None]) -> None:
         """Until cancelled, call `wake(kind)` ("work", "deliveries" or "events") soon after any
-        process, on any host, commits such work (PostgreSQL: LISTEN/NOTIFY). Returns at once
+        other process, on any host, commits such work (PostgreSQL: LISTEN/NOTIFY); what this
+        process commits, it wakes its own loops for (`WorkContext.nudge`). Returns at once
         where the database cannot tell (SQLite): other processes' work is then found by the
         loops' idle looks, the safety net on every backend."""
         ...

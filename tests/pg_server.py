@@ -1,6 +1,8 @@
-"""A throwaway PostgreSQL cluster for the tests: initdb in a temp directory, started on a free
-loopback port with its unix socket in that directory, trust authentication, stopped and removed
-at the end.
+"""A throwaway PostgreSQL cluster for the tests (and bench/notify.py): initdb in a temp
+directory, started on a free loopback port with its unix socket in that directory, trust
+authentication, stopped and removed at the end. For the tests it skips fsync (nothing in it
+needs to survive a power cut); `durable=True` keeps PostgreSQL's defaults (fsync, synchronous
+commit), as a deployment would, for figures that compare with SQLite's `synchronous=FULL`.
 
 PostgreSQL refuses to run as root, and CI runs as root: then the cluster belongs to the
 `postgres` system user that Debian's package creates (or `nobody`), and initdb and pg_ctl run
@@ -65,7 +67,7 @@ def server_bindir() -> Path:
     )
 
 
-def start() -> Server:
+def start(*, durable: bool = False) -> Server:
     bindir = server_bindir()
     owner = _cluster_owner()
     root = Path(tempfile.mkdtemp(prefix="fluxhook-pg-"))
@@ -78,7 +80,7 @@ def start() -> Server:
         port = _free_port()
         options = " ".join([
             "-c listen_addresses=127.0.0.1", f"-p {port}", f"-c unix_socket_directories={root}",
-            "-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off",
+            *([] if durable else ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]),
             "-c max_connections=300", "-c shared_buffers=32MB", "-c dynamic_shared_memory_type=mmap",
         ])
         _run_as(owner, [str(bindir / "pg_ctl"), "start", "-D", str(root / "data"), "-w", "-t", "60",

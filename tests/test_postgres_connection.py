@@ -87,3 +87,25 @@ def test_an_empty_in_list_answers_as_in_sqlite(conn):
     assert conn.execute("SELECT count(*) FROM t WHERE id IN ()").fetchone()[0] == 0
     assert conn.execute("SELECT count(*) FROM t WHERE flag NOT IN ()").fetchone()[0] == 2  # NULL too
     assert conn.execute("DELETE FROM t WHERE name IN ()").rowcount == 0
+
+
+def test_pipelined_statements_answer_as_unpipelined_ones_once_their_results_are_read(conn):
+    with conn.pipelined():
+        conn.executemany("INSERT INTO t (name) VALUES (?)", [("a",), ("b",)])
+        inserted = conn.execute("INSERT INTO t (name) VALUES (?) RETURNING id", ("c",))
+        changed = conn.execute("UPDATE t SET flag = ? WHERE name != ?", (1, "a"))
+        nothing = conn.execute("UPDATE t SET flag = 2 WHERE name = 'z'")
+        names = conn.execute("SELECT name FROM t WHERE flag = ? ORDER BY name", (1,))
+        # read in another order than sent: each waits for its own statement's result
+        assert [r["name"] for r in names] == ["b", "c"]
+        assert changed.rowcount == 2
+        assert nothing.fetchone() is None and nothing.rowcount == 0
+        row = inserted.fetchone()
+        assert row is not None and row["id"] >= 1
+    assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 3
+
+
+def test_a_pipelined_error_nobody_read_is_raised_by_the_end_of_the_block(conn):
+    with pytest.raises(psycopg.errors.UndefinedTable), conn.pipelined():
+        conn.execute("INSERT INTO no_such_table VALUES (1)")  # its result is never read
+    assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 0  # the connection goes on

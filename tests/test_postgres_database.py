@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 from functools import partial
 
@@ -182,7 +183,7 @@ async def test_event_writers_in_two_processes_at_once_each_commit_on_their_first
     try:
         async with anyio.create_task_group() as tg:
             for me, db in enumerate(processes):
-                tg.start_soon(partial(db.transact, partial(append, me), writes_events=True))
+                tg.start_soon(partial(db.transact, partial(append, me), appends_events=True))
         rows = await processes[0].query(
             lambda conn: conn.execute("SELECT seq, id FROM events ORDER BY seq").fetchall())
     finally:
@@ -190,3 +191,113 @@ async def test_event_writers_in_two_processes_at_once_each_commit_on_their_first
             await db.close()
     assert len(runs) == 2
     assert [(r["seq"], r["id"]) for r in rows] == [(1, runs[0]), (2, runs[1])]
+
+
+async def test_event_appenders_that_overlap_queue_up_and_each_commits_on_its_first_run(db, postgres_url):
+    """The second appender starts while the first is inside its transaction. Marked as
+    appending events, it waits for the first to commit before taking its snapshot, so it sees
+    the first's event and takes the next seq: neither runs twice. (Unmarked, it would read the
+    log's last seq from a snapshot older than the first's commit, fail to serialize and run
+    again, as ten workers submitting at once did, some of them ten times over.)"""
+    runs: list[str] = []
+
+    def append(name: str, wait_for_a_waiter: bool):
+        def body(conn):
+            runs.append(name)
+            seq = conn.execute(
+                "INSERT INTO events (id, type, body, created_at) VALUES (?, 'test', ?, 0) RETURNING seq",
+                (f"evt_{name}_{len(runs)}", b"{}"),
+            ).fetchone()[0]
+            if wait_for_a_waiter:  # hold the transaction open until the other one queues behind it
+                with psycopg.connect(postgres_url, autocommit=True) as watch:
+                    for _ in range(200):
+                        if watch.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()[0]:
+                            break
+                        threading.Event().wait(0.05)
+            return seq
+
+        return body
+
+    seqs: dict[str, int] = {}
+
+    async def run(name: str, wait_for_a_waiter: bool) -> None:
+        seqs[name] = await db.transact(append(name, wait_for_a_waiter), appends_events=True)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run, "first", True)
+        while not runs:
+            await anyio.sleep(0.01)
+        tg.start_soon(run, "second", False)
+    assert runs == ["first", "second"]
+    assert seqs == {"first": 1, "second": 2}
+
+
+async def test_a_statement_failing_mid_body_leaves_no_broken_prepared_statement_behind(postgres_url):
+    """Bodies run pipelined and their statements get prepared on the server once used often;
+    a failure mid-body must not leave a connection whose later bodies fail."""
+    db = await Database.open(postgres_url, pool_size=1, rules=JOB_RULES)
+    try:
+        await db.transact(lambda conn: conn.execute("CREATE TABLE t (id BIGINT PRIMARY KEY)"))
+        statements = [f"SELECT count(*) FROM t WHERE id > ? + {k}" for k in range(4)] + [  # noqa: S608
+            f"UPDATE t SET id = id WHERE id = ? + {k}" for k in range(4)]  # noqa: S608
+        rng = random.Random(1)
+
+        def body(failing: bool, picks: list[int]):
+            def run(conn):
+                for n, pick in enumerate(picks):
+                    cursor = conn.execute(statements[pick], (n,))
+                    if n % 2:
+                        cursor.fetchall()
+                    if failing and n == 1:
+                        conn.execute("SELECT 1/0")  # its error comes back with a later result
+            return run
+
+        for _ in range(150):
+            failing = rng.random() < 0.3
+            picks = [rng.randrange(len(statements)) for _ in range(rng.randint(2, 6))]
+            if failing:
+                with pytest.raises(StorageUnavailable, match="division by zero"):
+                    await db.transact(body(failing, picks))
+            else:
+                await db.transact(body(failing, picks))
+    finally:
+        await db.close()
+
+
+async def test_a_body_that_returns_how_to_read_its_result_is_read_once_committed(db):
+    """Its last results come back with the COMMIT (one round trip fewer), so they are read
+    after it: the transaction is over by then, and what it wrote is there."""
+
+    def body(conn):
+        conn.execute("INSERT INTO counters VALUES (?, ?)", ("a", 1))
+        written = conn.execute("SELECT value FROM counters WHERE name = ?", ("a",))
+        return lambda: (conn.raw.info.transaction_status, written.fetchone()["value"])
+
+    status, value = await db.transact_then_read(body)
+    assert status == psycopg.pq.TransactionStatus.IDLE
+    assert value == 1
+
+
+async def test_a_body_that_returns_how_to_read_its_result_and_fails_to_commit_runs_again(db):
+    await db.transact(lambda conn: conn.execute("INSERT INTO counters VALUES ('n', 0)"))
+    both_read = threading.Barrier(2)
+    runs: list[int] = []
+
+    def increment(conn):
+        value = conn.execute("SELECT value FROM counters WHERE name = 'n'").fetchone()["value"]
+        runs.append(value)
+        if len(runs) <= 2:
+            both_read.wait(timeout=10)
+        updated = conn.execute("UPDATE counters SET value = ? WHERE name = 'n' RETURNING value", (value + 1,))
+        return lambda: updated.fetchone()["value"]
+
+    results: list[int] = []
+
+    async def run() -> None:
+        results.append(await db.transact_then_read(increment))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        tg.start_soon(run)
+    assert sorted(results) == [1, 2]  # the loser ran again and read the winner's write
+    assert runs == [0, 0, 1]

@@ -84,3 +84,51 @@ async def test_a_listener_whose_connection_dies_reconnects_and_wakes_its_workers
         await db.transact(lambda conn: notify(conn, "fluxhook_work", "after"))
         await heard.until(("fluxhook_work", "after"))
         tg.cancel_scope.cancel()
+
+
+async def test_a_listener_passes_over_notifications_from_the_senders_it_ignores(db, postgres_url):
+    with psycopg.connect(postgres_url, autocommit=True) as mine, \
+            psycopg.connect(postgres_url, autocommit=True) as theirs:
+        heard = Heard()
+        listener = Listener(postgres_url, ["fluxhook_work"], heard, ignore_senders={mine.info.backend_pid})
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listener.run)
+            await listener.wait_listening()
+            mine.execute("SELECT pg_notify('fluxhook_work', 'mine')")
+            theirs.execute("SELECT pg_notify('fluxhook_work', 'theirs')")
+            await heard.until(("fluxhook_work", "theirs"))  # delivered in commit order
+            tg.cancel_scope.cancel()
+    assert heard.wakes == [("fluxhook_work", "theirs")]
+
+
+async def test_a_database_is_woken_by_other_processes_commits_not_by_its_own(db, postgres_url):
+    """This process's loops are woken in memory by what it commits (as on SQLite); woken a
+    second time by the notification, they would look for work again for nothing."""
+    woken: list[str] = []
+    changed = anyio.Event()
+
+    def wake(kind: str) -> None:
+        nonlocal changed
+        woken.append(kind)
+        changed.set()
+        changed = anyio.Event()
+
+    async def commit_ours_then_theirs() -> None:
+        await db.transact(lambda conn: notify(conn, "fluxhook_deliveries"))
+        with psycopg.connect(postgres_url, autocommit=True) as elsewhere:
+            elsewhere.execute("SELECT pg_notify('fluxhook_work', '')")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(db.follow_wake_ups, wake)
+        with anyio.fail_after(30):  # a guard against hanging, not a timing assertion
+            while "work" not in woken:  # until the listener is listening
+                await commit_ours_then_theirs()
+                with anyio.move_on_after(0.1):
+                    await changed.wait()
+            heard = woken.count("work")
+            # Listening now: ours reaches the listener before theirs, and is passed over.
+            await commit_ours_then_theirs()
+            while woken.count("work") == heard:
+                await changed.wait()
+        tg.cancel_scope.cancel()
+    assert "deliveries" not in woken

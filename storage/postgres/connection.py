@@ -9,6 +9,10 @@ for SQLite runs unchanged on PostgreSQL wherever its SQL is portable.
   integer flags rather than PostgreSQL booleans.
 - An empty `IN ()` / `NOT IN ()` (SQLite takes it, PostgreSQL does not) answers as in SQLite.
 - `cursor.lastrowid` raises: PostgreSQL has no such thing; write `INSERT ... RETURNING id`.
+- Inside `pipelined()`, a statement is sent without waiting for its result, which is waited for
+  only when the body reads it (a row, `rowcount`); so the writes between two reads cost one
+  round trip together, not one each. An error is raised where the next result is waited for,
+  at the latest when the block ends; a body that raises rolls back all the same.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -82,28 +87,37 @@ def row_factory(cursor: psycopg.Cursor[Any]) -> RowMaker[Row]:
 class Cursor:
     """The part of `sqlite3.Cursor` that transaction bodies use."""
 
-    def __init__(self, cursor: psycopg.Cursor[Row]) -> None:
+    def __init__(self, cursor: psycopg.Cursor[Row], conn: Connection) -> None:
         self._cursor = cursor
+        self._conn = conn
 
     @property
     def rowcount(self) -> int:
-        return self._cursor.rowcount
+        return self._result().rowcount
 
     @property
     def lastrowid(self) -> int:
         raise NotImplementedError("PostgreSQL has no lastrowid: use INSERT ... RETURNING and fetchone()")
 
     def fetchone(self) -> Row | None:
-        return self._cursor.fetchone() if self._cursor.description else None
+        cursor = self._result()
+        return cursor.fetchone() if cursor.description else None
 
     def fetchall(self) -> list[Row]:
-        return self._cursor.fetchall() if self._cursor.description else []
+        cursor = self._result()
+        return cursor.fetchall() if cursor.description else []
 
     def fetchmany(self, size: int) -> list[Row]:
-        return self._cursor.fetchmany(size) if self._cursor.description else []
+        cursor = self._result()
+        return cursor.fetchmany(size) if cursor.description else []
 
     def __iter__(self) -> Iterator[Row]:
         return iter(self.fetchall())
+
+    def _result(self) -> psycopg.Cursor[Row]:
+        """The psycopg cursor once its statement's result is in (waited for, when pipelined)."""
+        self._conn.wait_for(self._cursor)
+        return self._cursor
 
 
 class Connection:
@@ -111,19 +125,41 @@ class Connection:
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.raw = conn  # for what only PostgreSQL has (LISTEN, COPY, ...)
-        self.statements = 0  # statements that completed on it
+        self.statements = 0  # statements sent on it
+        self.answered = False  # whether any result has come back: until then nothing was done
+        self._pipeline: psycopg.Pipeline | None = None
 
     def execute(self, sql: str, params: Params = ()) -> Cursor:
         cursor = self.raw.cursor(row_factory=row_factory)
         cursor.execute(to_format(sql), _adapt(params))
         self.statements += 1
-        return Cursor(cursor)
+        self.answered = self.answered or self._pipeline is None
+        return Cursor(cursor, self)
 
     def executemany(self, sql: str, seq_of_params: Iterable[Params]) -> Cursor:
         cursor = self.raw.cursor(row_factory=row_factory)
         cursor.executemany(to_format(sql), [_adapt(params) for params in seq_of_params])
         self.statements += 1
-        return Cursor(cursor)
+        self.answered = self.answered or self._pipeline is None
+        return Cursor(cursor, self)
+
+    @contextmanager
+    def pipelined(self) -> Iterator[None]:
+        """Send statements without waiting for each result (see the module docstring); every
+        result is in, and any error raised, by the end of the block."""
+        with self.raw.pipeline() as pipeline:
+            self._pipeline = pipeline
+            try:
+                yield
+            finally:
+                self._pipeline = None
+        self.answered = True
+
+    def wait_for(self, cursor: psycopg.Cursor[Any]) -> None:
+        """Until `cursor`'s statement has its result (at once when not pipelined)."""
+        if self._pipeline is not None and cursor.pgresult is None:
+            self._pipeline.sync()
+            self.answered = True
 
 
 def _adapt(params: Params) -> tuple[Any, ...]:

@@ -5,6 +5,9 @@ A body is a plain function over a `Connection` (storage/postgres/connection.py) 
 awaits: `transact(fn)` runs it between `BEGIN` and `COMMIT` on a connection borrowed from the
 pool, in a worker thread; `query(fn)` runs reads with each statement in its own autocommit
 transaction. At most `pool_size` bodies run at once; the rest wait for a connection.
+A transaction runs pipelined (storage/postgres/connection.py): each statement is sent at once
+and its result waited for only when the body reads it, so a round trip to the server is paid
+per read the body waits on, not per statement.
 
 Writes are SERIALIZABLE by default: SQLite runs one writer at a time, so a body that reads a
 job and then writes what follows from it never races another; SERIALIZABLE keeps that promise
@@ -67,6 +70,7 @@ class Database(StoresOver):
         rules: JobRules,
         public_url: str = "",
         attempts: int = 10,
+        own_backends: set[int] | None = None,
     ) -> None:
         self._pool = pool
         self.rules = rules  # the state machine, event bodies, JSON (storage/rules.py)
@@ -78,6 +82,9 @@ class Database(StoresOver):
         self._attempts = attempts
         self.url = where(url)  # for messages: never the password
         self._dsn = url
+        # The server processes behind this pool's connections (filled as the pool connects):
+        # what they commit, this process has woken its own loops for already.
+        self._own_backends = own_backends if own_backends is not None else set()
 
     @classmethod
     async def open(
@@ -86,8 +93,10 @@ class Database(StoresOver):
     ) -> Database:
         """Connect `pool_size` connections to the database at `url` (a postgresql:// URL);
         StorageUnavailable if that cannot be done within `timeout` seconds."""
+        own_backends: set[int] = set()
         pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             url,
+            configure=lambda conn: own_backends.add(conn.info.backend_pid),
             min_size=pool_size,
             max_size=pool_size,
             kwargs={"autocommit": True},  # transactions are explicit: BEGIN ... COMMIT
@@ -101,7 +110,7 @@ class Database(StoresOver):
             await anyio.to_thread.run_sync(pool.close)
             raise StorageUnavailable(f"cannot connect to PostgreSQL at {where(url)}") from exc
         return cls(pool, url=url, pool_size=pool_size, rules=rules, public_url=public_url,
-                   attempts=attempts)
+                   attempts=attempts, own_backends=own_backends)
 
     async def close(self) -> None:
         await anyio.to_thread.run_sync(self._pool.close)
@@ -115,9 +124,13 @@ class Database(StoresOver):
 
     async def follow_wake_ups(self, wake: Callable[[str], None]) -> None:
         """Until cancelled, call `wake(kind)` for each notification the wake-up triggers send
-        (storage/postgres/migrations.py WAKE_UPS), over a connection of its own."""
+        (storage/postgres/migrations.py WAKE_UPS), over a connection of its own; except for
+        what this process committed itself, which woke its loops in memory at once (as on
+        SQLite): woken twice, a worker would claim again for nothing, in the way of the work
+        it has just been given."""
         kinds = {channel: kind for kind, channel in WAKE_CHANNELS.items()}
-        await Listener(self._dsn, list(kinds), lambda channel, _payload: wake(kinds[channel])).run()
+        await Listener(self._dsn, list(kinds), lambda channel, _payload: wake(kinds[channel]),
+                       ignore_senders=self._own_backends).run()
 
     async def migrate(self) -> int:
         """Apply the numbered migrations not yet applied, under the migration lock (several
@@ -129,17 +142,34 @@ class Database(StoresOver):
         return await self._hop(run, what="migration")
 
     async def transact(
-        self, fn: Callable[[Connection], T], *, isolation: Isolation = Isolation.SERIALIZABLE,
-        writes_events: bool = False,
+        self,
+        fn: Callable[[Connection], T],
+        *,
+        isolation: Isolation = Isolation.SERIALIZABLE,
+        appends_events: bool = False,
     ) -> T:
         """Run `fn` as one transaction (BEGIN, `fn`, COMMIT) in one hop, again from the start
         if PostgreSQL reports a serialization failure or a deadlock. Whatever `fn` raises rolls
         the transaction back and is raised here. Once started, a hop runs to its end even if
-        this await is cancelled. A body that `writes_events` waits for the event log's other
-        writers before it starts (`_in_transaction`)."""
+        this await is cancelled.
+
+        `appends_events`: `fn` may append to the event log, so it waits for every other such
+        transaction to end before it takes its snapshot (`EVENT_LOG_LOCK`). Without that, two
+        SERIALIZABLE transactions appending at once both read the log's last seq and one of
+        them always fails and runs again; with ten at once, some fail ten times over."""
+        return await self._transact(partial(_in_transaction, fn, isolation, appends_events))
+
+    async def transact_then_read(
+        self, fn: Callable[[Connection], Callable[[], T]], *, appends_events: bool = False
+    ) -> T:
+        """As `transact`, for a body that returns how to read its result: read once COMMIT has
+        come back, so the statements whose results it reads go out with the COMMIT."""
+        return await self._transact(partial(_in_transaction_then_read, fn, appends_events))
+
+    async def _transact(self, run: Callable[[Connection], T]) -> T:
         for attempt in range(1, self._attempts + 1):
             try:
-                return await self._hop(partial(_in_transaction, fn, isolation, writes_events), what="write")
+                return await self._hop(run, what="write")
             except _Retry as retry:
                 if attempt == self._attempts:
                     raise StorageUnavailable(
@@ -168,7 +198,7 @@ class Database(StoresOver):
                     try:
                         return fn(conn)
                     except psycopg.OperationalError:
-                        if raw.broken and conn.statements == 0:
+                        if raw.broken and not conn.answered:
                             continue
                         raise
             except _Retry:
@@ -197,37 +227,52 @@ class _Retry(Exception):
         self.reason = reason
 
 
-# The event log's numbers are gapless and in commit order: its writers queue on a lock and each
-# takes the number after the last committed event (migrations.py `fluxhook_next_event_seq`).
-# Taken only when the event is inserted, that lock comes too late for a SERIALIZABLE
-# transaction, whose snapshot is taken at its first statement: one that queued there behind
-# another writer reads a last number older than the other's commit, and fails to serialize.
-# Under load (several processes writing events at once) it did on every try until it ran out of
-# them: a provider's answer not written down (and the job submitted again), callbacks answered
-# 503. So a body that may write an event first locks the event log against every other writer
-# (SHARE ROW EXCLUSIVE: conflicts with itself and with inserts, not with reads). LOCK takes no
-# snapshot: the body's is taken after every earlier writer of events has committed, and no
-# other writes one until it commits. The lock comes before any other, so two such bodies never
-# wait for each other holding something the other needs.
-QUEUE_FOR_THE_EVENT_LOG = "LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE"
+# Taken first by a transaction that may append events, before anything else, so before its
+# snapshot: LOCK TABLE is the one statement a SERIALIZABLE transaction can run without taking
+# its snapshot. The mode queues appenders behind each other (it conflicts with itself and with
+# the ROW EXCLUSIVE lock any INSERT holds) while plain reads and FOR UPDATE claims go on. The
+# event-order trigger's advisory lock (migrations.py) stays the rule for every other writer.
+EVENT_LOG_LOCK = "LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE"
 
 
 def _in_transaction(
-    fn: Callable[[Connection], T], isolation: Isolation, writes_events: bool, conn: Connection
+    fn: Callable[[Connection], T], isolation: Isolation, appends_events: bool, conn: Connection
 ) -> T:
-    conn.execute(f"BEGIN ISOLATION LEVEL {isolation.value}")
     try:
-        if writes_events:
-            conn.execute(QUEUE_FOR_THE_EVENT_LOG)
-        result = fn(conn)
-        conn.raw.execute("COMMIT")
+        # Pipelined: BEGIN and the lock go out with the body's first statement, COMMIT with
+        # its last writes, and the writes between two reads together.
+        with conn.pipelined():
+            conn.execute(f"BEGIN ISOLATION LEVEL {isolation.value}")
+            if appends_events:
+                conn.execute(EVENT_LOG_LOCK)
+            result = fn(conn)
+            conn.execute("COMMIT")
     except RETRYABLE as exc:
-        _roll_back(conn)
+        _discard(conn)
         raise _Retry(_describe(exc)) from exc
+    except psycopg.Error:
+        _discard(conn)
+        raise
     except BaseException:
         _roll_back(conn)
         raise
     return result
+
+
+def _in_transaction_then_read(
+    fn: Callable[[Connection], Callable[[], T]], appends_events: bool, conn: Connection
+) -> T:
+    # Every result is in once the pipelined transaction has committed: reading is local.
+    return _in_transaction(fn, Isolation.SERIALIZABLE, appends_events, conn)()
+
+
+def _discard(conn: Connection) -> None:
+    """Close a connection on which a statement failed inside the pipeline; the pool opens a
+    new one. Rolling back would do for the transaction, but psycopg (3.3) can lose track of
+    the statements it prepared in a pipeline a failure aborted, and every later use of one on
+    that connection would fail ("prepared statement _pg3_N does not exist")."""
+    with contextlib.suppress(psycopg.Error):
+        conn.raw.close()
 
 
 def _roll_back(conn: Connection) -> None:

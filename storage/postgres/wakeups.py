@@ -12,7 +12,7 @@ reconnect the listener wakes each channel once (payload "") to make the workers 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 
 import anyio
 import psycopg
@@ -32,15 +32,25 @@ def notify(conn: Connection, channel: str, payload: str = "") -> None:
 
 
 class Listener:
-    """LISTEN on `channels` over a dedicated connection; call `on_wake` for each notification.
+    """LISTEN on `channels` over a dedicated connection; call `on_wake` for each notification
+    but those sent by a server process in `ignore_senders` (a container that may grow).
 
     `run()` runs until cancelled, reconnecting after `retry_delay` seconds when the connection
     fails. `on_wake` runs in the event loop and must not block (setting an event is typical);
     an exception it raises is logged and the listener goes on.
     """
 
-    def __init__(self, url: str, channels: Sequence[str], on_wake: Wake, *, retry_delay: float = 1.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        channels: Sequence[str],
+        on_wake: Wake,
+        *,
+        retry_delay: float = 1.0,
+        ignore_senders: Container[int] = (),
+    ) -> None:
         self._url = url
+        self._ignore_senders = ignore_senders  # server process ids whose notifications to pass over
         self._channels = tuple(channels)
         self._on_wake = on_wake
         self._retry_delay = retry_delay
@@ -71,7 +81,8 @@ class Listener:
                 for channel in self._channels:
                     self._wake(channel, "")
             async for notification in conn.notifies():
-                self._wake(notification.channel, notification.payload)
+                if notification.pid not in self._ignore_senders:
+                    self._wake(notification.channel, notification.payload)
 
     def _wake(self, channel: str, payload: str) -> None:
         try:

@@ -47,9 +47,17 @@ class SqlDatabase(Protocol):
     public_url: str
     dialect: Dialect
 
-    async def transact(self, fn: Callable[[Conn], T], *, writes_events: bool = False) -> T:
-        """Run `fn` as one write transaction. `writes_events`: it may append to the event log
-        (the database orders such transactions: storage/postgres/database.py)."""
+    async def transact(self, fn: Callable[[Conn], T], *, appends_events: bool = False) -> T:
+        """Run `fn` as one write transaction. `appends_events`: `fn` may append to the event
+        log (a job change does), so it must not overlap another transaction that does."""
+        ...
+
+    async def transact_then_read(
+        self, fn: Callable[[Conn], Callable[[], T]], *, appends_events: bool = False
+    ) -> T:
+        """As `transact`, for a body that returns how to read its result (from cursors of
+        statements it sent): PostgreSQL reads it once the transaction has committed, so those
+        results come back with the COMMIT, one round trip fewer; SQLite, before committing."""
         ...
 
     async def query(self, fn: Callable[[Conn], T]) -> T: ...

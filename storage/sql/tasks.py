@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import heapq
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -74,11 +74,12 @@ class TaskStore:
 
         skip_locked = self._db.dialect.skip_locked
 
-        def claim(conn: Conn) -> list[TaskRecord]:
-            due = _others_due(conn, now, limit) + _submits_due(conn, now, limit, caps)
+        def claim(conn: Conn) -> Callable[[], list[TaskRecord]]:
+            others = _others_due(conn, now, limit)  # sent now, read after the submits' reads
+            due = _submits_due(conn, now, limit, caps) + others()
             picks = sorted(due, key=lambda pick: (pick.due_at, pick.task_id))[:limit]
             if not picks:
-                return []
+                return list
             for pick in picks:
                 if pick.move_to is not None:  # its submit task follows (a trigger, migration 7)
                     conn.execute("UPDATE jobs SET provider = ?, updated_at = ? WHERE id = ?",
@@ -86,15 +87,16 @@ class TaskStore:
             ids = [pick.task_id for pick in picks]
             marks = ",".join("?" * len(ids))
             # On PostgreSQL a task another claimer has just locked is passed over, not waited for.
-            rows = conn.execute(
+            leased = conn.execute(
                 f"""UPDATE tasks SET lease_until = ?, attempts = attempts + 1
                     WHERE id IN (SELECT id FROM tasks WHERE id IN ({marks}) {skip_locked})
                     RETURNING *""",  # noqa: S608
                 (now + lease_ms, *ids),
-            ).fetchall()
-            return sorted((TaskRecord.from_row(r) for r in rows), key=lambda t: (t.due_at, t.id))
+            )
+            return lambda: sorted((TaskRecord.from_row(r) for r in leased.fetchall()),
+                                  key=lambda t: (t.due_at, t.id))
 
-        return await self._db.transact(claim)
+        return await self._db.transact_then_read(claim)
 
     async def claim_job_tasks(
         self, job_id: str, *, now: int, limit: int, lease_ms: int, caps: SubmitCaps = SubmitCaps()
@@ -213,13 +215,15 @@ _WAITING_FOR_PROVIDER = _WAITING.format(model="")
 _WAITING_FOR_MODEL = _WAITING.format(model="AND t.model = ?")
 
 
-def _others_due(conn: Conn, now: int, limit: int) -> list[_Pick]:
-    rows = conn.execute(
+def _others_due(conn: Conn, now: int, limit: int) -> Callable[[], list[_Pick]]:
+    """The polls and fetches due: the query is sent now, its rows read when the result is
+    called (on PostgreSQL, pipelined, with the next read's round trip)."""
+    cursor = conn.execute(
         """SELECT id, due_at FROM tasks WHERE kind != 'submit' AND due_at <= ? AND lease_until <= ?
            ORDER BY due_at LIMIT ?""",
         (now, now, limit),
-    ).fetchall()
-    return [_Pick(row["due_at"], row["id"]) for row in rows]
+    )
+    return lambda: [_Pick(row["due_at"], row["id"]) for row in cursor.fetchall()]
 
 
 def _submits_due(conn: Conn, now: int, limit: int, caps: SubmitCaps) -> list[_Pick]:

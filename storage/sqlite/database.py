@@ -73,14 +73,20 @@ class Database(StoresOver):
     async def close(self) -> None:
         await self._db.close()
 
-    async def transact(self, fn: Callable[[sqlite3.Connection], T], *, writes_events: bool = False) -> T:
+    async def transact(self, fn: Callable[[sqlite3.Connection], T], *, appends_events: bool = False) -> T:
         """Run `fn` as one write transaction: `BEGIN IMMEDIATE`, `fn`, `COMMIT`, in one hop.
+        One writer at a time: whether `fn` appends events changes nothing here.
 
         Anything `fn` raises (a refusal raised by a callable the caller passed in included) rolls the
-        transaction back, so a refused write changes nothing, and is raised here. `writes_events`
-        changes nothing here: SQLite runs one writer at a time, so the event log is in order anyway.
+        transaction back, so a refused write changes nothing, and is raised here.
         """
         return await self._run(partial(_in_transaction, fn))
+
+    async def transact_then_read(
+        self, fn: Callable[[sqlite3.Connection], Callable[[], T]], *, appends_events: bool = False
+    ) -> T:
+        """As `transact`; the body's result is read inside the transaction, before it commits."""
+        return await self.transact(lambda conn: fn(conn)())
 
     async def query(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn`'s reads in one hop (autocommit: each statement sees committed data)."""
