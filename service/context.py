@@ -13,6 +13,7 @@ from service.blobs import BlobStore
 from service.catalog import Catalog
 from service.contracts import Stores
 from service.egress import EgressPolicy
+from service.metrics import Metrics
 from service.providers.base import Adapter
 from service.settings import Settings
 from service.tokens import CallbackTokens, UploadTokens
@@ -59,6 +60,7 @@ class WorkContext:
     # also when another process (on any host) commits work (service/app.py `open_context`
     # follows the database's wake-ups). Loops also look every `worker_idle_s`: the safety net.
     signals: Signals = field(default_factory=Signals)
+    metrics: Metrics = field(default_factory=Metrics)  # this process's counters (service/metrics.py)
 
     def nudge(self) -> None:
         self.signals.work.fire()

@@ -1,0 +1,15 @@
+"""GET /metrics: Prometheus's text format (service/metrics.py says what is counted where)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.context import WorkContext
+from service.metrics import CONTENT_TYPE
+
+
+async def metrics(request: Request) -> Response:
+    ctx: WorkContext = request.state.ctx
+    await ctx.metrics.refresh(ctx.store, now=ctx.clock())
+    return Response(ctx.metrics.exposition(), media_type=CONTENT_TYPE)
