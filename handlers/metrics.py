@@ -6,7 +6,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.context import WorkContext
-from service.metrics import CONTENT_TYPE
+
+# Prometheus's text format; prometheus-client itself is imported on first use (WorkContext.metrics).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 async def metrics(request: Request) -> Response:

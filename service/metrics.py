@@ -14,16 +14,16 @@ count through it. The core stays free of it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import generate_latest
+from prometheus_client.exposition import generate_latest, start_http_server
 
 if TYPE_CHECKING:
     from service.contracts import Stores
     from storage.records import Recorded
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds: from a provider's "ready" to the images stored, and from stored to notified.
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
@@ -72,17 +72,19 @@ class Metrics:
             "fluxhook_delivery_seconds", "Duration of one delivery attempt.",
             buckets=_LATENCY_BUCKETS, registry=registry)
         # Read from the store at scrape time (`refresh`): the same whichever process serves them.
+        # A registry of their own, so a worker's endpoint (counters only) never shows them stale.
+        self.system = system = CollectorRegistry(auto_describe=True)
         self.due_tasks = Gauge(
             "fluxhook_due_tasks", "Tasks due now and not leased, by kind (submit, poll, fetch).",
-            ["kind"], registry=registry)
+            ["kind"], registry=system)
         self.scheduled_tasks = Gauge(
             "fluxhook_scheduled_tasks", "Tasks waiting, due now or later, by kind.", ["kind"],
-            registry=registry)
+            registry=system)
         self.oldest_due_task_age = Gauge(
             "fluxhook_oldest_due_task_age_seconds",
-            "How long the earliest claimable task has been due (0 when none is).", registry=registry)
+            "How long the earliest claimable task has been due (0 when none is).", registry=system)
         self.due_deliveries = Gauge(
-            "fluxhook_due_deliveries", "Notification deliveries due now and not leased.", registry=registry)
+            "fluxhook_due_deliveries", "Notification deliveries due now and not leased.", registry=system)
 
     # Counting, from the shells ------------------------------------------------------------------
 
@@ -128,8 +130,22 @@ class Metrics:
         self.oldest_due_task_age.set(max(0, now - due_at) / 1000 if due_at is not None else 0)
         self.due_deliveries.set(await store.deliveries.count_due_deliveries(now=now))
 
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+    def exposition(self, *, system: bool = True) -> bytes:
+        """The text format: this process's counters, and (`system`) the gauges `refresh` set."""
+        text = generate_latest(self.registry)
+        return text + generate_latest(self.system) if system else text
+
+    def serve_process_metrics(self, port: int, host: str) -> Callable[[], None]:
+        """This process's counters on their own port (`fluxhook worker --metrics-port`), in a
+        thread prometheus-client runs; returns what stops it."""
+        server, thread = start_http_server(port, addr=host, registry=self.registry)
+
+        def stop() -> None:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+
+        return stop
 
 
 def _set_by_kind(gauge: Gauge, counts: dict[str, int]) -> None:

@@ -39,7 +39,8 @@ _INT = {"type": "integer"}
 # What each error status means; every one has the body `Error`.
 _ERRORS = {
     304: "Not modified: the ETag given in If-None-Match still matches (no body).",
-    400: "Malformed request: the body is not JSON (`malformed_json`) or not what the route reads.",
+    400: "Malformed request: the body is not JSON (`malformed_json`) or not what the route reads, "
+         "or a `cursor` this service did not issue (`invalid_cursor`).",
     401: "Missing or wrong credential: `Authorization: Bearer <FLUXHOOK_API_KEY>` (or, for the "
          "tick, `<FLUXHOOK_TICK_TOKEN>`; for a callback, a signature that does not verify).",
     403: "The callback's token is not fluxhook's, or is about another job or provider.",
@@ -297,7 +298,7 @@ def _paths(event_types: Iterable[str]) -> Schema:
                 operation_id="createJob"),
             "get": _operation(
                 "Jobs, newest first. Unknown query parameters are refused with 422.",
-                {200: _json(_ref("JobList"), "A page of jobs.")}, (422,), tag="jobs",
+                {200: _json(_ref("JobList"), "A page of jobs.")}, (400, 422), tag="jobs",
                 parameters=[_query("status", "Only jobs in this status.", {"enum": list(JOB_STATUSES)}),
                             _query("limit", "1 to 100 (default 20).",
                                    {"type": "integer", "minimum": 1, "maximum": 100}),

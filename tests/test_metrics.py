@@ -16,7 +16,7 @@ from service.loopback import bind_loopback, serve, url_of
 from service.settings import Settings
 from service.simulator import SimulatorConfig, create_simulator_app
 from tests.conftest import assert_error_shape
-from tests.e2e import fluxhook_env, submit_jobs, wait_terminal
+from tests.e2e import BACKEND_ENV, fluxhook_env, free_port, run_fluxhook, submit_jobs, wait_terminal, wait_up
 
 pytestmark = pytest.mark.anyio
 
@@ -116,3 +116,43 @@ async def test_a_rejected_callback_is_counted_by_its_reason_without_the_path_as_
     rejected = by(samples, "fluxhook_callbacks_total", "provider", "verdict", "reason")
     assert rejected[("bfl", "rejected", "invalid_token")] == 1
     assert not any(provider == "made-up-provider" for provider, _, _ in rejected)
+
+
+@pytest.mark.e2e
+@pytest.mark.usefixtures("e2e_backend")
+async def test_a_worker_process_serves_its_own_counters_and_web_plus_worker_add_up(tmp_path: Path):
+    """`fluxhook serve --no-workers` and `fluxhook worker --metrics-port`: each process counts what
+    it did, and the sums across both match the jobs' documents."""
+    web_port, metrics_port = free_port(), free_port()
+    web = f"http://127.0.0.1:{web_port}"
+    env = {**BACKEND_ENV, "FLUXHOOK_DATA_DIR": str(tmp_path / "data"), "FLUXHOOK_PUBLIC_URL": web,
+           "FLUXHOOK_SECRET_KEY": "metrics-secret-key", "FLUXHOOK_LOG_LEVEL": "warning"}
+    log = tmp_path / "processes.log"
+    processes = [run_fluxhook(["serve", "--port", str(web_port), "--no-workers"], env, log),
+                 run_fluxhook(["worker", "--metrics-port", str(metrics_port)], env, log)]
+    try:
+        await wait_up(f"{web}/healthz", processes[0])
+        await wait_up(f"http://127.0.0.1:{metrics_port}/metrics", processes[1])
+        async with httpx.AsyncClient(base_url=web, timeout=30) as client:
+            ids = await submit_jobs(client, 6)
+            docs = await wait_terminal(client, ids, timeout=60)
+            web_samples = parse((await client.get("/metrics")).text)
+            worker_samples = parse((await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).text)
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=30)
+    jobs = list(docs.values())
+    assert {d["status"] for d in jobs} == {"succeeded"}, log.read_text()[-2000:]
+    # The web process took the submits and the callbacks; the worker submitted, polled and stored.
+    assert sum(by(web_samples, "fluxhook_jobs_created_total", "model").values()) == len(jobs)
+    assert by(worker_samples, "fluxhook_jobs_created_total", "model") == Counter()
+    assert by(worker_samples, "fluxhook_submit_attempts_total", "outcome") == Counter(
+        (a["outcome"],) for d in jobs for a in d["attempts"])
+    finished = (by(web_samples, "fluxhook_jobs_finished_total", "status")
+                + by(worker_samples, "fluxhook_jobs_finished_total", "status"))
+    assert finished == Counter({("succeeded",): len(jobs)})
+    callbacks = by(web_samples, "fluxhook_callbacks_total", "verdict")
+    assert sum(callbacks.values()) == sum(d["callbacks"] for d in jobs)
+    # The due work is the system's, read from the store by the web process only.
+    assert "fluxhook_due_tasks" in web_samples and "fluxhook_due_tasks" not in worker_samples

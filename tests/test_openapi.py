@@ -210,6 +210,7 @@ async def test_every_status_the_document_names_is_reached_by_a_real_request(live
     assert docs[jid]["status"] == "succeeded"
     await call("GET", "/v1/jobs", 200, params={"status": "succeeded"})
     await call("GET", "/v1/jobs", 422, params={"stauts": "failed"})
+    await call("GET", "/v1/jobs", 400, params={"cursor": "not-ours"})
     await call("GET", "/v1/jobs", 401, auth=False)
     await call("GET", "/v1/jobs/{j}", 200, j=jid)
     await call("GET", "/v1/jobs/{j}", 404, j="job_missing")
