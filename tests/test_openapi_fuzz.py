@@ -76,6 +76,7 @@ def operation_labels() -> list[str]:
                   and path not in SKIPPED)
 
 
+FRAMING_HEADERS = {"content-length", "transfer-encoding", "host", "connection", "expect", "te", "upgrade"}
 SKIPPED = {"/v1/events"}  # its 200 is an endless stream (tests/test_openapi.py reads its start)
 # Operations whose every parameter is any string and whose body (if any) any bytes: no request
 # breaks their schema, so there is no negative case to generate.
@@ -107,6 +108,11 @@ def test_no_answer_is_a_5xx_or_breaks_the_document(
     @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
     def run(case: schemathesis.Case) -> None:
+        # Negative cases add arbitrary headers; framing ones (`Content-Length: Zup`) make the
+        # request malformed HTTP, which the HTTP server refuses (uvicorn's text/plain 400)
+        # before fluxhook sees it: not the API's answer to check.
+        for name in [h for h in (case.headers or {}) if h.lower() in FRAMING_HEADERS]:
+            del case.headers[name]
         token = "fuzz-tick-token" if case.path == "/v1/tick" else API_KEY
         case.call_and_validate(headers={"Authorization": f"Bearer {token}"}, checks=CHECKS, timeout=70)
 
