@@ -1,4 +1,4 @@
-"""API-key check for every /v1/ route except provider callbacks (they carry their own token) and
+"""API-key check for /metrics and every /v1/ route except provider callbacks (they carry their own token) and
 the tick (its own credential)."""
 
 from __future__ import annotations
@@ -36,4 +36,7 @@ class ApiKeyMiddleware:
     @staticmethod
     def _guarded(path: str) -> bool:
         # Callbacks carry their own token, and the tick its own credential (handlers/tick.py).
+        # /metrics names providers, models and volumes: a scraper sends the key as a bearer token.
+        if path == "/metrics":
+            return True
         return path.startswith("/v1/") and not path.startswith("/v1/callbacks/") and path != "/v1/tick"

@@ -84,6 +84,7 @@ async def create_job(request: Request) -> Response:
             details=[{"field": "Idempotency-Key", "rule": "same_body", "job_id": exc.job_id}],
         ) from exc
     if created:
+        ctx.metrics.jobs_created.labels(job.provider, job.model).inc()
         ctx.nudge()
     if ctx.settings.serverless:
         # The submit, before answering: the document then names the provider's task.

@@ -21,7 +21,9 @@ from handlers.errors import EXCEPTION_HANDLERS
 from handlers.events import stream_events
 from handlers.health import healthz
 from handlers.jobs import cancel_job, create_job, delete_job, get_job, get_output, list_jobs
+from handlers.metrics import metrics
 from handlers.models import list_models
+from handlers.openapi import openapi
 from handlers.subscriptions import (
     create_subscription,
     delete_subscription,
@@ -105,6 +107,8 @@ def create_app(
 
     routes: list[Route | Mount] = [
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
         Route("/v1/jobs", create_job, methods=["POST"]),
         Route("/v1/jobs", list_jobs, methods=["GET"]),
         Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),

@@ -21,6 +21,7 @@ async def cancel_job(ctx: WorkContext, job_id: str) -> JobRecord:
     _refuse_if_final(job)
     message = await _cancel_at_provider(ctx, job)
     recorded = await ctx.store.jobs.record_observation(job.id, Cancelled(message), now=ctx.clock())
+    ctx.metrics.job_recorded(recorded)
     assert recorded is not None
     ctx.nudge()  # a job that was active at its provider frees a place for a waiting submit
     if recorded.job.status != "cancelled":

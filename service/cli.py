@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -33,7 +34,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="port to listen on (default: FLUXHOOK_PORT, else PORT, else 8000)")
     serve.add_argument("--no-workers", action="store_true",
                        help="serve the API only (run `fluxhook worker` separately)")
-    commands.add_parser("worker", help="run only the workers")
+    worker = commands.add_parser("worker", help="run only the workers")
+    worker.add_argument("--metrics-port", type=int,
+                        help="serve this worker's Prometheus counters at http://HOST:PORT/metrics "
+                             "(default: none; the web process's /metrics has its own and the due work)")
+    worker.add_argument("--metrics-host", default="127.0.0.1",
+                        help="address for --metrics-port (default: 127.0.0.1; it has no API key)")
     commands.add_parser("tick", help="run due work (at most FLUXHOOK_TICK_SECONDS), then exit (for cron)")
     check = commands.add_parser(
         "check", help="print the effective configuration (secrets masked); exit 2 if it is invalid")
@@ -85,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return serve_app(settings, listener, simulator, run_workers=not args.no_workers)
     if args.command == "worker":
-        return anyio.run(_worker, settings)
+        return anyio.run(_worker, settings, args.metrics_port, args.metrics_host)
     return anyio.run(_tick, settings)
 
 
@@ -169,14 +175,18 @@ def _logging(level: str, log_format: str) -> None:
     configure_logging(level, log_format)
 
 
-async def _worker(settings: Settings) -> int:
+async def _worker(
+    settings: Settings, metrics_port: int | None = None, metrics_host: str = "127.0.0.1"
+) -> int:
     from service.address import follow_address
     from service.notifier import Notifier
     from service.resources import open_context
     from service.retention import prune_periodically
     from service.worker import Worker
 
-    async with open_context(settings) as ctx:
+    async with open_context(settings) as ctx, AsyncExitStack() as stack:
+        if metrics_port is not None:
+            stack.callback(ctx.metrics.serve_process_metrics(metrics_port, metrics_host))
         log.info("fluxhook worker ready: %r", settings)
         stop = anyio.Event()
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

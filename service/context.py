@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import anyio
 import httpx
@@ -16,6 +17,9 @@ from service.egress import EgressPolicy
 from service.providers.base import Adapter
 from service.settings import Settings
 from service.tokens import CallbackTokens, UploadTokens
+
+if TYPE_CHECKING:
+    from service.metrics import Metrics
 
 Clock = Callable[[], int]  # epoch milliseconds, UTC
 
@@ -59,6 +63,17 @@ class WorkContext:
     # also when another process (on any host) commits work (service/app.py `open_context`
     # follows the database's wake-ups). Loops also look every `worker_idle_s`: the safety net.
     signals: Signals = field(default_factory=Signals)
+    _metrics: Metrics | None = field(default=None, repr=False)
+
+    @property
+    def metrics(self) -> Metrics:
+        """This process's counters (service/metrics.py), made on first use: prometheus-client
+        takes ~50 ms to import, which a tick with nothing due should not pay."""
+        if self._metrics is None:
+            from service.metrics import Metrics
+
+            self._metrics = Metrics()
+        return self._metrics
 
     def nudge(self) -> None:
         # Deliveries first: a notification waiting to go out is what someone is waiting for,

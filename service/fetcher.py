@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from service.backoff import retry_delay
 from service.context import WorkContext
@@ -23,6 +24,7 @@ async def fetch_outputs(ctx: WorkContext, task: TaskRecord) -> None:
     allowed = adapter.output_hosts if adapter else ()
     settings = ctx.settings
     outputs: list[StoredOutput] = []
+    began = time.perf_counter()
     try:
         for index, url in enumerate(job.output_urls):
             got = await download_image(
@@ -44,14 +46,20 @@ async def fetch_outputs(ctx: WorkContext, task: TaskRecord) -> None:
     except OutputRejected as exc:
         await _give_up(ctx, job.id, task, exc.message)
         return
-    await ctx.store.jobs.record_outputs(
-        job.id, outputs, now=ctx.clock(), task_id=task.id, observation=OutputsStored(len(outputs))
+    seconds = time.perf_counter() - began
+    now = ctx.clock()
+    recorded = await ctx.store.jobs.record_outputs(
+        job.id, outputs, now=now, task_id=task.id, observation=OutputsStored(len(outputs))
     )
+    ctx.metrics.job_recorded(recorded)
+    since_ready = (now - job.ready_at) / 1000 if job.ready_at is not None else None
+    ctx.metrics.outputs_stored(job.provider, size=sum(o.bytes for o in outputs), seconds=seconds,
+                               since_ready_s=since_ready)
     log.info("job %s: %d output(s) stored", job.id, len(outputs))
 
 
 async def _give_up(ctx: WorkContext, job_id: str, task: TaskRecord, message: str) -> None:
     log.warning("job %s: output unavailable: %s", job_id, message)
-    await ctx.store.jobs.record_observation(
+    ctx.metrics.job_recorded(await ctx.store.jobs.record_observation(
         job_id, OutputsUnavailable(message), now=ctx.clock(), task=TaskOutcome(task.id)
-    )
+    ))

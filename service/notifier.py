@@ -102,6 +102,7 @@ class Notifier(ClaimLoop[ClaimedDelivery]):
                 now=ctx.clock(),
                 disable_after_ms=ctx.ms(ctx.settings.webhook_disable_after_s),
             )
+        await self._count(delivery, result)
         if not delivered:
             log.info(
                 "delivery %s (%s) attempt %d failed: %s",
@@ -111,6 +112,16 @@ class Notifier(ClaimLoop[ClaimedDelivery]):
                 error,
             )
         return result
+
+    async def _count(self, delivery: ClaimedDelivery, result: AttemptResult) -> None:
+        metrics = self.ctx.metrics
+        metrics.delivery(delivered=result.delivered, seconds=result.duration_ms / 1000)
+        if result.delivered and not delivery.manual and delivery.event_type == "job.succeeded" \
+                and delivery.job_id is not None:
+            job = await self.ctx.store.jobs.get_job(delivery.job_id)
+            if job is not None and job.completed_at is not None:
+                # Per destination, failed tries' waits included: what a receiver sees.
+                metrics.stored_to_notified.observe(max(0, self.ctx.clock() - job.completed_at) / 1000)
 
     @property
     def concurrency(self) -> int:

@@ -25,11 +25,12 @@ async def poll_job(ctx: WorkContext, task: TaskRecord) -> None:
     settings = ctx.settings
     now = ctx.clock()
     if now >= job.deadline_at:
-        await ctx.store.jobs.record_observation(
+        ended = await ctx.store.jobs.record_observation(
             job.id, TimedOut(f"no final answer from {job.provider} within "
                              f"{settings.job_timeout_s:.0f}s"),
             now=now, task=TaskOutcome(task.id),
         )
+        ctx.metrics.job_recorded(ended)
         return
     adapter = ctx.adapters.get(job.provider)
     if adapter is None:
@@ -50,12 +51,14 @@ async def poll_job(ctx: WorkContext, task: TaskRecord) -> None:
                          timeout=settings.http_timeout_s)
         report = adapter.parse_status(raw, now_ms=ctx.clock())
     except ProviderError as exc:
+        ctx.metrics.poll(job.provider, "failed")
         retry_after = exc.retry_after if isinstance(exc, ProviderRetryable) else None
         delay = retry_delay(task.attempts - 1, base=settings.poll_base_s, cap=settings.poll_max_s,
                             rand=ctx.rand.random, retry_after=retry_after)
         log.info("job %s: poll failed, again in %.1fs: %s", job.id, delay, exc.message)
         await ctx.store.tasks.retry_task(task.id, due_at=ctx.clock() + ctx.ms(delay), error=exc.message)
         return
+    ctx.metrics.poll(job.provider, "answered")
     now = ctx.clock()
     observation = observe(report, source=Source.POLL, submitted_at=job.submitted_at, now=now,
                           not_found_grace_ms=ctx.ms(settings.not_found_grace_s))
@@ -65,6 +68,7 @@ async def poll_job(ctx: WorkContext, task: TaskRecord) -> None:
         job.id, observation, now=now, schedule=Schedule(fetch_at=now),
         task=TaskOutcome(task.id, retry_at=now + ctx.ms(delay)), counted_poll=True,
     )
+    ctx.metrics.job_recorded(recorded)
     if recorded and recorded.transition and recorded.transition.changed_from(job.state):
         log.info("job %s: poll says %s -> %s", job.id, report.state, recorded.job.status)
         ctx.nudge()
@@ -87,8 +91,10 @@ async def _confirm_named_tasks(ctx: WorkContext, job: JobRecord, adapter: Adapte
                              timeout=ctx.settings.http_timeout_s)
             report = adapter.parse_status(raw, now_ms=ctx.clock())
         except ProviderError as exc:
+            ctx.metrics.poll(job.provider, "failed")
             log.info("job %s: could not confirm task %s yet: %s", job.id, candidate, exc.message)
             continue
+        ctx.metrics.poll(job.provider, "answered")
         if report.state is ProviderState.NOT_FOUND:
             log.warning("job %s: a hint named task %s, which %s does not know", job.id, candidate,
                         job.provider)
@@ -97,10 +103,12 @@ async def _confirm_named_tasks(ctx: WorkContext, job: JobRecord, adapter: Adapte
         now = ctx.clock()
         observation = observe(report, source=Source.POLL, submitted_at=job.submitted_at or now, now=now,
                               not_found_grace_ms=ctx.ms(ctx.settings.not_found_grace_s))
-        recorded = await ctx.store.jobs.adopt_task(
+        adopted = await ctx.store.jobs.adopt_task(
             job.id, job.provider, candidate, observation, now=now,
             schedule=Schedule(fetch_at=now, poll_at=now + ctx.ms(ctx.settings.poll_base_s)),
-        ) or recorded
+        )
+        ctx.metrics.job_recorded(adopted)
+        recorded = adopted or recorded
         log.info("job %s: task %s confirmed by polling it", job.id, candidate)
         ctx.nudge()
     return recorded.job if recorded else None

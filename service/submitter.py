@@ -4,6 +4,7 @@ the next candidate provider when the failure is one another provider could fix."
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from service.adoption import plan_submit
 from service.backoff import retry_delay
@@ -49,7 +50,7 @@ async def submit_job(ctx: WorkContext, task: TaskRecord) -> None:
     model = ctx.catalog.find(job.provider, job.model)
     if adapter is None or model is None:
         message = f"provider {job.provider!r} with model {job.model!r} is not configured"
-        await ctx.store.jobs.record_submit(
+        await _record_submit(ctx,
             job.id, Attempt(job.provider, "rejected", message=message), now=ctx.clock(),
             task=TaskOutcome(task.id), observation=SubmitRejected(message),
         )
@@ -57,10 +58,10 @@ async def submit_job(ctx: WorkContext, task: TaskRecord) -> None:
     if ctx.clock() >= job.deadline_at:
         # It waited in fluxhook (a provider at its cap, retries) past its deadline: sending it
         # now would pay for an image nobody waits for any more.
-        await ctx.store.jobs.record_observation(
+        ctx.metrics.job_recorded(await ctx.store.jobs.record_observation(
             job.id, TimedOut(f"not submitted within {ctx.settings.job_timeout_s:.0f}s"), now=ctx.clock(),
             task=TaskOutcome(task.id),
-        )
+        ))
         return
     webhook = adapter.supports_webhooks
     attempts = (await ctx.store.jobs.get_attempts([job.id]))[job.id]
@@ -106,7 +107,7 @@ async def submit_job(ctx: WorkContext, task: TaskRecord) -> None:
     # Without a webhook the poller is the only way to hear back, so it starts at once.
     grace = ctx.settings.poll_grace_s if webhook else ctx.settings.poll_base_s
     note = None if webhook else f"{job.provider} has no webhooks: fluxhook polls it from the start"
-    await ctx.store.jobs.record_submit(
+    await _record_submit(ctx,
         job.id,
         Attempt(job.provider, "accepted", raw.status, note, accepted.provider_job_id),
         now=now,
@@ -128,7 +129,7 @@ async def _submit_failed(
                     job.id, job.provider, exc.message)
         delay = retry_delay(task.attempts - 1, base=ctx.settings.retry_base_s, cap=ctx.settings.retry_max_s,
                             rand=ctx.rand.random)
-        await ctx.store.jobs.record_submit(
+        await _record_submit(ctx,
             job.id, Attempt(job.provider, "unknown", exc.status, exc.message), now=now,
             task=TaskOutcome(task.id, retry_at=now + ctx.ms(delay), error=exc.message),
             attempt_id=attempt_id,
@@ -138,7 +139,7 @@ async def _submit_failed(
     following = next_candidate(job) if another_provider_could_fix(exc) else None
     if following is not None:
         log.info("job %s: %s failed (%s); failing over to %s", job.id, job.provider, exc.message, following)
-        await ctx.store.jobs.record_submit(
+        await _record_submit(ctx,
             job.id, Attempt(job.provider, "failed_over", exc.status, exc.message), now=now,
             task=TaskOutcome(task.id, retry_at=now), switch_to=following, attempt_id=attempt_id,
         )
@@ -146,7 +147,7 @@ async def _submit_failed(
         return
     if isinstance(exc, ProviderRejected):
         log.info("job %s: submit rejected by %s: %s", job.id, job.provider, exc.message)
-        await ctx.store.jobs.record_submit(
+        await _record_submit(ctx,
             job.id, Attempt(job.provider, "rejected", exc.status, exc.message), now=now,
             task=TaskOutcome(task.id), observation=SubmitRejected(exc.message), attempt_id=attempt_id,
         )
@@ -157,14 +158,21 @@ async def _submit_failed(
                         rand=ctx.rand.random, retry_after=exc.retry_after)
     if now + ctx.ms(delay) > job.created_at + ctx.ms(settings.submit_timeout_s):
         log.warning("job %s: giving up submitting after %d tries: %s", job.id, task.attempts, exc.message)
-        await ctx.store.jobs.record_submit(
+        await _record_submit(ctx,
             job.id, Attempt(job.provider, "unavailable", exc.status, exc.message), now=now,
             task=TaskOutcome(task.id), attempt_id=attempt_id,
             observation=SubmitRejected(f"provider unavailable: {exc.message}", ErrorCode.PROVIDER_ERROR),
         )
         return
     log.info("job %s: submit retry in %.1fs: %s", job.id, delay, exc.message)
-    await ctx.store.jobs.record_submit(
+    await _record_submit(ctx,
         job.id, Attempt(job.provider, "unavailable", exc.status, exc.message), now=now,
         task=TaskOutcome(task.id, retry_at=now + ctx.ms(delay), error=exc.message), attempt_id=attempt_id,
     )
+
+
+async def _record_submit(ctx: WorkContext, job_id: str, attempt: Attempt, **write: Any) -> None:
+    """Write one submit's outcome (JobStore.record_submit) and count it."""
+    recorded = await ctx.store.jobs.record_submit(job_id, attempt, **write)
+    ctx.metrics.submit_attempt(attempt.provider, attempt.outcome)
+    ctx.metrics.job_recorded(recorded)
