@@ -13,7 +13,8 @@ Writes are SERIALIZABLE by default: SQLite runs one writer at a time, so a body 
 job and then writes what follows from it never races another; SERIALIZABLE keeps that promise
 on PostgreSQL by failing one of two racing transactions, which `transact` then runs again
 from the start (a body has no effect outside its transaction, so running it twice is safe).
-Claims that use `FOR UPDATE SKIP LOCKED` may ask for READ COMMITTED instead.
+Claims that use `FOR UPDATE SKIP LOCKED` and lease only what they locked may ask for READ
+COMMITTED instead (`locked_claim`): the notifier's claim does.
 
 psycopg errors become StorageUnavailable here and nowhere else; what a body raises itself (a
 refusal) rolls the transaction back and is raised as it is. No message carries the password.
@@ -147,6 +148,7 @@ class Database(StoresOver):
         *,
         isolation: Isolation = Isolation.SERIALIZABLE,
         appends_events: bool = False,
+        locked_claim: bool = False,
     ) -> T:
         """Run `fn` as one transaction (BEGIN, `fn`, COMMIT) in one hop, again from the start
         if PostgreSQL reports a serialization failure or a deadlock. Whatever `fn` raises rolls
@@ -156,7 +158,11 @@ class Database(StoresOver):
         `appends_events`: `fn` may append to the event log, so it waits for every other such
         transaction to end before it takes its snapshot (`EVENT_LOG_LOCK`). Without that, two
         SERIALIZABLE transactions appending at once both read the log's last seq and one of
-        them always fails and runs again; with ten at once, some fail ten times over."""
+        them always fails and runs again; with ten at once, some fail ten times over.
+
+        `locked_claim`: READ COMMITTED (storage/sql/__init__.py `SqlDatabase.transact`)."""
+        if locked_claim:
+            isolation = Isolation.READ_COMMITTED
         return await self._transact(partial(_in_transaction, fn, isolation, appends_events))
 
     async def transact_then_read(

@@ -47,9 +47,14 @@ class SqlDatabase(Protocol):
     public_url: str
     dialect: Dialect
 
-    async def transact(self, fn: Callable[[Conn], T], *, appends_events: bool = False) -> T:
+    async def transact(
+        self, fn: Callable[[Conn], T], *, appends_events: bool = False, locked_claim: bool = False
+    ) -> T:
         """Run `fn` as one write transaction. `appends_events`: `fn` may append to the event
-        log (a job change does), so it must not overlap another transaction that does."""
+        log (a job change does), so it must not overlap another transaction that does.
+        `locked_claim`: `fn` writes only rows it has locked with the dialect's `skip_locked`
+        and decides from nothing else, so it needs no serializable snapshot (PostgreSQL runs
+        it READ COMMITTED: it never fails to serialize, nor makes another transaction fail)."""
         ...
 
     async def transact_then_read(

@@ -277,7 +277,11 @@ class DeliveryStore:
                     break
             return claimed
 
-        return await self._db.transact(claim)
+        # It leases only rows it has locked (FOR UPDATE SKIP LOCKED, which on PostgreSQL looks
+        # again at a row changed since the snapshot) and caps destinations by what this process
+        # holds: serializable, it would conflict with every delivery recorded and every event
+        # fanned out meanwhile, and it or they would run again.
+        return await self._db.transact(claim, locked_claim=True)
 
     async def release_deliveries(self, leases: Sequence[tuple[str, int]]) -> int:
         """Hand back deliveries this process leased but did not attempt to the end (it is
@@ -342,7 +346,11 @@ class DeliveryStore:
             if sub is None or sub.status != "enabled":
                 return
             if result.delivered:
-                conn.execute("UPDATE subscriptions SET failing_since = NULL WHERE id = ?", (sub.id,))
+                # Written only when it changes: every delivery to a healthy subscription writing
+                # its row made each pair of overlapping deliveries (and the transactions fanning
+                # events out, which read it) conflict on PostgreSQL, and one of them run again.
+                if sub.failing_since is not None:
+                    conn.execute("UPDATE subscriptions SET failing_since = NULL WHERE id = ?", (sub.id,))
                 return
             failing_since = sub.failing_since or result.started_at
             conn.execute("UPDATE subscriptions SET failing_since = ? WHERE id = ?", (failing_since, sub.id))

@@ -73,9 +73,12 @@ class Database(StoresOver):
     async def close(self) -> None:
         await self._db.close()
 
-    async def transact(self, fn: Callable[[sqlite3.Connection], T], *, appends_events: bool = False) -> T:
+    async def transact(
+        self, fn: Callable[[sqlite3.Connection], T], *, appends_events: bool = False,
+        locked_claim: bool = False,
+    ) -> T:
         """Run `fn` as one write transaction: `BEGIN IMMEDIATE`, `fn`, `COMMIT`, in one hop.
-        One writer at a time: whether `fn` appends events changes nothing here.
+        One writer at a time: whether `fn` appends events or is a claim changes nothing here.
 
         Anything `fn` raises (a refusal raised by a callable the caller passed in included) rolls the
         transaction back, so a refused write changes nothing, and is raised here.
