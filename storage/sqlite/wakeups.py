@@ -94,7 +94,7 @@ def _inotify_watch(directory: Path) -> int | None:
         init, add_watch = libc.inotify_init1, libc.inotify_add_watch
     except (OSError, AttributeError):
         return None
-    fd = init(os.O_NONBLOCK | os.O_CLOEXEC)
+    fd = int(init(os.O_NONBLOCK | os.O_CLOEXEC))
     if fd < 0:
         log.info("inotify unavailable (%s): watching the database by polling",
                  os.strerror(ctypes.get_errno()))
