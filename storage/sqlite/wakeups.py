@@ -36,15 +36,19 @@ _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (t
 class WalWatcher:
     """Call `on_commit()` soon after any connection, in any process, commits to `path`."""
 
-    def __init__(self, path: Path, on_commit: Callable[[], None], *, poll_interval: float = 0.004) -> None:
+    def __init__(
+        self, path: Path, on_commit: Callable[[], None], *, poll_interval: float = 0.004, inotify: bool = True
+    ) -> None:
         self._path = path
         self._on_commit = on_commit
         self._poll_interval = poll_interval
+        self._inotify = inotify  # False: poll data_version even where inotify works
         self.mechanism = ""  # "inotify" or "data_version", once running
+        self.watching = anyio.Event()  # set once commits from then on are seen
 
     async def run(self) -> None:
         """Until cancelled."""
-        fd = _inotify_watch(self._path.parent)
+        fd = _inotify_watch(self._path.parent) if self._inotify else None
         if fd is None:
             await self._poll()
             return
@@ -56,6 +60,7 @@ class WalWatcher:
     async def _follow(self, fd: int) -> None:
         self.mechanism = "inotify"
         wal = (self._path.name + "-wal").encode()
+        self.watching.set()
         while True:
             await anyio.wait_readable(fd)
             if _drain(fd, wal):
@@ -66,6 +71,7 @@ class WalWatcher:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         try:
             last = _data_version(conn)
+            self.watching.set()
             while True:
                 await anyio.sleep(self._poll_interval)
                 version = _data_version(conn)
