@@ -29,7 +29,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 QUICK = {
-    "ingest": ["--seconds", "2", "--warmup", "1", "--rounds", "1", "--jobs", "5000", "--warmup-jobs", "500"],
+    "ingest": ["--seconds", "2", "--warmup", "1", "--rounds", "1", "--jobs", "5000", "--naive-jobs", "5000",
+               "--warmup-jobs", "500"],
     "notify": ["--jobs", "30", "--warmup", "5"],
     "idle": ["--jobs", "2000", "--small", "200", "--seconds", "3", "--ticks", "2"],
     "cold_start": ["--runs", "2"],
