@@ -3,8 +3,9 @@ the others within a millisecond or so, without polling.
 
 SQLite has no LISTEN/NOTIFY, but in WAL mode every commit appends its pages to `<db>-wal`. On
 Linux, `WalWatcher` asks the kernel (inotify, through libc) to report writes to the database's
-directory and wakes the loops whenever `<db>-wal` is written: no work at all while nothing is
-committed, so an idle process stays idle. Where inotify is missing (another OS, a container
+directory, and when `<db>-wal` is written it wakes the loops as soon as `PRAGMA data_version`
+(on a connection of its own) shows a commit: no work at all while nothing is committed, so an
+idle process stays idle. Where inotify is missing (another OS, a container
 that forbids it) it falls back to reading `PRAGMA data_version` on a connection of its own
 every `poll_interval` seconds; that number changes whenever another connection commits.
 
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 IN_MODIFY = 0x00000002
 IN_Q_OVERFLOW = 0x00004000
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
+SETTLE_S = 1.0  # longest wait, after a write to the WAL, for its commit to become visible
 
 
 class WalWatcher:
@@ -49,37 +51,48 @@ class WalWatcher:
     async def run(self) -> None:
         """Until cancelled."""
         fd = _inotify_watch(self._path.parent) if self._inotify else None
-        if fd is None:
-            await self._poll()
-            return
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         try:
-            await self._follow(fd)
+            if fd is None:
+                await self._poll(conn)
+            else:
+                await self._follow(fd, conn)
         finally:
-            os.close(fd)
+            conn.close()
+            if fd is not None:
+                os.close(fd)
 
-    async def _follow(self, fd: int) -> None:
+    async def _follow(self, fd: int, conn: sqlite3.Connection) -> None:
         self.mechanism = "inotify"
         wal = (self._path.name + "-wal").encode()
+        last = _data_version(conn)
         self.watching.set()
         while True:
             await anyio.wait_readable(fd)
-            if _drain(fd, wal):
-                self._on_commit()
+            if not _drain(fd, wal):
+                continue
+            # The frames are written, but the commit is visible only once SQLite has synced them
+            # and updated the WAL index: a loop woken before that would look, find nothing and
+            # sleep until its idle look. So wake once data_version says the commit is visible
+            # (or, for a write that was no commit, after SETTLE_S anyway).
+            waited = 0.0
+            while (version := _data_version(conn)) == last and waited < SETTLE_S:
+                delay = 0.0005 if waited < 0.02 else 0.005
+                await anyio.sleep(delay)
+                waited += delay
+            last = version
+            self._on_commit()
 
-    async def _poll(self) -> None:
+    async def _poll(self, conn: sqlite3.Connection) -> None:
         self.mechanism = "data_version"
-        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        try:
-            last = _data_version(conn)
-            self.watching.set()
-            while True:
-                await anyio.sleep(self._poll_interval)
-                version = _data_version(conn)
-                if version != last:
-                    last = version
-                    self._on_commit()
-        finally:
-            conn.close()
+        last = _data_version(conn)
+        self.watching.set()
+        while True:
+            await anyio.sleep(self._poll_interval)
+            version = _data_version(conn)
+            if version != last:
+                last = version
+                self._on_commit()
 
 
 def _data_version(conn: sqlite3.Connection) -> int | None:
