@@ -33,12 +33,13 @@ test: $(STAMP) postgres
 test-fast: $(STAMP) postgres
 	$(BIN)/pytest -m "not e2e"
 
-## make bench: callback-ingest throughput and callback-to-notification latency, each against
-## a bare baseline measured in the same run (a benchmark, not a test); the latency one also
-## runs web and worker as separate processes on a throwaway PostgreSQL
+## make bench: every benchmark in one run (ingest with wrk against a bare and a naive durable
+## receiver, callback-to-notification latency, also with web and worker as separate processes
+## on a throwaway PostgreSQL, idle cost, cold start); the figures go to
+## bench/results/latest.json (a benchmark, not a test)
 bench: $(STAMP) postgres
-	$(BIN)/python bench/ingest.py
-	$(BIN)/python bench/notify.py
+	scripts/wrk.sh
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

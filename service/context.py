@@ -59,9 +59,10 @@ class WorkContext:
     clock: Clock
     rand: random.Random
     egress: EgressPolicy = field(default_factory=EgressPolicy)
-    # Fired whenever something is committed, so in-process loops react at once; on PostgreSQL
-    # also when another process (on any host) commits work (service/app.py `open_context`
-    # follows the database's wake-ups). Loops also look every `worker_idle_s`: the safety net.
+    # Fired whenever something is committed, so in-process loops react at once; also when
+    # another process commits work, on any host with PostgreSQL, on this host with SQLite
+    # (service/resources.py `open_context` follows the database's wake-ups). Loops also look
+    # every `worker_idle_s`: the safety net.
     signals: Signals = field(default_factory=Signals)
     _metrics: Metrics | None = field(default=None, repr=False)
 

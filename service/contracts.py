@@ -401,10 +401,10 @@ class Stores(Protocol):
 
     async def follow_wake_ups(self, wake: Callable[[str], None]) -> None:
         """Until cancelled, call `wake(kind)` ("work", "deliveries" or "events") soon after any
-        other process, on any host, commits such work (PostgreSQL: LISTEN/NOTIFY); what this
-        process commits, it wakes its own loops for (`WorkContext.nudge`). Returns at once
-        where the database cannot tell (SQLite): other processes' work is then found by the
-        loops' idle looks, the safety net on every backend."""
+        other process commits such work: on any host with PostgreSQL (LISTEN/NOTIFY), on this
+        host with SQLite (its WAL file watched). What this process commits, it wakes its own
+        loops for (`WorkContext.nudge`). A wake-up may be missed (a reconnect, a full queue), so
+        the loops' idle looks stay as the safety net on every backend."""
         ...
 
     async def close(self) -> None: ...

@@ -96,7 +96,8 @@ async def open_context(
             ) as notify_client,
             anyio.create_task_group() as wake_ups,
         ):
-            # Work committed by other processes (PostgreSQL) wakes this one's loops and streams.
+            # Work committed by other processes wakes this one's loops and streams (PostgreSQL:
+            # LISTEN/NOTIFY; SQLite: its WAL file watched).
             wake_ups.start_soon(store.follow_wake_ups, partial(_wake, signals))
             yield WorkContext(
                 settings=settings,

@@ -27,8 +27,11 @@ from storage.sql import SQLITE
 from storage.sql.stores import StoresOver
 from storage.sqlite.migrations import MIGRATIONS
 from storage.sqlite.thread import check_supported, run_in_connection_thread
+from storage.sqlite.wakeups import WalWatcher
 
 T = TypeVar("T")
+
+WAKE_KINDS = ("work", "deliveries", "events")  # service/context.py Signals
 
 
 class Database(StoresOver):
@@ -37,6 +40,7 @@ class Database(StoresOver):
 
     def __init__(self, db: aiosqlite.Connection, *, rules: JobRules, public_url: str = "") -> None:
         self._db = db
+        self.path: Path | None = None  # the file, for `follow_wake_ups`
         self.rules = rules  # the state machine, event bodies, JSON (storage/rules.py)
         self._lock = anyio.Lock()
         self.public_url = public_url  # for the job documents events carry
@@ -67,6 +71,7 @@ class Database(StoresOver):
         except sqlite3.Error as exc:
             raise StorageUnavailable(f"cannot open database: {exc}") from exc
         store = cls(db, rules=rules, public_url=public_url)
+        store.path = path
         await store.transact(partial(_migrate, rules=rules))
         return store
 
@@ -104,7 +109,18 @@ class Database(StoresOver):
         return result
 
     async def follow_wake_ups(self, wake: Callable[[str], None]) -> None:
-        """SQLite cannot tell one process about another's commits: the loops' idle looks do."""
+        """Until cancelled, wake every kind ("work", "deliveries", "events") soon after any
+        process on this host commits to the file (storage/sqlite/wakeups.py says how). A commit
+        does not say what it wrote, so each wakes all three: a loop woken for nothing looks once
+        and finds nothing."""
+        if self.path is None:
+            return
+
+        def on_commit() -> None:
+            for kind in WAKE_KINDS:
+                wake(kind)
+
+        await WalWatcher(self.path, on_commit).run()
 
     async def ping(self) -> bool:
         def ping(conn: sqlite3.Connection) -> bool:

@@ -1,0 +1,143 @@
+"""Wake-ups between processes on one SQLite database (one host): a commit in any process wakes
+the others within a millisecond or so, without polling.
+
+SQLite has no LISTEN/NOTIFY, but in WAL mode every commit appends its pages to `<db>-wal`. On
+Linux, `WalWatcher` asks the kernel (inotify, through libc) to report writes to the database's
+directory, and when `<db>-wal` is written it wakes the loops as soon as `PRAGMA data_version`
+(on a connection of its own) shows a commit: no work at all while nothing is committed, so an
+idle process stays idle. Where inotify is missing (another OS, a container
+that forbids it) it falls back to reading `PRAGMA data_version` on a connection of its own
+every `poll_interval` seconds; that number changes whenever another connection commits.
+
+Either way a wake is only a hint: a write that was not a commit, or this process's own commit,
+makes the loops look once more and find nothing. A missed one (a full inotify queue) is found
+by the loops' idle looks, the safety net that stays on every backend.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import sqlite3
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+
+log = logging.getLogger(__name__)
+
+IN_MODIFY = 0x00000002
+IN_Q_OVERFLOW = 0x00004000
+_EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
+SETTLE_S = 1.0  # longest wait, after a write to the WAL, for its commit to become visible
+
+
+class WalWatcher:
+    """Call `on_commit()` soon after any connection, in any process, commits to `path`."""
+
+    def __init__(
+        self, path: Path, on_commit: Callable[[], None], *, poll_interval: float = 0.004, inotify: bool = True
+    ) -> None:
+        self._path = path
+        self._on_commit = on_commit
+        self._poll_interval = poll_interval
+        self._inotify = inotify  # False: poll data_version even where inotify works
+        self.mechanism = ""  # "inotify" or "data_version", once running
+        self.watching = anyio.Event()  # set once commits from then on are seen
+
+    async def run(self) -> None:
+        """Until cancelled."""
+        fd = _inotify_watch(self._path.parent) if self._inotify else None
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        try:
+            if fd is None:
+                await self._poll(conn)
+            else:
+                await self._follow(fd, conn)
+        finally:
+            conn.close()
+            if fd is not None:
+                os.close(fd)
+
+    async def _follow(self, fd: int, conn: sqlite3.Connection) -> None:
+        self.mechanism = "inotify"
+        wal = (self._path.name + "-wal").encode()
+        last = _data_version(conn)
+        self.watching.set()
+        while True:
+            await anyio.wait_readable(fd)
+            if not _drain(fd, wal):
+                continue
+            # The frames are written, but the commit is visible only once SQLite has synced them
+            # and updated the WAL index: a loop woken before that would look, find nothing and
+            # sleep until its idle look. So wake once data_version says the commit is visible
+            # (or, for a write that was no commit, after SETTLE_S anyway).
+            waited = 0.0
+            while (version := _data_version(conn)) == last and waited < SETTLE_S:
+                delay = 0.0005 if waited < 0.02 else 0.005
+                await anyio.sleep(delay)
+                waited += delay
+            last = version
+            self._on_commit()
+
+    async def _poll(self, conn: sqlite3.Connection) -> None:
+        self.mechanism = "data_version"
+        last = _data_version(conn)
+        self.watching.set()
+        while True:
+            await anyio.sleep(self._poll_interval)
+            version = _data_version(conn)
+            if version != last:
+                last = version
+                self._on_commit()
+
+
+def _data_version(conn: sqlite3.Connection) -> int | None:
+    try:
+        return int(conn.execute("PRAGMA data_version").fetchone()[0])
+    except sqlite3.Error:  # busy or gone for a moment: the next look tells
+        return None
+
+
+def _inotify_watch(directory: Path) -> int | None:
+    """A non-blocking inotify descriptor watching writes in `directory`, or None where the
+    system has no inotify."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(name, use_errno=True)
+        init, add_watch = libc.inotify_init1, libc.inotify_add_watch
+    except (OSError, AttributeError):
+        return None
+    fd = int(init(os.O_NONBLOCK | os.O_CLOEXEC))
+    if fd < 0:
+        log.info("inotify unavailable (%s): watching the database by polling",
+                 os.strerror(ctypes.get_errno()))
+        return None
+    if add_watch(fd, os.fsencode(directory), IN_MODIFY) < 0:
+        log.info("cannot watch %s with inotify (%s): watching the database by polling",
+                 directory, os.strerror(ctypes.get_errno()))
+        os.close(fd)
+        return None
+    return fd
+
+
+def _drain(fd: int, wal: bytes) -> bool:
+    """Read every pending event; whether one was a write to the WAL (or events were lost)."""
+    written = False
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return written
+        offset = 0
+        while offset + _EVENT.size <= len(data):
+            _wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
+            name = data[offset + _EVENT.size: offset + _EVENT.size + length].rstrip(b"\0")
+            offset += _EVENT.size + length
+            if mask & IN_Q_OVERFLOW or name == wal:
+                written = True

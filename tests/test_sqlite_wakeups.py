@@ -1,0 +1,69 @@
+"""storage/sqlite/wakeups.py: a commit by another connection wakes the watcher; reads do not."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import anyio
+import pytest
+
+from storage.sqlite.wakeups import WalWatcher
+
+pytestmark = pytest.mark.anyio
+
+
+def database(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE IF NOT EXISTS t (x INTEGER)")
+    return conn
+
+
+@pytest.mark.parametrize("inotify", [True, False], ids=["inotify", "data_version"])
+async def test_a_commit_by_another_connection_wakes_the_watcher_and_a_read_does_not(tmp_path, inotify):
+    path = tmp_path / "fluxhook.db"
+    writer = database(path)
+    commits = 0
+    woken = anyio.Event()
+
+    def on_commit() -> None:
+        nonlocal commits
+        commits += 1
+        woken.set()
+
+    watcher = WalWatcher(path, on_commit, inotify=inotify)
+    async with anyio.create_task_group() as group:
+        group.start_soon(watcher.run)
+        await watcher.watching.wait()
+        writer.execute("SELECT count(*) FROM t").fetchone()
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("INSERT INTO t VALUES (1)")
+        writer.execute("COMMIT")
+        with anyio.fail_after(10):
+            await woken.wait()
+        group.cancel_scope.cancel()
+    writer.close()
+    assert watcher.mechanism == ("inotify" if inotify else "data_version")
+    assert commits >= 1
+
+
+async def test_without_commits_the_watcher_stays_asleep(tmp_path):
+    path = tmp_path / "fluxhook.db"
+    reader = database(path)
+    commits = 0
+
+    def on_commit() -> None:
+        nonlocal commits
+        commits += 1
+
+    watcher = WalWatcher(path, on_commit)
+    async with anyio.create_task_group() as group:
+        group.start_soon(watcher.run)
+        await watcher.watching.wait()
+        for _ in range(20):
+            reader.execute("SELECT count(*) FROM t").fetchone()
+        await anyio.sleep(0.2)
+        group.cancel_scope.cancel()
+    reader.close()
+    assert commits == 0
