@@ -21,6 +21,7 @@ from service.rules import JOB_RULES
 from service.settings import Settings
 from storage import open_database, sqlite_url
 from storage.records import JobRecord, NewJob
+from tests.e2e import stop_process_type
 from tests.postgres import empty_postgres_url, postgres_server, postgres_url  # noqa: F401 (fixtures)
 
 START_MS = 1_790_000_000_000
@@ -265,3 +266,12 @@ def assert_error_shape(response: httpx.Response, status: int, code: str | None =
     if code is not None:
         assert body["error"]["code"] == code
     return body["error"]
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes a test started (Procfile process types): stopped as a Procfile runner would."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        stop_process_type(process)

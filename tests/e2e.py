@@ -215,6 +215,11 @@ def run_process_type(
         )
 
 
+def read_log(log: Path) -> str:
+    """A process log's text so far ("" before the process wrote any), for assertion messages."""
+    return log.read_text() if log.exists() else ""
+
+
 def stop_process_type(process: subprocess.Popen[bytes]) -> None:
     """SIGTERM to the process group, as a Procfile runner does on stop; SIGKILL if ignored."""
     if process.poll() is None:

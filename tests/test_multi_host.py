@@ -45,7 +45,7 @@ from storage.blobs.s3 import S3BlobStore
 from tests.balancer import Balancer, balancing
 from tests.blobs import stored_names
 from tests.conftest import new_bucket, s3_env
-from tests.e2e import TERMINAL, fluxhook_env, free_port, run_fluxhook, wait_up
+from tests.e2e import TERMINAL, fluxhook_env, free_port, read_log, run_fluxhook, wait_up
 from tests.receivers import Receiver
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -102,10 +102,6 @@ def job_request(n: int) -> dict[str, Any]:
                     "input": {"prompt": prompt, "image_url": "https://example.com/in.png",
                               "aspect_ratio": "1:1"}}
     return {**body, "metadata": {"n": n}}
-
-
-def read(log: Path) -> str:
-    return log.read_text() if log.exists() else ""
 
 
 class Hosts:
@@ -251,7 +247,7 @@ async def test_two_webs_and_two_workers_one_of_each_killed_finish_every_job_once
                         await anyio.sleep(1)
                 assert len(docs) == JOBS and {d["status"] for d in docs.values()} == {"succeeded"}, (
                     [(d["id"], d["status"], d["error"]) for d in docs.values() if d["status"] != "succeeded"],
-                    read(log)[-5000:],
+                    read_log(log)[-5000:],
                 )
                 with anyio.move_on_after(120):
                     while {r.payload["data"]["id"] for r in receiver.received} != set(docs):

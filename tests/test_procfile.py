@@ -7,9 +7,7 @@ but what each test says: with no provider key the simulator is mounted in the we
 
 from __future__ import annotations
 
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +23,8 @@ from tests.e2e import (
     BACKEND_ENV,
     free_port,
     procfile,
+    read_log,
     run_process_type,
-    stop_process_type,
     submit_jobs,
     wait_terminal,
     wait_up,
@@ -35,18 +33,6 @@ from tests.e2e import (
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.usefixtures("e2e_backend")]
 
 JOBS = 12
-
-
-def read(log: Path) -> str:
-    return log.read_text() if log.exists() else ""
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for process in started:
-        stop_process_type(process)
 
 
 def test_the_procfile_has_a_web_and_a_worker_process_type():
@@ -59,7 +45,7 @@ async def assert_every_job_finished_by_callback_with_outputs_on_the_web(
     client: httpx.AsyncClient, web: str, ids: list[str], log: Path
 ) -> None:
     docs = await wait_terminal(client, ids, timeout=60)
-    assert {d["status"] for d in docs.values()} == {"succeeded"}, read(log)[-3000:]
+    assert {d["status"] for d in docs.values()} == {"succeeded"}, read_log(log)[-3000:]
     for doc in docs.values():
         # The provider called back (to the web's port, the only one serving callbacks), so the
         # fallback poller never had to ask.
@@ -134,8 +120,8 @@ async def test_a_worker_with_no_address_to_use_waits_naming_the_setting_and_subm
     processes.append(run_process_type(types["worker"], port=free_port(), cwd=tmp_path,
                                       env={**BACKEND_ENV}, log=log))
     with anyio.fail_after(30):
-        while "FLUXHOOK_PUBLIC_URL is not set" not in read(log):
-            assert processes[0].poll() is None, read(log)
+        while "FLUXHOOK_PUBLIC_URL is not set" not in read_log(log):
+            assert processes[0].poll() is None, read_log(log)
             await anyio.sleep(0.1)
     assert await submit_attempts(tmp_path / "data", ids) == [0, 0, 0]
 
@@ -154,4 +140,4 @@ async def test_tick_with_no_address_to_use_exits_naming_the_setting(tmp_path):
     tick = run_process_type("fluxhook tick", port=free_port(), cwd=tmp_path, env={**BACKEND_ENV},
                             log=tmp_path / "tick.log")
     assert await anyio.to_thread.run_sync(tick.wait) == 2
-    assert "FLUXHOOK_PUBLIC_URL is not set" in read(tmp_path / "tick.log")
+    assert "FLUXHOOK_PUBLIC_URL is not set" in read_log(tmp_path / "tick.log")

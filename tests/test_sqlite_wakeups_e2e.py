@@ -10,10 +10,6 @@ the watch they would take minutes.
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Iterator
-from pathlib import Path
-
 import anyio
 import httpx
 import pytest
@@ -21,8 +17,8 @@ import pytest
 from tests.e2e import (
     free_port,
     procfile,
+    read_log,
     run_process_type,
-    stop_process_type,
     submit_jobs,
     wait_terminal,
     wait_up,
@@ -31,18 +27,6 @@ from tests.e2e import (
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
 IDLE_SECONDS = 30  # the worker's idle look: longer than any wait below
-
-
-def read(log: Path) -> str:
-    return log.read_text() if log.exists() else ""
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for process in started:
-        stop_process_type(process)
 
 
 async def test_work_committed_by_the_web_wakes_a_worker_in_another_process_on_sqlite(tmp_path, processes):
@@ -56,8 +40,8 @@ async def test_work_committed_by_the_web_wakes_a_worker_in_another_process_on_sq
     await wait_up(f"{web}/healthz", processes[0])
     processes.append(run_process_type(types["worker"], port=free_port(), cwd=tmp_path, env=env, log=log))
     with anyio.fail_after(30):
-        while "fluxhook worker ready" not in read(log):
-            assert processes[1].poll() is None, read(log)[-3000:]
+        while "fluxhook worker ready" not in read_log(log):
+            assert processes[1].poll() is None, read_log(log)[-3000:]
             await anyio.sleep(0.1)
     await anyio.sleep(1)  # its first look (at start) is over: from now on it sleeps until woken
     async with httpx.AsyncClient(base_url=web, timeout=10) as client:
@@ -65,5 +49,5 @@ async def test_work_committed_by_the_web_wakes_a_worker_in_another_process_on_sq
         # Submits, callbacks (received by the web) and downloads, all within a third of one
         # idle interval: each commit woke the worker.
         docs = await wait_terminal(client, ids, timeout=IDLE_SECONDS / 3)
-    assert {d["status"] for d in docs.values()} == {"succeeded"}, read(log)[-3000:]
+    assert {d["status"] for d in docs.values()} == {"succeeded"}, read_log(log)[-3000:]
     assert all(d["completion_source"] == "callback" for d in docs.values()), docs

@@ -10,7 +10,6 @@ triggers dropped), the idle looks still find every job: the safety net.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -21,8 +20,8 @@ import pytest
 from tests.e2e import (
     free_port,
     procfile,
+    read_log,
     run_process_type,
-    stop_process_type,
     submit_jobs,
     wait_terminal,
     wait_up,
@@ -35,18 +34,6 @@ IDLE_SECONDS = 30  # the worker's idle look: longer than any wait below
 
 WAKE_TRIGGERS = (("fluxhook_wake_tasks_written", "tasks"), ("fluxhook_wake_tasks_ended", "tasks"),
                  ("fluxhook_wake_deliveries", "deliveries"), ("fluxhook_wake_events", "events"))
-
-
-def read(log: Path) -> str:
-    return log.read_text() if log.exists() else ""
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for process in started:
-        stop_process_type(process)
 
 
 async def start_web_and_worker(
@@ -63,8 +50,8 @@ async def start_web_and_worker(
     await wait_up(f"{web}/healthz", processes[0])
     processes.append(run_process_type(types["worker"], port=free_port(), cwd=tmp_path, env=env, log=log))
     with anyio.fail_after(30):
-        while "fluxhook worker ready" not in read(log):
-            assert processes[1].poll() is None, read(log)[-3000:]
+        while "fluxhook worker ready" not in read_log(log):
+            assert processes[1].poll() is None, read_log(log)[-3000:]
             await anyio.sleep(0.1)
     await anyio.sleep(1)  # its first look (at start) is over: from now on it sleeps until woken
     return web, log
@@ -79,7 +66,7 @@ async def test_work_committed_by_the_web_wakes_a_worker_in_another_process_at_on
         # Submits, callbacks (received by the web) and downloads, all within a third of one
         # idle interval: each commit woke the worker.
         docs = await wait_terminal(client, ids, timeout=IDLE_SECONDS / 3)
-    assert {d["status"] for d in docs.values()} == {"succeeded"}, read(log)[-3000:]
+    assert {d["status"] for d in docs.values()} == {"succeeded"}, read_log(log)[-3000:]
     assert all(d["completion_source"] == "callback" for d in docs.values()), docs
 
 
@@ -91,4 +78,4 @@ async def test_without_notifications_the_idle_looks_still_find_every_job(tmp_pat
     async with httpx.AsyncClient(base_url=web, timeout=10) as client:
         ids = await submit_jobs(client, 3)
         docs = await wait_terminal(client, ids, timeout=60)
-    assert {d["status"] for d in docs.values()} == {"succeeded"}, read(log)[-3000:]
+    assert {d["status"] for d in docs.values()} == {"succeeded"}, read_log(log)[-3000:]
