@@ -122,17 +122,23 @@ def _submit(client: Client, args: argparse.Namespace, io: Streams) -> int:
         io.print(json.dumps(job, indent=2) if args.json else job_id)
         return 0
     saved: list[Saved] = []
-    with display(args.progress, io.err) as show:
-        show.job(job)
-        if job["status"] not in FINAL:
-            until = io.clock() + args.timeout if args.timeout else None
-            for event in client.events(job_id=job_id, after=0, until=until, on_reconnect=show.reconnecting):
-                show.event(event)
-                if event.type in TERMINAL_EVENTS:
-                    break
-            job = client.job(job_id)
-        if job["status"] == "succeeded":
-            saved = _save_outputs(client, job, Path(args.output_dir), show)
+    try:
+        with display(args.progress, io.err) as show:
+            show.job(job)
+            if job["status"] not in FINAL:
+                until = io.clock() + args.timeout if args.timeout else None
+                for event in client.events(job_id=job_id, after=0, until=until,
+                                           on_reconnect=show.reconnecting):
+                    show.event(event)
+                    if event.type in TERMINAL_EVENTS:
+                        break
+                job = client.job(job_id)
+            if job["status"] == "succeeded":
+                saved = _save_outputs(client, job, Path(args.output_dir), show)
+    except KeyboardInterrupt:
+        io.note(f"fluxhook: interrupted; {job_id} carries on: follow it with `fluxhook watch --job "
+                f"{job_id}`, see it with `fluxhook job {job_id}`")
+        return 130
     if args.json:
         io.print(json.dumps({"job": job, "files": [_saved_document(s) for s in saved]}, indent=2))
     else:
