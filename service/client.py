@@ -19,7 +19,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 
-from service.errors import OutputMismatch, ServerRefused, ServerUnreachable
+from service.errors import ClientError, OutputMismatch, ServerRefused, ServerUnreachable
 
 TERMINAL_EVENTS = frozenset({"job.succeeded", "job.failed", "job.cancelled"})
 # fluxhook's stream sends a comment every 15 s (handlers/events.py KEEPALIVE_S): a minute of
@@ -294,6 +294,8 @@ class Client:
             partial.replace(target)
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from None
+        except OSError as exc:
+            raise ClientError(f"cannot write {target}: {exc.strerror or exc}") from None
         finally:
             partial.unlink(missing_ok=True)
         return Saved(index, target, size, expected)

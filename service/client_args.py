@@ -119,7 +119,7 @@ def add_client_commands(commands: Any, formatter: type[argparse.HelpFormatter],
                             "repeat or comma-separate for more (default: every type)")
     watch.add_argument("--after", type=_count, metavar="ID",
                        help="start after this event id; 0 replays the log from its start "
-                            "(default: only events from now on)")
+                            "(default: only events from now on; with --job, all of that job's)")
     watch.add_argument("--count", type=_count, metavar="N",
                        help="stop after N events (default: follow until interrupted)")
     watch.add_argument("--timeout", type=_positive, metavar="SECONDS",

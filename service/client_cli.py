@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -63,6 +64,12 @@ def run_client(
     except KeyboardInterrupt:
         print("fluxhook: interrupted", file=err)
         return 130
+    except BrokenPipeError:
+        # `fluxhook watch | head -3`: the reader left. Python's own advice: point stdout at
+        # /dev/null so the interpreter's final flush does not fail again with a traceback.
+        if out is sys.stdout:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def server_url(flag: str | None, environ: Mapping[str, str]) -> str:
@@ -219,7 +226,9 @@ def _watch(client: Client, args: argparse.Namespace, io: Streams) -> int:
         io.note(f"event stream dropped; resuming after #{last}" if last is not None
                 else "event stream dropped; reconnecting")
 
-    for event in client.events(job_id=args.job, types=types, after=args.after, until=until,
+    # One job's events from its start: a job that already ended would otherwise show nothing.
+    after = 0 if args.after is None and args.job else args.after
+    for event in client.events(job_id=args.job, types=types, after=after, until=until,
                                on_reconnect=resuming):
         io.print(json.dumps({"seq": event.seq, **event.body}) if args.json else watch_line(event))
         seen += 1

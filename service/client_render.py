@@ -112,7 +112,7 @@ def jobs_table(jobs: list[dict[str, Any]]) -> list[str]:
     """One line per job under a header, columns aligned."""
     rows: list[tuple[str, ...]] = [("ID", "STATUS", "PROVIDER", "MODEL", "IMAGES", "CREATED", "PROMPT")]
     for job in jobs:
-        prompt = str((job.get("input") or {}).get("prompt", ""))
+        prompt = " ".join(str((job.get("input") or {}).get("prompt", "")).split())  # one line
         if len(prompt) > PROMPT_CHARS:
             prompt = prompt[: PROMPT_CHARS - 1] + "…"
         rows.append((str(job.get("id")), str(job.get("status")), str(job.get("provider")),

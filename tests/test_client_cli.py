@@ -29,7 +29,7 @@ from service.client import Client, Event, SseDecoder, SseMessage
 from service.client_cli import run_client, server_url, submit_body
 from service.client_display import CLEAR_LINE, SPINNER, TerminalDisplay, status_line
 from service.client_render import jobs_table, timeline
-from service.errors import OutputMismatch, ServerRefused, ServerUnreachable
+from service.errors import ClientError, OutputMismatch, ServerRefused, ServerUnreachable
 from tests.e2e import free_port, read_log
 from tests.test_cold_start import imported_by, loaded
 
@@ -251,7 +251,7 @@ def test_watch_prints_one_line_per_event_and_stops_after_count_or_at_the_jobs_en
     assert two.returncode == 0, two.stderr
     assert [line.split()[0] for line in two.stdout.splitlines()] == ["#1", "#2"]
 
-    one_job = fluxhook_cli("watch", "--job", job["id"], "--after", "0", env=server.env)
+    one_job = fluxhook_cli("watch", "--job", job["id"], env=server.env)  # from its start, as it ended
     assert one_job.returncode == 0, one_job.stderr
     lines = one_job.stdout.splitlines()
     assert [line.split()[2] for line in lines][-1] == "job.succeeded"
@@ -502,14 +502,14 @@ def test_the_timeline_puts_attempts_events_and_delivery_attempts_in_time_order()
     ]
 
 
-def test_the_jobs_table_aligns_its_columns_and_shortens_long_prompts():
+def test_the_jobs_table_aligns_its_columns_and_keeps_prompts_short_and_on_one_line():
     jobs = [{"id": "job_1", "status": "failed", "provider": "bfl", "model": "flux-dev", "outputs": [],
-             "created_at": "2026-11-22T10:00:00.000Z", "input": {"prompt": "x" * 60}},
+             "created_at": "2026-11-22T10:00:00.000Z", "input": {"prompt": "two\nlines " + "x" * 60}},
             {"id": "job_22", "status": "succeeded", "provider": "runcomfy", "model": "flux-pro-1.1",
              "outputs": [{}], "created_at": "2026-11-22T10:00:01.000Z", "input": {}}]
     header, first, second = jobs_table(jobs)
     assert header.index("STATUS") == first.index("failed") == second.index("succeeded")
-    assert first.endswith("x" * 39 + "…")
+    assert first.endswith("two lines " + "x" * 29 + "…")
     assert second.split() == ["job_22", "succeeded", "runcomfy", "flux-pro-1.1", "1",
                               "2026-11-22T10:00:01.000Z"]
 
@@ -536,3 +536,12 @@ def test_the_terminal_display_keeps_each_change_above_the_status_line_and_restor
     assert parts[0] == "\x1b[?25l" and parts[-1] == "\x1b[?25h"
     assert "job_1 queued: bfl flux-dev\n" in parts and "job_1 succeeded by poll, 1 image\n" in parts
     assert parts[-2] == status_line("job_1_0.png", 0.5, 0, 0, 80, "1.0 kB/2.0 kB")[: len(parts[-2])]
+
+
+def test_an_output_that_cannot_be_written_is_a_clear_error_not_a_traceback(tmp_path):
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=b"image"))
+    client = Client("http://fluxhook.test", transport=transport)
+    output = {"index": 0, "sha256": hashlib.sha256(b"image").hexdigest(), "bytes": 5}
+    with pytest.raises(ClientError) as raised:
+        client.download("job_1", output, tmp_path / "missing" / "job_1_0.png")
+    assert raised.value.message.startswith(f"cannot write {tmp_path / 'missing' / 'job_1_0.png'}: ")
