@@ -120,7 +120,7 @@ def add_client_commands(commands: Any, formatter: type[argparse.HelpFormatter],
     watch.add_argument("--after", type=_count, metavar="ID",
                        help="start after this event id; 0 replays the log from its start "
                             "(default: only events from now on; with --job, all of that job's)")
-    watch.add_argument("--count", type=_count, metavar="N",
+    watch.add_argument("--count", type=_at_least_one, metavar="N",
                        help="stop after N events (default: follow until interrupted)")
     watch.add_argument("--timeout", type=_positive, metavar="SECONDS",
                        help="stop after this long (default: follow until interrupted)")
@@ -148,3 +148,10 @@ def _count(text: str) -> int:
     if not (text.isascii() and text.isdigit()):
         raise argparse.ArgumentTypeError(f"must be a whole number, 0 or more, got {text!r}")
     return int(text)
+
+
+def _at_least_one(text: str) -> int:
+    count = _count(text)
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {text!r}")
+    return count
