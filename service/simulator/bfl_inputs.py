@@ -5,9 +5,10 @@ ones fluxhook's catalog states (service/catalog/bfl.py), so a body fluxhook acce
 refused here (tests/test_bfl_simulator.py holds the two to each other at every bound):
 
 - FLUX1.1 [pro], [dev], [pro] ultra, Kontext (and CometAPI's models): width and height multiples
-  of 32 in 256-1440, or an aspect ratio between 21:9 and 9:21; safety 0-6.
+  of 32 in 256-1440, or an aspect ratio between 21:9 and 9:21; safety 0-6; steps 1-50 and
+  guidance 1.5-5 (dev).
 - FLUX.2 (`flux-2-*`, previews included): width and height at least 64, no maximum and no step;
-  safety 0-5; `input_image` plus up to 7 references (klein: 3).
+  safety 0-5; `input_image` plus up to 7 references (klein: 3); steps 1-50, guidance 1.5-10 (flex).
 - fill: a base64 `image` and an optional base64 `mask` of the same size; steps 15-50, guidance
   1.5-100. expand: a base64 `image` and 0-2048 pixels on each side.
 
@@ -47,14 +48,16 @@ class Family:
     size: tuple[int, int | None, int | None] | None  # minimum, maximum, multiple of; None: no size
     safety_max: int
     references: int  # input_image and input_image_2 ... (0: none)
+    steps: tuple[int, int]
+    guidance: tuple[float, float]
     edit: str | None = None  # "fill" or "expand"
 
 
-CLASSIC = Family("classic", (256, 1440, 32), 6, 4)
-FLUX_2 = Family("flux-2", (64, None, None), 5, 8)
-FLUX_2_KLEIN = Family("flux-2-klein", (64, None, None), 5, 4)
-FILL = Family("fill", None, 6, 0, edit="fill")
-EXPAND = Family("expand", None, 6, 0, edit="expand")
+CLASSIC = Family("classic", (256, 1440, 32), 6, 4, (1, 50), (1.5, 5))
+FLUX_2 = Family("flux-2", (64, None, None), 5, 8, (1, 50), (1.5, 10))
+FLUX_2_KLEIN = Family("flux-2-klein", (64, None, None), 5, 4, (1, 50), (1.5, 10))
+FILL = Family("fill", None, 6, 0, (15, 50), (1.5, 100), edit="fill")
+EXPAND = Family("expand", None, 6, 0, (15, 50), (1.5, 100), edit="expand")
 
 
 def family_of(model: str) -> Family:
@@ -106,6 +109,15 @@ class _Errors:
             return int(value)
         return None
 
+    def number(self, name: str, minimum: float, maximum: float) -> None:
+        value = self.body.get(name)
+        if value is None:
+            return
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            self.fail(name, "float_type", "Input should be a valid number")
+        elif not minimum <= value <= maximum:
+            self.fail(name, "less_than_equal", f"Input should be a number from {minimum:g} to {maximum:g}")
+
 
 def parse_inputs(model: str, body: Mapping[str, Any]) -> tuple[BflInputs | None, list[dict[str, Any]]]:
     """Validate a submit body like BFL's FastAPI does; return (inputs, []) or (None, errors)."""
@@ -124,6 +136,10 @@ def parse_inputs(model: str, body: Mapping[str, Any]) -> tuple[BflInputs | None,
     if fmt not in OUTPUT_FORMATS:
         errors.fail("output_format", "enum", "Input should be 'jpeg', 'png' or 'webp'")
     errors.integer("safety_tolerance", 0, family.safety_max)
+    errors.integer("steps", *family.steps)
+    errors.number("guidance", *family.guidance)
+    errors.number("image_prompt_strength", 0, 1)
+    errors.integer("interval", 1, 4)  # CometAPI's flux-pro (BFL's retired FluxProInputs)
     if body.get("prompt_upsampling") is not None and not isinstance(body["prompt_upsampling"], bool):
         errors.fail("prompt_upsampling", "bool_type", "Input should be a valid boolean")
     ratio = body.get("aspect_ratio")
@@ -170,7 +186,7 @@ def fit_within(width: int, height: int, pixels: int) -> tuple[int, int]:
     Integer arithmetic, since FLUX.2's sizes have no maximum and need not fit in a float."""
     if width * height <= pixels:
         return width, height
-    scaled_width = max(1, min(width, math.isqrt(pixels * width // height)))
+    scaled_width = max(1, min(width, pixels, math.isqrt(pixels * width // height)))
     return scaled_width, max(1, min(height, pixels // scaled_width))
 
 
@@ -193,11 +209,6 @@ def _size(family: Family, errors: _Errors) -> dict[str, int]:
 
 
 def _edit(family: Family, errors: _Errors) -> Edit | None:
-    errors.integer("steps", 15, 50)
-    guidance = errors.body.get("guidance")
-    if guidance is not None and not (isinstance(guidance, int | float) and not isinstance(guidance, bool)
-                                     and 1.5 <= guidance <= 100):
-        errors.fail("guidance", "less_than_equal", "Input should be a number from 1.5 to 100")
     image = _base64_picture(errors, "image", required=True)
     margins = (0, 0, 0, 0)
     mask = None
