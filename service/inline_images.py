@@ -9,7 +9,8 @@ The fetch is bounded like an upload (`FLUXHOOK_UPLOAD_MAX_BYTES`) and in time (o
 `FLUXHOOK_HTTP_TIMEOUT_SECONDS` for the whole of it, redirects included), and it goes out
 through the notifier's SSRF-guarded client (service/egress.py): a client-supplied URL is no
 more trusted here than a webhook destination. fluxhook's own upload URLs are read from the
-blob store instead, without a request to itself.
+blob store instead, without a request to itself. A fetch that fails is `InputUnavailable`
+(service/errors.py), naming the field; the submitter retries it or fails the job.
 """
 
 from __future__ import annotations
@@ -26,27 +27,10 @@ from service.blobs import BlobUnavailable
 from service.context import WorkContext
 from service.downloads import sniff_image_type
 from service.egress import DestinationRefused, EgressPolicy, refused_cause
-from service.errors import ApiError, FluxhookError
+from service.errors import ApiError, InputUnavailable
 from service.parsing import parse_count
 
 MAX_REDIRECTS = 3
-
-
-class ImageFetchFailed(FluxhookError):
-    """An input image could not be fetched. `retryable`: a timeout, a connection error, a 5xx or
-    429 (the submit is tried again later); otherwise the image will not come (a 404, not an
-    image, too large, a refused destination) and the job fails with `input_unavailable`.
-
-    The message names the field and the host, never the URL: its path or query may be a
-    credential (an upload token, a presigned signature).
-    """
-
-    def __init__(self, field: str, reason: str, *, retryable: bool) -> None:
-        self.field = field
-        self.reason = reason
-        self.retryable = retryable
-        self.message = f"input.{field}: {reason}"
-        super().__init__(self.message)
 
 
 async def inline_images(
@@ -74,10 +58,10 @@ async def fetch_image(ctx: WorkContext, field: str, url: str) -> bytes:
                 data = await _download(ctx.notify_client, ctx.egress, field, url,
                                        limit=settings.upload_max_bytes, timeout=settings.http_timeout_s)
     except TimeoutError:
-        raise ImageFetchFailed(field, f"fetching the image took longer than {settings.http_timeout_s:g}s",
+        raise InputUnavailable(field, f"fetching the image took longer than {settings.http_timeout_s:g}s",
                                retryable=True) from None
     if sniff_image_type(data[:16]) is None:
-        raise ImageFetchFailed(field, "the URL did not give a PNG, JPEG, WebP or GIF image", retryable=False)
+        raise InputUnavailable(field, "the URL did not give a PNG, JPEG, WebP or GIF image", retryable=False)
     return data
 
 
@@ -85,15 +69,15 @@ async def _read_upload(ctx: WorkContext, field: str, token: str) -> bytes:
     try:
         upload_id = ctx.upload_tokens.read(token, max_age_s=ctx.settings.upload_url_ttl_s)
     except ApiError as exc:  # 404 not ours or mangled, 410 expired
-        raise ImageFetchFailed(field, f"upload URL refused: {exc.message}", retryable=False) from exc
+        raise InputUnavailable(field, f"upload URL refused: {exc.message}", retryable=False) from exc
     upload = await ctx.store.uploads.get_upload(upload_id)
     try:
         content = None if upload is None else await ctx.blobs.open(upload.sha256)
         if upload is None or content is None:
-            raise ImageFetchFailed(field, "the upload no longer exists", retryable=False)
+            raise InputUnavailable(field, "the upload no longer exists", retryable=False)
         return b"".join([chunk async for chunk in content.chunks])
     except BlobUnavailable as exc:
-        raise ImageFetchFailed(field, f"the blob store did not answer: {exc}", retryable=True) from exc
+        raise InputUnavailable(field, f"the blob store did not answer: {exc}", retryable=True) from exc
 
 
 async def _download(
@@ -110,28 +94,28 @@ async def _download(
                 _check_status(field, host, response.status_code)
                 return await _read_capped(field, response, limit)
         except DestinationRefused as exc:
-            raise ImageFetchFailed(field, f"image host refused: {exc.reason}", retryable=False) from exc
+            raise InputUnavailable(field, f"image host refused: {exc.reason}", retryable=False) from exc
         except httpx.TimeoutException as exc:
-            raise ImageFetchFailed(field, f"image host {host} timed out", retryable=True) from exc
+            raise InputUnavailable(field, f"image host {host} timed out", retryable=True) from exc
         except httpx.HTTPError as exc:
             refused = refused_cause(exc)
             if refused is not None:
-                raise ImageFetchFailed(field, f"image host refused: {refused.reason}",
+                raise InputUnavailable(field, f"image host refused: {refused.reason}",
                                        retryable=False) from exc
-            raise ImageFetchFailed(field, f"image host {host} unreachable ({type(exc).__name__})",
+            raise InputUnavailable(field, f"image host {host} unreachable ({type(exc).__name__})",
                                    retryable=True) from exc
-    raise ImageFetchFailed(field, f"more than {MAX_REDIRECTS} redirects", retryable=False)
+    raise InputUnavailable(field, f"more than {MAX_REDIRECTS} redirects", retryable=False)
 
 
 def _check_status(field: str, host: str, status: int) -> None:
     if 200 <= status < 300:
         return
     retryable = status in (408, 429) or status >= 500
-    raise ImageFetchFailed(field, f"image host {host} answered HTTP {status}", retryable=retryable)
+    raise InputUnavailable(field, f"image host {host} answered HTTP {status}", retryable=retryable)
 
 
 async def _read_capped(field: str, response: httpx.Response, limit: int) -> bytes:
-    too_large = ImageFetchFailed(field, f"the image is larger than {limit} bytes", retryable=False)
+    too_large = InputUnavailable(field, f"the image is larger than {limit} bytes", retryable=False)
     declared = parse_count(response.headers.get("content-length"))
     if declared is not None and declared > limit:
         raise too_large

@@ -10,8 +10,14 @@ from service.adoption import plan_submit
 from service.backoff import retry_delay
 from service.context import WorkContext
 from service.crash_points import crash_point
-from service.errors import ProviderError, ProviderOutcomeUnknown, ProviderRejected, ProviderRetryable
-from service.inline_images import ImageFetchFailed, inline_images
+from service.errors import (
+    InputUnavailable,
+    ProviderError,
+    ProviderOutcomeUnknown,
+    ProviderRejected,
+    ProviderRetryable,
+)
+from service.inline_images import inline_images
 from service.jobs import ErrorCode, JobStatus, SubmitRejected, Submitted, TimedOut
 from service.providers.base import SubmitOrder
 from service.providers.transport import send
@@ -80,7 +86,7 @@ async def submit_job(ctx: WorkContext, task: TaskRecord) -> None:
     try:
         # Before begin_submit: fetching an image is not a submit, and may take a while.
         provider_input = await inline_images(ctx, model.inline_images, job.input)
-    except ImageFetchFailed as exc:
+    except InputUnavailable as exc:
         await _input_unavailable(ctx, job, task, exc)
         return
     order = SubmitOrder(
@@ -127,7 +133,7 @@ async def submit_job(ctx: WorkContext, task: TaskRecord) -> None:
 
 
 async def _input_unavailable(
-    ctx: WorkContext, job: JobRecord, task: TaskRecord, exc: ImageFetchFailed
+    ctx: WorkContext, job: JobRecord, task: TaskRecord, exc: InputUnavailable
 ) -> None:
     """An input image the provider needs inlined could not be fetched: try again later when that
     may help and there is time before FLUXHOOK_SUBMIT_TIMEOUT_SECONDS, else fail the job. No

@@ -197,6 +197,18 @@ async def test_a_host_that_comes_back_is_fetched_on_the_retry(ctx, make_job, rou
     assert (await ctx.store.jobs.get_job(job.id)).status == "submitted"
 
 
+async def test_every_redirect_hop_is_checked_by_the_egress_rules(ctx, make_job, router):
+    router.get(f"{IMAGE_HOST}/moved.png").mock(
+        return_value=httpx.Response(302, headers={"Location": "http://127.0.0.1:8080/admin.png"}))
+    submit = router.post(f"{BFL}/v1/flux-pro-1.1").mock(return_value=accepted())
+    job = await make_job(input={"prompt": "p", "image_prompt": f"{IMAGE_HOST}/moved.png"})
+    await Worker(ctx).run_once()
+    after = await ctx.store.jobs.get_job(job.id)
+    assert (after.error_code, after.error_message) == (
+        "input_unavailable", "input.image_prompt: image host refused: loopback")
+    assert submit.call_count == 0
+
+
 async def test_a_mangled_upload_url_fails_the_job(ctx, make_job, router):
     submit = router.post(f"{BFL}/v1/flux-pro-1.0-expand").mock(return_value=accepted())
     job = await make_job(model="flux-pro-1.0-expand",
