@@ -5,7 +5,7 @@ BFL's schema takes some images as base64 and never as a URL (FLUX1.1's `image_pr
 every other image, an upload's or their own, so the submitter fetches them here and the pure
 adapter receives the base64 text. The job keeps the URL; the bytes exist only for the submit.
 
-The fetch is bounded like an upload (`FLUXHOOK_UPLOAD_MAX_BYTES`) and in time (one
+Each fetch is bounded like an upload (`FLUXHOOK_UPLOAD_MAX_BYTES`) and in time (one
 `FLUXHOOK_HTTP_TIMEOUT_SECONDS` for the whole of it, redirects included), and it goes out
 through the notifier's SSRF-guarded client (service/egress.py): a client-supplied URL is no
 more trusted here than a webhook destination. fluxhook's own upload URLs are read from the

@@ -137,7 +137,7 @@ async def _input_unavailable(
 ) -> None:
     """An input image the provider needs inlined could not be fetched: try again later when that
     may help and there is time before FLUXHOOK_SUBMIT_TIMEOUT_SECONDS, else fail the job. No
-    provider was called, and another one would need the same image, so there is no failover."""
+    provider was called, and the next one would be given the same URL: no failover."""
     now = ctx.clock()
     settings = ctx.settings
     if exc.retryable:
