@@ -229,6 +229,8 @@ def test_the_new_inputs_are_in_the_vocabulary():
     ("/v1/flux-2-klein-4b", {"prompt": "x", "input_image_5": "https://x/i.png"}, "input_image_5"),
     ("/v1/flux-2-pro-preview", {"prompt": "x", "safety_tolerance": 6}, "safety_tolerance"),
     ("/v1/flux-2-pro", {"prompt": "x", "width": 63}, "width"),
+    ("/v1/flux-dev", {"prompt": "x", "output_format": "tiff"}, "output_format"),  # a nested $ref
+    ("/v1/flux-pro-1.0-fill", {"image": "aGVsbG8="}, "image"),  # base64, but of no image
 ])
 def test_a_wrong_body_is_refused_by_the_same_check(path, body, complaint):
     found = problems(path, body)
