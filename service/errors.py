@@ -18,6 +18,8 @@
     ├── OutputError               an output image could not be stored
     │   ├── OutputRetryable       transient: 5xx, timeout, connection error, not yet there
     │   └── OutputRejected        never will be: host not allowed, not an image, too large
+    ├── InputUnavailable          an input image fluxhook must send as base64 could not be fetched;
+    │                             `retryable` when trying later may help (inline_images.py)
     ├── DestinationRefused        a notification URL resolves to a non-public address (egress.py)
     ├── JsonRefused               JSON text or a value breaking the strict rules (strict_json.py);
     │                             `as_api_error()`: 400 when it is not JSON, else 422 naming its path
@@ -149,6 +151,23 @@ class OutputError(FluxhookError):
         super().__init__(message)
         self.message = message
         self.index = index
+
+
+class InputUnavailable(FluxhookError):
+    """An input image a provider takes only as base64 could not be fetched (inline_images.py).
+
+    `retryable`: a timeout, a connection error, a 5xx or 429 (the submit is tried again later);
+    otherwise the image will not come (a 404, not an image, too large, a refused destination).
+    The message names the field and the host, never the URL: its path or query may be a
+    credential (an upload token, a presigned signature).
+    """
+
+    def __init__(self, field: str, reason: str, *, retryable: bool) -> None:
+        self.field = field
+        self.reason = reason
+        self.retryable = retryable
+        self.message = f"input.{field}: {reason}"
+        super().__init__(self.message)
 
 
 class OutputRetryable(OutputError):
