@@ -172,8 +172,8 @@ def _delivery_entries(delivery: DeliveryRecord, attempts: list[DeliveryAttemptRe
     for a in attempts:
         answer = f"HTTP {a.status_code}" if a.status_code is not None else (a.error or "no answer")
         ok = a.status_code is not None and 200 <= a.status_code < 300
-        detail = _join([where, f"{a.duration_ms} ms",
-                        a.error if a.error and a.status_code is not None else ""])
+        said = a.error if a.error and a.status_code is not None and a.error != f"HTTP {a.status_code}" else ""
+        detail = _join([where, f"{a.duration_ms} ms", said])
         entries.append(Entry(a.started_at, "delivery", f"Delivery attempt {a.attempt}: {answer}", detail,
                              "ok" if ok else "bad", delivery_id=delivery.id))
     if delivery.status == "pending" and attempts:

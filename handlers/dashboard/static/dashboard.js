@@ -86,6 +86,7 @@
         return;
       }
       row.classList.add("flash");
+      row.addEventListener("animationend", () => row.classList.remove("flash"), { once: true });
       empty.hidden = rows.children.length > 0;
     }
     function flushSoon() {
