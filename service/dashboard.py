@@ -176,11 +176,9 @@ def _delivery_entries(delivery: DeliveryRecord, attempts: list[DeliveryAttemptRe
         detail = _join([where, f"{a.duration_ms} ms", said])
         entries.append(Entry(a.started_at, "delivery", f"Delivery attempt {a.attempt}: {answer}", detail,
                              "ok" if ok else "bad", delivery_id=delivery.id))
-    if delivery.status == "pending" and attempts:
-        entries[-1] = replace(entries[-1], detail=f"{entries[-1].detail}; retrying")
     last = entries[-1]
-    entries[-1] = replace(last, last_of_delivery=True,
-                           detail=_join([last.detail, f"delivery {delivery.status}"]))
+    outcome = "retrying" if delivery.status == "pending" and attempts else f"delivery {delivery.status}"
+    entries[-1] = replace(last, last_of_delivery=True, detail=_join([last.detail, outcome]))
     return entries
 
 
