@@ -212,6 +212,16 @@ async def test_a_post_without_the_sessions_csrf_token_changes_nothing(dash):
     assert stored is not None and stored.status == "enabled"
 
 
+async def test_a_form_larger_than_the_cap_is_refused_before_it_is_read_whole(keyed):
+    response = await keyed.client.post("/dashboard/login", data={"key": "x" * 20_000})
+    assert_error_shape(response, 413, "payload_too_large")
+
+
+async def test_a_post_that_is_not_a_form_is_refused(keyed):
+    response = await keyed.client.post("/dashboard/login", files={"key": ("k.txt", b"x")})
+    assert_error_shape(response, 400)
+
+
 async def test_a_post_without_any_session_is_refused(dash):
     sub = await add_subscription(dash.ctx)
     response = await dash.client.post(f"/dashboard/subscriptions/{sub.id}/status",

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 
 import anyio
 from starlette.datastructures import FormData
@@ -21,6 +21,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from handlers.body import read_body
 from handlers.errors import error_response
 from service.dashboard_sessions import (
     CSRF_FIELD,
@@ -30,6 +31,7 @@ from service.dashboard_sessions import (
     DashboardSessions,
     Session,
 )
+from service.errors import MalformedRequest
 from service.settings import Settings
 
 if TYPE_CHECKING:
@@ -131,7 +133,7 @@ class Dashboard:
             session = self.session_of(request)
             if session is None or not session.signed_in:
                 return _unauthorized()
-            form = await request.form(max_files=0, max_fields=20)
+            form = await read_form(request)
             token = request.headers.get(CSRF_HEADER) or form.get(CSRF_FIELD)
             if not self.sessions.csrf_ok(session, token if isinstance(token, str) else None):
                 return error_response(403, "csrf_failed", "missing or wrong CSRF token: reload the page",
@@ -144,6 +146,26 @@ class Dashboard:
 # Scripts, styles and images only from the dashboard itself; no inline script.
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+
+
+FORM_LIMIT = 16 * 1024  # the dashboard's forms carry a few short fields
+
+
+async def read_form(request: Request) -> FormData:
+    """A URL-encoded form body (what the pages' forms send), its size capped while reading, as
+    every body is (handlers/body.py); Starlette's `form()` would hold any size in memory."""
+    body = await read_body(request, limit=FORM_LIMIT)
+    kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if body and kind != "application/x-www-form-urlencoded":
+        raise MalformedRequest("expected a form (application/x-www-form-urlencoded)",
+                               details=[{"field": "Content-Type", "rule": "form"}])
+    try:
+        pairs = parse_qsl(body.decode("latin-1"), keep_blank_values=True, max_num_fields=20,
+                          encoding="utf-8", errors="replace")
+    except ValueError as exc:
+        raise MalformedRequest("too many form fields",
+                               details=[{"field": "(body)", "rule": "maxFields"}]) from exc
+    return FormData([(name, value) for name, value in pairs])
 
 
 def _unauthorized() -> Response:

@@ -8,7 +8,7 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from handlers.dashboard import Dashboard, back_to, base_path
+from handlers.dashboard import Dashboard, back_to, base_path, read_form
 from service.context import WorkContext
 from service.dashboard_sessions import SESSION_COOKIE, Session
 from service.errors import ValidationFailed
@@ -38,7 +38,7 @@ class Actions:
     async def login(self, request: Request) -> Response:
         """The API key, posted in the form's body: a signed-in session (a new one, so an id
         handed out before signing in is worth nothing after), or the form again with 401."""
-        form = await request.form(max_files=0, max_fields=5)
+        form = await read_form(request)
         given, target = form.get("key"), back_to(request, form.get("next"))
         if not isinstance(given, str) or not self.dash.sessions.key_matches(given):
             session, cookie = self.dash.sessions.start(signed_in=False)
