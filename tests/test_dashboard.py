@@ -179,7 +179,8 @@ async def test_the_right_key_signs_in_with_a_cookie_and_the_key_is_in_no_url_or_
 
 
 async def test_login_never_redirects_off_the_dashboard(keyed):
-    for target in ("https://evil.example.com/", "//evil.example.com/x", "/v1/jobs", "/dashboard//evil.com"):
+    for target in ("https://evil.example.com/", "//evil.example.com/x", "/v1/jobs", "/dashboard//evil.com",
+                   "/dashboard/\r\nSet-Cookie: x=1", "/dashboard/\x00", "/dashboard/é"):
         response = await keyed.client.post("/dashboard/login", data={"key": API_KEY, "next": target})
         assert response.headers["location"] == "/dashboard/", target
 
@@ -489,3 +490,29 @@ def test_the_timeline_puts_everything_in_time_order_and_the_work_still_due_last(
     assert "delivery failed" in entries[10].detail
     assert not any(e.last_of_delivery for e in entries[:10])
     assert entries[-1].title == "Next poll due" and "last error: timeout" in entries[-1].detail
+
+
+HOSTILE = ["job_\x00x", "%00", "..%2F..%2Fetc", "a" * 5000, "é\u2028<b>", "99999999999999999999999", "-1",
+           "0x10"]
+
+
+@pytest.mark.parametrize("value", HOSTILE, ids=range(len(HOSTILE)))
+async def test_hostile_values_in_paths_and_queries_never_get_a_5xx(dash, value):
+    from urllib.parse import quote
+
+    segment = quote(value, safe="")
+    token = await dash.csrf()
+    for method, path, params in [
+        ("GET", "/dashboard/", {"status": value, "provider": value, "before": value}),
+        ("GET", f"/dashboard/jobs/{segment}", {}),
+        ("GET", f"/dashboard/jobs/{segment}/row", {"status": value}),
+        ("GET", f"/dashboard/jobs/{segment}/live", {}),
+        ("GET", f"/dashboard/jobs/{segment}/outputs/{segment}", {}),
+        ("GET", f"/dashboard/jobs/{segment}/outputs/{segment}/thumb", {}),
+        ("GET", "/dashboard/login", {"next": value}),
+        ("POST", f"/dashboard/deliveries/{segment}/redeliver", {}),
+        ("POST", f"/dashboard/subscriptions/{segment}/recover", {}),
+    ]:
+        data = {"csrf": token, "next": value, "window": value} if method == "POST" else None
+        response = await dash.client.request(method, path, params=params, data=data)
+        assert response.status_code < 500, (method, path, response.text[:300])

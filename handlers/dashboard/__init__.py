@@ -105,6 +105,8 @@ class Dashboard:
             if session is None or not session.signed_in:
                 return RedirectResponse(f"{base_path(request)}/login?next={quote(request.url.path)}",
                                         status_code=303)
+            if _unreadable_id(request):
+                return _no_such()
             response = await endpoint(request, session)
             if fresh is not None:
                 self.set_cookie(response, fresh)
@@ -121,6 +123,8 @@ class Dashboard:
                 session, _ = self.sessions.start(signed_in=True)
             if session is None or not session.signed_in:
                 return _unauthorized()
+            if _unreadable_id(request):
+                return _no_such()
             return await endpoint(request, session)
 
         return guarded
@@ -138,6 +142,8 @@ class Dashboard:
             if not self.sessions.csrf_ok(session, token if isinstance(token, str) else None):
                 return error_response(403, "csrf_failed", "missing or wrong CSRF token: reload the page",
                                       details=[{"field": CSRF_FIELD, "rule": "csrf"}])
+            if _unreadable_id(request):
+                return _no_such()
             return await endpoint(request, session, form)
 
         return guarded
@@ -168,6 +174,15 @@ async def read_form(request: Request) -> FormData:
     return FormData([(name, value) for name, value in pairs])
 
 
+def _unreadable_id(request: Request) -> bool:
+    """An id no row can have: PostgreSQL's text cannot hold NUL, and would fail the read (503)."""
+    return any("\x00" in value for value in request.path_params.values() if isinstance(value, str))
+
+
+def _no_such() -> Response:
+    return error_response(404, "not_found", "no such id", details=[{"field": "(path)", "rule": "exists"}])
+
+
 def _unauthorized() -> Response:
     return error_response(401, "unauthorized", "sign in to the dashboard first",
                           details=[{"field": SESSION_COOKIE, "rule": "session"}])
@@ -181,9 +196,9 @@ def base_path(request: Request) -> str:
 def back_to(request: Request, target: object) -> str:
     """A `next` the dashboard may redirect to: one of its own paths, never another site's."""
     base = base_path(request)
-    if isinstance(target, str) and target.startswith(base + "/") and not any(
-        bad in target for bad in ("//", "\\")
-    ):
+    if not isinstance(target, str) or not (target.isascii() and target.isprintable()):
+        return base + "/"
+    if target.startswith(base + "/") and not any(bad in target for bad in ("//", "\\")):
         return target
     return base + "/"
 
