@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -153,8 +154,29 @@ async def test_the_dashboard_lists_jobs_live_shows_a_job_and_redelivers_a_failed
 
         await page.goto(f"{base}/dashboard/subscriptions")
         assert await page.locator(f"tr[data-delivery='{delivery_id}'] .badge").inner_text() == "delivered"
+        assert await page.locator("tr[data-status='failed']").count() == len(ids) - 1
+
+        # The subscription's buttons: recover what failed, disable and enable, rotate the secret.
+        card = f"#sub-{sub.json()['id']}"
+        await page.click(f"{card} button:has-text('Recover failed')")
+        await page.wait_for_url(f"{base}/dashboard/subscriptions")
+        with anyio.fail_after(WAIT_MS / 1000):
+            while {d["status"] for d in (await api.get(f"/v1/subscriptions/{sub.json()['id']}/deliveries"))
+                   .json()["data"]} != {"delivered"}:
+                await anyio.sleep(0.2)
+        await page.reload()
+        assert await page.locator("tr[data-status='failed']").count() == 0
         await page.screenshot(path=str(ARTIFACTS / "dashboard-subscriptions.png"), full_page=True)
-    assert receiver.accepted_ids()  # the redelivery really reached the receiver
+        await page.click(f"{card} button:has-text('Disable')")
+        await page.wait_for_selector(f"{card}[data-status='disabled']")
+        disabled = page.locator("#health .card", has_text="Disabled subscriptions").locator(".value")
+        assert await disabled.inner_text() == "1"
+        await page.click(f"{card} button:has-text('Enable')")
+        await page.wait_for_selector(f"{card}[data-status='enabled']")
+        await page.click(f"{card} button:has-text('Rotate secret')")
+        secret = await page.locator("pre.secret").inner_text()
+        assert secret.startswith("whsec_") and secret != sub.json()["secret"]
+    assert len(receiver.accepted_ids()) == len(ids)  # the redelivered and the recovered arrived
 
 
 async def test_behind_an_api_key_the_browser_signs_in_with_a_form_and_a_cookie(tmp_path):
