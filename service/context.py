@@ -11,6 +11,7 @@ import anyio
 import httpx
 
 from service.blobs import BlobStore
+from service.callback_keys import CallbackKeyring
 from service.catalog import Catalog
 from service.contracts import Stores
 from service.egress import EgressPolicy
@@ -64,6 +65,8 @@ class WorkContext:
     # (service/resources.py `open_context` follows the database's wake-ups). Loops also look
     # every `worker_idle_s`: the safety net.
     signals: Signals = field(default_factory=Signals)
+    # Replicate's and fal's account-wide callback keys, fetched once and cached.
+    keyring: CallbackKeyring = field(default_factory=CallbackKeyring)
     _metrics: Metrics | None = field(default=None, repr=False)
 
     @property

@@ -21,7 +21,12 @@
     ├── DestinationRefused        a notification URL resolves to a non-public address (egress.py)
     ├── JsonRefused               JSON text or a value breaking the strict rules (strict_json.py);
     │                             `as_api_error()`: 400 when it is not JSON, else 422 naming its path
-    └── ConfigError               a setting is missing or malformed (fails fast at start)
+    ├── ConfigError               a setting is missing or malformed (fails fast at start)
+    └── ClientError               the command-line client and a running fluxhook (client.py)
+        ├── ServerUnreachable     nothing answered: refused, unknown host, TLS, timed out
+        ├── ServerRefused         an error status (or an unreadable answer), with the server's
+        │                         own error body: `code`, `message`, `details`
+        └── OutputMismatch        a downloaded image's sha256 is not the one its job states
 
 Nothing above the adapters and the store catches httpx or sqlite3 exceptions: they are
 translated into this tree where they happen (as httpx's `map_httpcore_exceptions` does).
@@ -195,3 +200,40 @@ class JsonRefused(FluxhookError, ValueError):
 
 class ConfigError(FluxhookError):
     """A setting is missing or malformed."""
+
+
+class ClientError(FluxhookError):
+    """The command-line client could not do what it was asked; `message` says why."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ServerUnreachable(ClientError):
+    """No answer from the server at `url` (never holding credentials)."""
+
+    def __init__(self, message: str, *, url: str) -> None:
+        super().__init__(message)
+        self.url = url
+
+
+class ServerRefused(ClientError):
+    """The server answered `status` with its one error body (or something unreadable)."""
+
+    def __init__(
+        self, message: str, *, status: int, code: str, details: list[dict[str, Any]] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.details = details or []
+
+
+class OutputMismatch(ClientError):
+    """A downloaded output's bytes hash to `actual`, not the job's `expected` sha256."""
+
+    def __init__(self, message: str, *, expected: str, actual: str) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.actual = actual

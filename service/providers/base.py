@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from service.backoff import parse_retry_after
 from service.errors import CallbackRejected, JsonRefused, ProviderRejected, ProviderRetryable
@@ -119,6 +119,49 @@ class Adapter(Protocol):
 
     def parse_cancel(self, response: RawResponse, *, now_ms: int) -> bool:
         """True when the provider cancelled the job; False when it refused (already running)."""
+        ...
+
+
+@dataclass(frozen=True)
+class CallbackKeys:
+    """Verification material a provider publishes once for every callback of an account
+    (Replicate's signing secret, fal's JWKS keys). Opaque to all but the adapter that made it."""
+
+    values: tuple[bytes, ...] = field(repr=False)
+
+
+@runtime_checkable
+class AccountSigned(Protocol):
+    """An adapter whose callbacks are signed with account-wide keys fetched from the provider
+    (a documented scheme with a timestamp: there is no "unsigned hint", a callback is verified
+    or refused). Every method is pure; `service/callback_keys.py` fetches and caches the keys,
+    and verifies each callback before the store is touched, so `verify_callback` is not used."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def keys_max_age_ms(self) -> int:
+        """How long fetched keys may be used before they are fetched again."""
+        ...
+
+    def configured_keys(self) -> CallbackKeys | None:
+        """Keys given in the settings (never fetched then), or None to fetch them."""
+        ...
+
+    def keys_call(self) -> ProviderCall: ...
+
+    def parse_keys(self, response: RawResponse, *, now_ms: int) -> CallbackKeys:
+        """The keys in an answer to `keys_call`; raises a ProviderError for an error answer."""
+        ...
+
+    def verify_signed(
+        self, headers: Mapping[str, str], body: bytes, keys: CallbackKeys, *, now_ms: int
+    ) -> None:
+        """Return when the raw body is signed by one of `keys` within the allowed clock skew;
+        raise CallbackRejected (401) otherwise. A well-formed, fresh signature that matches no
+        key raises it with `code="unknown_key"`: the keys may have rotated, so the caller
+        fetches them once more and tries again."""
         ...
 
 
