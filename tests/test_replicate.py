@@ -14,8 +14,8 @@ from service.catalog import Catalog
 from service.catalog.validation import validate_input
 from service.errors import CallbackRejected, ConfigError, ProviderRejected, ProviderRetryable
 from service.providers.base import (
-    AccountSigned,
     Accepted,
+    AccountSigned,
     CallbackKeys,
     ProviderState,
     RawResponse,
@@ -35,6 +35,7 @@ SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # the Standard Webhooks spec'
 ADAPTER = ReplicateAdapter(BASE, TOKEN, ("replicate.delivery", "*.replicate.delivery"))
 MODEL = "black-forest-labs/flux-1.1-pro"
 HOOK = "https://hooks.example.com/v1/callbacks/replicate/tok"
+DELIVERY = "https://replicate.delivery/xezq"
 NOW_MS = 1_790_000_000_000
 NOW_S = NOW_MS // 1000
 
@@ -133,8 +134,8 @@ def test_a_2xx_submit_answer_without_an_id_is_refused():
      StatusReport(ProviderState.RUNNING, "p-1", progress=0.42)),
     (prediction(status="succeeded", output="https://replicate.delivery/x/out.webp"),
      StatusReport(ProviderState.READY, "p-1", ("https://replicate.delivery/x/out.webp",), 1.0)),
-    (prediction(status="succeeded", output=["https://replicate.delivery/a.webp", "https://replicate.delivery/b.webp"]),
-     StatusReport(ProviderState.READY, "p-1", ("https://replicate.delivery/a.webp", "https://replicate.delivery/b.webp"), 1.0)),
+    (prediction(status="succeeded", output=[f"{DELIVERY}/a.webp", f"{DELIVERY}/b.webp"]),
+     StatusReport(ProviderState.READY, "p-1", (f"{DELIVERY}/a.webp", f"{DELIVERY}/b.webp"), 1.0)),
     (prediction(status="succeeded", output=None, data_removed=True),
      StatusReport(ProviderState.FAILED, "p-1",
                   message="succeeded with its outputs were removed (Replicate keeps them an hour)")),
@@ -143,8 +144,10 @@ def test_a_2xx_submit_answer_without_an_id_is_refused():
     (prediction(status="failed", error="The input or output was flagged as sensitive. (E005)"),
      StatusReport(ProviderState.MODERATED, "p-1",
                   message="failed: The input or output was flagged as sensitive. (E005)")),
-    (prediction(status="canceled"), StatusReport(ProviderState.CANCELLED, "p-1", message="canceled at Replicate")),
-    (prediction(status="aborted"), StatusReport(ProviderState.FAILED, "p-1", message="aborted: no reason given")),
+    (prediction(status="canceled"),
+     StatusReport(ProviderState.CANCELLED, "p-1", message="canceled at Replicate")),
+    (prediction(status="aborted"),
+     StatusReport(ProviderState.FAILED, "p-1", message="aborted: no reason given")),
     (prediction(status="queued-someday"), StatusReport(ProviderState.PENDING, "p-1")),
 ], ids=["starting", "processing", "succeeded-string", "succeeded-list", "data-removed", "failed",
         "moderated", "canceled", "aborted", "unknown"])
@@ -186,7 +189,8 @@ def test_a_429_is_retryable_with_its_body_and_retry_after():
 @pytest.mark.parametrize(("response", "kind", "fixable"), [
     (raw(503, text="<html><body>502 Bad Gateway</body></html>"), ProviderRetryable, True),
     (raw(500, {"detail": "internal"}), ProviderRetryable, True),
-    (raw(401, {"title": "Unauthenticated", "detail": "Invalid token.", "status": 401}), ProviderRejected, False),
+    (raw(401, {"title": "Unauthenticated", "detail": "Invalid token.", "status": 401}),
+     ProviderRejected, False),
     (raw(422, {"title": "Input validation failed", "detail": "- input.prompt: required", "status": 422}),
      ProviderRejected, False),
     (raw(402, {"title": "Insufficient credit", "detail": "You have insufficient credit", "status": 402}),
