@@ -134,3 +134,21 @@ async def test_a_429_from_replicate_moves_an_auto_job_to_the_next_provider(tmp_p
     ]
     assert "Your rate limit resets in ~30s" in doc["attempts"][0]["message"]
     assert replicate_tasks == {}  # Replicate never created (or charged for) a prediction
+
+
+async def test_throttled_and_failing_submits_and_duplicate_callbacks_still_give_one_image_each(tmp_path):
+    config = SimulatorConfig(latency_s=(0.2, 0.4), submit_429_rate=0.3, submit_5xx_rate=0.3,
+                             poll_5xx_rate=0.3, callback_duplicate_rate=1.0, retry_after_s=0, seed=38)
+    async with running_stack(tmp_path, config, provider_env=replicate) as stack:
+        ids = [await submit(stack, {**JOB, "input": {"prompt": f"bird {n}"}}) for n in range(4)]
+        docs = await wait_terminal(stack.client, ids, timeout=60)
+        tasks = await simulator_tasks(stack.provider_url)
+        await assert_outputs_match_simulator(stack.client, docs, tasks)
+
+    for doc in docs.values():
+        assert doc["status"] == "succeeded" and len(doc["outputs"]) == 1
+        assert tasks[doc["provider_job_id"]]["callbacks_acknowledged"] == 3  # start + completed twice
+    assert len(tasks) == 4  # a refused submit created nothing; none was created twice
+    retried = [a["http_status"] for d in docs.values() for a in d["attempts"]
+               if a["outcome"] == "unavailable"]
+    assert retried and set(retried) <= {429, 503}
