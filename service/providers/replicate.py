@@ -153,15 +153,11 @@ class ReplicateAdapter:
     def parse_keys(self, response: RawResponse, *, now_ms: int) -> CallbackKeys:
         _raise_for_error(response, now_ms=now_ms, what="webhook secret")
         body = response.json_object()
-        secret = body.get("key") if body else None
-        try:
-            if not isinstance(secret, str):
-                raise ConfigError("no key")
-            return CallbackKeys((decode_secret(secret),))
-        except ConfigError:
+        key = _secret_bytes(body.get("key") if body else None)
+        if key is None:
             # The message never quotes the answer: it may hold a secret.
-            raise ProviderRejected("webhook secret: the answer holds no whsec_ key",
-                                   status=response.status) from None
+            raise ProviderRejected("webhook secret: the answer holds no whsec_ key", status=response.status)
+        return CallbackKeys((key,))
 
     def verify_signed(
         self, headers: Mapping[str, str], body: bytes, keys: CallbackKeys, *, now_ms: int
@@ -275,14 +271,22 @@ def _progress(logs: Any) -> float | None:
     return min(100, int(found[-1])) / 100 if found else None
 
 
+def _secret_bytes(value: Any) -> bytes | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return decode_secret(value)
+    except ConfigError:
+        return None
+
+
 def _raise_for_error(response: RawResponse, *, now_ms: int, what: str) -> None:
     """The usual classes; a 429 without Retry-After takes its wait from the body's words,
     "Your rate limit resets in ~30s" (§e1.5)."""
-    try:
-        raise_for_error(response, now_ms=now_ms, what=what)
-    except ProviderRetryable as exc:
-        if exc.retry_after is None and response.status == 429:
-            found = _RESETS_IN.search(error_message(response))
-            if found:
-                exc.retry_after = float(found.group(1))
-        raise
+    if response.status == 429 and header(response.headers, "retry-after") is None:
+        text = error_message(response)
+        found = _RESETS_IN.search(text)
+        if found:
+            raise ProviderRetryable(f"{what}: HTTP 429: {text}", status=429,
+                                    retry_after=float(found.group(1)))
+    raise_for_error(response, now_ms=now_ms, what=what)
