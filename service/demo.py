@@ -74,6 +74,14 @@ JOBS: list[dict[str, Any]] = [
         "input": {"prompt": "add a tiny boat", "image_url": UPLOADED},
     },
 ]
+# BFL's fill model (inpainting): repaint where the uploaded mask is white, the reference's sky.
+# The image and mask reach BFL as base64, fetched by fluxhook from its own uploads.
+MASK = "<uploaded inpainting mask>"
+JOBS.append({
+    "provider": "bfl",
+    "model": "flux-pro-1.0-fill",
+    "input": {"prompt": "a hot-air balloon in the sky", "image_url": UPLOADED, "mask_url": MASK},
+})
 TERMINAL = {"succeeded", "failed", "cancelled"}
 NOTIFIED = ["job.succeeded", "job.failed", "job.cancelled"]
 
@@ -153,6 +161,15 @@ def reference_png() -> bytes:
     return buffer.getvalue()
 
 
+def inpainting_mask() -> bytes:
+    """White over the top half of `reference_png`: the part BFL's fill model repaints."""
+    mask = Image.new("L", (320, 240), 0)
+    mask.paste(255, (0, 0, 320, 120))
+    buffer = io.BytesIO()
+    mask.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 async def run_demo(data_dir: Path) -> int:
     sock = bind_loopback()
     base = url_of(sock)
@@ -187,6 +204,9 @@ async def run_demo(data_dir: Path) -> int:
             await client.post("/v1/uploads", content=reference_png(), headers={"Content-Type": "image/png"})
         ).json()
         print(f"uploaded a reference image: {upload['url'][:70]}…")
+        mask = (
+            await client.post("/v1/uploads", content=inpainting_mask(), headers={"Content-Type": "image/png"})
+        ).json()
         refused = await client.post(
             "/v1/jobs",
             json={"provider": "apiframe", "model": "flux-2-dev", "input": {"prompt": "x", "guidance": 12}},
@@ -197,7 +217,7 @@ async def run_demo(data_dir: Path) -> int:
         )
         ids = []
         for spec in JOBS:
-            body = json.loads(json.dumps(spec).replace(UPLOADED, upload["url"]))
+            body = json.loads(json.dumps(spec).replace(UPLOADED, upload["url"]).replace(MASK, mask["url"]))
             response = await client.post("/v1/jobs", json={**body, "metadata": {"demo": True}})
             response.raise_for_status()
             ids.append(response.json()["id"])

@@ -36,6 +36,7 @@ SETTINGS: tuple[SettingDoc, ...] = (
     SettingDoc("FLUXHOOK_HOST", "127.0.0.1", "Address `fluxhook serve` listens on (`--host` overrides)."),
     SettingDoc("FLUXHOOK_PORT", "8000", "Port `fluxhook serve` listens on (`--port` overrides; `PORT` also works)."),
     SettingDoc("FLUXHOOK_API_KEY", "(unset: open)", "When set, every `/v1/` route except callbacks needs `Authorization: Bearer <key>`.", secret=True),
+    SettingDoc("FLUXHOOK_URL", "(`FLUXHOOK_PUBLIC_URL`, else `http://127.0.0.1:<FLUXHOOK_PORT>`)", "The running fluxhook the command-line client (`fluxhook submit`, `jobs`, `job`, `watch`) talks to (`--url` overrides); it sends `FLUXHOOK_API_KEY` (or `--api-key`) as its bearer token. The server does not read it."),
     SettingDoc("FLUXHOOK_SECRET_KEY", "(created once in the data dir)", "Signs callback tokens. If unset, a random key is created once in `<data dir>/secret_key` and reused.", secret=True),
     SettingDoc("FLUXHOOK_SIMULATOR", "auto", "`on`, `off` or `auto`: mount the embedded provider simulator at `/simulator`. `auto` = on when no provider key is set."),
     SettingDoc("FLUXHOOK_MAX_BODY_BYTES", "1048576", "Largest API request body; larger gets 413."),

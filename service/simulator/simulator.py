@@ -22,8 +22,8 @@ import httpx
 
 from service.simulator.callbacks import Callback, CallbackFormat, deliver
 from service.simulator.config import SimulatorConfig
-from service.simulator.images import render_image
-from service.simulator.state import NATIVE_STATUS, TERMINAL, Fate, Phase, Task, Webhook
+from service.simulator.images import render_edit, render_image
+from service.simulator.state import NATIVE_STATUS, TERMINAL, Edit, Fate, Phase, Task, Webhook
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +150,7 @@ class Simulator:
         callback_format: CallbackFormat | None = None,
         cost: float = 0.0,
         idempotency_fingerprint: str | None = None,
+        edit: Edit | None = None,
     ) -> Task:
         """Create a task, drawing its whole fate now, and schedule its callbacks if any."""
         cfg, draw = self.config, self.rand
@@ -194,6 +195,7 @@ class Simulator:
             fate=fate,
             base_url=base_url,
             webhook=webhook,
+            edit=edit,
             cost=cost,
             idempotency_fingerprint=idempotency_fingerprint,
         )
@@ -217,14 +219,14 @@ class Simulator:
         async with task.render_lock:
             if task.images:
                 return
-            render = functools.partial(
-                render_image,
-                prompt=task.prompt,
-                seed=task.seed,
-                width=task.width,
-                height=task.height,
-                fmt=task.fmt,
-            )
+            edit = task.edit
+            if edit is None:
+                render = functools.partial(render_image, prompt=task.prompt, seed=task.seed,
+                                           width=task.width, height=task.height, fmt=task.fmt)
+            else:  # fill or expand: the input picture is part of the output
+                render = functools.partial(render_edit, kind=edit.kind, image=edit.image, mask=edit.mask,
+                                           margins=edit.margins, prompt=task.prompt, seed=task.seed,
+                                           width=task.width, height=task.height, fmt=task.fmt)
             # Encoding 1440x1440 takes tens of milliseconds: keep it off the event loop.
             data, content_type = await anyio.to_thread.run_sync(render)
             task.sha256s = [hashlib.sha256(data).hexdigest()]

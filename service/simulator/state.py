@@ -97,6 +97,22 @@ class Webhook:
     events: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Edit:
+    """A fill or expand task's input picture, kept in its output: where the mask is black (or
+    the picture opaque), or framed by the margins. `margins` is (top, bottom, left, right)."""
+
+    kind: str  # fill | expand
+    image: bytes = field(repr=False)
+    mask: bytes | None = field(default=None, repr=False)
+    margins: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    def to_public(self) -> dict[str, Any]:
+        return {"kind": self.kind, "image_bytes": len(self.image),
+                "mask_bytes": None if self.mask is None else len(self.mask),
+                "margins": dict(zip(("top", "bottom", "left", "right"), self.margins, strict=True))}
+
+
 @dataclass
 class Task:
     """A task record: inputs, fate and counters. Its status is derived from the clock."""
@@ -113,6 +129,7 @@ class Task:
     fate: Fate
     base_url: str  # the simulator's own URL as the submitter reached it, for callback payloads
     webhook: Webhook | None = None
+    edit: Edit | None = None
     cost: float = 0.0
     idempotency_fingerprint: str | None = None
     cancelled_at: float | None = None
@@ -181,6 +198,7 @@ class Task:
             "width": self.width,
             "height": self.height,
             "format": self.fmt,
+            "edit": None if self.edit is None else self.edit.to_public(),
             "sha256s": list(self.sha256s),
             "content_type": self.content_type,
             "poll_count": self.poll_count,
