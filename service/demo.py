@@ -1,7 +1,7 @@
 """`make demo`: fluxhook, its embedded provider simulator and a downstream receiver, live.
 
 Everything runs on this machine over real loopback HTTP: fluxhook's API; the simulator, mounted
-at /simulator and speaking all four providers' protocols (BFL, CometAPI, Apiframe, RunComfy);
+at /simulator and speaking every provider's protocol (BFL, CometAPI, Apiframe, RunComfy, Replicate);
 its signed callbacks (a third are dropped, so the fallback poller has work); and a small
 receiver subscribed to fluxhook's notifications, which verifies every signature.
 """
@@ -62,6 +62,11 @@ JOBS: list[dict[str, Any]] = [
         "provider": "runcomfy",
         "model": "flux-kontext-pro",
         "input": {"prompt": "make it winter", "image_url": UPLOADED, "aspect_ratio": "1:1"},
+    },
+    {
+        "provider": "replicate",
+        "model": "flux-schnell",
+        "input": {"prompt": "a paper boat on a pond, watercolour", "aspect_ratio": "3:2", "steps": 4},
     },
     {
         "provider": "auto",

@@ -25,8 +25,9 @@ from service.providers.apiframe import ApiframeAdapter
 from service.providers.base import Adapter
 from service.providers.bfl import BflAdapter
 from service.providers.cometapi import CometApiAdapter
+from service.providers.replicate import ReplicateAdapter
 from service.providers.runcomfy import RunComfyAdapter
-from service.settings import Settings
+from service.settings import ProviderSettings, Settings
 from service.stores import open_stores
 from service.tokens import CallbackTokens, UploadTokens
 from storage.blobs import open_blob_store
@@ -38,19 +39,25 @@ def system_clock() -> int:
     return time.time_ns() // 1_000_000
 
 
-ADAPTERS: dict[str, type[BflAdapter] | type[ApiframeAdapter] | type[RunComfyAdapter]] = {
+ADAPTERS: dict[str, type[BflAdapter] | type[ApiframeAdapter] | type[RunComfyAdapter]
+               | type[ReplicateAdapter]] = {
     "bfl": BflAdapter,
     "cometapi": CometApiAdapter,
     "apiframe": ApiframeAdapter,
     "runcomfy": RunComfyAdapter,
+    "replicate": ReplicateAdapter,
 }
 
 
 def build_adapters(settings: Settings) -> dict[str, Adapter]:
     """One adapter per configured provider (a key, or the simulator serving it)."""
-    return {
-        name: ADAPTERS[name](p.base_url, p.api_key, p.output_hosts) for name, p in settings.providers.items()
-    }
+    return {name: _adapter(name, p) for name, p in settings.providers.items()}
+
+
+def _adapter(name: str, p: ProviderSettings) -> Adapter:
+    if name == "replicate":
+        return ReplicateAdapter(p.base_url, p.api_key, p.output_hosts, webhook_secret=p.signing_secret)
+    return ADAPTERS[name](p.base_url, p.api_key, p.output_hosts)
 
 
 @asynccontextmanager

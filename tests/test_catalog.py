@@ -142,7 +142,7 @@ def test_parameters_are_consistent_with_themselves(provider, model):
 
 @every_model
 def test_capabilities_follow_the_provider(provider, model):
-    expected = {"runcomfy": (False, True)}.get(provider, (True, False))
+    expected = {"runcomfy": (False, True), "replicate": (True, True)}.get(provider, (True, False))
     assert (model.capabilities["webhook"], model.capabilities["cancel"]) == expected
     assert set(model.capabilities) == {"webhook", "cancel", "image_input"}
 
@@ -219,12 +219,14 @@ def test_native_ids_find_the_unified_model():
 
 
 @pytest.mark.parametrize(("name", "providers"), [
-    ("flux-pro-1.1", ["bfl", "cometapi", "apiframe"]),
-    ("flux-1.1-pro", ["bfl", "cometapi", "apiframe"]),
-    ("flux-pro-1.1-ultra", ["bfl", "cometapi", "apiframe"]),
-    ("flux-kontext-pro", ["bfl", "runcomfy"]),
-    ("blackforestlabs/flux-1-kontext/pro/edit", ["bfl", "runcomfy"]),
-    ("flux-2-dev", ["apiframe"]),
+    ("flux-pro-1.1", ["bfl", "cometapi", "apiframe", "replicate"]),
+    ("flux-1.1-pro", ["bfl", "cometapi", "apiframe", "replicate"]),
+    ("black-forest-labs/flux-1.1-pro", ["bfl", "cometapi", "apiframe", "replicate"]),
+    ("flux-pro-1.1-ultra", ["bfl", "cometapi", "apiframe", "replicate"]),
+    ("flux-kontext-pro", ["bfl", "runcomfy", "replicate"]),
+    ("blackforestlabs/flux-1-kontext/pro/edit", ["bfl", "runcomfy", "replicate"]),
+    ("flux-2-dev", ["apiframe", "replicate"]),
+    ("flux-schnell", ["replicate"]),
     ("flux-pro", ["cometapi"]),
     ("flux-9", []),
 ])
@@ -233,7 +235,7 @@ def test_serving_lists_providers_in_catalog_order(name, providers):
 
 
 def test_providers_keep_the_default_failover_order():
-    assert CATALOG.providers() == ["bfl", "cometapi", "apiframe", "runcomfy"]
+    assert CATALOG.providers() == ["bfl", "cometapi", "apiframe", "runcomfy", "replicate"]
 
 
 def test_a_native_id_naming_two_models_is_refused():

@@ -48,6 +48,12 @@ class SimulatorConfig:
     callback_duplicate_rate: float = _knob(0.0, "rate")
     # Fraction of tasks whose callbacks carry no signature header at all.
     unsigned_callback_rate: float = _knob(0.0, "rate")
+    # Standard Webhooks (Replicate): fraction of tasks whose terminal callback, validly signed,
+    # is also sent to another task's webhook URL (a captured callback replayed for another job).
+    replayed_callback_rate: float = _knob(0.0, "rate")
+    # Standard Webhooks (Replicate): fraction of tasks whose callbacks carry a webhook-timestamp
+    # 6 minutes old (validly signed over it), as a replay captured earlier would.
+    stale_callback_rate: float = _knob(0.0, "rate")
     # Extra delay before each callback is sent, uniform in [lo, hi].
     callback_delay_s: tuple[float, float] = _knob((0.0, 0.0), "range")
     # Waits before each retry after a non-2xx answer or a connection failure; BFL's skill docs

@@ -59,6 +59,16 @@ NATIVE_STATUS: dict[str, dict[Phase, str]] = {
         Phase.CONTENT_MODERATED: "failed",
         Phase.CANCELLED: "cancelled",
     },
+    # Replicate has no moderated state: a safety-checker refusal is `failed` with an E005 error.
+    "replicate": {
+        Phase.QUEUED: "starting",
+        Phase.RUNNING: "processing",
+        Phase.SUCCEEDED: "succeeded",
+        Phase.FAILED: "failed",
+        Phase.REQUEST_MODERATED: "failed",
+        Phase.CONTENT_MODERATED: "failed",
+        Phase.CANCELLED: "canceled",
+    },
 }
 
 
@@ -72,6 +82,9 @@ class Fate:
     duplicate_callback: bool = False
     unsigned_callback: bool = False
     callback_delay_s: float = 0.0
+    # Drawn only when their rates are set, so other fates keep their sequence.
+    replayed_callback: bool = False  # the terminal callback is also sent to another task's URL
+    stale_callback: bool = False  # callbacks are stamped 6 minutes in the past
 
 
 @dataclass(frozen=True)
@@ -202,6 +215,8 @@ class Task:
                 "duplicate_callback": self.fate.duplicate_callback,
                 "unsigned_callback": self.fate.unsigned_callback,
                 "callback_delay_s": self.fate.callback_delay_s,
+                "replayed_callback": self.fate.replayed_callback,
+                "stale_callback": self.fate.stale_callback,
             },
             "created_at": self.created_at,
             "ready_at": self.ready_at(now),
