@@ -1,6 +1,8 @@
-"""The path from a provider's callback to the downstream `job.succeeded`, counted: transactions,
-reads and (on PostgreSQL) round trips to the server per job. Counts are structural, not timed,
-so they hold on a loaded machine; bench/notify.py measures the latency they add up to.
+"""From a provider's callback to the downstream `job.succeeded`: the download hands the
+deliveries its commit makes to the notifier running in its process (leased in that same
+transaction, so neither a claim nor a wake-up stands between the commit and the send), and the
+path's cost is counted: transactions, reads and, on PostgreSQL, round trips to the server.
+Counts are structural, not timed; bench/notify.py measures the latency they add up to.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import io
 import json
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -22,15 +25,19 @@ import respx
 from PIL import Image
 
 from service.app import create_app
+from service.context import WorkContext
 from service.notifier import Notifier
 from service.settings import Settings
 from service.worker import Worker
+from storage.records import ClaimedDelivery, DeliveryLease
 
 pytestmark = pytest.mark.anyio
 
 BASE = "https://api.bfl.ai"
 IMAGE_URL = "https://delivery.eu2.bfl.ai/results/abc/sample.png"
 HOOK_URL = "https://receiver.example.com/hook"
+JOB_HOOK_URL = "https://job-receiver.example.com/hook"
+LEASE_MS = 60_000
 
 
 def png_bytes() -> bytes:
@@ -43,7 +50,7 @@ def png_bytes() -> bytes:
 def counted(database: Any) -> Iterator[Counter[str]]:
     """What the stores cost while the block runs: `transactions` and `reads` (each one hop to
     the database's thread or pool), and on PostgreSQL `round_trips` (each wait for the
-    server's answer, storage/postgres/connection.py)."""
+    server's answer, storage/postgres/connection.py `Connection.round_trips`)."""
     counts: Counter[str] = Counter()
     postgres = hasattr(database, "_hop")
     name = "_hop" if postgres else "_run"
@@ -54,7 +61,9 @@ def counted(database: Any) -> Iterator[Counter[str]]:
             try:
                 return fn(conn)
             finally:
-                counts["round_trips"] += getattr(conn, "round_trips", 0)
+                if postgres:
+                    counts["round_trips"] += conn.round_trips
+
         return run
 
     async def hop(fn: Callable[[Any], Any], **kwargs: Any) -> Any:
@@ -71,6 +80,26 @@ def counted(database: Any) -> Iterator[Counter[str]]:
         delattr(database, name)
 
 
+@dataclass
+class Taker:
+    """A stand-in for the notifier running in the process (service/context.py `Handoff`)."""
+
+    accept: bool = True
+    limit: int = 10
+    exclude: tuple[str, ...] = ()
+    now: int = 0
+    taken: list[ClaimedDelivery] = field(default_factory=list)
+
+    def offer(self, now: int) -> DeliveryLease | None:
+        self.now = now
+        return DeliveryLease(until=now + LEASE_MS, limit=self.limit, exclude=self.exclude)
+
+    def take(self, deliveries: Sequence[ClaimedDelivery]) -> bool:
+        if self.accept:
+            self.taken.extend(deliveries)
+        return self.accept
+
+
 @pytest.fixture
 def providers() -> respx.Router:
     router = respx.Router(assert_all_mocked=True)
@@ -81,14 +110,24 @@ def providers() -> respx.Router:
     return router
 
 
+@dataclass
+class Stack:
+    client: httpx.AsyncClient
+    ctx: WorkContext
+    received: list[httpx.Request]
+    arrived: anyio.Event = field(default_factory=anyio.Event)
+
+
 @pytest.fixture
-async def app(
+async def stack(
     make_settings: Callable[..., Settings], clock: Any, providers: respx.Router
-) -> AsyncIterator[Any]:
+) -> AsyncIterator[Stack]:
     received: list[httpx.Request] = []
+    arrived = anyio.Event()
 
     def receive(request: httpx.Request) -> httpx.Response:
         received.append(request)
+        arrived.set()
         return httpx.Response(204)
 
     built = create_app(make_settings(), transport=httpx.MockTransport(providers.async_handler),
@@ -102,33 +141,146 @@ async def app(
 
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=with_state),
                                      base_url="https://hooks.example.com") as client:
-            yield client, built.state.ctx, received
+            yield Stack(client, built.state.ctx, received, arrived)
 
 
-async def test_count_the_path(app, backend):
-    client, ctx, received = app
-    assert (await client.post("/v1/subscriptions", json={"url": HOOK_URL, "events": ["job.succeeded"]})
-            ).status_code == 201
-    job = (await client.post("/v1/jobs", json={
-        "provider": "bfl", "model": "flux-pro-1.1", "input": {"prompt": "fox"}})).json()
-    worker, notifier = Worker(ctx), Notifier(ctx)
-    assert await worker.run_once() == 1
+async def ready_job(stack: Stack, *, job_hook: bool = False) -> str:
+    """A subscription to `job.succeeded`, and a job submitted and called back `Ready`: its
+    download is due. The job's id."""
+    client, ctx = stack.client, stack.ctx
+    subscribed = await client.post("/v1/subscriptions", json={"url": HOOK_URL, "events": ["job.succeeded"]})
+    assert subscribed.status_code == 201, subscribed.text
+    body: dict[str, Any] = {"provider": "bfl", "model": "flux-pro-1.1", "input": {"prompt": "fox"}}
+    if job_hook:
+        body |= {"webhook_url": JOB_HOOK_URL, "webhook_events": ["job.succeeded"]}
+    job = (await client.post("/v1/jobs", json=body)).json()
+    assert await Worker(ctx).run_once() == 1  # the submit
     secret = (await ctx.store.jobs.get_job(job["id"])).webhook_secret
-    body = json.dumps({"id": "task-1", "status": "Ready", "result": {"sample": IMAGE_URL}}).encode()
-    signature = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    path = f"/v1/callbacks/bfl/{ctx.tokens.issue('bfl', job['id'])}"
-    stages = {}
-    with counted(ctx.store) as c:
-        answered = await client.post(path, content=body, headers={
-            "X-BFL-Signature": f"sha256={signature}", "Content-Type": "application/json"})
-        assert answered.status_code == 200
-    stages["callback"] = dict(c)
-    with counted(ctx.store) as c:
-        assert await worker.run_once() == 1
-    stages["fetch"] = dict(c)
-    with counted(ctx.store) as c:
-        assert await notifier.run_once() == 1
-    stages["notify"] = dict(c)
-    print(backend, stages)
-    assert [json.loads(r.content)["type"] for r in received] == ["job.succeeded"]
-    _ = anyio
+    callback = json.dumps({"id": "task-1", "status": "Ready", "result": {"sample": IMAGE_URL}}).encode()
+    signature = hmac.new(secret.encode(), callback, hashlib.sha256).hexdigest()
+    answered = await client.post(f"/v1/callbacks/bfl/{ctx.tokens.issue('bfl', job['id'])}", content=callback,
+                                 headers={"X-BFL-Signature": f"sha256={signature}",
+                                          "Content-Type": "application/json"})
+    assert answered.status_code == 200, answered.text
+    return str(job["id"])
+
+
+def sent_types(stack: Stack) -> list[str]:
+    return [json.loads(request.content)["type"] for request in stack.received]
+
+
+async def test_a_download_hands_the_success_it_commits_to_the_notifier_running_beside_it(stack):
+    ctx = stack.ctx
+    job_id = await ready_job(stack)
+    notifier = Notifier(ctx)
+    claimed: list[ClaimedDelivery] = []
+    claim = notifier.claim
+
+    async def claim_and_note(limit: int) -> list[ClaimedDelivery]:
+        found = await claim(limit)
+        claimed.extend(found)
+        return found
+
+    notifier.claim = claim_and_note  # type: ignore[method-assign]
+    async with anyio.create_task_group() as group:
+        group.start_soon(notifier.run)
+        with anyio.fail_after(10):
+            while ctx.handoff is not notifier:
+                await anyio.sleep(0.01)
+        assert await Worker(ctx).run_once() == 1  # the download
+        with anyio.fail_after(10):
+            await stack.arrived.wait()
+        notifier.stop.set()
+
+    assert sent_types(stack) == ["job.succeeded"]
+    assert claimed == []  # it was never claimed: the download's own transaction leased it
+    [(delivery, attempts)] = await ctx.store.deliveries.list_deliveries(job_id=job_id)
+    assert (delivery.status, [a.attempt for a in attempts]) == ("delivered", [1])
+    assert ctx.handoff is None  # a stopped notifier takes nothing
+
+
+async def test_from_the_callback_on_a_job_costs_three_transactions_and_no_read(stack, backend):
+    """Claim the download, record the success (its deliveries leased with it), record the
+    delivery's attempt. On PostgreSQL each transaction's statements go out pipelined: the
+    claim's read and its lease; the job's read, the event's reads, the writes; the attempt."""
+    ctx = stack.ctx
+    await ready_job(stack)
+    taker = Taker()
+    ctx.handoff = taker
+    notifier = Notifier(ctx)
+    with counted(ctx.store) as fetching:
+        assert await Worker(ctx).run_once() == 1
+    with counted(ctx.store) as notifying:
+        for delivery in taker.taken:
+            assert (await notifier.send(delivery)).delivered
+    assert sent_types(stack) == ["job.succeeded"]
+    assert dict(fetching) == {"transactions": 2, **({"round_trips": 5} if backend == "postgres" else {})}
+    assert dict(notifying) == {"transactions": 1, **({"round_trips": 2} if backend == "postgres" else {})}
+
+
+async def test_leased_deliveries_are_no_other_notifiers_until_the_lease_runs_out(stack, clock):
+    """A crash between the commit and the send: the deliveries wait out their lease, then any
+    notifier claims them (the lost try counted, as after a crash between claim and send)."""
+    ctx = stack.ctx
+    job_id = await ready_job(stack, job_hook=True)
+    taker = Taker()
+    ctx.handoff = taker
+    assert await Worker(ctx).run_once() == 1
+    assert sorted(d.url for d in taker.taken) == sorted([HOOK_URL, JOB_HOOK_URL])
+    assert {d.attempt for d in taker.taken} == {1}
+    ctx.handoff = None
+    elsewhere = Notifier(ctx)
+    assert await elsewhere.claim(10) == []
+    clock.advance(LEASE_MS / 1000 + 1)
+    claimed = await elsewhere.claim(10)
+    assert sorted((d.url, d.attempt, d.event_id) for d in claimed) == sorted(
+        (d.url, 2, d.event_id) for d in taker.taken)
+    assert stack.received == []
+    assert (await ctx.store.jobs.get_job(job_id)).status == "succeeded"
+
+
+async def test_deliveries_a_stopped_notifier_cannot_take_are_handed_back_at_once(stack):
+    ctx = stack.ctx
+    await ready_job(stack)
+    taker = Taker(accept=False)
+    ctx.handoff = taker
+    assert await Worker(ctx).run_once() == 1
+    ctx.handoff = None
+    [claimed] = await Notifier(ctx).claim(10)  # at once, no lease to wait out
+    assert (claimed.url, claimed.attempt) == (HOOK_URL, 1)
+
+
+async def test_a_lease_takes_no_more_than_the_notifier_has_room_for(stack):
+    """A destination at its in-flight cap is left out, and so is what is past the free slots:
+    those wait for a claim, which a freed slot wakes the notifier for."""
+    ctx = stack.ctx
+    job_id = await ready_job(stack, job_hook=True)
+    [sub] = await ctx.store.subscriptions.list_subscriptions()
+    taker = Taker(exclude=(sub.id,))
+    ctx.handoff = taker
+    assert await Worker(ctx).run_once() == 1
+    assert [d.url for d in taker.taken] == [JOB_HOOK_URL]
+    ctx.handoff = None
+    assert [d.url for d in await Notifier(ctx).claim(10)] == [HOOK_URL]
+    assert (await ctx.store.jobs.get_job(job_id)).status == "succeeded"
+
+
+async def test_a_lease_takes_no_more_than_the_notifiers_free_slots(stack):
+    ctx = stack.ctx
+    await ready_job(stack, job_hook=True)
+    taker = Taker(limit=1)
+    ctx.handoff = taker
+    assert await Worker(ctx).run_once() == 1
+    ctx.handoff = None
+    [taken] = taker.taken
+    [claimed] = await Notifier(ctx).claim(10)
+    assert {taken.url, claimed.url} == {HOOK_URL, JOB_HOOK_URL}
+
+
+async def test_a_download_with_nobody_to_hand_to_leaves_its_deliveries_for_a_claim(stack):
+    ctx = stack.ctx
+    await ready_job(stack)
+    assert ctx.handoff is None
+    assert await Worker(ctx).run_once() == 1
+    [claimed] = await Notifier(ctx).claim(10)
+    assert (claimed.url, claimed.attempt) == (HOOK_URL, 1)

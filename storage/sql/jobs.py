@@ -17,6 +17,7 @@ from storage.errors import IdempotencyConflict, UnknownJob
 from storage.records import (
     Attempt,
     AttemptRecord,
+    DeliveryLease,
     JobRecord,
     Judgement,
     NewJob,
@@ -29,7 +30,7 @@ from storage.records import (
     TaskOutcome,
 )
 from storage.rules import JobRules
-from storage.sql.notifications import emit_job_event
+from storage.sql.notifications import emit_job_event, lease_new_deliveries
 from storage.state import (
     ADOPTED,
     ORPHANED,
@@ -279,8 +280,11 @@ class JobStore:
         now: int,
         task_id: int,
         observation: Observation,
+        lease: DeliveryLease | None = None,
     ) -> Recorded | None:
-        """Keep the stored outputs' records and mark the job succeeded, in one transaction."""
+        """Keep the stored outputs' records and mark the job succeeded, in one transaction;
+        with `lease`, the deliveries of the event this makes are leased in it too, for the
+        caller's notifier (`Recorded.leased`, storage/sql/notifications.py)."""
 
         def record(conn: Conn) -> Callable[[], Recorded | None]:
             job = _select_job(conn, self._db.rules, job_id)
@@ -296,8 +300,9 @@ class JobStore:
             transition = _apply_in_tx(conn, job, observation, now=now, schedule=Schedule(),
                                       rules=self._db.rules, public_url=self._db.public_url)
             conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
+            leased = lease_new_deliveries(conn, job_id, now=now, lease=lease) if lease else list
             final = _select_job_later(conn, self._db.rules, job_id)
-            return lambda: Recorded(final(), transition)
+            return lambda: Recorded(final(), transition, leased=tuple(leased()))
 
         return await self._db.transact_then_read(record, appends_events=True)
 
