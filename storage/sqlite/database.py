@@ -46,6 +46,7 @@ class Database(StoresOver):
         self.public_url = public_url  # for the job documents events carry
         self.dialect = SQLITE
         self.compose_stores(self)
+        self._seen_version: int | None = None  # this connection's data_version at the last look
 
     @classmethod
     async def open(
@@ -120,7 +121,15 @@ class Database(StoresOver):
             for kind in WAKE_KINDS:
                 wake(kind)
 
-        await WalWatcher(self.path, on_commit).run()
+        await WalWatcher(self.path, on_commit, elsewhere=self.committed_elsewhere).run()
+
+    async def committed_elsewhere(self) -> bool:
+        """Whether another connection (another process) has committed since the last call:
+        this connection's `PRAGMA data_version` changes then, and never for its own commits,
+        which woke this process's loops in memory already."""
+        version = await self.query(lambda conn: int(conn.execute("PRAGMA data_version").fetchone()[0]))
+        changed, self._seen_version = version != self._seen_version, version
+        return changed
 
     async def ping(self) -> bool:
         def ping(conn: sqlite3.Connection) -> bool:
