@@ -33,7 +33,10 @@ arrived). At 20 jobs/s that is light work, and t0 and t1 read the same clock.
 
 Prints absolute figures for each side, the ratios fluxhook / baseline, and the PostgreSQL
 side's p50 minus the SQLite side's against the budget. Not a test: these machines are shared
-and noisy, so read the ratios, and run it more than once.
+and noisy, so read the ratios, and run it more than once. Each side's CPU time per job (its
+server processes', and on PostgreSQL the database server's apart) is reported too: on a
+loaded machine it moves far less than latency does, and latency cannot be lower than the part
+of it spent on the path.
 """
 
 from __future__ import annotations
@@ -228,12 +231,41 @@ async def wait_up(base: str, process: subprocess.Popen) -> None:
                     await anyio.sleep(0.1)
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes `pids` have used so far (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_pids(server: Any) -> list[int]:
+    """The bench's PostgreSQL server: its postmaster and every process it started."""
+    try:
+        postmaster = int((server.root / "data" / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return []
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                children.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return [postmaster, *children]
+
+
 async def drive(callbacks: list[Callback], receiver: Receiver, *, rate: float, warmup: int,
-                drain_s: float) -> dict[str, Any]:
+                drain_s: float, server_pids: list[int], db_pids: list[int] | None = None) -> dict[str, Any]:
     """Post `callbacks` open-loop at `rate` per second; figures over all but the first `warmup`.
 
     Each POST starts on schedule whether or not earlier ones have been answered, so a slow
-    server shows up as latency rather than as a lower rate.
+    server shows up as latency rather than as a lower rate. The CPU time of `server_pids` (and
+    `db_pids`) is taken over the whole run, warm-up included, per callback.
     """
     receiver.expect(len(callbacks))
     sent: dict[str, tuple[float, float]] = {}  # key -> (t0 perf_counter, t0 wall ms)
@@ -247,6 +279,7 @@ async def drive(callbacks: list[Callback], receiver: Receiver, *, rate: float, w
         if response.status_code != 200:
             refused.append(response.status_code)
 
+    cpu_before = (cpu_seconds(server_pids), cpu_seconds(db_pids or []))
     async with httpx.AsyncClient(timeout=30) as client:
         began = time.perf_counter()
         async with anyio.create_task_group() as group:
@@ -256,6 +289,7 @@ async def drive(callbacks: list[Callback], receiver: Receiver, *, rate: float, w
         send_s = time.perf_counter() - began
     with anyio.move_on_after(drain_s):
         await receiver.done.wait()
+    cpu_after = (cpu_seconds(server_pids), cpu_seconds(db_pids or []))
 
     measured = [c.key for c in callbacks[warmup:]]
     latencies = [receiver.arrivals[k].at - sent[k][0] for k in measured if k in receiver.arrivals]
@@ -266,7 +300,10 @@ async def drive(callbacks: list[Callback], receiver: Receiver, *, rate: float, w
         "send_seconds": round(send_s, 2),
         **figures(latencies),
         "callback_answered_p50_ms": figures([answered[k] for k in measured if k in answered])["p50_ms"],
+        "cpu_ms_per_job": round((cpu_after[0] - cpu_before[0]) * 1000 / len(callbacks), 2),
     }
+    if db_pids is not None:
+        result["db_cpu_ms_per_job"] = round((cpu_after[1] - cpu_before[1]) * 1000 / len(callbacks), 2)
     arrived = [k for k in measured if k in receiver.arrivals]
     committed = {k: _completed_ms(receiver.arrivals[k].payload) for k in arrived}
     if arrived and None not in committed.values():
@@ -317,7 +354,8 @@ async def run_baseline(args: argparse.Namespace, tmp: Path, tag: str, provider: 
         keys = [str(uuid.uuid4()) for _ in range(args.warmup + args.jobs)]
         callbacks = [signed_callback(k, f"{base}/v1/callbacks/bfl/{k}", BASELINE_SECRET,
                                      f"{provider.base}/img/{k}.png") for k in keys]
-        return await drive(callbacks, receiver, rate=args.rate, warmup=args.warmup, drain_s=args.drain)
+        return await drive(callbacks, receiver, rate=args.rate, warmup=args.warmup, drain_s=args.drain,
+                           server_pids=[process.pid])
     except BaseException:
         print(f"baseline log:\n{log_tail(log)}", file=sys.stderr)
         raise
@@ -386,7 +424,9 @@ async def _run_fluxhook(args: argparse.Namespace, tmp: Path, tag: str, provider:
         for key in provider_ids:
             webhook_url, secret = provider.webhooks[key]
             callbacks.append(signed_callback(key, webhook_url, secret, f"{provider.base}/img/{key}.png"))
-        return await drive(callbacks, receiver, rate=args.rate, warmup=args.warmup, drain_s=args.drain)
+        return await drive(callbacks, receiver, rate=args.rate, warmup=args.warmup, drain_s=args.drain,
+                           server_pids=[p.pid for p in processes.values()],
+                           db_pids=postgres_pids(args.postgres) if database_url is not None else None)
     except BaseException:
         for name, log in logs.items():
             print(f"fluxhook {tag} {name} log:\n{log_tail(log)}", file=sys.stderr)
@@ -466,6 +506,8 @@ def main() -> int:
                         help="seconds to wait for stragglers after the last callback")
     parser.add_argument("--sides", default=",".join(SIDES),
                         help=f"which sides to measure, comma-separated (default: {','.join(SIDES)})")
+    parser.add_argument("--json", action="store_true",
+                        help="print only the figures as JSON (the table goes to stderr): for bench/run.py")
     args = parser.parse_args()
     args.sides = tuple(side for side in SIDES if side in args.sides.split(","))
     args.postgres = pg_server.start(durable=True) if "fluxhook-pg" in args.sides else None
@@ -475,47 +517,56 @@ def main() -> int:
         if args.postgres is not None:
             args.postgres.stop()
 
-    print(f"callback -> job.succeeded at the receiver: {args.jobs} jobs (+{args.warmup} warm-up) "
-          f"at {args.rate:g}/s x {args.rounds} round(s), {image_bytes}-byte PNG on loopback, "
-          f"{os.cpu_count()} cores" + ("; percentiles are medians over rounds" if args.rounds > 1 else "")
-          + "\n")
+    out = sys.stderr if args.json else sys.stdout
+
+    def emit(*parts: Any) -> None:
+        print(*parts, file=out)
+
+    emit(f"callback -> job.succeeded at the receiver: {args.jobs} jobs (+{args.warmup} warm-up) "
+         f"at {args.rate:g}/s x {args.rounds} round(s), {image_bytes}-byte PNG on loopback, "
+         f"{os.cpu_count()} cores" + ("; percentiles are medians over rounds" if args.rounds > 1 else "")
+         + "\n")
     summary: dict[str, dict[str, Any]] = {}
     for side in args.sides:
         runs = results[side]
         summary[side] = {name: median_over_rounds(runs, name) for name in
                          ("p50_ms", "p90_ms", "p99_ms", "max_ms", "callback_answered_p50_ms",
-                          "callback_to_committed_p50_ms", "committed_to_received_p50_ms")}
+                          "callback_to_committed_p50_ms", "committed_to_received_p50_ms",
+                          "cpu_ms_per_job", "db_cpu_ms_per_job")}
         summary[side]["max_ms"] = max((r["max_ms"] for r in runs if r["max_ms"] is not None), default=None)
         summary[side]["delivered"] = sum(r["delivered"] for r in runs)
         summary[side]["jobs"] = sum(r["jobs"] for r in runs)
         summary[side]["callbacks_refused"] = sum(r["callbacks_refused"] for r in runs)
         s = summary[side]
-        print(f"{side:<11} delivered {s['delivered']:>4}/{s['jobs']:<4}  p50 {_ms(s['p50_ms'])}  "
-              f"p90 {_ms(s['p90_ms'])}  p99 {_ms(s['p99_ms'])}  max {_ms(s['max_ms'])}   "
-              f"{SIDE_NAMES[side]}"
-              + (f"  (callbacks refused: {s['callbacks_refused']})" if s["callbacks_refused"] else ""))
+        emit(f"{side:<11} delivered {s['delivered']:>4}/{s['jobs']:<4}  p50 {_ms(s['p50_ms'])}  "
+             f"p90 {_ms(s['p90_ms'])}  p99 {_ms(s['p99_ms'])}  max {_ms(s['max_ms'])}   "
+             f"{SIDE_NAMES[side]}"
+             + (f"  (callbacks refused: {s['callbacks_refused']})" if s["callbacks_refused"] else ""))
         if args.rounds > 1:
             by_round = ", ".join(str(r["p50_ms"]) for r in runs)
-            print(f"{'':<11} p50 by round: {by_round} ms")
+            emit(f"{'':<11} p50 by round: {by_round} ms")
+        db = s["db_cpu_ms_per_job"]
+        emit(f"{'':<11} CPU per job: server processes {_ms(s['cpu_ms_per_job']).strip()}"
+             + ("" if db is None else f", database server {db:.2f} ms"))
     ratios: dict[str, float | None] = {}
     if "fluxhook" in summary and "baseline" in summary:
         for name in ("p50_ms", "p99_ms"):
             flux, base = summary["fluxhook"][name], summary["baseline"][name]
             ratios[name.removesuffix("_ms")] = round(flux / base, 2) if flux and base else None
-        print(f"\nratio fluxhook / baseline:  p50 {ratios['p50']}x   p99 {ratios['p99']}x")
+        emit(f"\nratio fluxhook / baseline:  p50 {ratios['p50']}x   p99 {ratios['p99']}x")
     for side in ("fluxhook", "fluxhook-pg"):
         if side in summary:
             flux = summary[side]
-            print(f"{side}, p50 of each step: callback answered {_ms(flux['callback_answered_p50_ms'])}, "
-                  f"callback -> success committed {_ms(flux['callback_to_committed_p50_ms'])}, "
-                  f"committed -> received {_ms(flux['committed_to_received_p50_ms'])} (wall clock, ms steps)")
+            emit(f"{side}, p50 of each step: callback answered {_ms(flux['callback_answered_p50_ms'])}, "
+                 f"callback -> success committed {_ms(flux['callback_to_committed_p50_ms'])}, "
+                 f"committed -> received {_ms(flux['committed_to_received_p50_ms'])} (wall clock, ms steps)")
     split = split_budget(results, summary)
     if split is not None:
         verdict = "PASS" if split["pass"] else "FAIL"
-        print(f"\nfluxhook-pg p50 above one-process SQLite (fluxhook): {split['p50_above_ms']:+.2f} ms "
-              f"(budget {SPLIT_BUDGET_MS:g} ms: {verdict}; by round: "
-              f"{', '.join(f'{d:+.2f}' for d in split['by_round_ms'])} ms)")
-    print()
+        emit(f"\nfluxhook-pg p50 above one-process SQLite (fluxhook): {split['p50_above_ms']:+.2f} ms "
+             f"(budget {SPLIT_BUDGET_MS:g} ms: {verdict}; by round: "
+             f"{', '.join(f'{d:+.2f}' for d in split['by_round_ms'])} ms)")
+    emit()
     print(json.dumps({"jobs": args.jobs, "warmup": args.warmup, "rate": args.rate, "rounds": args.rounds,
                       "cores": os.cpu_count(), "image_bytes": image_bytes, "ratios": ratios,
                       "postgres_split": split, "summary": summary, "runs": results}))
