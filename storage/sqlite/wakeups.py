@@ -44,8 +44,8 @@ class WalWatcher:
     `elsewhere`, only when it answers True (another process's commit, not this one's)."""
 
     def __init__(
-        self, path: Path, on_commit: Callable[[], None], *, poll_interval: float = 0.004, inotify: bool = True,
-        elsewhere: Callable[[], Awaitable[bool]] | None = None,
+        self, path: Path, on_commit: Callable[[], None], *, poll_interval: float = 0.004,
+        inotify: bool = True, elsewhere: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self._path = path
         self._on_commit = on_commit
