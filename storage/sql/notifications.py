@@ -287,7 +287,7 @@ class DeliveryStore:
         # again at a row changed since the snapshot) and caps destinations by what this process
         # holds: serializable, it would conflict with every delivery recorded and every event
         # fanned out meanwhile, and it or they would run again.
-        return await self._db.transact(claim, locked_claim=True)
+        return await self._db.transact(claim, locked_claim=True, durable=False)
 
     async def release_deliveries(self, leases: Sequence[tuple[str, int]]) -> int:
         """Hand back deliveries this process leased but did not attempt to the end (it is

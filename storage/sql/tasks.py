@@ -109,7 +109,7 @@ class TaskStore:
 
             return read
 
-        return await self._db.transact_then_read(claim)
+        return await self._db.transact_then_read(claim, durable=False)  # leases only
 
     async def claim_job_tasks(
         self, job_id: str, *, now: int, limit: int, lease_ms: int, caps: SubmitCaps = SubmitCaps()
@@ -154,7 +154,7 @@ class TaskStore:
             ).fetchall()
             return sorted((TaskRecord.from_row(r) for r in leased), key=lambda t: (t.due_at, t.id))
 
-        return await self._db.transact(claim)
+        return await self._db.transact(claim, durable=False)  # leases only
 
     async def unfinished_for_job(self, job_id: str, *, now: int) -> int:
         """How many of the job's tasks are being carried out (leased) or due now; a submit only
