@@ -219,7 +219,7 @@ async def test_from_the_callback_on_a_job_costs_three_transactions_and_no_read(s
         for delivery in taker.taken:
             assert (await notifier.send(delivery)).delivered
     assert sent_types(stack) == ["job.succeeded"]
-    assert dict(fetching) == {"transactions": 2, **({"round_trips": 5} if backend == "postgres" else {})}
+    assert dict(fetching) == {"transactions": 2, **({"round_trips": 4} if backend == "postgres" else {})}
     assert dict(notifying) == {"transactions": 1, **({"round_trips": 2} if backend == "postgres" else {})}
 
 
@@ -339,3 +339,17 @@ async def test_the_workers_claims_are_the_writes_that_do_not_wait_for_the_disk(s
             delattr(ctx.store, name)
     assert durable == [("claim_due_tasks", False), ("record_outputs", True),
                        ("record_delivery_attempt", True), ("claim_due_deliveries", False)]
+
+
+async def test_the_success_event_carries_the_job_document_as_stored(stack):
+    """The download's transaction builds `job.succeeded` from the job as it writes it (no read
+    of it again): the document it carries is the one GET /v1/jobs/{id} answers afterwards."""
+    ctx = stack.ctx
+    job_id = await ready_job(stack, job_hook=True)
+    taker = Taker()
+    ctx.handoff = taker
+    assert await Worker(ctx).run_once() == 1
+    documents = {json.dumps(json.loads(d.body)["data"], sort_keys=True) for d in taker.taken}
+    stored = (await stack.client.get(f"/v1/jobs/{job_id}")).json()
+    assert documents == {json.dumps(stored, sort_keys=True)}
+    assert stored["status"] == "succeeded" and stored["callbacks"] == 1 and len(stored["outputs"]) == 1

@@ -9,6 +9,7 @@ subscriptions, deliveries and the event log; `emit_job_event` is what the job st
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from storage.records import (
@@ -29,20 +30,42 @@ from storage.rules import JobRules
 if TYPE_CHECKING:
     from storage.sql import Conn, Row, SqlDatabase
 
-def emit_job_event(
-    conn: Conn, job_id: str, load_job: Callable[[], JobRecord], event_type: str, *, now: int,
-    rules: JobRules, public_url: str,
-) -> None:
-    """Record one job event (a snapshot of the job document, read by `load_job`) and its
-    deliveries. Every read is sent before the job's is read, and the deliveries name their
-    event by its id (its seq is the database's to give): on PostgreSQL (pipelined) the reads
-    cost one round trip, and the writes none of their own."""
-    output_rows = conn.execute("SELECT * FROM outputs WHERE job_id = ? ORDER BY idx", (job_id,))
+@dataclass(frozen=True)
+class EventReads:
+    """What a job's event is built from besides the job: its outputs, its attempts and the
+    enabled subscriptions, each read when called from a query sent earlier (`send_event_reads`)."""
+
+    outputs: Callable[[], list[OutputRecord]]
+    attempts: Callable[[], list[AttemptRecord]]
+    subscriptions: Callable[[], list[Row]]
+
+
+def send_event_reads(conn: Conn, job_id: str, *, outputs: Callable[[], list[OutputRecord]] | None = None
+                     ) -> EventReads:
+    """Send the reads `emit_job_event` needs (the job's outputs unless given): a body that
+    sends them with its own first read pays no round trip of theirs on PostgreSQL."""
     attempt_rows = conn.execute("SELECT * FROM attempts WHERE job_id = ? ORDER BY id", (job_id,))
     subscriptions = _subscriptions(conn)
+    if outputs is None:
+        output_rows = conn.execute("SELECT * FROM outputs WHERE job_id = ? ORDER BY idx", (job_id,))
+        outputs = lambda: [OutputRecord.from_row(r) for r in output_rows.fetchall()]  # noqa: E731
+    return EventReads(outputs, lambda: [AttemptRecord.from_row(r) for r in attempt_rows.fetchall()],
+                      subscriptions.fetchall)
+
+
+def emit_job_event(
+    conn: Conn, job_id: str, load_job: Callable[[], JobRecord], event_type: str, *, now: int,
+    rules: JobRules, public_url: str, reads: EventReads | None = None,
+) -> None:
+    """Record one job event (a snapshot of the job document, read by `load_job`) and its
+    deliveries. Every read is sent before the job's is read (or earlier still: `reads`), and
+    the deliveries name their event by its id (its seq is the database's to give): on
+    PostgreSQL (pipelined) the reads cost at most one round trip, and the writes none of their
+    own."""
+    reads = reads or send_event_reads(conn, job_id)
     job = load_job()
-    outputs = [OutputRecord.from_row(r) for r in output_rows.fetchall()]
-    attempts = [AttemptRecord.from_row(r) for r in attempt_rows.fetchall()]
+    outputs = reads.outputs()
+    attempts = reads.attempts()
     sequence = job.event_count + 1
     conn.execute("UPDATE jobs SET event_count = ? WHERE id = ?", (sequence, job.id))
     event_id = rules.new_id("evt", now)
@@ -52,7 +75,7 @@ def emit_job_event(
         "INSERT INTO events (id, job_id, job_seq, type, body, created_at) VALUES (?, ?, ?, ?, ?, ?)",
         (event_id, job.id, sequence, event_type, body, now),
     )
-    _fan_out(conn, event_id, event_type, subscriptions.fetchall(), job_id=job.id, now=now, rules=rules)
+    _fan_out(conn, event_id, event_type, reads.subscriptions(), job_id=job.id, now=now, rules=rules)
     if job.webhook_url and (not job.webhook_events or event_type in job.webhook_events):
         _add_delivery(conn, event_id, None, job.id, job.webhook_url, now, rules)
 
