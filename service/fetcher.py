@@ -60,7 +60,7 @@ async def fetch_outputs(ctx: WorkContext, task: TaskRecord) -> bool:
     )
     if recorded is not None and recorded.leased:
         # Committed and leased to this process, not yet sent: dying here, they wait out the
-        # lease and any notifier sends them then (tests/test_crash.py).
+        # lease and any notifier sends them then (tests/test_crash_notify.py).
         crash_point(settings, "notify.leased")
         if handoff is None or not handoff.take(recorded.leased):  # it stopped meanwhile
             await ctx.store.deliveries.release_deliveries([(d.id, d.lease_until) for d in recorded.leased])
