@@ -40,6 +40,7 @@ from handlers.subscriptions import (
 from handlers.tick import run_tick
 from handlers.uploads import create_upload, get_upload
 from service.address import announce, withdraw
+from service.callbacks import apply_forever
 from service.context import Clock
 from service.logs import quiet_url_loggers
 from service.notifier import Notifier
@@ -69,10 +70,13 @@ def create_app(
     clock: Clock = system_clock,
     rand: random.Random | None = None,
     run_workers: bool = True,
+    apply_callbacks: bool = True,
     simulator: Starlette | None = None,
 ) -> Starlette:
     """fluxhook's web app. With `run_workers`, the workers run in-process under its lifespan
-(never in serverless mode, where requests do the work they cause: service/inline.py).
+(never in serverless mode, where requests do the work they cause: service/inline.py). With
+    `apply_callbacks`, so does the applier of recorded callbacks (service/callbacks.py), workers
+    or not: a web process applies the callbacks it acknowledges (tests turn it off to drive it).
 
     `simulator`, when given, is mounted at /simulator and its lifespan run alongside ours.
     """
@@ -97,6 +101,8 @@ def create_app(
             # at once and wind down while uvicorn drains connections, not after.
             app.state.stop_workers = _callable_from_signal_handler(stop.set)
             async with anyio.create_task_group() as group:
+                if apply_callbacks and not settings.serverless:
+                    group.start_soon(apply_forever, ctx, stop)
                 if run_workers and not settings.serverless:  # serverless: requests and ticks do it
                     group.start_soon(Worker(ctx, stop=stop).run)
                     group.start_soon(Notifier(ctx, stop=stop).run)

@@ -43,6 +43,7 @@ class Signals:
     work: Signal = field(default_factory=Signal)  # new tasks for the worker
     deliveries: Signal = field(default_factory=Signal)  # new deliveries for the notifier
     events: Signal = field(default_factory=Signal)  # new events for live streams and ?wait=
+    callbacks: Signal = field(default_factory=Signal)  # callbacks recorded, for the applier
 
 
 @dataclass

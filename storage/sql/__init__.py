@@ -34,10 +34,11 @@ class Dialect:
 
     name: str
     skip_locked: str = ""
+    lock_rows: str = ""  # as `skip_locked`, for a claim that waits for locked rows instead
 
 
 SQLITE = Dialect("sqlite")
-POSTGRES = Dialect("postgres", skip_locked="FOR UPDATE SKIP LOCKED")
+POSTGRES = Dialect("postgres", skip_locked="FOR UPDATE SKIP LOCKED", lock_rows="FOR UPDATE")
 
 
 class SqlDatabase(Protocol):

@@ -285,4 +285,16 @@ MIGRATIONS: tuple[Migration, ...] = (
     CREATE INDEX events_of_job ON events (job_id, seq);
     CREATE INDEX events_of_type ON events (type, seq);
     """,
+    # 10: the callback inbox: a verified callback is recorded (its row in `callbacks`, and one
+    #     here) and acknowledged; it is applied to its job (state machine, events, tasks) soon
+    #     after, off the request path, and its inbox row is deleted in that same transaction
+    #     (service/callbacks.py). A row here is a callback recorded and not yet applied.
+    """
+    CREATE TABLE inbox (
+        callback_id INTEGER PRIMARY KEY REFERENCES callbacks (id) ON DELETE CASCADE,
+        job_id      TEXT NOT NULL,
+        received_at INTEGER NOT NULL
+    );
+    CREATE INDEX inbox_by_job ON inbox (job_id);
+    """,
 )
