@@ -164,3 +164,21 @@ async def test_applying_one_jobs_callbacks_leaves_the_others_waiting(database):
     assert applied.callback.job_id == mine.id
     assert (await database.jobs.get_job(other.id)).status == "submitted"
     assert await database.jobs.pending_callbacks() == 1
+
+
+async def test_applying_commits_without_waiting_for_the_disk_and_every_other_write_still_waits(database):
+    # What the commit waits for, read inside each transaction: SQLite's synchronous (1 NORMAL,
+    # 2 FULL), PostgreSQL's synchronous_commit.
+    sql = "PRAGMA synchronous" if database.dialect.name == "sqlite" else "SHOW synchronous_commit"
+
+    def setting(conn: Any) -> str:
+        return str(conn.execute(sql).fetchone()[0])
+
+    default = await database.query(setting)
+    relaxed = await database.transact(setting, durable=False)
+    after = await database.transact(setting)
+
+    assert relaxed == ("1" if database.dialect.name == "sqlite" else "off")
+    assert after == default  # the tests' PostgreSQL server runs with synchronous_commit off
+    if database.dialect.name == "sqlite":
+        assert default == "2"

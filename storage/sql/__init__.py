@@ -49,13 +49,19 @@ class SqlDatabase(Protocol):
     dialect: Dialect
 
     async def transact(
-        self, fn: Callable[[Conn], T], *, appends_events: bool = False, locked_claim: bool = False
+        self, fn: Callable[[Conn], T], *, appends_events: bool = False, locked_claim: bool = False,
+        durable: bool = True,
     ) -> T:
         """Run `fn` as one write transaction. `appends_events`: `fn` may append to the event
         log (a job change does), so it must not overlap another transaction that does.
         `locked_claim`: `fn` writes only rows it has locked with the dialect's `skip_locked`
         and decides from nothing else, so it needs no serializable snapshot (PostgreSQL runs
-        it READ COMMITTED: it never fails to serialize, nor makes another transaction fail)."""
+        it READ COMMITTED: it never fails to serialize, nor makes another transaction fail).
+        `durable=False`: the commit does not wait for the disk (SQLite `synchronous=NORMAL`,
+        PostgreSQL `synchronous_commit = off`), for a transaction whose writes follow from what
+        is durable already and are written again from it if a power loss takes them (applying
+        recorded callbacks). The log is written in order, so the next durable commit of any
+        transaction, from any process, carries it to disk as well."""
         ...
 
     async def transact_then_read(

@@ -268,7 +268,11 @@ class JobStore:
                     applied(callback)
             return outcomes
 
-        return await self._db.transact(apply, appends_events=True)
+        # Not waiting for the disk: what this writes follows from the inbox, which is durable,
+        # and a power loss that takes it leaves the inbox rows to apply again. Whatever acts
+        # on it outside the database (a download, a notification) claims its work with a
+        # durable commit first, which carries this one to disk too.
+        return await self._db.transact(apply, appends_events=True, durable=False)
 
     async def named_tasks(self, job_id: str, provider: str) -> list[str]:
         """Provider tasks that unsigned callbacks for this job named, oldest first (a task a poll

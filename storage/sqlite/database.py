@@ -45,6 +45,7 @@ class Database(StoresOver):
         self._lock = anyio.Lock()
         self.public_url = public_url  # for the job documents events carry
         self.dialect = SQLITE
+        self._synchronous = "FULL"  # as opened (`open`); `transact(durable=False)` relaxes it
         self.compose_stores(self)
 
     @classmethod
@@ -72,6 +73,7 @@ class Database(StoresOver):
             raise StorageUnavailable(f"cannot open database: {exc}") from exc
         store = cls(db, rules=rules, public_url=public_url)
         store.path = path
+        store._synchronous = synchronous.upper()
         await store.transact(partial(_migrate, rules=rules))
         return store
 
@@ -80,14 +82,18 @@ class Database(StoresOver):
 
     async def transact(
         self, fn: Callable[[sqlite3.Connection], T], *, appends_events: bool = False,
-        locked_claim: bool = False,
+        locked_claim: bool = False, durable: bool = True,
     ) -> T:
         """Run `fn` as one write transaction: `BEGIN IMMEDIATE`, `fn`, `COMMIT`, in one hop.
         One writer at a time: whether `fn` appends events or is a claim changes nothing here.
+        `durable=False` commits with `synchronous=NORMAL` (storage/sql/__init__.py says when).
 
         Anything `fn` raises (a refusal raised by a callable the caller passed in included) rolls the
         transaction back, so a refused write changes nothing, and is raised here.
         """
+        if not durable and self._synchronous in ("FULL", "EXTRA"):
+            return await self._run(partial(_not_waiting_for_the_disk, self._synchronous,
+                                            partial(_in_transaction, fn)))
         return await self._run(partial(_in_transaction, fn))
 
     async def transact_then_read(
@@ -151,6 +157,22 @@ def _in_transaction(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connect
         _roll_back(conn)
         raise StorageUnavailable(f"commit failed: {exc}") from exc
     return result
+
+
+def _not_waiting_for_the_disk(
+    synchronous: str, run: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection
+) -> T:
+    # In WAL mode a NORMAL commit is appended to the log without an fsync; the next FULL commit
+    # syncs the log, and with it every transaction before it.
+    try:
+        conn.execute("PRAGMA synchronous=NORMAL")
+    except sqlite3.Error as exc:
+        raise StorageUnavailable(f"database unavailable: {exc}") from exc
+    try:
+        return run(conn)
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute(f"PRAGMA synchronous={synchronous}")
 
 
 def _roll_back(conn: sqlite3.Connection) -> None:
