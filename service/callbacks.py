@@ -16,7 +16,7 @@ its own job's callbacks before it goes on to finish the job inline (handlers/cal
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from functools import partial
 
 import anyio
@@ -68,7 +68,7 @@ async def ingest_callback(
         raise CallbackRejected(f"provider {target.provider!r} is not configured",
                                code="unknown_provider", status_code=404)
 
-    def judge(job: CallbackJob, attempts: list[AttemptRecord]) -> Judgement:
+    def judge(job: CallbackJob, attempts: Iterable[AttemptRecord]) -> Judgement:
         checked = verdict or adapter.verify_callback(headers, body, job.webhook_secret)
         report = adapter.parse_callback(body)
         task = report.provider_job_id
@@ -147,7 +147,7 @@ async def _cancel_on(stop: anyio.Event, scope: anyio.CancelScope) -> None:
 
 
 def _interpret(
-    ctx: WorkContext, callback: InboxCallback, job: JobRecord, attempts: list[AttemptRecord]
+    ctx: WorkContext, callback: InboxCallback, job: JobRecord, attempts: Iterable[AttemptRecord]
 ) -> Judgement:
     """What a recorded callback means for its job as it is now (pure: runs in the database
     thread, inside the applying transaction). Its sender was verified when it was received."""

@@ -11,7 +11,7 @@ The blob store's contract is storage/blobs.py's `BlobStore` for now.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from service.jobs import Observation
@@ -84,7 +84,7 @@ class JobStore(Protocol):
         *,
         provider: str,
         body: bytes,
-        judge: Callable[[CallbackJob, list[AttemptRecord]], Judgement],
+        judge: Callable[[CallbackJob, Iterable[AttemptRecord]], Judgement],
         now: int,
     ) -> ReceivedCallback:
         """Judge a callback against its job and record it durably (in `callbacks`, and in the inbox
@@ -99,7 +99,7 @@ class JobStore(Protocol):
     async def apply_callbacks(
         self,
         *,
-        interpret: Callable[[InboxCallback, JobRecord, list[AttemptRecord]], Judgement],
+        interpret: Callable[[InboxCallback, JobRecord, Iterable[AttemptRecord]], Judgement],
         now: int,
         schedule: Schedule,
         limit: int,

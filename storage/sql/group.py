@@ -16,7 +16,7 @@ transaction of its own, so each caller gets its own outcome.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import anyio
@@ -38,13 +38,12 @@ class Refuse(Exception):
 @dataclass
 class _Entry(Generic[T]):
     body: Callable[[Conn], T]
-    done: anyio.Event = field(default_factory=anyio.Event)
+    done: bool = False
     value: Any = None
     error: BaseException | None = None
 
     def settle(self, value: Any = None, error: BaseException | None = None) -> None:
-        self.value, self.error = value, error
-        self.done.set()
+        self.value, self.error, self.done = value, error, True
 
 
 class GroupCommit:
@@ -55,7 +54,9 @@ class GroupCommit:
         self._most = most
         self._queue: list[_Entry[Any]] = []
         self._leading = False
-        self._turn: anyio.Event | None = None  # set (and replaced) whenever a commit ends
+        # Set (and dropped) whenever a commit ends: every waiter then looks whether its own
+        # write was in it, and one of the others leads the next commit.
+        self._turn: anyio.Event | None = None
 
     async def run(self, body: Callable[[Conn], T]) -> T:
         """Run `body` in a transaction shared with other waiting bodies; its result once
@@ -63,7 +64,7 @@ class GroupCommit:
         entry: _Entry[T] = _Entry(body)
         self._queue.append(entry)
         try:
-            while not entry.done.is_set():
+            while not entry.done:
                 if self._leading:
                     if self._turn is None:
                         self._turn = anyio.Event()

@@ -9,7 +9,7 @@ is worth and the work it causes (rows in `tasks`). The bodies below run in the d
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -171,7 +171,7 @@ class JobStore:
         *,
         provider: str,
         body: bytes,
-        judge: Callable[[CallbackJob, list[AttemptRecord]], Judgement],
+        judge: Callable[[CallbackJob, Iterable[AttemptRecord]], Judgement],
         now: int,
     ) -> ReceivedCallback:
         """Judge a callback against its job and record it durably, to be applied soon after
@@ -180,14 +180,13 @@ class JobStore:
 
         `judge` is pure (signature check, parsing, which task it is about) and may raise to
         refuse the callback, which then changes nothing; it runs in the database thread, against
-        the job as it is in the transaction. The transaction is shared with callbacks recorded at
-        the same moment (storage/sql/group.py: one fsync for all), each in its own savepoint.
+        the job as it is in the transaction (its attempts are read only if it iterates them).
+        The transaction is shared with callbacks recorded at the same moment
+        (storage/sql/group.py: one fsync for all), each in its own savepoint.
         """
         digest = hashlib.sha256(body).hexdigest()
 
         def record(conn: Conn) -> ReceivedCallback:
-            # Sent before either is read: on PostgreSQL (pipelined) that spares a round trip.
-            attempts = _select_attempts_later(conn, job_id)
             found = conn.execute(
                 "SELECT id, provider, status, provider_job_id, webhook_secret FROM jobs WHERE id = ?",
                 (job_id,),
@@ -196,7 +195,7 @@ class JobStore:
                 raise Refuse(UnknownJob(job_id))
             job = CallbackJob(found[0], found[1], JobStatus(found[2]), found[3], found[4])
             try:
-                judgement = judge(job, attempts())
+                judgement = judge(job, _Attempts(conn, job_id))
             except Exception as exc:
                 raise Refuse(exc) from exc
             row = conn.execute(
@@ -223,7 +222,7 @@ class JobStore:
     async def apply_callbacks(
         self,
         *,
-        interpret: Callable[[InboxCallback, JobRecord, list[AttemptRecord]], Judgement],
+        interpret: Callable[[InboxCallback, JobRecord, Iterable[AttemptRecord]], Judgement],
         now: int,
         schedule: Schedule,
         limit: int,
@@ -451,19 +450,18 @@ def _select_attempts_later(conn: Conn, job_id: str) -> Callable[[], list[Attempt
 def _apply_callback(
     conn: Conn,
     callback: InboxCallback,
-    interpret: Callable[[InboxCallback, JobRecord, list[AttemptRecord]], Judgement],
+    interpret: Callable[[InboxCallback, JobRecord, Iterable[AttemptRecord]], Judgement],
     *,
     now: int,
     schedule: Schedule,
     rules: JobRules,
     public_url: str,
 ) -> AppliedCallback:
-    attempts = _select_attempts_later(conn, callback.job_id)
     job = _select_job(conn, rules, callback.job_id)
     if job is None:
         return AppliedCallback(callback)
     try:
-        judgement = interpret(callback, job, attempts())
+        judgement = interpret(callback, job, _Attempts(conn, job.id))
     except Exception as exc:
         return AppliedCallback(callback, refused=exc)
     transition = None
@@ -473,13 +471,25 @@ def _apply_callback(
                                 schedule=schedule, rules=rules, public_url=public_url,
                                 how="named by a verified callback")
     elif observation is not None:
+        written: list[JobRecord] = []
         transition = _apply_in_tx(conn, job, observation, now=now, schedule=schedule, rules=rules,
-                                  public_url=public_url, fresh=True)
+                                  public_url=public_url, fresh=True, written=written)
+        return AppliedCallback(callback, Recorded(written[-1] if written else job, transition))
     elif confirm_at is not None and job.state.awaiting_provider:
         _upsert_task(conn, job.id, TaskKind.POLL, confirm_at, now)
     if transition is not None and transition.state != job.state:
         job = _written(job, job.state, transition.state, now)
     return AppliedCallback(callback, Recorded(job, transition))
+
+
+class _Attempts:
+    """A job's attempts, read only if iterated (a callback about the job's own task needs none)."""
+
+    def __init__(self, conn: Conn, job_id: str) -> None:
+        self._conn, self._job_id = conn, job_id
+
+    def __iter__(self) -> Iterator[AttemptRecord]:
+        return iter(_select_attempts_later(self._conn, self._job_id)())
 
 
 def _write_attempt(
@@ -579,19 +589,23 @@ def _apply_in_tx(
     rules: JobRules,
     public_url: str,
     fresh: bool = False,
+    written: list[JobRecord] | None = None,
 ) -> Transition:
     """Apply `observation` to `job` and write what follows. `fresh`: `job` is its row as this
-    transaction reads it now (nothing wrote it since it was read)."""
+    transaction reads it now (nothing wrote it since it was read). `written`, when given, gets
+    the job as written (if it changed)."""
     before = job.state
     transition = rules.apply(before, observation)
     after = transition.state
     if after != before:
-        written = _write_state(conn, job, before, after, now, rules)
+        new = _write_state(conn, job, before, after, now, rules)
+        if written is not None:
+            written.append(new)
         event_type = _event_for(before, after)
         if event_type is not None:
             # A job read in this transaction and written only here is what its row now holds:
             # its snapshot needs no second read (nor a second decoding of its JSON).
-            load = (lambda: written) if fresh else partial(_must_select_job, conn, rules, job.id)
+            load = (lambda: new) if fresh else partial(_must_select_job, conn, rules, job.id)
             emit_job_event(conn, job.id, load, event_type, now=now, rules=rules, public_url=public_url)
     for effect in transition.effects:
         _materialize(conn, job.id, effect, now=now, schedule=schedule)
@@ -628,17 +642,23 @@ def _write_state(
     conn: Conn, job: JobRecord, before: JobState, after: JobState, now: int, rules: JobRules
 ) -> JobRecord:
     new = _written(job, before, after, now)
-    conn.execute(
-        """UPDATE jobs SET status = ?, provider_job_id = ?, polling_url = ?, output_urls = ?,
-               error_code = ?, error_message = ?, completion_source = ?, progress = ?,
-               updated_at = ?, submitted_at = ?, ready_at = ?, completed_at = ?
-           WHERE id = ?""",
-        (new.status.value, new.provider_job_id, new.polling_url,
-         rules.encode(list(new.output_urls), path="output_urls"), new.error_code, new.error_message,
-         new.completion_source, new.progress, now, new.submitted_at, new.ready_at, new.completed_at,
-         job.id),
-    )
+    # Only the columns that change: an index over one that does not (status, completed_at,
+    # the active-at-provider set) is then left alone.
+    changed = {column: getattr(new, column) for column in _STATE_COLUMNS
+               if getattr(new, column) != getattr(job, column)}
+    if "status" in changed:
+        changed["status"] = new.status.value
+    if "output_urls" in changed:
+        changed["output_urls"] = rules.encode(list(new.output_urls), path="output_urls")
+    changed["updated_at"] = now
+    assignments = ", ".join(f"{column} = ?" for column in changed)
+    conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*changed.values(), job.id))  # noqa: S608
     return new
+
+
+# What `_write_state` may change (column names, and JobRecord's fields of the same name).
+_STATE_COLUMNS = ("status", "provider_job_id", "polling_url", "output_urls", "error_code", "error_message",
+                  "completion_source", "progress", "submitted_at", "ready_at", "completed_at")
 
 
 def _materialize(
