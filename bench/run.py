@@ -86,7 +86,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     parser.add_argument("--quick", action="store_true", help="small figures: a smoke run")
-    parser.add_argument("--only", default="ingest,notify,idle,cold_start,download", help="comma list of benchmarks")
+    parser.add_argument("--only", default="ingest,notify,idle,cold_start,download",
+                        help="comma list of benchmarks")
     args = parser.parse_args()
     began = datetime.datetime.now(datetime.UTC)
     report: dict[str, Any] = {
