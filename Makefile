@@ -39,7 +39,7 @@ test-fast: $(STAMP) postgres
 
 ## make bench: every benchmark in one run (ingest with wrk against a bare and a naive durable
 ## receiver, callback-to-notification latency, also with web and worker as separate processes
-## on a throwaway PostgreSQL, idle cost, cold start); the figures go to
+## on a throwaway PostgreSQL, idle cost, cold start, output download vs raw httpx); the figures go to
 ## bench/results/latest.json (a benchmark, not a test)
 bench: $(STAMP) postgres
 	scripts/wrk.sh

@@ -7,8 +7,7 @@ Runs, each as its own process (each is also runnable alone):
 - bench/notify.py: provider callback -> downstream `job.succeeded`, fluxhook vs a bare baseline;
 - bench/idle.py: idle CPU of `fluxhook serve` and `fluxhook tick` with 100,000 jobs in flight;
 - bench/cold_start.py: `fluxhook serve` to its first 200, `fluxhook tick`;
-- bench/download.py: a 20 MiB output through fluxhook's download path vs a raw httpx stream
-  that hashes and fsyncs.
+- bench/download.py --json: a 20 MB output downloaded into the blob store vs a raw httpx stream.
 
 and writes one JSON document: the machine's core count, the git revision, the date, and per
 benchmark the exact command, its figures (or its error), and how long it took. `--quick` runs
@@ -36,7 +35,7 @@ QUICK = {
     "notify": ["--jobs", "30", "--warmup", "5"],
     "idle": ["--jobs", "2000", "--small", "200", "--seconds", "3", "--ticks", "2"],
     "cold_start": ["--runs", "2"],
-    "download": ["--mib", "4", "--rounds", "2"],
+    "download": ["--mb", "4", "--runs", "2"],
 }
 
 
@@ -47,8 +46,8 @@ def git(*args: str) -> str:
 
 def run(name: str, extra: list[str]) -> dict[str, Any]:
     script = ROOT / "bench" / f"{name}.py"
-    # ingest and notify print a table unless asked for JSON alone; the others print JSON
-    args = [*extra, "--json"] if name in ("ingest", "notify") else list(extra)
+    # ingest, notify and download print a table unless asked for JSON alone; the others print JSON
+    args = [*extra, "--json"] if name in ("ingest", "notify", "download") else list(extra)
     command = [sys.executable, str(script.relative_to(ROOT)), *args]
     shown = " ".join([".venv/bin/python", *command[1:]])
     print(f"== {shown}", file=sys.stderr, flush=True)

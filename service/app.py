@@ -42,6 +42,7 @@ from handlers.subscriptions import (
 from handlers.tick import run_tick
 from handlers.uploads import create_upload, get_upload
 from service.address import announce, withdraw
+from service.callbacks import apply_forever
 from service.context import Clock
 from service.logs import quiet_url_loggers
 from service.notifier import Notifier
@@ -71,10 +72,13 @@ def create_app(
     clock: Clock = system_clock,
     rand: random.Random | None = None,
     run_workers: bool = True,
+    apply_callbacks: bool = True,
     simulator: Starlette | None = None,
 ) -> Starlette:
     """fluxhook's web app. With `run_workers`, the workers run in-process under its lifespan
-(never in serverless mode, where requests do the work they cause: service/inline.py).
+(never in serverless mode, where requests do the work they cause: service/inline.py). With
+    `apply_callbacks`, so does the applier of recorded callbacks (service/callbacks.py), workers
+    or not: a web process applies the callbacks it acknowledges (tests turn it off to drive it).
 
     `simulator`, when given, is mounted at /simulator and its lifespan run alongside ours.
     """
@@ -99,6 +103,8 @@ def create_app(
             # at once and wind down while uvicorn drains connections, not after.
             app.state.stop_workers = _callable_from_signal_handler(stop.set)
             async with anyio.create_task_group() as group:
+                if apply_callbacks and not settings.serverless:
+                    group.start_soon(apply_forever, ctx, stop)
                 if run_workers and not settings.serverless:  # serverless: requests and ticks do it
                     group.start_soon(Worker(ctx, stop=stop).run)
                     group.start_soon(Notifier(ctx, stop=stop).run)
@@ -108,6 +114,9 @@ def create_app(
                 stop.set()  # the loops finish or hand back their work within the grace, and return
 
     routes: list[Route | Mount] = [
+        # The busiest route first: the router tries the routes in order, and providers' callbacks
+        # are most of the requests under load. No other route's path can match it.
+        Route("/v1/callbacks/{provider}/{token}", receive_callback, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
@@ -132,7 +141,6 @@ def create_app(
         Route("/v1/events", stream_events, methods=["GET"]),
         Route("/v1/uploads", create_upload, methods=["POST"]),
         Route("/uploads/{token}", get_upload, methods=["GET"]),
-        Route("/v1/callbacks/{provider}/{token}", receive_callback, methods=["POST"]),
         Route("/v1/tick", run_tick, methods=["GET", "POST"]),  # GET: Vercel Cron sends only GET
         dashboard_mount(settings),  # HTML pages, not in /openapi.json (service/openapi.py)
     ]

@@ -1,72 +1,192 @@
-"""Inbound provider callbacks: verify, record durably, act (or confirm by polling first)."""
+"""Inbound provider callbacks: verify and record durably, acknowledge, then apply at once.
+
+The request path does only what must happen before the provider gets its 2xx: the token (the
+handler), the signature over the raw bytes with the job's own secret, the body's shape, that it
+is about this job, and one small durable write: the raw callback, in `callbacks` and in the
+inbox, its commit shared with the callbacks arriving at the same moment (storage/sql/group.py).
+Applying it to its job (the state machine, its event, the tasks it causes) happens right after,
+off the request path, in the same process: the applier (`apply_forever`) is woken by every
+recorded callback and applies whatever the inbox holds in one transaction that also empties it.
+So a callback is applied exactly once whatever crashes: recorded and not applied, it stays in
+the inbox for the next applier (`fluxhook serve`, `serve --no-workers`, `fluxhook worker`, a
+tick); half applied, its transaction never committed. In serverless mode the request applies
+its own job's callbacks before it goes on to finish the job inline (handlers/callbacks.py).
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from functools import partial
+
+import anyio
 
 from service.adoption import TaskRole, classify_task
 from service.context import WorkContext
+from service.crash_points import crash_point
 from service.errors import CallbackRejected
 from service.jobs import Source
-from service.providers.base import AccountSigned
+from service.providers.base import AccountSigned, Adapter
 from service.reports import observe
 from service.signing import Verdict
 from service.tokens import CallbackTarget
 from storage.errors import UnknownJob
-from storage.records import AttemptRecord, JobRecord, Judgement, Recorded, Schedule
+from storage.records import (
+    AttemptRecord,
+    CallbackJob,
+    InboxCallback,
+    JobRecord,
+    Judgement,
+    ReceivedCallback,
+    Schedule,
+)
 
 log = logging.getLogger("fluxhook.callbacks")
 
+# At most this many recorded callbacks are applied in one transaction: under load the inbox is
+# emptied in a few large commits, and no one transaction holds the writer long.
+APPLY_BATCH = 256
+
 
 async def ingest_callback(
-    ctx: WorkContext, target: CallbackTarget, headers: Mapping[str, str], body: bytes
-) -> Recorded:
-    """Record one callback for the job its (already verified) token names.
+    ctx: WorkContext,
+    target: CallbackTarget,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    verdict: Verdict | None = None,
+) -> ReceivedCallback:
+    """Record one callback for the job its (already verified) token names; returns once it is
+    durable, before it is applied.
 
-    The signature is checked over the raw bytes before any parsing. A verified callback is
-    acted on directly; an unsigned one is only a hint, and the job is confirmed by polling the
-    provider right away. Forged, malformed and wrong-job callbacks raise CallbackRejected and
-    change nothing.
+    The signature is checked over the raw bytes, with the job's own secret, before any parsing,
+    unless `verdict` says how the sender was already verified (a check that must be awaited
+    before the store is touched). Forged, malformed and wrong-job callbacks raise
+    CallbackRejected and change nothing.
     """
     adapter = ctx.adapters.get(target.provider)
     if adapter is None:
         raise CallbackRejected(f"provider {target.provider!r} is not configured",
                                code="unknown_provider", status_code=404)
-    now = ctx.clock()
     # Account-signed providers (a documented scheme with a timestamp) are verified before the
     # store is touched: a missing or wrong signature is refused, never taken as a hint.
-    signed = isinstance(adapter, AccountSigned)
-    if isinstance(adapter, AccountSigned):
-        await ctx.keyring.verify(adapter, headers, body, client=ctx.client, now_ms=now,
+    if verdict is None and isinstance(adapter, AccountSigned):
+        await ctx.keyring.verify(adapter, headers, body, client=ctx.client, now_ms=ctx.clock(),
                                  timeout=ctx.settings.http_timeout_s)
+        verdict = Verdict.VERIFIED
 
-    def judge(job: JobRecord, attempts: list[AttemptRecord]) -> Judgement:
-        verdict = Verdict.VERIFIED if signed else adapter.verify_callback(headers, body, job.webhook_secret)
+    def judge(job: CallbackJob, attempts: Iterable[AttemptRecord]) -> Judgement:
+        checked = verdict or adapter.verify_callback(headers, body, job.webhook_secret)
         report = adapter.parse_callback(body)
-        verified = verdict is Verdict.VERIFIED
         task = report.provider_job_id
         role = classify_task(task, current=job.provider_job_id, provider=target.provider,
-                             attempts=attempts, verified=verified)
+                             attempts=attempts, verified=_proves_job(adapter, checked))
         if role is TaskRole.FOREIGN:
-            raise CallbackRejected("callback is about another job than its token names",
-                                   code="wrong_job", status_code=403)
-        if not verified:
-            return Judgement(verdict.value, report.state.value, confirm_at=now, role=role, task=task)
-        observation = observe(report, source=Source.CALLBACK, submitted_at=job.submitted_at,
-                              now=now, not_found_grace_ms=ctx.ms(ctx.settings.not_found_grace_s))
-        return Judgement(verdict.value, report.state.value, observation, role=role, task=task)
+            raise _wrong_job()
+        return Judgement(checked.value, report.state.value, role=role, task=task)
 
     try:
-        recorded = await ctx.store.jobs.record_callback(
-            target.job_id, provider=target.provider, body=body, judge=judge, now=now,
-            schedule=Schedule(fetch_at=now, poll_at=now + ctx.ms(ctx.settings.poll_grace_s)),
-        )
+        received = await ctx.store.jobs.record_callback(
+            target.job_id, provider=target.provider, body=body, judge=judge, now=ctx.clock())
     except UnknownJob as exc:
         raise CallbackRejected("callback token names no job here", code="unknown_job",
                                status_code=403) from exc
-    job = recorded.job
-    verdict_text = "verified" if recorded.transition is not None else "unsigned"
-    log.info("job %s: %s callback%s", job.id, verdict_text, " (duplicate)" if recorded.duplicate else "")
-    ctx.nudge()
-    return recorded
+    crash_point(ctx.settings, "callback.recorded")
+    ctx.signals.callbacks.fire()
+    return received
+
+
+async def apply_recorded(ctx: WorkContext, *, job_id: str | None = None, limit: int = APPLY_BATCH) -> int:
+    """Apply up to `limit` recorded callbacks (only `job_id`'s when given) to their jobs, in one
+    transaction; how many were taken out of the inbox."""
+    now = ctx.clock()
+    crashing = "callback.applying" in ctx.settings.crash_at
+    outcomes = await ctx.store.jobs.apply_callbacks(
+        interpret=partial(_interpret, ctx), now=now, limit=limit, job_id=job_id,
+        schedule=Schedule(fetch_at=now, poll_at=now + ctx.ms(ctx.settings.poll_grace_s)),
+        applied=(lambda _: crash_point(ctx.settings, "callback.applying")) if crashing else None,
+    )
+    for outcome in outcomes:
+        callback = outcome.callback
+        if outcome.refused is not None:
+            log.warning("job %s: recorded callback %d not applied: %s", callback.job_id,
+                        callback.callback_id, outcome.refused)
+        elif outcome.recorded is not None:
+            log.info("job %s: %s callback applied", callback.job_id, callback.verdict)
+            ctx.metrics.job_recorded(outcome.recorded, provider=callback.provider)
+    if outcomes:
+        ctx.nudge()  # its tasks for the worker, its events for streams and the notifier
+    return len(outcomes)
+
+
+async def apply_all(ctx: WorkContext, *, job_id: str | None = None) -> int:
+    """Apply every recorded callback (only `job_id`'s when given) until the inbox has none."""
+    total = 0
+    while taken := await apply_recorded(ctx, job_id=job_id):
+        total += taken
+    return total
+
+
+async def apply_forever(ctx: WorkContext, stop: anyio.Event) -> None:
+    """The applier: until `stop`, apply what the inbox holds as soon as a callback is recorded
+    (and every FLUXHOOK_WORKER_IDLE_SECONDS, for what another process recorded or a crash left).
+    A failed transaction is logged and tried again at the next look."""
+    wait = ctx.settings.worker_idle_s
+    async with anyio.create_task_group() as group:
+        group.start_soon(_cancel_on, stop, group.cancel_scope)
+        while not stop.is_set():
+            woken = ctx.signals.callbacks.current()  # taken first: a callback recorded after is seen
+            try:
+                if await apply_recorded(ctx):
+                    continue
+            except Exception:
+                log.exception("applying recorded callbacks failed; they stay in the inbox")
+            with anyio.move_on_after(wait):
+                await woken.wait()
+        group.cancel_scope.cancel()
+
+
+async def _cancel_on(stop: anyio.Event, scope: anyio.CancelScope) -> None:
+    # Between two transactions, waiting: nothing in flight to finish (a transaction runs to its
+    # end once started, storage/sqlite/database.py), so stopping is cancelling the wait.
+    await stop.wait()
+    scope.cancel()
+
+
+def _interpret(
+    ctx: WorkContext, callback: InboxCallback, job: JobRecord, attempts: Iterable[AttemptRecord]
+) -> Judgement:
+    """What a recorded callback means for its job as it is now (pure: runs in the database
+    thread, inside the applying transaction). Its sender was verified when it was received."""
+    adapter = ctx.adapters.get(callback.provider)
+    if adapter is None:
+        raise CallbackRejected(f"provider {callback.provider!r} is no longer configured",
+                               code="unknown_provider", status_code=404)
+    report = adapter.parse_callback(callback.body)
+    verified = callback.verdict == Verdict.VERIFIED.value
+    task = report.provider_job_id
+    # Judged again: a submit's answer committed since it was received may have changed which
+    # task is the job's own.
+    role = classify_task(task, current=job.provider_job_id, provider=callback.provider,
+                         attempts=attempts, verified=_proves_job(adapter, Verdict(callback.verdict)))
+    if role is TaskRole.FOREIGN:
+        raise _wrong_job()
+    if not verified or role is TaskRole.CONFIRM:
+        return Judgement(callback.verdict, report.state.value, confirm_at=callback.received_at, role=role,
+                         task=task)
+    observation = observe(report, source=Source.CALLBACK, submitted_at=job.submitted_at,
+                          now=callback.received_at, not_found_grace_ms=ctx.ms(ctx.settings.not_found_grace_s))
+    return Judgement(callback.verdict, report.state.value, observation, role=role, task=task)
+
+
+def _proves_job(adapter: Adapter, verdict: Verdict) -> bool:
+    """Whether the callback's signature proves it is about one of this job's own submits: the
+    job's own webhook secret does; an account-wide key (Replicate, fal) proves only the sender,
+    so a task it names that the job has not heard of is confirmed by polling, not adopted."""
+    return verdict is Verdict.VERIFIED and not isinstance(adapter, AccountSigned)
+
+
+def _wrong_job() -> CallbackRejected:
+    return CallbackRejected("callback is about another job than its token names",
+                            code="wrong_job", status_code=403)
+

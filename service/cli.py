@@ -239,6 +239,7 @@ async def _worker(
     settings: Settings, metrics_port: int | None = None, metrics_host: str = "127.0.0.1"
 ) -> int:
     from service.address import follow_address
+    from service.callbacks import apply_forever
     from service.notifier import Notifier
     from service.resources import open_context
     from service.retention import prune_periodically
@@ -254,6 +255,7 @@ async def _worker(
                 group.start_soon(follow_address, ctx, os.environ)
                 group.start_soon(_stop_on_signals, signals, stop, group.cancel_scope)
                 async with anyio.create_task_group() as loops:
+                    loops.start_soon(apply_forever, ctx, stop)  # what a web process left recorded
                     loops.start_soon(Worker(ctx, stop=stop).run)
                     loops.start_soon(Notifier(ctx, stop=stop).run)
                     loops.start_soon(prune_periodically, ctx, stop)

@@ -30,14 +30,19 @@ class Signal:
     """Wakes every waiter once: they take `current()` before looking for work, then wait on it."""
 
     def __init__(self) -> None:
-        self._event = anyio.Event()
+        # Made when a waiter takes it, not when fired: a burst of fires with no one waiting in
+        # between (a callback recorded per request under load) costs nothing.
+        self._event: anyio.Event | None = None
 
     def current(self) -> anyio.Event:
+        if self._event is None:
+            self._event = anyio.Event()
         return self._event
 
     def fire(self) -> None:
-        event, self._event = self._event, anyio.Event()
-        event.set()
+        event, self._event = self._event, None
+        if event is not None:
+            event.set()
 
 
 class Handoff(Protocol):
@@ -58,6 +63,7 @@ class Signals:
     work: Signal = field(default_factory=Signal)  # new tasks for the worker
     deliveries: Signal = field(default_factory=Signal)  # new deliveries for the notifier
     events: Signal = field(default_factory=Signal)  # new events for live streams and ?wait=
+    callbacks: Signal = field(default_factory=Signal)  # callbacks recorded, for the applier
 
 
 @dataclass

@@ -11,25 +11,29 @@ The blob store's contract is storage/blobs.py's `BlobStore` for now.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from service.jobs import Observation
 from storage.records import (
+    AppliedCallback,
     Attempt,
     AttemptRecord,
     AttemptResult,
+    CallbackJob,
     CallbackRecord,
     ClaimedDelivery,
     DeliveryAttemptRecord,
     DeliveryLease,
     DeliveryRecord,
     EventRecord,
+    InboxCallback,
     JobRecord,
     Judgement,
     NewJob,
     OutputRecord,
     PollRecord,
+    ReceivedCallback,
     Recorded,
     Schedule,
     StoredOutput,
@@ -97,11 +101,30 @@ class JobStore(Protocol):
         *,
         provider: str,
         body: bytes,
-        judge: Callable[[JobRecord, list[AttemptRecord]], Judgement],
+        judge: Callable[[CallbackJob, Iterable[AttemptRecord]], Judgement],
+        now: int,
+    ) -> ReceivedCallback:
+        """Judge a callback against its job and record it durably (in `callbacks`, and in the inbox
+        unless it repeats one recorded before), sharing a commit with callbacks recorded at the same
+        moment; `judge` may raise to refuse it, which then changes nothing. UnknownJob if no job."""
+        ...
+
+    async def pending_callbacks(self) -> int:
+        """How many recorded callbacks wait in the inbox to be applied."""
+        ...
+
+    async def apply_callbacks(
+        self,
+        *,
+        interpret: Callable[[InboxCallback, JobRecord, Iterable[AttemptRecord]], Judgement],
         now: int,
         schedule: Schedule,
-    ) -> Recorded:
-        """Judge a callback against its job and keep it durably, in one transaction."""
+        limit: int,
+        job_id: str | None = None,
+        applied: Callable[[InboxCallback], None] | None = None,
+    ) -> list[AppliedCallback]:
+        """Apply recorded callbacks (oldest first, at most `limit`, only `job_id`'s when given) to
+        their jobs and take them out of the inbox, in one transaction: each exactly once."""
         ...
 
     async def named_tasks(self, job_id: str, provider: str) -> list[str]:

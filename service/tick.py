@@ -16,9 +16,10 @@ from typing import Any
 
 import anyio
 
+from service.callbacks import apply_all
 from service.context import WorkContext
 from service.documents import rfc3339
-from service.inline import run_rounds
+from service.inline import CLAIMING_SHARE, run_rounds
 from service.notifier import Notifier
 from service.retention import Pruned, prune
 from service.worker import Worker
@@ -54,6 +55,10 @@ async def tick(ctx: WorkContext, *, seconds: float, stop: anyio.Event | None = N
     it early the same way."""
     began = time.monotonic()
     stop = stop or anyio.Event()
+    # Callbacks recorded and not yet applied (a crash, or serverless mode's request cut off)
+    # first: what they cause is the tick's work too.
+    with anyio.move_on_after(seconds * CLAIMING_SHARE):
+        await apply_all(ctx)
     worker, notifier = Worker(ctx, stop=stop), Notifier(ctx, stop=stop)
     finished = await run_rounds([worker, notifier], seconds=seconds, stop=stop)
     pruned = None

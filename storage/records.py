@@ -369,6 +369,51 @@ class Recorded:
     leased: tuple[ClaimedDelivery, ...] = ()
 
 
+@dataclass(frozen=True)
+class CallbackJob:
+    """What a callback is judged against when it is received: the part of its job that says
+    who may call back and about which provider task."""
+
+    id: str
+    provider: str
+    status: JobStatus
+    provider_job_id: str | None
+    webhook_secret: str | None
+
+
+@dataclass(frozen=True)
+class ReceivedCallback:
+    """A callback recorded (or found to be a byte-identical repeat of one recorded before), not
+    yet applied: the job as it was when it was recorded, and what the callback was judged to be.
+    Applying it is the inbox's business (storage/sql/jobs.py `apply_callbacks`)."""
+
+    job: CallbackJob
+    judgement: Judgement
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class InboxCallback:
+    """A recorded callback waiting in the inbox to be applied to its job."""
+
+    callback_id: int
+    job_id: str
+    provider: str
+    verdict: str  # as judged when it was received (storage/records.py Judgement.verdict)
+    body: bytes
+    received_at: int
+
+
+@dataclass(frozen=True)
+class AppliedCallback:
+    """What applying one recorded callback came to: the job's write (None when the job is gone),
+    or why it was not applied (`refused`: what interpreting it raised)."""
+
+    callback: InboxCallback
+    recorded: Recorded | None = None
+    refused: Exception | None = None
+
+
 # Tasks and notifications -----------------------------------------------------------------------
 
 

@@ -229,14 +229,15 @@ async def api(
     make_settings: Callable[..., Settings], clock: FakeClock,
     transport: httpx.AsyncBaseTransport | None,
 ) -> AsyncIterator[Api]:
-    """fluxhook's app with its lifespan running (workers off: tests drive them), and a client.
+    """fluxhook's app with its lifespan running (workers and the callback applier off: tests drive
+    them), and a client.
 
     Servers hand the lifespan's state to every request's scope; this does the same.
     """
     from service.app import create_app
 
     app = create_app(make_settings(), transport=transport, clock=clock, rand=random.Random(7),
-                     run_workers=False)
+                     run_workers=False, apply_callbacks=False)
     async with app.router.lifespan_context(app) as state:
 
         async def with_state(scope: Any, receive: Any, send: Any) -> None:
@@ -252,6 +253,15 @@ class Api:
     def __init__(self, client: httpx.AsyncClient, ctx: WorkContext) -> None:
         self.client = client
         self.ctx = ctx
+
+    async def callback(self, path: str, **kwargs: Any) -> httpx.Response:
+        """POST a provider callback, then apply what it recorded, as the applier does right after
+        the answer (service/callbacks.py; the fixture's own applier is off)."""
+        from service.callbacks import apply_all
+
+        response = await self.client.post(path, **kwargs)
+        await apply_all(self.ctx)
+        return response
 
 
 def assert_error_shape(response: httpx.Response, status: int, code: str | None = None) -> dict:

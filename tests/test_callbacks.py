@@ -75,7 +75,7 @@ async def test_signed_callback_completes_the_job_without_any_poll(api, router):
     job, path, secret = await submitted_job(api)
     body = ready_body("task-fox")
 
-    response = await api.client.post(path, content=body, headers=signed(body, secret))
+    response = await api.callback(path, content=body, headers=signed(body, secret))
 
     assert response.status_code == 200
     state, _, tasks = await snapshot(api, job["id"])
@@ -94,9 +94,9 @@ async def test_duplicate_signed_callback_is_harmless(api, router):
     router.get(IMAGE_URL).mock(return_value=httpx.Response(200, content=jpeg_bytes()))
     job, path, secret = await submitted_job(api)
     body = ready_body("task-fox")
-    first = await api.client.post(path, content=body, headers=signed(body, secret))
+    first = await api.callback(path, content=body, headers=signed(body, secret))
     before = await snapshot(api, job["id"])
-    second = await api.client.post(path, content=body, headers=signed(body, secret))
+    second = await api.callback(path, content=body, headers=signed(body, secret))
     assert (first.status_code, second.status_code) == (200, 200)
     assert second.json()["duplicate"] is True
     assert await snapshot(api, job["id"]) == before
@@ -151,7 +151,7 @@ async def test_rejected_callbacks_change_nothing(api, case, status, code):
         headers = signed(body, secret)
     before = (await snapshot(api, job["id"]), await snapshot(api, other["id"]))
 
-    response = await api.client.post(path, content=body, headers=headers)
+    response = await api.callback(path, content=body, headers=headers)
 
     assert_error_shape(response, status, code)
     assert (await snapshot(api, job["id"]), await snapshot(api, other["id"])) == before
@@ -166,7 +166,7 @@ async def test_unsigned_callback_acts_only_after_the_confirming_poll_says_ready(
     job, path, _ = await submitted_job(api)
     body = ready_body("task-fox")
 
-    response = await api.client.post(path, content=body, headers={"Content-Type": "application/json"})
+    response = await api.callback(path, content=body, headers={"Content-Type": "application/json"})
 
     assert response.status_code == 200
     state, _, tasks = await snapshot(api, job["id"])
@@ -185,7 +185,7 @@ async def test_unsigned_callback_acts_only_after_the_confirming_poll_says_ready(
 async def test_shared_secret_header_variant_is_accepted(api, router):
     router.get(IMAGE_URL).mock(return_value=httpx.Response(200, content=jpeg_bytes()))
     job, path, secret = await submitted_job(api)
-    response = await api.client.post(path, content=ready_body("task-fox"),
+    response = await api.callback(path, content=ready_body("task-fox"),
                                      headers={"x-webhook-secret": secret})
     assert response.status_code == 200
     assert (await api.ctx.store.jobs.get_job(job["id"])).output_urls == (IMAGE_URL,)
@@ -195,7 +195,7 @@ async def test_failure_callback_fails_the_job_with_the_providers_reason(api):
     job, path, secret = await submitted_job(api)
     body = json.dumps({"id": "task-fox", "status": "Error", "error": "content_policy_violation",
                        "message": "blocked"}).encode()
-    await api.client.post(path, content=body, headers=signed(body, secret))
+    await api.callback(path, content=body, headers=signed(body, secret))
     final = (await api.client.get(f"/v1/jobs/{job['id']}")).json()
     assert final["status"] == "failed"
     assert final["error"]["code"] == "provider_error"
@@ -207,11 +207,11 @@ async def test_late_callback_after_success_is_acknowledged_and_ignored(api, rout
     router.get(IMAGE_URL).mock(return_value=httpx.Response(200, content=jpeg_bytes()))
     job, path, secret = await submitted_job(api)
     body = ready_body("task-fox")
-    await api.client.post(path, content=body, headers=signed(body, secret))
+    await api.callback(path, content=body, headers=signed(body, secret))
     await Worker(api.ctx).run_once()
     before = await snapshot(api, job["id"])
     late = json.dumps({"id": "task-fox", "status": "Error"}).encode()
-    response = await api.client.post(path, content=late, headers=signed(late, secret))
+    response = await api.callback(path, content=late, headers=signed(late, secret))
     assert response.status_code == 200
     assert await snapshot(api, job["id"]) == before
 
@@ -221,11 +221,11 @@ async def test_a_repeated_unsigned_hint_asks_for_its_confirming_poll_only_once(a
         return_value=httpx.Response(200, json={"id": "task-fox", "status": "Pending"}))
     job, path, _ = await submitted_job(api)
     body = ready_body("task-fox")
-    await api.client.post(path, content=body)
+    await api.callback(path, content=body)
     await Worker(api.ctx).run_once()  # the confirming poll: still pending, next poll later
     [after_poll] = await api.ctx.store.tasks.get_tasks(job["id"])
     assert after_poll.due_at > api.ctx.clock()
-    repeat = await api.client.post(path, content=body)
+    repeat = await api.callback(path, content=body)
     assert repeat.json()["duplicate"] is True
     assert await api.ctx.store.tasks.get_tasks(job["id"]) == [after_poll]  # not pulled forward again
 
@@ -235,6 +235,6 @@ async def test_a_valid_token_for_a_job_the_store_does_not_have_is_refused_as_unk
     path = f"/v1/callbacks/bfl/{api.ctx.tokens.issue('bfl', 'job_gone')}"
     body = ready_body("task-fox")
 
-    response = await api.client.post(path, content=body, headers={"Content-Type": "application/json"})
+    response = await api.callback(path, content=body, headers={"Content-Type": "application/json"})
 
     assert_error_shape(response, 403, "unknown_job")

@@ -25,6 +25,7 @@ import respx
 from PIL import Image
 
 from service.app import create_app
+from service.callbacks import apply_all
 from service.context import WorkContext
 from service.notifier import Notifier
 from service.settings import Settings
@@ -167,6 +168,7 @@ async def ready_job(stack: Stack, *, job_hook: bool = False) -> str:
                                  headers={"X-BFL-Signature": f"sha256={signature}",
                                           "Content-Type": "application/json"})
     assert answered.status_code == 200, answered.text
+    await apply_all(ctx)  # as the applier does right after the answer (service/callbacks.py)
     return str(job["id"])
 
 

@@ -27,6 +27,7 @@ import respx
 from PIL import Image
 
 from service.app import create_app
+from service.callbacks import apply_all
 from service.notifier import Notifier
 from service.settings import Settings
 from service.tick import tick
@@ -125,7 +126,8 @@ async def app(
 ) -> AsyncIterator[Any]:
     receiver = httpx.MockTransport(lambda request: httpx.Response(204))
     built = create_app(make_settings(), transport=httpx.MockTransport(providers.async_handler),
-                       notify_transport=receiver, clock=clock, rand=random.Random(7), run_workers=False)
+                       notify_transport=receiver, clock=clock, rand=random.Random(7), run_workers=False,
+                       apply_callbacks=False)
     async with built.router.lifespan_context(built) as state:
 
         async def with_state(scope: Any, receive: Any, send: Any) -> None:
@@ -160,6 +162,7 @@ async def test_no_query_of_the_workers_callbacks_or_event_stream_walks_a_whole_t
         answered = await client.post(path, content=body, headers={
             "X-BFL-Signature": f"sha256={signature}", "Content-Type": "application/json"})
         assert answered.status_code == 200, answered.text
+        assert await apply_all(ctx) == 1  # the callback, from the inbox
         await worker.drain()  # the download
         await worker.next_due()
         await notifier.drain()  # job.succeeded to the job's URL and the subscription
@@ -178,7 +181,8 @@ async def test_no_query_of_the_workers_callbacks_or_event_stream_walks_a_whole_t
     assert (await ctx.store.jobs.get_job(job["id"])).state.status == "succeeded"
     run = {sql for sql, _ in statements}
     # Every path this test means to cover did run.
-    for fragment in ("UPDATE tasks SET lease_until", "INSERT INTO callbacks", "INSERT INTO outputs",
+    for fragment in ("UPDATE tasks SET lease_until", "INSERT INTO callbacks", "DELETE FROM inbox",
+                     "INSERT INTO outputs",
                      "FROM deliveries d JOIN events e", "FROM events WHERE seq > ?", "FROM tasks"):
         assert any(fragment in sql for sql in run), fragment
     walks: dict[str, list[str]] = {}

@@ -120,7 +120,7 @@ async def test_a_signed_callback_completes_the_job_and_its_download_is_due_at_on
     job_id, path = await submitted(api, "fox")
     body = succeeded("p-fox")
 
-    response = await api.client.post(path, content=body, headers=signed(body, at_s=clock() // 1000))
+    response = await api.callback(path, content=body, headers=signed(body, at_s=clock() // 1000))
 
     assert response.status_code == 200, response.text
     # Replicate removes outputs after an hour: the download is due now, not after a grace.
@@ -169,7 +169,7 @@ async def test_a_callback_without_a_fresh_valid_signature_is_a_401_that_changes_
     before = await snapshot(api, job_id)
     body, headers = tamper(succeeded("p-fox"), clock() // 1000)
 
-    response = await api.client.post(path, content=body, headers=headers)
+    response = await api.callback(path, content=body, headers=headers)
 
     assert_error_shape(response, 401)
     assert await snapshot(api, job_id) == before
@@ -183,7 +183,7 @@ async def test_a_valid_callback_replayed_for_another_job_is_refused_and_changes_
     # The owl job's genuine, validly signed callback, sent to the fox job's callback URL.
     body = succeeded("p-owl")
 
-    response = await api.client.post(victim_path, content=body, headers=signed(body, at_s=clock() // 1000))
+    response = await api.callback(victim_path, content=body, headers=signed(body, at_s=clock() // 1000))
 
     assert_error_shape(response, 403, "wrong_job")
     assert await snapshot(api, victim_id) == before
@@ -195,20 +195,20 @@ async def test_a_rotated_secret_is_followed_without_a_restart(api, router, clock
     fox_id, fox_path = await submitted(api, "fox")
     owl_id, owl_path = await submitted(api, "owl")
     start = json.dumps(prediction("p-fox", "processing"), separators=(",", ":")).encode()
-    first = await api.client.post(fox_path, content=start, headers=signed(start, at_s=clock() // 1000))
+    first = await api.callback(fox_path, content=start, headers=signed(start, at_s=clock() // 1000))
     assert first.status_code == 200 and secrets.fetches == 1
 
     secrets.secret = ROTATED  # the account rotates: new secret, old one gone
     clock.advance(60)
     body = succeeded("p-owl")
-    rotated = await api.client.post(owl_path, content=body,
+    rotated = await api.callback(owl_path, content=body,
                                     headers=signed(body, at_s=clock() // 1000, secret=ROTATED))
 
     assert rotated.status_code == 200, rotated.text
     assert secrets.fetches == 2  # fetched once more, on the unknown signature
     clock.advance(60)
     old = succeeded("p-fox")
-    stale_key = await api.client.post(fox_path, content=old, headers=signed(old, at_s=clock() // 1000))
+    stale_key = await api.callback(fox_path, content=old, headers=signed(old, at_s=clock() // 1000))
     assert_error_shape(stale_key, 401)  # the old secret no longer signs anything
     await Worker(api.ctx).run_once()
     assert (await api.client.get(f"/v1/jobs/{owl_id}")).json()["status"] == "succeeded"
@@ -222,9 +222,9 @@ async def test_a_configured_secret_is_never_fetched(api, router, clock, secrets,
     _, path = await submitted(api, "fox")
     start = json.dumps(prediction("p-fox", "processing"), separators=(",", ":")).encode()
 
-    accepted = await api.client.post(path, content=start,
+    accepted = await api.callback(path, content=start,
                                      headers=signed(start, at_s=clock() // 1000, secret=ROTATED))
-    refused = await api.client.post(path, content=start, headers=signed(start, at_s=clock() // 1000))
+    refused = await api.callback(path, content=start, headers=signed(start, at_s=clock() // 1000))
 
     assert accepted.status_code == 200
     assert_error_shape(refused, 401)

@@ -92,7 +92,6 @@ async def deliver(ctx: WorkContext, job: JobRecord) -> None:
 
 async def callback(ctx: WorkContext, job: JobRecord, body: bytes) -> None:
     await ctx.store.jobs.record_callback(job.id, provider="bfl", body=body, now=ctx.clock(),
-                                         schedule=Schedule(),
                                          judge=lambda _job, _attempts: Judgement("unsigned", None))
 
 

@@ -15,7 +15,7 @@ from service.ids import new_job_id, new_webhook_secret
 from service.jobs import Submitted
 from service.rules import JOB_RULES
 from storage.errors import StorageUnavailable, UnknownJob
-from storage.records import JobRecord, Judgement, NewJob, Schedule
+from storage.records import JobRecord, Judgement, NewJob
 from storage.sqlite.database import Database
 from storage.sqlite.thread import check_supported, run_in_connection_thread
 
@@ -130,11 +130,11 @@ async def test_a_refused_callback_changes_nothing(store: Database):
         raise CallbackRejected("signature does not match", code="bad_signature", status_code=401)
 
     with pytest.raises(CallbackRejected):
-        await store.jobs.record_callback(job.id, provider="bfl", body=b"{}", judge=judge, now=NOW,
-                                    schedule=Schedule(fetch_at=NOW))
+        await store.jobs.record_callback(job.id, provider="bfl", body=b"{}", judge=judge, now=NOW)
     after = await store.jobs.get_job(job.id)
     assert after == job
     assert await store.query(lambda conn: (count(conn, "callbacks"), count(conn, "events"))) == before
+    assert await store.jobs.pending_callbacks() == 0
 
 
 async def test_a_callback_for_no_job_is_rejected_without_judging(store: Database):
@@ -142,8 +142,7 @@ async def test_a_callback_for_no_job_is_rejected_without_judging(store: Database
         raise AssertionError("judged a job that does not exist")
 
     with pytest.raises(UnknownJob) as caught:  # service/callbacks.py makes it a 403 unknown_job
-        await store.jobs.record_callback("job_missing", provider="bfl", body=b"{}", judge=judge, now=NOW,
-                                    schedule=Schedule())
+        await store.jobs.record_callback("job_missing", provider="bfl", body=b"{}", judge=judge, now=NOW)
     assert caught.value.job_id == "job_missing"
 
 

@@ -81,7 +81,7 @@ async def test_the_verified_callback_of_the_lost_submit_is_adopted_and_nothing_i
     job_id, path, secret, submit = await job_whose_submit_answer_was_lost(api, router)
     body = ready_body("task-1")
 
-    response = await api.client.post(path, content=body, headers=signed(body, secret))
+    response = await api.callback(path, content=body, headers=signed(body, secret))
 
     assert response.status_code == 200, response.text
     job = await api.ctx.store.jobs.get_job(job_id)
@@ -108,14 +108,14 @@ async def test_after_the_window_the_job_is_submitted_again_and_the_first_result_
     assert await attempts(api, job_id) == [("unknown", None), ("accepted", "task-2")]
 
     late = ready_body("task-1")  # the first task turns up after all, and finishes first
-    response = await api.client.post(path, content=late, headers=signed(late, secret))
+    response = await api.callback(path, content=late, headers=signed(late, secret))
 
     assert response.status_code == 200, response.text
     assert await attempts(api, job_id) == [("adopted", "task-1"), ("accepted", "task-2")]
     job = await api.ctx.store.jobs.get_job(job_id)
     assert job.provider_job_id == "task-2" and job.output_urls == (IMAGE_URL,)
     second = json.dumps({**json.loads(ready_body("task-2")), "result": {"sample": IMAGE_URL + "?2"}}).encode()
-    response = await api.client.post(path, content=second, headers=signed(second, secret))
+    response = await api.callback(path, content=second, headers=signed(second, secret))
     assert response.status_code == 200  # recorded, not refused as forged
     assert (await api.ctx.store.jobs.get_job(job_id)).output_urls == (IMAGE_URL,)  # one result, never two
 
@@ -127,7 +127,7 @@ async def test_a_second_tasks_progress_is_recorded_as_an_orphan_and_changes_noth
     before = await api.ctx.store.jobs.get_job(job_id)
 
     body = pending_body("task-1")
-    response = await api.client.post(path, content=body, headers=signed(body, secret))
+    response = await api.callback(path, content=body, headers=signed(body, secret))
 
     assert response.status_code == 200
     assert await attempts(api, job_id) == [("orphaned", "task-1"), ("accepted", "task-2")]
@@ -140,7 +140,7 @@ async def test_an_unsigned_hint_naming_the_lost_task_is_adopted_once_a_poll_conf
     status = router.get(f"{BASE}/v1/get_result", params={"id": "task-1"}).mock(return_value=httpx.Response(
         200, json={"id": "task-1", "status": "Ready", "result": {"sample": IMAGE_URL}}))
 
-    response = await api.client.post(path, content=ready_body("task-1"),
+    response = await api.callback(path, content=ready_body("task-1"),
                                      headers={"Content-Type": "application/json"})
     assert response.status_code == 200
     assert (await api.ctx.store.jobs.get_job(job_id)).provider_job_id is None  # a hint proves nothing
@@ -158,11 +158,11 @@ async def test_a_forged_hint_naming_an_unknown_task_is_refuted_and_never_polled_
     status = router.get(f"{BASE}/v1/get_result", params={"id": "forged"}).mock(
         return_value=httpx.Response(200, json={"id": "forged", "status": "Task not found"}))
 
-    response = await api.client.post(path, content=ready_body("forged"),
+    response = await api.callback(path, content=ready_body("forged"),
                                      headers={"Content-Type": "application/json"})
     assert response.status_code == 200
     await Worker(api.ctx).drain()
-    response = await api.client.post(path, content=pending_body("forged"),
+    response = await api.callback(path, content=pending_body("forged"),
                                       headers={"Content-Type": "application/json"})
     await Worker(api.ctx).drain()
 
@@ -185,7 +185,7 @@ async def test_a_callback_about_another_task_is_still_refused_when_no_submit_is_
     path = f"/v1/callbacks/bfl/{api.ctx.tokens.issue('bfl', job_id)}"
     body = ready_body("task-other")
 
-    response = await api.client.post(path, content=body, headers=signed(body, record.webhook_secret))
+    response = await api.callback(path, content=body, headers=signed(body, record.webhook_secret))
 
     assert_error_shape(response, 403, "wrong_job")
     assert await attempts(api, job_id) == [("accepted", "task-1")]

@@ -274,8 +274,16 @@ MIGRATIONS: tuple[str | None, ...] = tuple(
         CREATE INDEX events_of_job ON events (job_id, seq);
         CREATE INDEX events_of_type ON events (type, seq);
         """,
-        # 10: reserved: another branch's migration, which the merge puts here (a no-op until then)
-        None,
+        # 10: the callback inbox: callbacks recorded and not yet applied to their jobs
+        #     (service/callbacks.py)
+        """
+        CREATE TABLE inbox (
+            callback_id BIGINT PRIMARY KEY REFERENCES callbacks (id) ON DELETE CASCADE,
+            job_id      TEXT NOT NULL,
+            received_at BIGINT NOT NULL
+        );
+        CREATE INDEX inbox_by_job ON inbox (job_id);
+        """,
         # 11: the dashboard: every answered poll (a job's timeline), each output's thumbnail
         """
         CREATE TABLE polls (

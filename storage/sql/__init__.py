@@ -34,10 +34,11 @@ class Dialect:
 
     name: str
     skip_locked: str = ""
+    lock_rows: str = ""  # as `skip_locked`, for a claim that waits for locked rows instead
 
 
 SQLITE = Dialect("sqlite")
-POSTGRES = Dialect("postgres", skip_locked="FOR UPDATE SKIP LOCKED")
+POSTGRES = Dialect("postgres", skip_locked="FOR UPDATE SKIP LOCKED", lock_rows="FOR UPDATE")
 
 
 class SqlDatabase(Protocol):
@@ -57,7 +58,9 @@ class SqlDatabase(Protocol):
         and decides from nothing else, so it needs no serializable snapshot (PostgreSQL runs
         it READ COMMITTED: it never fails to serialize, nor makes another transaction fail).
 
-        `durable=False`: `fn` only takes leases (a claim), so its commit returns without
+        `durable=False`: `fn` only takes leases (a claim), or writes what follows from rows
+        already durable and is written again from them if lost (applying recorded callbacks,
+        which leaves them in the inbox until it commits), so its commit returns without
         waiting for the disk. It is visible to every process at once and survives this process
         dying; only a power failure (SQLite) or a database server crash (PostgreSQL) can lose
         it, and then only if nothing committed after it (the log is written in order), which

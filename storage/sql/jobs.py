@@ -9,23 +9,27 @@ is worth and the work it causes (rows in `tasks`). The bodies below run in the d
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from storage.errors import IdempotencyConflict, UnknownJob
 from storage.records import (
+    AppliedCallback,
     Attempt,
     AttemptRecord,
+    CallbackJob,
     CallbackRecord,
     DeliveryLease,
+    InboxCallback,
     JobRecord,
     Judgement,
     NewJob,
     Observation,
     OutputRecord,
     PollRecord,
+    ReceivedCallback,
     Recorded,
     Schedule,
     StoredOutput,
@@ -33,6 +37,7 @@ from storage.records import (
     TaskOutcome,
 )
 from storage.rules import JobRules
+from storage.sql.group import GroupCommit, Refuse
 from storage.sql.notifications import EventReads, emit_job_event, lease_new_deliveries, send_event_reads
 from storage.state import (
     ADOPTED,
@@ -53,6 +58,7 @@ if TYPE_CHECKING:
 class JobStore:
     def __init__(self, db: SqlDatabase) -> None:
         self._db = db
+        self._grouped = GroupCommit(db)  # callbacks recorded at the same moment share a commit
 
     async def get_job(self, job_id: str) -> JobRecord | None:
         return await self._db.query(partial(_select_job, rules=self._db.rules, job_id=job_id))
@@ -208,57 +214,107 @@ class JobStore:
         *,
         provider: str,
         body: bytes,
-        judge: Callable[[JobRecord, list[AttemptRecord]], Judgement],
+        judge: Callable[[CallbackJob, Iterable[AttemptRecord]], Judgement],
         now: int,
-        schedule: Schedule,
-    ) -> Recorded:
-        """Judge a callback against its job and keep it durably, in one transaction.
+    ) -> ReceivedCallback:
+        """Judge a callback against its job and record it durably, to be applied soon after
+        (`apply_callbacks`): its row in `callbacks` and, unless a byte-identical copy was
+        recorded before, one in `inbox`. Returns once committed.
 
-        `judge` is pure (signature check, parsing) and may raise to refuse the callback, which
-        then changes nothing; it runs in the database thread, inside the transaction. A verified
-        observation is applied; a task from a submit whose answer was lost is adopted (or
-        recorded as an orphan: service/adoption.py); for a hint (no verifiable signature) the
-        confirming poll is made due at `judgement.confirm_at`.
+        `judge` is pure (signature check, parsing, which task it is about) and may raise to
+        refuse the callback, which then changes nothing; it runs in the database thread, against
+        the job as it is in the transaction (its attempts are read only if it iterates them).
+        The transaction is shared with callbacks recorded at the same moment
+        (storage/sql/group.py: one fsync for all), each in its own savepoint.
         """
         digest = hashlib.sha256(body).hexdigest()
 
-        def record(conn: Conn) -> Callable[[], Recorded]:
-            # Sent before either is read, and the callback's row is counted only where that
-            # matters: on PostgreSQL (pipelined) that spares two round trips.
-            attempts = _select_attempts_later(conn, job_id)
-            job = _select_job(conn, self._db.rules, job_id)
-            if job is None:
-                raise UnknownJob(job_id)
-            judgement = judge(job, attempts())
-            cursor = conn.execute(
+        def record(conn: Conn) -> ReceivedCallback:
+            found = conn.execute(
+                "SELECT id, provider, status, provider_job_id, webhook_secret FROM jobs WHERE id = ?",
+                (job_id,),
+            ).fetchone()
+            if found is None:
+                raise Refuse(UnknownJob(job_id))
+            job = CallbackJob(found[0], found[1], JobStatus(found[2]), found[3], found[4])
+            try:
+                judgement = judge(job, _Attempts(conn, job_id))
+            except Exception as exc:
+                raise Refuse(exc) from exc
+            row = conn.execute(
                 """INSERT INTO callbacks (job_id, provider, body_sha256, verdict, state, body,
                                           received_at, provider_job_id)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, body_sha256) DO NOTHING""",
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, body_sha256) DO NOTHING
+                   RETURNING id""",
                 (job_id, provider, digest, judgement.verdict, judgement.state, body, now,
                  judgement.task),
-            )
-
-            def is_duplicate() -> bool:
-                return bool(cursor.rowcount == 0)
-
+            ).fetchone()
             conn.execute("UPDATE jobs SET callback_count = callback_count + 1 WHERE id = ?", (job_id,))
-            transition = None
-            observation, confirm_at = judgement.observation, judgement.confirm_at
-            if judgement.role in (TaskRole.ADOPT, TaskRole.ORPHAN) and judgement.task:
-                transition = _take_task(conn, job, provider, judgement.task, observation, now=now,
-                                        schedule=schedule, rules=self._db.rules,
-                                        public_url=self._db.public_url,
-                                        how="named by a verified callback")
-            elif observation is not None:
-                transition = _apply_in_tx(conn, job, observation, now=now, schedule=schedule,
-                                          rules=self._db.rules, public_url=self._db.public_url)
-            elif confirm_at is not None and job.state.awaiting_provider and not is_duplicate():
-                # A byte-identical repeat (a provider retrying) has already asked for its poll.
-                _upsert_task(conn, job_id, TaskKind.POLL, confirm_at, now)
-            final = _select_job_later(conn, self._db.rules, job_id)
-            return lambda: Recorded(final(), transition, is_duplicate())
+            if row is not None:
+                conn.execute("INSERT INTO inbox (callback_id, job_id, received_at) VALUES (?, ?, ?)",
+                             (row[0], job_id, now))
+            return ReceivedCallback(job, judgement, duplicate=row is None)
 
-        return await self._db.transact_then_read(record, appends_events=True)
+        return await self._grouped.run(record)
+
+    async def pending_callbacks(self) -> int:
+        """How many recorded callbacks wait in the inbox to be applied."""
+        row = await self._db.query(lambda conn: conn.execute("SELECT count(*) FROM inbox").fetchone())
+        return int(row[0])
+
+    async def apply_callbacks(
+        self,
+        *,
+        interpret: Callable[[InboxCallback, JobRecord, Iterable[AttemptRecord]], Judgement],
+        now: int,
+        schedule: Schedule,
+        limit: int,
+        job_id: str | None = None,
+        applied: Callable[[InboxCallback], None] | None = None,
+    ) -> list[AppliedCallback]:
+        """Apply recorded callbacks to their jobs, oldest first (at most `limit`; only `job_id`'s
+        when given), in one transaction that also deletes their inbox rows: each is applied
+        exactly once, and a crash before the commit leaves them all to apply again.
+
+        `interpret` (pure) reads a callback against its job as it is now: a verified observation
+        is applied; a task from a submit whose answer was lost is adopted (or recorded as an
+        orphan: service/adoption.py); for a hint the confirming poll is made due at
+        `judgement.confirm_at`. What it raises is that callback's `refused` (nothing applied).
+        `applied` is called after each callback's writes, inside the transaction (crash tests).
+        A byte-identical repeat was never put in the inbox, so it is never applied twice.
+        """
+        rules, public_url = self._db.rules, self._db.public_url
+        # Several processes may apply at once on PostgreSQL: each takes rows no other holds; a
+        # job's own (serverless mode's request) waits for rows another holds, then finds them gone.
+        lock = self._db.dialect.lock_rows if job_id is not None else self._db.dialect.skip_locked
+        where = "WHERE job_id = ?" if job_id is not None else ""
+        sql = f"SELECT callback_id FROM inbox {where} ORDER BY callback_id LIMIT ? {lock}"  # noqa: S608
+
+        def apply(conn: Conn) -> list[AppliedCallback]:
+            ids = [row[0] for row in conn.execute(sql, (job_id, limit) if job_id else (limit,)).fetchall()]
+            if not ids:
+                return []
+            marks = ",".join("?" * len(ids))
+            rows = conn.execute(
+                f"""SELECT id, job_id, provider, verdict, body, received_at FROM callbacks
+                    WHERE id IN ({marks}) ORDER BY id""", ids,  # noqa: S608
+            ).fetchall()
+            conn.execute(f"DELETE FROM inbox WHERE callback_id IN ({marks})", ids)  # noqa: S608
+            outcomes = []
+            for row in rows:
+                callback = InboxCallback(row["id"], row["job_id"], row["provider"], row["verdict"],
+                                         bytes(row["body"]), row["received_at"])
+                outcomes.append(_apply_callback(conn, callback, interpret, now=now, schedule=schedule,
+                                                rules=rules, public_url=public_url))
+                if applied is not None:
+                    applied(callback)
+            return outcomes
+
+        # Not waiting for the disk: what this writes follows from the inbox, which is durable,
+        # and a power loss that takes it leaves the inbox rows to apply again. Whatever acts
+        # on it outside the database (a download, a notification) claims its work with a
+        # durable commit first, which carries this one to disk too.
+        return await self._db.transact(apply, appends_events=True, durable=False)
 
     async def named_tasks(self, job_id: str, provider: str) -> list[str]:
         """Provider tasks that unsigned callbacks for this job named, oldest first (a task a poll
@@ -357,7 +413,7 @@ class JobStore:
             )
             transition = _apply_in_tx(conn, job, observation, now=now, schedule=Schedule(),
                                       rules=self._db.rules, public_url=self._db.public_url,
-                                      reads=reads, current=True)
+                                      reads=reads, fresh=True)
             conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
             leased = lease_new_deliveries(conn, job_id, now=now, lease=lease) if lease else list
             final = _select_job_later(conn, self._db.rules, job_id)
@@ -465,6 +521,51 @@ def _select_attempts_later(conn: Conn, job_id: str) -> Callable[[], list[Attempt
     return lambda: [AttemptRecord.from_row(r) for r in cursor.fetchall()]
 
 
+def _apply_callback(
+    conn: Conn,
+    callback: InboxCallback,
+    interpret: Callable[[InboxCallback, JobRecord, Iterable[AttemptRecord]], Judgement],
+    *,
+    now: int,
+    schedule: Schedule,
+    rules: JobRules,
+    public_url: str,
+) -> AppliedCallback:
+    job = _select_job(conn, rules, callback.job_id)
+    if job is None:
+        return AppliedCallback(callback)
+    try:
+        judgement = interpret(callback, job, _Attempts(conn, job.id))
+    except Exception as exc:
+        return AppliedCallback(callback, refused=exc)
+    transition = None
+    observation, confirm_at = judgement.observation, judgement.confirm_at
+    if judgement.role in (TaskRole.ADOPT, TaskRole.ORPHAN) and judgement.task:
+        transition = _take_task(conn, job, callback.provider, judgement.task, observation, now=now,
+                                schedule=schedule, rules=rules, public_url=public_url,
+                                how="named by a verified callback")
+    elif observation is not None:
+        written: list[JobRecord] = []
+        transition = _apply_in_tx(conn, job, observation, now=now, schedule=schedule, rules=rules,
+                                  public_url=public_url, fresh=True, written=written)
+        return AppliedCallback(callback, Recorded(written[-1] if written else job, transition))
+    elif confirm_at is not None and job.state.awaiting_provider:
+        _upsert_task(conn, job.id, TaskKind.POLL, confirm_at, now)
+    if transition is not None and transition.state != job.state:
+        job = _written(job, job.state, transition.state, now)
+    return AppliedCallback(callback, Recorded(job, transition))
+
+
+class _Attempts:
+    """A job's attempts, read only if iterated (a callback about the job's own task needs none)."""
+
+    def __init__(self, conn: Conn, job_id: str) -> None:
+        self._conn, self._job_id = conn, job_id
+
+    def __iter__(self) -> Iterator[AttemptRecord]:
+        return iter(_select_attempts_later(self._conn, self._job_id)())
+
+
 def _write_attempt(
     conn: Conn, job_id: str, attempt: Attempt, *, now: int, attempt_id: int | None
 ) -> None:
@@ -562,20 +663,26 @@ def _apply_in_tx(
     rules: JobRules,
     public_url: str,
     reads: EventReads | None = None,
-    current: bool = False,
+    fresh: bool = False,
+    written: list[JobRecord] | None = None,
 ) -> Transition:
-    """Apply `observation` to `job` and write what follows. `current`: `job` is the row as it
-    stands in this transaction (read in it, nothing written to it since), so the event is built
-    from the job as written here, not read again; `reads`: the event's other reads, sent
-    earlier (storage/sql/notifications.py `send_event_reads`)."""
+    """Apply `observation` to `job` and write what follows. `fresh`: `job` is its row as this
+    transaction reads it now (nothing wrote it since it was read), so the event is built from
+    the job as written here, not read again. `written`, when given, gets the job as written (if
+    it changed). `reads`: the event's other reads, sent earlier (storage/sql/notifications.py
+    `send_event_reads`)."""
     before = job.state
     transition = rules.apply(before, observation)
     after = transition.state
     if after != before:
-        written = _write_state(conn, job, before, after, now, rules)
+        new = _write_state(conn, job, before, after, now, rules)
+        if written is not None:
+            written.append(new)
         event_type = _event_for(before, after)
         if event_type is not None:
-            load = (lambda: written) if current else partial(_must_select_job, conn, rules, job.id)
+            # A job read in this transaction and written only here is what its row now holds:
+            # its snapshot needs no second read (nor a second decoding of its JSON).
+            load = (lambda: new) if fresh else partial(_must_select_job, conn, rules, job.id)
             emit_job_event(conn, job.id, load, event_type, now=now, rules=rules, public_url=public_url,
                            reads=reads)
     for effect in transition.effects:
@@ -592,11 +699,8 @@ def _event_for(before: JobState, after: JobState) -> str | None:
     return None
 
 
-def _write_state(
-    conn: Conn, job: JobRecord, before: JobState, after: JobState, now: int, rules: JobRules
-) -> JobRecord:
-    """Write the job's new state; the job as written (what a read of its row would give, when
-    `job` was the row as it stood)."""
+def _written(job: JobRecord, before: JobState, after: JobState, now: int) -> JobRecord:
+    """`job` as `_write_state` leaves its row."""
     submitted_at = job.submitted_at
     if submitted_at is None and after.provider_job_id and not before.provider_job_id:
         submitted_at = now
@@ -604,20 +708,35 @@ def _write_state(
     completed_at = job.completed_at
     if completed_at is None and after.status in TERMINAL:
         completed_at = now
-    conn.execute(
-        """UPDATE jobs SET status = ?, provider_job_id = ?, polling_url = ?, output_urls = ?,
-               error_code = ?, error_message = ?, completion_source = ?, progress = ?,
-               updated_at = ?, submitted_at = ?, ready_at = ?, completed_at = ?
-           WHERE id = ?""",
-        (after.status.value, after.provider_job_id, after.polling_url,
-         rules.encode(list(after.output_urls), path="output_urls"), after.error_code, after.error_message,
-         after.completion_source, after.progress, now, submitted_at, ready_at, completed_at, job.id),
+    return replace(
+        job, status=after.status, provider_job_id=after.provider_job_id, polling_url=after.polling_url,
+        output_urls=tuple(after.output_urls), error_code=after.error_code, error_message=after.error_message,
+        completion_source=after.completion_source, progress=after.progress, updated_at=now,
+        submitted_at=submitted_at, ready_at=ready_at, completed_at=completed_at,
     )
-    return replace(job, status=after.status, provider_job_id=after.provider_job_id,
-                   polling_url=after.polling_url, output_urls=tuple(after.output_urls),
-                   error_code=after.error_code, error_message=after.error_message,
-                   completion_source=after.completion_source, progress=after.progress, updated_at=now,
-                   submitted_at=submitted_at, ready_at=ready_at, completed_at=completed_at)
+
+
+def _write_state(
+    conn: Conn, job: JobRecord, before: JobState, after: JobState, now: int, rules: JobRules
+) -> JobRecord:
+    new = _written(job, before, after, now)
+    # Only the columns that change: an index over one that does not (status, completed_at,
+    # the active-at-provider set) is then left alone.
+    changed = {column: getattr(new, column) for column in _STATE_COLUMNS
+               if getattr(new, column) != getattr(job, column)}
+    if "status" in changed:
+        changed["status"] = new.status.value
+    if "output_urls" in changed:
+        changed["output_urls"] = rules.encode(list(new.output_urls), path="output_urls")
+    changed["updated_at"] = now
+    assignments = ", ".join(f"{column} = ?" for column in changed)
+    conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*changed.values(), job.id))  # noqa: S608
+    return new
+
+
+# What `_write_state` may change (column names, and JobRecord's fields of the same name).
+_STATE_COLUMNS = ("status", "provider_job_id", "polling_url", "output_urls", "error_code", "error_message",
+                  "completion_source", "progress", "submitted_at", "ready_at", "completed_at")
 
 
 def _materialize(

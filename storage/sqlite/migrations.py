@@ -285,8 +285,18 @@ MIGRATIONS: tuple[Migration, ...] = (
     CREATE INDEX events_of_job ON events (job_id, seq);
     CREATE INDEX events_of_type ON events (type, seq);
     """,
-    # 10: reserved: another branch's migration, which the merge puts here (a no-op until then)
-    "",
+    # 10: the callback inbox: a verified callback is recorded (its row in `callbacks`, and one
+    #     here) and acknowledged; it is applied to its job (state machine, events, tasks) soon
+    #     after, off the request path, and its inbox row is deleted in that same transaction
+    #     (service/callbacks.py). A row here is a callback recorded and not yet applied.
+    """
+    CREATE TABLE inbox (
+        callback_id INTEGER PRIMARY KEY REFERENCES callbacks (id) ON DELETE CASCADE,
+        job_id      TEXT NOT NULL,
+        received_at INTEGER NOT NULL
+    );
+    CREATE INDEX inbox_by_job ON inbox (job_id);
+    """,
     # 11: the dashboard: every answered poll, for a job's timeline; each output's thumbnail,
     #     made once and kept in the blob store (service/thumbnails.py), queued for removal with
     #     its output's image (storage/sql/retention.py)

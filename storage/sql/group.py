@@ -1,0 +1,126 @@
+"""Group commit: many small writes from concurrent requests in one transaction and one fsync.
+
+A caller hands `GroupCommit.run` one transaction body and waits. Whoever finds no commit in
+progress takes every body waiting (up to `most`) and runs them in one transaction, each in its
+own savepoint; the others wait for that commit, then the next leader takes what queued up
+meanwhile. So under load one fsync makes many writes durable, and alone a write waits for
+nothing. Each caller is answered only once the shared COMMIT has returned: durability is that
+of a transaction of its own.
+
+A body refuses its write by raising `Refuse(reason)`: its savepoint is rolled back, the others'
+writes stand, and `reason` is raised to its caller alone. Anything else a body raises (a driver
+error, a bug) fails the shared transaction; then every body of the batch runs again in a
+transaction of its own, so each caller gets its own outcome.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import anyio
+
+from storage.sql import Conn, SqlDatabase
+
+T = TypeVar("T")
+
+
+class Refuse(Exception):
+    """Raised by a grouped body: roll back this body's writes alone and raise `reason` to its
+    caller."""
+
+    def __init__(self, reason: BaseException) -> None:
+        super().__init__(str(reason))
+        self.reason = reason
+
+
+@dataclass
+class _Entry(Generic[T]):
+    body: Callable[[Conn], T]
+    done: bool = False
+    value: Any = None
+    error: BaseException | None = None
+
+    def settle(self, value: Any = None, error: BaseException | None = None) -> None:
+        self.value, self.error, self.done = value, error, True
+
+
+class GroupCommit:
+    """One queue of small write transactions on `db`, committed together (see the module)."""
+
+    def __init__(self, db: SqlDatabase, *, most: int = 256) -> None:
+        self._db = db
+        self._most = most
+        self._queue: list[_Entry[Any]] = []
+        self._leading = False
+        # Set (and dropped) whenever a commit ends: every waiter then looks whether its own
+        # write was in it, and one of the others leads the next commit.
+        self._turn: anyio.Event | None = None
+
+    async def run(self, body: Callable[[Conn], T]) -> T:
+        """Run `body` in a transaction shared with other waiting bodies; its result once
+        committed. Raises what it refused with (`Refuse`), or the storage error that failed it."""
+        entry: _Entry[T] = _Entry(body)
+        self._queue.append(entry)
+        try:
+            while not entry.done:
+                if self._leading:
+                    if self._turn is None:
+                        self._turn = anyio.Event()
+                    await self._turn.wait()
+                else:
+                    await self._lead()
+        except BaseException:
+            if entry in self._queue:  # cancelled before anyone took it: it is not written
+                self._queue.remove(entry)
+            raise
+        if entry.error is not None:
+            raise entry.error
+        return entry.value  # type: ignore[no-any-return]
+
+    async def _lead(self) -> None:
+        self._leading = True
+        batch, self._queue = self._queue[: self._most], self._queue[self._most:]
+        try:
+            # Once taken, a batch is committed and its callers answered even if the leader's
+            # own request is cancelled meanwhile: the others are waiting for it.
+            with anyio.CancelScope(shield=True):
+                await self._commit(batch)
+        finally:
+            self._leading = False
+            turn, self._turn = self._turn, None
+            if turn is not None:
+                turn.set()
+
+    async def _commit(self, batch: list[_Entry[Any]]) -> None:
+        try:
+            outcomes = await self._db.transact(lambda conn: _in_savepoints(conn, batch))
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].settle(error=exc)
+                return
+            for entry in batch:  # each alone, so what failed the batch fails only its own caller
+                try:
+                    entry.settle(await self._db.transact(entry.body))
+                except Exception as alone:
+                    entry.settle(error=alone.reason if isinstance(alone, Refuse) else alone)
+            return
+        for entry, (value, error) in zip(batch, outcomes, strict=True):
+            entry.settle(value, error)
+
+
+def _in_savepoints(conn: Conn, batch: list[_Entry[Any]]) -> list[tuple[Any, BaseException | None]]:
+    outcomes: list[tuple[Any, BaseException | None]] = []
+    for entry in batch:
+        conn.execute("SAVEPOINT grouped")
+        try:
+            value = entry.body(conn)
+        except Refuse as refused:
+            conn.execute("ROLLBACK TO SAVEPOINT grouped")
+            outcomes.append((None, refused.reason))
+        else:
+            outcomes.append((value, None))
+        conn.execute("RELEASE SAVEPOINT grouped")
+    return outcomes
+
