@@ -25,8 +25,9 @@ from service.providers.apiframe import ApiframeAdapter
 from service.providers.base import Adapter
 from service.providers.bfl import BflAdapter
 from service.providers.cometapi import CometApiAdapter
+from service.providers.fal import FAL_JWKS_URL, FalAdapter
 from service.providers.runcomfy import RunComfyAdapter
-from service.settings import Settings
+from service.settings import ProviderSettings, Settings
 from service.stores import open_stores
 from service.tokens import CallbackTokens, UploadTokens
 from storage.blobs import open_blob_store
@@ -48,9 +49,13 @@ ADAPTERS: dict[str, type[BflAdapter] | type[ApiframeAdapter] | type[RunComfyAdap
 
 def build_adapters(settings: Settings) -> dict[str, Adapter]:
     """One adapter per configured provider (a key, or the simulator serving it)."""
-    return {
-        name: ADAPTERS[name](p.base_url, p.api_key, p.output_hosts) for name, p in settings.providers.items()
-    }
+    return {name: _adapter(p) for name, p in settings.providers.items()}
+
+
+def _adapter(p: ProviderSettings) -> Adapter:
+    if p.name == "fal":
+        return FalAdapter(p.base_url, p.api_key, p.output_hosts, jwks_url=p.keys_url or FAL_JWKS_URL)
+    return ADAPTERS[p.name](p.base_url, p.api_key, p.output_hosts)
 
 
 @asynccontextmanager

@@ -79,6 +79,10 @@ class StatusReport:
     output_urls: tuple[str, ...] = ()
     progress: float | None = None
     message: str | None = None
+    # Set when the provider said "done" without the outputs and named where they are (fal's
+    # COMPLETED status and its response_url): the poller asks `status_call(id, result_url)`
+    # once more and takes that report instead.
+    result_url: str | None = None
 
 
 class Adapter(Protocol):
@@ -113,8 +117,9 @@ class Adapter(Protocol):
 
     def parse_callback(self, body: bytes) -> StatusReport: ...
 
-    def cancel_call(self, provider_job_id: str) -> ProviderCall | None:
-        """The provider's cancel request, or None when it has no cancel endpoint."""
+    def cancel_call(self, provider_job_id: str, polling_url: str | None = None) -> ProviderCall | None:
+        """The provider's cancel request, or None when it has no cancel endpoint. `polling_url`
+        is the job's, for a provider whose URLs carry more than the task id (fal's model id)."""
         ...
 
     def parse_cancel(self, response: RawResponse, *, now_ms: int) -> bool:
