@@ -210,6 +210,12 @@ class Simulator:
             task.content_type = content_type
             task.images = [data]
 
+    def replay(self, task: Task, url: str, callback: Callback) -> None:
+        """Send `callback`, unchanged, once to another webhook URL: a replay attack's shape."""
+        assert self.client is not None
+        self._spawn(functools.partial(deliver, self.client, url, callback, task, retry_delays_s=(),
+                                      clock=self.clock))
+
     async def sleep_until(self, moment: float) -> None:
         """Sleep until the injected clock reads `moment` (at once if it already has)."""
         await anyio.sleep(max(0.0, moment - self.clock()))
