@@ -1,7 +1,7 @@
 """`make demo`: fluxhook, its embedded provider simulator and a downstream receiver, live.
 
 Everything runs on this machine over real loopback HTTP: fluxhook's API; the simulator, mounted
-at /simulator and speaking all four providers' protocols (BFL, CometAPI, Apiframe, RunComfy);
+at /simulator and speaking every provider's protocol (BFL, CometAPI, Apiframe, RunComfy, fal);
 its signed callbacks (a third are dropped, so the fallback poller has work); and a small
 receiver subscribed to fluxhook's notifications, which verifies every signature.
 """
@@ -62,6 +62,11 @@ JOBS: list[dict[str, Any]] = [
         "provider": "runcomfy",
         "model": "flux-kontext-pro",
         "input": {"prompt": "make it winter", "image_url": UPLOADED, "aspect_ratio": "1:1"},
+    },
+    {
+        "provider": "fal",
+        "model": "flux-pro-1.1-ultra",
+        "input": {"prompt": "a glacier lagoon under northern lights", "aspect_ratio": "21:9", "raw": True},
     },
     {
         "provider": "auto",
