@@ -142,7 +142,7 @@ def test_parameters_are_consistent_with_themselves(provider, model):
 
 @every_model
 def test_capabilities_follow_the_provider(provider, model):
-    expected = {"runcomfy": (False, True)}.get(provider, (True, False))
+    expected = {"runcomfy": (False, True), "fal": (True, True)}.get(provider, (True, False))
     assert (model.capabilities["webhook"], model.capabilities["cancel"]) == expected
     assert set(model.capabilities) == {"webhook", "cancel", "image_input"}
 
@@ -219,12 +219,14 @@ def test_native_ids_find_the_unified_model():
 
 
 @pytest.mark.parametrize(("name", "providers"), [
-    ("flux-pro-1.1", ["bfl", "cometapi", "apiframe"]),
-    ("flux-1.1-pro", ["bfl", "cometapi", "apiframe"]),
-    ("flux-pro-1.1-ultra", ["bfl", "cometapi", "apiframe"]),
-    ("flux-kontext-pro", ["bfl", "runcomfy"]),
-    ("blackforestlabs/flux-1-kontext/pro/edit", ["bfl", "runcomfy"]),
-    ("flux-2-dev", ["apiframe"]),
+    ("flux-pro-1.1", ["bfl", "cometapi", "apiframe", "fal"]),
+    ("flux-1.1-pro", ["bfl", "cometapi", "apiframe", "fal"]),
+    ("fal-ai/flux-pro/v1.1", ["bfl", "cometapi", "apiframe", "fal"]),
+    ("flux-pro-1.1-ultra", ["bfl", "cometapi", "apiframe", "fal"]),
+    ("flux-kontext-pro", ["bfl", "runcomfy", "fal"]),
+    ("blackforestlabs/flux-1-kontext/pro/edit", ["bfl", "runcomfy", "fal"]),
+    ("flux-2-dev", ["apiframe", "fal"]),
+    ("flux-schnell", ["fal"]),
     ("flux-pro", ["cometapi"]),
     ("flux-9", []),
 ])
@@ -233,7 +235,19 @@ def test_serving_lists_providers_in_catalog_order(name, providers):
 
 
 def test_providers_keep_the_default_failover_order():
-    assert CATALOG.providers() == ["bfl", "cometapi", "apiframe", "runcomfy"]
+    assert CATALOG.providers() == ["bfl", "cometapi", "apiframe", "runcomfy", "fal"]
+
+
+def test_fal_ids_and_ranges_are_fals():
+    assert CATALOG.find("fal", "fal-ai/flux-pro/v1.1").name == "flux-pro-1.1"
+    assert CATALOG.find("fal", "fal-ai/flux/schnell").parameters["steps"]["maximum"] == 12
+    ultra = CATALOG.find("fal", "flux-pro-1.1-ultra")
+    assert ultra.native_id == "fal-ai/flux-pro/v1.1-ultra"
+    assert "webp" not in ultra.parameters["output_format"]["enum"]  # fal: jpeg or png
+    # fal's safety tolerance is "1".."6": a BFL-valid 0 is refused, so `auto` skips fal for it.
+    assert refusal(CATALOG.find("fal", "flux-pro-1.1"), {"prompt": "x", "safety_tolerance": 0})[0][
+        "rule"] == "minimum"
+    assert CATALOG.find("fal", "flux-2-pro").parameters["safety_tolerance"]["maximum"] == 5
 
 
 def test_a_native_id_naming_two_models_is_refused():
