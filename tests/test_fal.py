@@ -14,9 +14,9 @@ import respx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from service.errors import ProviderRejected, ProviderRetryable
+from service.errors import CallbackRejected, ProviderRejected, ProviderRetryable
 from service.providers.base import ProviderState, RawResponse, SubmitOrder
-from service.providers.fal import FalAdapter, ed25519_keys
+from service.providers.fal import FalAdapter, ed25519_keys, signed_message, verify_fal_signature
 from service.providers.transport import send
 from service.worker import Worker
 
@@ -198,6 +198,31 @@ def test_the_jwks_keeps_only_ed25519_keys() -> None:
     keys = ADAPTER.parse_keys(answer(200, jwks), now_ms=0)
     assert keys.values == (raw,)
     assert ADAPTER.keys_call().headers.get("Authorization") is None  # the key stays with the queue
+
+
+# A known-answer vector, so the signed message's layout cannot drift: the public key of the
+# private key bytes 00..1f, and its signature over the message below (Ed25519 is deterministic).
+KAT_PUBLIC = bytes.fromhex("03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8")
+KAT_BODY = b'{"request_id":"req-1","status":"OK"}'
+KAT_SIGNATURE = ("b918344e4f89b9d23406de04b64ce69724e0aee6c2a963c04bc1ca954263346a"
+                 "b05df6697c5fa97b23a71273f8b278a42a3f89cdd0152902213600a25da4fd00")
+
+
+def test_the_signed_message_and_a_known_signature() -> None:
+    assert signed_message("req-1", "user-1", "1790000000", KAT_BODY) == (
+        b"req-1\nuser-1\n1790000000\n"
+        b"b80370b75cd96f0bf72723b67dd8887262515dd3bb293eefe367634ae5eb6fae")
+    headers = {"X-Fal-Webhook-Request-Id": "req-1", "X-Fal-Webhook-User-Id": "user-1",
+               "X-Fal-Webhook-Timestamp": "1790000000", "X-Fal-Webhook-Signature": KAT_SIGNATURE}
+    other = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    verify_fal_signature(headers, KAT_BODY, (other, KAT_PUBLIC), now_s=1_790_000_000 + 299)
+    with pytest.raises(CallbackRejected) as stale:
+        verify_fal_signature(headers, KAT_BODY, (KAT_PUBLIC,), now_s=1_790_000_000 + 301)
+    assert stale.value.code == "stale_timestamp"
+    with pytest.raises(CallbackRejected) as malformed:
+        verify_fal_signature({**headers, "X-Fal-Webhook-Signature": "zz"}, KAT_BODY, (KAT_PUBLIC,),
+                             now_s=1_790_000_000)
+    assert malformed.value.code == "bad_signature"
 
 
 # -- cancel -----------------------------------------------------------------------------------------
