@@ -88,7 +88,9 @@ def router(keys: KeyServer) -> respx.Router:
     router.get(JWKS_URL).mock(side_effect=keys.answer)
     router.get(IMAGE).mock(return_value=httpx.Response(200, content=b"\xff\xd8\xff fox",
                                                        headers={"content-type": "image/jpeg"}))
-    router.get(url__regex=rf"{QUEUE}/.*/status").mock(return_value=httpx.Response(500))
+    router.get(url__regex=rf"{QUEUE}/.*/status", name="status").mock(return_value=httpx.Response(500))
+    router.get(url__regex=rf"{QUEUE}/fal-ai/flux-pro/requests/[^/]+$", name="result").mock(
+        return_value=httpx.Response(500))
     return router
 
 
@@ -230,3 +232,23 @@ async def test_keys_that_cannot_be_fetched_answer_503_and_change_nothing(api, ke
     response = await api.client.post(path, content=body, headers=signed(KEY, rid, body, at_s=now_s(api)))
     assert_error_shape(response, 503, "keys_unavailable")
     assert await snapshot(api, job_id) == before
+
+
+async def test_a_callback_without_its_payload_leaves_the_result_to_polling(api, router, clock):
+    job_id, path, rid = await fal_job(api, "fox")
+    body = json.dumps({"request_id": rid, "status": "OK", "payload": None,
+                       "payload_error": "Response payload is not JSON serializable"}).encode()
+    response = await api.client.post(path, content=body, headers=signed(KEY, rid, body, at_s=now_s(api)))
+    assert response.status_code == 200, response.text
+    assert (await api.client.get(f"/v1/jobs/{job_id}")).json()["status"] != "succeeded"
+
+    root = f"{QUEUE}/fal-ai/flux-pro/requests/{rid}"
+    router["status"].mock(return_value=httpx.Response(
+        200, json={"status": "COMPLETED", "request_id": rid, "response_url": root}))
+    router["result"].mock(return_value=httpx.Response(200, json={"images": [{"url": IMAGE}]}))
+    clock.advance(api.ctx.settings.poll_grace_s + 1)
+    await Worker(api.ctx).run_once()
+    await Worker(api.ctx).run_once()
+    doc = (await api.client.get(f"/v1/jobs/{job_id}")).json()
+    assert doc["status"] == "succeeded", doc
+    assert doc["completion_source"] == "poll"

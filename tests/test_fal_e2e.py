@@ -104,3 +104,25 @@ async def test_a_rotated_simulator_key_is_followed_without_a_restart(tmp_path):
     for doc in docs.values():
         assert doc["status"] == "succeeded"
         assert doc["completion_source"] == "callback"
+
+
+async def test_an_auto_job_fails_over_from_a_saturated_bfl_to_fal(tmp_path):
+    from service.loopback import serve
+    from service.simulator import create_simulator_app
+
+    saturated = SimulatorConfig(submit_429_rate=1.0, retry_after_s=30, seed=35)
+    async with serve(create_simulator_app(SimulatorConfig(latency_s=(0.2, 0.4), seed=36))) as fal:
+        env = {"FAL_QUEUE_URL": f"{fal}/fal", "FLUXHOOK_PROVIDER_ORDER": "bfl,fal"}
+        async with running_stack(tmp_path, saturated, provider_env=lambda _: env) as stack:
+            response = await stack.client.post("/v1/jobs", json={
+                "model": "flux-pro-1.1", "input": {"prompt": "failover", "width": 512, "height": 384}})
+            job = response.json()
+            [doc] = (await wait_terminal(stack.client, [job["id"]], timeout=30)).values()
+            fal_tasks = await simulator_tasks(fal)
+
+    assert doc["status"] == "succeeded"
+    assert doc["provider"] == "fal"
+    assert doc["completion_source"] == "callback"
+    assert [(a["provider"], a["outcome"], a["http_status"]) for a in doc["attempts"]] == [
+        ("bfl", "failed_over", 429), ("fal", "accepted", 200)]
+    assert fal_tasks[doc["provider_job_id"]]["model"] == "fal-ai/flux-pro/v1.1"
