@@ -478,6 +478,12 @@ _PROVIDER_SPECS = {
 }
 
 
+def base_url_setting(provider: str) -> str:
+    """The variable that sets a provider's base URL (`BFL_BASE_URL`, fal's `FAL_QUEUE_URL`)."""
+    spec = _PROVIDER_SPECS[provider]
+    return spec.base_var or f"{spec.prefix}_BASE_URL"
+
+
 def _provider_settings(
     name: str, env: _Env, public_url: str, simulator: bool
 ) -> ProviderSettings | None:
@@ -488,7 +494,7 @@ def _provider_settings(
     if simulated:
         default_base = public_url + SIMULATOR_MOUNT + spec.simulator_path
         key = SIMULATOR_API_KEY
-    base_var = spec.base_var or f"{spec.prefix}_BASE_URL"
+    base_var = base_url_setting(name)
     base_url = env.text(base_var, default_base).rstrip("/")
     _check_url(base_var, base_url)
     if not key and is_loopback_host(urlsplit(base_url).hostname or ""):
