@@ -34,7 +34,8 @@ from tests.test_catalog import SERVED, minimal_input
 pytestmark = pytest.mark.anyio
 
 BASE = "https://api.bfl.ai"
-ALL_PROVIDERS = {"COMETAPI_API_KEY": "c", "APIFRAME_API_KEY": "afk_x", "RUNCOMFY_API_TOKEN": "r"}
+ALL_PROVIDERS = {"COMETAPI_API_KEY": "c", "APIFRAME_API_KEY": "afk_x", "RUNCOMFY_API_TOKEN": "r",
+                 "FAL_KEY": "f"}
 HOOK = "https://hooks.example.org/fluxhook"
 
 

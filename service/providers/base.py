@@ -28,6 +28,11 @@ class ProviderCall:
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     json: Any = field(default=None, repr=False)
 
+    def __repr__(self) -> str:
+        # Without the query string: it may carry a credential (fal's `fal_webhook` is the
+        # callback URL, token included), as transport.py keeps it out of its messages.
+        return f"ProviderCall(method={self.method!r}, url={self.url.split('?', 1)[0]!r})"
+
 
 @dataclass(frozen=True)
 class RawResponse:
