@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench install postgres clean
+.PHONY: demo test test-fast lint bench install postgres chromium clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,12 +19,16 @@ install: $(STAMP)
 postgres:
 	scripts/postgres.sh
 
+## Chromium (Debian's package), the browser the dashboard's browser test drives; never a download
+chromium:
+	scripts/chromium.sh
+
 ## make demo: fluxhook + the embedded provider simulator, a handful of jobs, live progress
 demo: $(STAMP)
 	$(BIN)/python -m service.demo
 
 ## make test: lint, types, and the whole suite, end-to-end tests included (what CI runs)
-test: $(STAMP) postgres
+test: $(STAMP) postgres chromium
 	$(BIN)/ruff check service handlers storage tests bench scripts
 	$(BIN)/mypy service handlers storage
 	$(BIN)/pytest

@@ -6,7 +6,9 @@ Runs, each as its own process (each is also runnable alone):
 - bench/ingest.py --json: signed-callback ingest with wrk, bare vs naive durable vs fluxhook;
 - bench/notify.py: provider callback -> downstream `job.succeeded`, fluxhook vs a bare baseline;
 - bench/idle.py: idle CPU of `fluxhook serve` and `fluxhook tick` with 100,000 jobs in flight;
-- bench/cold_start.py: `fluxhook serve` to its first 200, `fluxhook tick`.
+- bench/cold_start.py: `fluxhook serve` to its first 200, `fluxhook tick`;
+- bench/download.py: a 20 MiB output through fluxhook's download path vs a raw httpx stream
+  that hashes and fsyncs.
 
 and writes one JSON document: the machine's core count, the git revision, the date, and per
 benchmark the exact command, its figures (or its error), and how long it took. `--quick` runs
@@ -34,6 +36,7 @@ QUICK = {
     "notify": ["--jobs", "30", "--warmup", "5"],
     "idle": ["--jobs", "2000", "--small", "200", "--seconds", "3", "--ticks", "2"],
     "cold_start": ["--runs", "2"],
+    "download": ["--mib", "4", "--rounds", "2"],
 }
 
 
@@ -84,7 +87,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     parser.add_argument("--quick", action="store_true", help="small figures: a smoke run")
-    parser.add_argument("--only", default="ingest,notify,idle,cold_start", help="comma list of benchmarks")
+    parser.add_argument("--only", default="ingest,notify,idle,cold_start,download",
+                        help="comma list of benchmarks")
     args = parser.parse_args()
     began = datetime.datetime.now(datetime.UTC)
     report: dict[str, Any] = {

@@ -10,23 +10,22 @@ from service.context import WorkContext
 from service.errors import NotFound
 from service.fields import only_params
 from service.subscriptions import (
-    ROTATION_GRACE_S,
+    change_subscription,
     delivery_document,
+    missing_subscription,
     parse_new_subscription,
     parse_since,
     parse_subscription_changes,
+    recover_deliveries,
+    rotate_subscription_secret,
     subscription_document,
 )
-from service.webhook_signing import new_secret
+from service.subscriptions import redeliver as redeliver_one
 
 
 def _ctx(request: Request) -> WorkContext:
     ctx: WorkContext = request.state.ctx
     return ctx
-
-
-def _missing(sub_id: str) -> NotFound:
-    return NotFound(f"no subscription {sub_id!r}", details=[{"field": "subscription_id", "rule": "exists"}])
 
 
 async def create_subscription(request: Request) -> Response:
@@ -47,7 +46,7 @@ async def get_subscription(request: Request) -> Response:
     sub_id = request.path_params["subscription_id"]
     sub = await _ctx(request).store.subscriptions.get_subscription(sub_id)
     if sub is None:
-        raise _missing(sub_id)
+        raise missing_subscription(sub_id)
     return JSONResponse(subscription_document(sub))
 
 
@@ -55,28 +54,19 @@ async def update_subscription(request: Request) -> Response:
     ctx = _ctx(request)
     sub_id = request.path_params["subscription_id"]
     changes = parse_subscription_changes(ctx, await read_json(request, limit=ctx.settings.max_body_bytes))
-    sub = await ctx.store.subscriptions.update_subscription(sub_id, changes, now=ctx.clock())
-    if sub is None:
-        raise _missing(sub_id)
-    return JSONResponse(subscription_document(sub))
+    return JSONResponse(subscription_document(await change_subscription(ctx, sub_id, changes)))
 
 
 async def delete_subscription(request: Request) -> Response:
     ctx = _ctx(request)
     sub_id = request.path_params["subscription_id"]
     if not await ctx.store.subscriptions.delete_subscription(sub_id, now=ctx.clock()):
-        raise _missing(sub_id)
+        raise missing_subscription(sub_id)
     return Response(status_code=204)
 
 
 async def rotate_secret(request: Request) -> Response:
-    ctx = _ctx(request)
-    sub_id = request.path_params["subscription_id"]
-    sub = await ctx.store.subscriptions.rotate_subscription_secret(
-        sub_id, new_secret(), now=ctx.clock(), grace_ms=ctx.ms(ROTATION_GRACE_S)
-    )
-    if sub is None:
-        raise _missing(sub_id)
+    sub = await rotate_subscription_secret(_ctx(request), request.path_params["subscription_id"])
     return JSONResponse(subscription_document(sub, with_secret=True))
 
 
@@ -85,19 +75,14 @@ async def subscription_deliveries(request: Request) -> Response:
     sub_id = request.path_params["subscription_id"]
     only_params(request.query_params, ())
     if await ctx.store.subscriptions.get_subscription(sub_id) is None:
-        raise _missing(sub_id)
+        raise missing_subscription(sub_id)
     rows = await ctx.store.deliveries.list_deliveries(subscription_id=sub_id)
     return JSONResponse({"data": [delivery_document(d, a) for d, a in rows]})
 
 
 async def recover(request: Request) -> Response:
-    ctx = _ctx(request)
-    sub_id = request.path_params["subscription_id"]
     since = parse_since(request.query_params.get("since"))
-    if await ctx.store.subscriptions.get_subscription(sub_id) is None:
-        raise _missing(sub_id)
-    count = await ctx.store.deliveries.recover(sub_id, since=since, now=ctx.clock())
-    ctx.nudge()
+    count = await recover_deliveries(_ctx(request), request.path_params["subscription_id"], since=since)
     return JSONResponse({"recovered": count}, status_code=202)
 
 
@@ -112,12 +97,7 @@ async def job_deliveries(request: Request) -> Response:
 
 
 async def redeliver(request: Request) -> Response:
-    ctx = _ctx(request)
-    delivery_id = request.path_params["delivery_id"]
-    found = await ctx.store.deliveries.redeliver(delivery_id, now=ctx.clock())
-    if found is None:
-        raise NotFound(f"no delivery {delivery_id!r}", details=[{"field": "delivery_id", "rule": "exists"}])
-    ctx.nudge()
+    found = await redeliver_one(_ctx(request), request.path_params["delivery_id"])
     return JSONResponse(delivery_document(*found), status_code=202)
 
 

@@ -17,6 +17,7 @@ from starlette.routing import Mount, Route
 
 from handlers.auth import ApiKeyMiddleware
 from handlers.callbacks import receive_callback
+from handlers.dashboard import dashboard_mount
 from handlers.errors import EXCEPTION_HANDLERS
 from handlers.events import stream_events
 from handlers.health import healthz
@@ -132,6 +133,7 @@ def create_app(
         Route("/uploads/{token}", get_upload, methods=["GET"]),
         Route("/v1/callbacks/{provider}/{token}", receive_callback, methods=["POST"]),
         Route("/v1/tick", run_tick, methods=["GET", "POST"]),  # GET: Vercel Cron sends only GET
+        dashboard_mount(settings),  # HTML pages, not in /openapi.json (service/openapi.py)
     ]
     if simulator is not None:
         routes.append(Mount(SIMULATOR_MOUNT, app=simulator))

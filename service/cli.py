@@ -1,4 +1,5 @@
-"""`fluxhook serve | worker | tick | check | simulator`: the process entry points."""
+"""`fluxhook serve | worker | tick | check | simulator`: the process entry points; and
+`submit | jobs | job | watch`, the client of a running fluxhook (service/client_cli.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from service.client_args import CLIENT_COMMANDS
 from service.errors import ConfigError
 from service.settings import Settings, log_settings
 
@@ -26,30 +28,11 @@ log = logging.getLogger("fluxhook")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fluxhook", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="web service with its workers in-process")
-    serve.add_argument("--host", help="address to listen on (default: FLUXHOOK_HOST, else 127.0.0.1)")
-    serve.add_argument("--port", type=int,
-                       help="port to listen on (default: FLUXHOOK_PORT, else PORT, else 8000)")
-    serve.add_argument("--no-workers", action="store_true",
-                       help="serve the API only (run `fluxhook worker` separately)")
-    worker = commands.add_parser("worker", help="run only the workers")
-    worker.add_argument("--metrics-port", type=int,
-                        help="serve this worker's Prometheus counters at http://HOST:PORT/metrics "
-                             "(default: none; the web process's /metrics has its own and the due work)")
-    worker.add_argument("--metrics-host", default="127.0.0.1",
-                        help="address for --metrics-port (default: 127.0.0.1; it has no API key)")
-    commands.add_parser("tick", help="run due work (at most FLUXHOOK_TICK_SECONDS), then exit (for cron)")
-    check = commands.add_parser(
-        "check", help="print the effective configuration (secrets masked); exit 2 if it is invalid")
-    check.add_argument("--host", help="as for serve")
-    check.add_argument("--port", type=int, help="as for serve")
-    sim = commands.add_parser("simulator", help="run the embedded provider simulator alone")
-    sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=8100)
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
+    if args.command in CLIENT_COMMANDS:
+        from service.client_cli import run_client
 
+        return run_client(args, os.environ)
     if args.command == "check":
         return _check(args.host, args.port)
     try:
@@ -93,6 +76,83 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "worker":
         return anyio.run(_worker, settings, args.metrics_port, args.metrics_host)
     return anyio.run(_tick, settings)
+
+
+def parser() -> argparse.ArgumentParser:
+    """`fluxhook`'s commands and flags; the client's come from service/client_args.py."""
+    version = argparse.ArgumentParser(add_help=False)
+    version.add_argument("--version", action=VersionAction)
+    top = argparse.ArgumentParser(prog="fluxhook", description=__doc__, parents=[version],
+                                  formatter_class=HelpFormatter)
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, description: str) -> argparse.ArgumentParser:
+        made: argparse.ArgumentParser = commands.add_parser(
+            name, help=description, description=description, parents=[version],
+            formatter_class=HelpFormatter)
+        return made
+
+    serve = command("serve", "web service with its workers in-process")
+    serve.add_argument("--host", help="address to listen on (default: FLUXHOOK_HOST, else 127.0.0.1)")
+    serve.add_argument("--port", type=int,
+                       help="port to listen on (default: FLUXHOOK_PORT, else PORT, else 8000)")
+    serve.add_argument("--no-workers", action="store_true",
+                       help="serve the API only (run `fluxhook worker` separately)")
+    worker = command("worker", "run only the workers")
+    worker.add_argument("--metrics-port", type=int,
+                        help="serve this worker's Prometheus counters at http://HOST:PORT/metrics "
+                             "(default: none; the web process's /metrics has its own and the due work)")
+    worker.add_argument("--metrics-host", default="127.0.0.1",
+                        help="address for --metrics-port (default: 127.0.0.1; it has no API key)")
+    command("tick", "run due work (at most FLUXHOOK_TICK_SECONDS), then exit (for cron)")
+    check = command("check", "print the effective configuration (secrets masked); exit 2 if it is invalid")
+    check.add_argument("--host", help="as for serve (default: FLUXHOOK_HOST, else 127.0.0.1)")
+    check.add_argument("--port", type=int, help="as for serve (default: FLUXHOOK_PORT, else PORT, else 8000)")
+    sim = command("simulator", "run the embedded provider simulator alone")
+    sim.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    sim.add_argument("--port", type=int, default=8100, help="port to listen on")
+    # Only argparse: the client's code is imported when one of its commands runs.
+    from service.client_args import add_client_commands
+
+    add_client_commands(commands, HelpFormatter, version)
+    return top
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every flag's help ends with its default, unless it already names it; a description or
+    epilog written on several lines (a table of exit codes) keeps its lines."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text.strip():
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or "(required)" in text or action.default is argparse.SUPPRESS:
+            return text
+        if not action.option_strings and action.nargs != argparse.OPTIONAL:
+            return text  # a required positional argument has no default
+        if action.default is False:
+            return f"{text} (default: off)"
+        if action.default in (None, []):
+            return f"{text} (default: none)"
+        return f"{text} (default: %(default)s)"
+
+
+class VersionAction(argparse.Action):
+    """`--version`: the installed package's version, read only when asked (cold start)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str = "print fluxhook's version and exit") -> None:
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        from importlib.metadata import version
+
+        print(f"fluxhook {version('fluxhook')}")
+        parser.exit()
 
 
 def _refuse(message: str) -> int:

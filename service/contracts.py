@@ -19,6 +19,7 @@ from storage.records import (
     Attempt,
     AttemptRecord,
     AttemptResult,
+    CallbackRecord,
     ClaimedDelivery,
     DeliveryAttemptRecord,
     DeliveryRecord,
@@ -27,6 +28,7 @@ from storage.records import (
     Judgement,
     NewJob,
     OutputRecord,
+    PollRecord,
     Recorded,
     Schedule,
     StoredOutput,
@@ -43,7 +45,7 @@ class JobStore(Protocol):
         ...
 
     async def list_jobs(
-        self, *, status: str | None, limit: int, before: tuple[int, str] | None
+        self, *, status: str | None, limit: int, before: tuple[int, str] | None, provider: str | None = None
     ) -> list[JobRecord]:
         """Newest first; `before` is the (created_at, id) of the last job already seen."""
         ...
@@ -55,6 +57,20 @@ class JobStore(Protocol):
         ...
 
     async def get_attempts(self, job_ids: Sequence[str]) -> dict[str, list[AttemptRecord]]:
+        ...
+
+    async def get_callbacks(self, job_id: str) -> list[CallbackRecord]:
+        """The job's callbacks as received and judged, oldest first (without their bodies)."""
+        ...
+
+    async def get_polls(self, job_id: str) -> list[PollRecord]:
+        """The job's answered polls, oldest first."""
+        ...
+
+    async def record_thumbnail(self, job_id: str, index: int, thumb_sha256: str, *, now: int) -> bool:
+        """Keep an output's thumbnail (an image already in the blob store), unless the output has one
+        or the job's outputs were removed meanwhile (then the image is queued for removal). Whether
+        it was kept."""
         ...
 
     async def create_job(self, new: NewJob, *, now: int) -> tuple[JobRecord, bool]:
@@ -258,6 +274,11 @@ class DeliveryStore(Protocol):
 
     async def count_due_deliveries(self, *, now: int) -> int:
         """Pending deliveries due now and not leased."""
+        ...
+
+    async def count_failing(self, *, since: int) -> dict[str, int]:
+        """Of the deliveries created since `since`: `retrying` (pending after a failed attempt)
+        and `failed` (no further automatic try)."""
         ...
 
     async def unfinished_for_job(self, job_id: str, *, now: int) -> int:

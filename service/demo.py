@@ -1,8 +1,8 @@
 """`make demo`: fluxhook, its embedded provider simulator and a downstream receiver, live.
 
 Everything runs on this machine over real loopback HTTP: fluxhook's API; the simulator, mounted
-at /simulator and speaking every provider's protocol (BFL, CometAPI, Apiframe, RunComfy, fal);
-its signed callbacks (a third are dropped, so the fallback poller has work); and a small
+at /simulator and speaking every provider's protocol (BFL, CometAPI, Apiframe, RunComfy, Replicate,
+fal); its signed callbacks (a third are dropped, so the fallback poller has work); and a small
 receiver subscribed to fluxhook's notifications, which verifies every signature.
 """
 
@@ -64,6 +64,11 @@ JOBS: list[dict[str, Any]] = [
         "input": {"prompt": "make it winter", "image_url": UPLOADED, "aspect_ratio": "1:1"},
     },
     {
+        "provider": "replicate",
+        "model": "flux-schnell",
+        "input": {"prompt": "a paper boat on a pond, watercolour", "aspect_ratio": "3:2", "steps": 4},
+    },
+    {
         "provider": "fal",
         "model": "flux-pro-1.1-ultra",
         "input": {"prompt": "a glacier lagoon under northern lights", "aspect_ratio": "21:9", "raw": True},
@@ -74,6 +79,14 @@ JOBS: list[dict[str, Any]] = [
         "input": {"prompt": "add a tiny boat", "image_url": UPLOADED},
     },
 ]
+# BFL's fill model (inpainting): repaint where the uploaded mask is white, the reference's sky.
+# The image and mask reach BFL as base64, fetched by fluxhook from its own uploads.
+MASK = "<uploaded inpainting mask>"
+JOBS.append({
+    "provider": "bfl",
+    "model": "flux-pro-1.0-fill",
+    "input": {"prompt": "a hot-air balloon in the sky", "image_url": UPLOADED, "mask_url": MASK},
+})
 TERMINAL = {"succeeded", "failed", "cancelled"}
 NOTIFIED = ["job.succeeded", "job.failed", "job.cancelled"]
 
@@ -153,6 +166,15 @@ def reference_png() -> bytes:
     return buffer.getvalue()
 
 
+def inpainting_mask() -> bytes:
+    """White over the top half of `reference_png`: the part BFL's fill model repaints."""
+    mask = Image.new("L", (320, 240), 0)
+    mask.paste(255, (0, 0, 320, 120))
+    buffer = io.BytesIO()
+    mask.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 async def run_demo(data_dir: Path) -> int:
     sock = bind_loopback()
     base = url_of(sock)
@@ -187,6 +209,9 @@ async def run_demo(data_dir: Path) -> int:
             await client.post("/v1/uploads", content=reference_png(), headers={"Content-Type": "image/png"})
         ).json()
         print(f"uploaded a reference image: {upload['url'][:70]}…")
+        mask = (
+            await client.post("/v1/uploads", content=inpainting_mask(), headers={"Content-Type": "image/png"})
+        ).json()
         refused = await client.post(
             "/v1/jobs",
             json={"provider": "apiframe", "model": "flux-2-dev", "input": {"prompt": "x", "guidance": 12}},
@@ -197,7 +222,7 @@ async def run_demo(data_dir: Path) -> int:
         )
         ids = []
         for spec in JOBS:
-            body = json.loads(json.dumps(spec).replace(UPLOADED, upload["url"]))
+            body = json.loads(json.dumps(spec).replace(UPLOADED, upload["url"]).replace(MASK, mask["url"]))
             response = await client.post("/v1/jobs", json={**body, "metadata": {"demo": True}})
             response.raise_for_status()
             ids.append(response.json()["id"])

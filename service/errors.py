@@ -18,10 +18,17 @@
     ├── OutputError               an output image could not be stored
     │   ├── OutputRetryable       transient: 5xx, timeout, connection error, not yet there
     │   └── OutputRejected        never will be: host not allowed, not an image, too large
+    ├── InputUnavailable          an input image fluxhook must send as base64 could not be fetched;
+    │                             `retryable` when trying later may help (inline_images.py)
     ├── DestinationRefused        a notification URL resolves to a non-public address (egress.py)
     ├── JsonRefused               JSON text or a value breaking the strict rules (strict_json.py);
     │                             `as_api_error()`: 400 when it is not JSON, else 422 naming its path
-    └── ConfigError               a setting is missing or malformed (fails fast at start)
+    ├── ConfigError               a setting is missing or malformed (fails fast at start)
+    └── ClientError               the command-line client and a running fluxhook (client.py)
+        ├── ServerUnreachable     nothing answered: refused, unknown host, TLS, timed out
+        ├── ServerRefused         an error status (or an unreadable answer), with the server's
+        │                         own error body: `code`, `message`, `details`
+        └── OutputMismatch        a downloaded image's sha256 is not the one its job states
 
 Nothing above the adapters and the store catches httpx or sqlite3 exceptions: they are
 translated into this tree where they happen (as httpx's `map_httpcore_exceptions` does).
@@ -146,6 +153,23 @@ class OutputError(FluxhookError):
         self.index = index
 
 
+class InputUnavailable(FluxhookError):
+    """An input image a provider takes only as base64 could not be fetched (inline_images.py).
+
+    `retryable`: a timeout, a connection error, a 5xx or 429 (the submit is tried again later);
+    otherwise the image will not come (a 404, not an image, too large, a refused destination).
+    The message names the field and the host, never the URL: its path or query may be a
+    credential (an upload token, a presigned signature).
+    """
+
+    def __init__(self, field: str, reason: str, *, retryable: bool) -> None:
+        self.field = field
+        self.reason = reason
+        self.retryable = retryable
+        self.message = f"input.{field}: {reason}"
+        super().__init__(self.message)
+
+
 class OutputRetryable(OutputError):
     """Transient: try again while the provider's URL is still alive."""
 
@@ -195,3 +219,40 @@ class JsonRefused(FluxhookError, ValueError):
 
 class ConfigError(FluxhookError):
     """A setting is missing or malformed."""
+
+
+class ClientError(FluxhookError):
+    """The command-line client could not do what it was asked; `message` says why."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ServerUnreachable(ClientError):
+    """No answer from the server at `url` (never holding credentials)."""
+
+    def __init__(self, message: str, *, url: str) -> None:
+        super().__init__(message)
+        self.url = url
+
+
+class ServerRefused(ClientError):
+    """The server answered `status` with its one error body (or something unreadable)."""
+
+    def __init__(
+        self, message: str, *, status: int, code: str, details: list[dict[str, Any]] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.details = details or []
+
+
+class OutputMismatch(ClientError):
+    """A downloaded output's bytes hash to `actual`, not the job's `expected` sha256."""
+
+    def __init__(self, message: str, *, expected: str, actual: str) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.actual = actual

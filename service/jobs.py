@@ -35,6 +35,7 @@ class ErrorCode(StrEnum):
     SUBMIT_REJECTED = "submit_rejected"
     TIMEOUT = "timeout"
     OUTPUT_UNAVAILABLE = "output_unavailable"
+    INPUT_UNAVAILABLE = "input_unavailable"  # an input image fluxhook had to fetch did not come
     CANCELLED = "cancelled"
 
 

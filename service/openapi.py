@@ -414,6 +414,13 @@ def _paths(event_types: Iterable[str]) -> Schema:
     }
 
 
+# Served but left out of the document on purpose, by path prefix: what a browser shows people,
+# not an API for clients (tests/test_openapi.py checks every other route is in the document).
+NOT_DOCUMENTED = {
+    "/dashboard": "the dashboard: HTML pages, their fragments and static files (handlers/dashboard/)",
+}
+
+
 def openapi_document(
     catalog: Catalog, providers: Iterable[str], *, event_types: Iterable[str],
     job_event_types: Iterable[str], version: str,

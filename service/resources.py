@@ -26,6 +26,7 @@ from service.providers.base import Adapter
 from service.providers.bfl import BflAdapter
 from service.providers.cometapi import CometApiAdapter
 from service.providers.fal import FAL_JWKS_URL, FalAdapter
+from service.providers.replicate import ReplicateAdapter
 from service.providers.runcomfy import RunComfyAdapter
 from service.settings import ProviderSettings, Settings
 from service.stores import open_stores
@@ -39,23 +40,27 @@ def system_clock() -> int:
     return time.time_ns() // 1_000_000
 
 
-ADAPTERS: dict[str, type[BflAdapter] | type[ApiframeAdapter] | type[RunComfyAdapter]] = {
+ADAPTERS: dict[str, type[BflAdapter] | type[ApiframeAdapter] | type[RunComfyAdapter]
+               | type[ReplicateAdapter]] = {
     "bfl": BflAdapter,
     "cometapi": CometApiAdapter,
     "apiframe": ApiframeAdapter,
     "runcomfy": RunComfyAdapter,
+    "replicate": ReplicateAdapter,
 }
 
 
 def build_adapters(settings: Settings) -> dict[str, Adapter]:
     """One adapter per configured provider (a key, or the simulator serving it)."""
-    return {name: _adapter(p) for name, p in settings.providers.items()}
+    return {name: _adapter(name, p) for name, p in settings.providers.items()}
 
 
-def _adapter(p: ProviderSettings) -> Adapter:
-    if p.name == "fal":
+def _adapter(name: str, p: ProviderSettings) -> Adapter:
+    if name == "fal":
         return FalAdapter(p.base_url, p.api_key, p.output_hosts, jwks_url=p.keys_url or FAL_JWKS_URL)
-    return ADAPTERS[p.name](p.base_url, p.api_key, p.output_hosts)
+    if name == "replicate":
+        return ReplicateAdapter(p.base_url, p.api_key, p.output_hosts, webhook_secret=p.signing_secret)
+    return ADAPTERS[name](p.base_url, p.api_key, p.output_hosts)
 
 
 @asynccontextmanager

@@ -36,6 +36,7 @@ SETTINGS: tuple[SettingDoc, ...] = (
     SettingDoc("FLUXHOOK_HOST", "127.0.0.1", "Address `fluxhook serve` listens on (`--host` overrides)."),
     SettingDoc("FLUXHOOK_PORT", "8000", "Port `fluxhook serve` listens on (`--port` overrides; `PORT` also works)."),
     SettingDoc("FLUXHOOK_API_KEY", "(unset: open)", "When set, every `/v1/` route except callbacks needs `Authorization: Bearer <key>`.", secret=True),
+    SettingDoc("FLUXHOOK_URL", "(`FLUXHOOK_PUBLIC_URL`, else `http://127.0.0.1:<FLUXHOOK_PORT>`)", "The running fluxhook the command-line client (`fluxhook submit`, `jobs`, `job`, `watch`) talks to (`--url` overrides); it sends `FLUXHOOK_API_KEY` (or `--api-key`) as its bearer token. The server does not read it."),
     SettingDoc("FLUXHOOK_SECRET_KEY", "(created once in the data dir)", "Signs callback tokens. If unset, a random key is created once in `<data dir>/secret_key` and reused.", secret=True),
     SettingDoc("FLUXHOOK_SIMULATOR", "auto", "`on`, `off` or `auto`: mount the embedded provider simulator at `/simulator`. `auto` = on when no provider key is set."),
     SettingDoc("FLUXHOOK_MAX_BODY_BYTES", "1048576", "Largest API request body; larger gets 413."),
@@ -74,7 +75,7 @@ SETTINGS: tuple[SettingDoc, ...] = (
     SettingDoc("FLUXHOOK_SQLITE_SYNCHRONOUS", "FULL", "SQLite `synchronous` pragma: FULL survives power loss, NORMAL only process crashes."),
     SettingDoc("FLUXHOOK_LOG_LEVEL", "info", "Log level: `debug`, `info`, `warning` or `error`."),
     SettingDoc("FLUXHOOK_LOG_FORMAT", "text", "`text`: one readable line per record; `json`: one JSON object per line (`time`, `level`, `logger`, `message`, and `exception` when there is one), for a log collector."),
-    SettingDoc("FLUXHOOK_PROVIDER_ORDER", "bfl,cometapi,apiframe,runcomfy,fal", "Order in which `\"provider\": \"auto\"` tries the configured providers that serve a model; a submit another provider could fix (429, 5xx, timeout, no credits) fails over to the next."),
+    SettingDoc("FLUXHOOK_PROVIDER_ORDER", "bfl,cometapi,apiframe,runcomfy,replicate,fal", "Order in which `\"provider\": \"auto\"` tries the configured providers that serve a model; a submit another provider could fix (429, 5xx, timeout, no credits) fails over to the next."),
     SettingDoc("FLUXHOOK_UPLOAD_MAX_BYTES", "10485760", "Largest reference image `POST /v1/uploads` accepts."),
     SettingDoc("FLUXHOOK_UPLOAD_URL_TTL_SECONDS", "86400", "How long a signed upload URL stays fetchable."),
     SettingDoc("FLUXHOOK_WEBHOOK_SECRET", "(created once in the data dir)", "The `whsec_` secret that signs per-job notifications (`webhook_url` on a job). If unset, one is created once in `<data dir>/webhook_secret`; read it at `GET /v1/webhook-secret`.", secret=True),
@@ -100,6 +101,11 @@ SETTINGS: tuple[SettingDoc, ...] = (
     SettingDoc("RUNCOMFY_BASE_URL", "https://model-api.runcomfy.net", "RunComfy Model API base URL (simulator: `<public URL>/simulator`)."),
     SettingDoc("RUNCOMFY_MAX_ACTIVE_TASKS", "0", "Most jobs active at RunComfy at once, as for BFL; `0` = no cap (RunComfy documents none: it queues)."),
     SettingDoc("RUNCOMFY_OUTPUT_HOSTS", "*.runcomfy.net,*.runcomfy.com", "Hosts RunComfy outputs may be downloaded from; the base URL's host is always added."),
+    SettingDoc("REPLICATE_API_TOKEN", "(unset)", "Replicate API token (`Authorization: Bearer`).", secret=True),
+    SettingDoc("REPLICATE_BASE_URL", "https://api.replicate.com", "Replicate API base URL (simulator: `<public URL>/simulator`)."),
+    SettingDoc("REPLICATE_MAX_ACTIVE_TASKS", "0", "Most jobs active at Replicate at once, as for BFL; `0` = no cap (Replicate limits creating predictions to 600 a minute, not how many run)."),
+    SettingDoc("REPLICATE_OUTPUT_HOSTS", "replicate.delivery,*.replicate.delivery", "Hosts Replicate outputs may be downloaded from; the base URL's host is always added."),
+    SettingDoc("REPLICATE_WEBHOOK_SECRET", "(fetched from Replicate)", "The account's `whsec_` signing secret that Replicate's callbacks are verified with. Unset: fetched once from `GET /v1/webhooks/default/secret`, cached, and fetched again when a callback is signed with another (a rotation). A callback without a valid signature, or stamped more than 5 minutes off, is refused.", secret=True),
     SettingDoc("FAL_KEY", "(unset)", "fal.ai key (`Authorization: Key`).", secret=True),
     SettingDoc("FAL_QUEUE_URL", "https://queue.fal.run", "fal's queue base URL (simulator: `<public URL>/simulator/fal`)."),
     SettingDoc("FAL_JWKS_URL", "https://rest.alpha.fal.ai/.well-known/jwks.json", "Where fal publishes the Ed25519 keys its callbacks are signed with (fetched when first needed, kept 24 h, fetched again for an unknown key). Public implementations use this URL or `https://rest.fal.ai/.well-known/jwks.json`; which is canonical is unconfirmed. Simulator: `<FAL_QUEUE_URL>/.well-known/jwks.json`."),
@@ -116,6 +122,9 @@ class ProviderSettings:
     output_hosts: tuple[str, ...]
     simulated: bool = False
     max_active_tasks: int | None = None  # None: no cap
+    # The account's callback signing secret, when the provider has one and it is set
+    # (REPLICATE_WEBHOOK_SECRET); None: the adapter fetches it.
+    signing_secret: str | None = field(default=None, repr=False)
     keys_url: str | None = None  # where account-wide callback keys are published (fal's JWKS)
 
     def __repr__(self) -> str:
@@ -136,7 +145,7 @@ class Settings:
     secret_key: str = field(repr=False)
     simulator: bool
     providers: Mapping[str, ProviderSettings]
-    provider_order: tuple[str, ...] = ("bfl", "cometapi", "apiframe", "runcomfy", "fal")
+    provider_order: tuple[str, ...] = ("bfl", "cometapi", "apiframe", "runcomfy", "replicate", "fal")
     # False: public_url was built from this process's own host and port, which is right only
     # for `fluxhook serve`; workers adopt the address the web process announces (service/address.py).
     public_url_configured: bool = False
@@ -447,7 +456,7 @@ def _choice(name: str, value: str, allowed: tuple[str, ...], *, upper: bool = Fa
 
 SIMULATOR_API_KEY = "simulator-key"  # the simulator accepts any non-empty key; this one is public
 
-PROVIDER_NAMES = ("bfl", "cometapi", "apiframe", "runcomfy", "fal")
+PROVIDER_NAMES = ("bfl", "cometapi", "apiframe", "runcomfy", "replicate", "fal")
 
 
 @dataclass(frozen=True)
@@ -457,6 +466,7 @@ class _ProviderSpec:
     default_base: str
     default_hosts: tuple[str, ...]
     default_max_active: int = 0  # what the provider documents; 0: nothing documented, no cap
+    signing_var: str | None = None  # the account's callback signing secret, if it has one
     base_var: str = ""  # the base URL's variable when not `<prefix>_BASE_URL`
     simulator_path: str = ""  # where the simulator speaks this protocol, under its mount
     keys_default: str | None = None  # published callback keys (`<prefix>_JWKS_URL`)
@@ -472,6 +482,10 @@ _PROVIDER_SPECS = {
     "apiframe": _ProviderSpec("APIFRAME", "APIFRAME_API_KEY", "https://api.apiframe.ai", ("*.apiframe.ai",)),
     "runcomfy": _ProviderSpec("RUNCOMFY", "RUNCOMFY_API_TOKEN", "https://model-api.runcomfy.net",
                               ("*.runcomfy.net", "*.runcomfy.com")),
+    # Outputs are served from replicate.delivery and its subdomains (pbxt., xezq.).
+    "replicate": _ProviderSpec("REPLICATE", "REPLICATE_API_TOKEN", "https://api.replicate.com",
+                               ("replicate.delivery", "*.replicate.delivery"),
+                               signing_var="REPLICATE_WEBHOOK_SECRET"),
     "fal": _ProviderSpec("FAL", "FAL_KEY", "https://queue.fal.run", ("*.fal.media", "fal.media"),
                          base_var="FAL_QUEUE_URL", simulator_path="/fal",
                          keys_default="https://rest.alpha.fal.ai/.well-known/jwks.json"),
@@ -505,6 +519,9 @@ def _provider_settings(
     hosts = env.items(f"{spec.prefix}_OUTPUT_HOSTS", list(spec.default_hosts))
     base_host = urlsplit(base_url).hostname or ""
     max_active = env.integer(f"{spec.prefix}_MAX_ACTIVE_TASKS", spec.default_max_active, minimum=0)
+    signing_secret = env.text(spec.signing_var, "") if spec.signing_var else ""
+    if signing_secret:
+        _check_provider_secret(spec.signing_var or "", signing_secret)
     return ProviderSettings(
         name=name,
         base_url=base_url,
@@ -512,6 +529,7 @@ def _provider_settings(
         output_hosts=tuple(dict.fromkeys([*hosts, base_host])),
         simulated=simulated,
         max_active_tasks=max_active or None,
+        signing_secret=signing_secret or None,
         keys_url=_keys_url(spec, env, base_url, simulated),
     )
 
@@ -538,6 +556,15 @@ def _check_webhook_secret(source: str, secret: str) -> None:
         secret_key(secret)
     except ConfigError:
         raise ConfigError(f"{source} must look like whsec_<base64 of 24-64 bytes>") from None
+
+
+def _check_provider_secret(name: str, secret: str) -> None:
+    from service.webhook_signing import decode_secret
+
+    try:
+        decode_secret(secret)
+    except ConfigError:
+        raise ConfigError(f"{name} must look like whsec_<base64>") from None
 
 
 def _destinations(value: str) -> str:

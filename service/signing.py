@@ -32,11 +32,12 @@ def hmac_sha256_hex(key: bytes, body: bytes) -> str:
     return hmac_sha256(key, body).hex()
 
 
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    # Starlette's Headers are case-insensitive; plain dicts in tests may not be.
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    """A header by its lowercase name. Starlette's Headers ignore case; a plain dict (tests,
+    other servers) may not, so any spelling is found."""
     value = headers.get(name)
     if value is None:
-        value = headers.get(name.lower())
+        value = next((v for k, v in headers.items() if k.lower() == name), None)
     return value
 
 
@@ -46,8 +47,8 @@ def verify_bfl_callback(headers: Mapping[str, str], body: bytes, secret: str | N
     Raises CallbackRejected (401) when a signature or secret header is present but wrong or
     malformed; returns UNSIGNED when there is none (or the job has no secret to check with).
     """
-    signature = _header(headers, "x-bfl-signature")
-    shared = _header(headers, "x-webhook-secret")
+    signature = header(headers, "x-bfl-signature")
+    shared = header(headers, "x-webhook-secret")
     if signature is None and shared is None:
         return Verdict.UNSIGNED
     if secret is None:

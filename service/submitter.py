@@ -10,7 +10,14 @@ from service.adoption import plan_submit
 from service.backoff import retry_delay
 from service.context import WorkContext
 from service.crash_points import crash_point
-from service.errors import ProviderError, ProviderOutcomeUnknown, ProviderRejected, ProviderRetryable
+from service.errors import (
+    InputUnavailable,
+    ProviderError,
+    ProviderOutcomeUnknown,
+    ProviderRejected,
+    ProviderRetryable,
+)
+from service.inline_images import inline_images
 from service.jobs import ErrorCode, JobStatus, SubmitRejected, Submitted, TimedOut
 from service.providers.base import SubmitOrder
 from service.providers.transport import send
@@ -76,10 +83,16 @@ async def submit_job(ctx: WorkContext, task: TaskRecord) -> None:
         await ctx.store.tasks.retry_task(task.id, due_at=plan.wait_until,
                                    error="submit outcome unknown: waiting for the provider's callback")
         return
+    try:
+        # Before begin_submit: fetching an image is not a submit, and may take a while.
+        provider_input = await inline_images(ctx, model.inline_images, job.input)
+    except InputUnavailable as exc:
+        await _input_unavailable(ctx, job, task, exc)
+        return
     order = SubmitOrder(
         job_id=job.id,
         model=model.native_id,
-        input=job.input,
+        input=provider_input,
         webhook_url=ctx.webhook_url(job.provider, job.id) if webhook else None,
         webhook_secret=job.webhook_secret if webhook else None,
     )
@@ -117,6 +130,28 @@ async def submit_job(ctx: WorkContext, task: TaskRecord) -> None:
         attempt_id=attempt_id,
     )
     log.info("job %s: submitted to %s as %s", job.id, job.provider, accepted.provider_job_id)
+
+
+async def _input_unavailable(
+    ctx: WorkContext, job: JobRecord, task: TaskRecord, exc: InputUnavailable
+) -> None:
+    """An input image the provider needs inlined could not be fetched: try again later when that
+    may help and there is time before FLUXHOOK_SUBMIT_TIMEOUT_SECONDS, else fail the job. No
+    provider was called, and the next one would be given the same URL: no failover."""
+    now = ctx.clock()
+    settings = ctx.settings
+    if exc.retryable:
+        delay = retry_delay(task.attempts - 1, base=settings.retry_base_s, cap=settings.retry_max_s,
+                            rand=ctx.rand.random)
+        if now + ctx.ms(delay) <= job.created_at + ctx.ms(settings.submit_timeout_s):
+            log.info("job %s: %s; fetching it again in %.1fs", job.id, exc.message, delay)
+            await ctx.store.tasks.retry_task(task.id, due_at=now + ctx.ms(delay), error=exc.message)
+            return
+    log.info("job %s: not submitted to %s: %s", job.id, job.provider, exc.message)
+    await _record_submit(ctx,
+        job.id, Attempt(job.provider, "rejected", message=exc.message), now=now,
+        task=TaskOutcome(task.id), observation=SubmitRejected(exc.message, ErrorCode.INPUT_UNAVAILABLE),
+    )
 
 
 async def _submit_failed(

@@ -8,7 +8,7 @@ from typing import Any
 from service.context import WorkContext
 from service.documents import rfc3339
 from service.egress import DestinationRefused
-from service.errors import ValidationFailed
+from service.errors import NotFound, ValidationFailed
 from service.fields import json_object, only_fields
 from service.ids import new_prefixed_id
 from service.webhook_signing import new_secret
@@ -133,6 +133,49 @@ def parse_since(value: str | None) -> int:
             details=[{"field": "since", "rule": "format", "format": "date-time"}],
         )
     return int(moment.timestamp() * 1000)
+
+
+# The actions the API and the dashboard share (handlers/subscriptions.py, handlers/dashboard/) ---
+
+
+def missing_subscription(sub_id: str) -> NotFound:
+    return NotFound(f"no subscription {sub_id!r}", details=[{"field": "subscription_id", "rule": "exists"}])
+
+
+async def change_subscription(ctx: WorkContext, sub_id: str, changes: dict[str, Any]) -> SubscriptionRecord:
+    """Apply parsed changes (`parse_subscription_changes`); enabling clears the failure clock."""
+    sub = await ctx.store.subscriptions.update_subscription(sub_id, changes, now=ctx.clock())
+    if sub is None:
+        raise missing_subscription(sub_id)
+    return sub
+
+
+async def rotate_subscription_secret(ctx: WorkContext, sub_id: str) -> SubscriptionRecord:
+    """A new secret; the old one keeps signing beside it for ROTATION_GRACE_S."""
+    sub = await ctx.store.subscriptions.rotate_subscription_secret(
+        sub_id, new_secret(), now=ctx.clock(), grace_ms=ctx.ms(ROTATION_GRACE_S)
+    )
+    if sub is None:
+        raise missing_subscription(sub_id)
+    return sub
+
+
+async def recover_deliveries(ctx: WorkContext, sub_id: str, *, since: int) -> int:
+    """Send again every delivery to the subscription that failed since `since`; how many."""
+    if await ctx.store.subscriptions.get_subscription(sub_id) is None:
+        raise missing_subscription(sub_id)
+    count = await ctx.store.deliveries.recover(sub_id, since=since, now=ctx.clock())
+    ctx.nudge()
+    return count
+
+
+async def redeliver(ctx: WorkContext, delivery_id: str) -> tuple[DeliveryRecord, list[DeliveryAttemptRecord]]:
+    """Send one delivery again now, as a manual attempt."""
+    found = await ctx.store.deliveries.redeliver(delivery_id, now=ctx.clock())
+    if found is None:
+        raise NotFound(f"no delivery {delivery_id!r}", details=[{"field": "delivery_id", "rule": "exists"}])
+    ctx.nudge()
+    return found
 
 
 def subscription_document(sub: SubscriptionRecord, *, with_secret: bool = False) -> dict[str, Any]:

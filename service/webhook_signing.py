@@ -30,21 +30,36 @@ def new_secret() -> str:
 
 def secret_key(secret: str) -> bytes:
     """The HMAC key inside a `whsec_` secret; ConfigError if it is not one."""
+    key = decode_secret(secret)
+    if not 24 <= len(key) <= 64:
+        raise ConfigError("a webhook secret must hold 24 to 64 random bytes")
+    return key
+
+
+def decode_secret(secret: str) -> bytes:
+    """The bytes of any `whsec_<base64>` secret, whatever its length (a provider's secret is
+    checked by its signatures, not by fluxhook's rule for its own); ConfigError if malformed."""
     if not secret.startswith(PREFIX):
         raise ConfigError("a webhook secret must look like whsec_<base64>")
     try:
         key = base64.b64decode(secret[len(PREFIX):], validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ConfigError("a webhook secret must look like whsec_<base64>") from exc
-    if not 24 <= len(key) <= 64:
-        raise ConfigError("a webhook secret must hold 24 to 64 random bytes")
+    if not key:
+        raise ConfigError("a webhook secret must not be empty")
     return key
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     """One `v1,<base64>` signature over exactly the bytes sent."""
+    return signature(secret_key(secret), msg_id, timestamp, body)
+
+
+def signature(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    """`v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>`: what a sender puts in
+    `webhook-signature` and what a receiver recomputes to compare (Replicate's callbacks)."""
     signed = f"{msg_id}.{timestamp}.".encode() + body
-    digest = hmac.new(secret_key(secret), signed, hashlib.sha256).digest()
+    digest = hmac.new(key, signed, hashlib.sha256).digest()
     return "v1," + base64.b64encode(digest).decode()
 
 

@@ -106,11 +106,12 @@ class OutputRecord:
     bytes: int
     source_url: str | None
     stored_at: int
+    thumb_sha256: str | None = None  # its thumbnail in the blob store, once made (service/thumbnails.py)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> OutputRecord:
         return cls(row["job_id"], row["idx"], row["sha256"], row["content_type"], row["bytes"],
-                   row["source_url"], row["stored_at"])
+                   row["source_url"], row["stored_at"], row["thumb_sha256"])
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,38 @@ class AttemptRecord:
     def from_row(cls, row: sqlite3.Row) -> AttemptRecord:
         return cls(row["provider"], row["outcome"], row["http_status"], row["message"],
                    row["provider_job_id"], row["at"], row["id"])
+
+
+@dataclass(frozen=True)
+class CallbackRecord:
+    """One provider callback as received and judged (its raw body stays in the store)."""
+
+    id: int
+    provider: str
+    verdict: str  # verified, unsigned, refuted, ... (service/callbacks.py)
+    state: str | None  # the provider state it reported
+    provider_job_id: str | None
+    bytes: int
+    received_at: int
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> CallbackRecord:
+        return cls(row["id"], row["provider"], row["verdict"], row["state"], row["provider_job_id"],
+                   row["bytes"], row["received_at"])
+
+
+@dataclass(frozen=True)
+class PollRecord:
+    """One answered status poll: the job's status once its answer was applied."""
+
+    provider: str
+    status: str
+    progress: float | None
+    at: int
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> PollRecord:
+        return cls(row["provider"], row["status"], row["progress"], row["at"])
 
 
 @dataclass(frozen=True)

@@ -142,7 +142,8 @@ def test_parameters_are_consistent_with_themselves(provider, model):
 
 @every_model
 def test_capabilities_follow_the_provider(provider, model):
-    expected = {"runcomfy": (False, True), "fal": (True, True)}.get(provider, (True, False))
+    expected = {"runcomfy": (False, True), "replicate": (True, True), "fal": (True, True)}.get(
+        provider, (True, False))
     assert (model.capabilities["webhook"], model.capabilities["cancel"]) == expected
     assert set(model.capabilities) == {"webhook", "cancel", "image_input"}
 
@@ -219,14 +220,15 @@ def test_native_ids_find_the_unified_model():
 
 
 @pytest.mark.parametrize(("name", "providers"), [
-    ("flux-pro-1.1", ["bfl", "cometapi", "apiframe", "fal"]),
-    ("flux-1.1-pro", ["bfl", "cometapi", "apiframe", "fal"]),
-    ("fal-ai/flux-pro/v1.1", ["bfl", "cometapi", "apiframe", "fal"]),
-    ("flux-pro-1.1-ultra", ["bfl", "cometapi", "apiframe", "fal"]),
-    ("flux-kontext-pro", ["bfl", "runcomfy", "fal"]),
-    ("blackforestlabs/flux-1-kontext/pro/edit", ["bfl", "runcomfy", "fal"]),
-    ("flux-2-dev", ["apiframe", "fal"]),
-    ("flux-schnell", ["fal"]),
+    ("flux-pro-1.1", ["bfl", "cometapi", "apiframe", "replicate", "fal"]),
+    ("flux-1.1-pro", ["bfl", "cometapi", "apiframe", "replicate", "fal"]),
+    ("black-forest-labs/flux-1.1-pro", ["bfl", "cometapi", "apiframe", "replicate", "fal"]),
+    ("fal-ai/flux-pro/v1.1", ["bfl", "cometapi", "apiframe", "replicate", "fal"]),
+    ("flux-pro-1.1-ultra", ["bfl", "cometapi", "apiframe", "replicate", "fal"]),
+    ("flux-kontext-pro", ["bfl", "runcomfy", "replicate", "fal"]),
+    ("blackforestlabs/flux-1-kontext/pro/edit", ["bfl", "runcomfy", "replicate", "fal"]),
+    ("flux-2-dev", ["apiframe", "replicate", "fal"]),
+    ("flux-schnell", ["replicate", "fal"]),
     ("flux-pro", ["cometapi"]),
     ("flux-9", []),
 ])
@@ -235,7 +237,7 @@ def test_serving_lists_providers_in_catalog_order(name, providers):
 
 
 def test_providers_keep_the_default_failover_order():
-    assert CATALOG.providers() == ["bfl", "cometapi", "apiframe", "runcomfy", "fal"]
+    assert CATALOG.providers() == ["bfl", "cometapi", "apiframe", "runcomfy", "replicate", "fal"]
 
 
 def test_fal_ids_and_ranges_are_fals():

@@ -36,7 +36,11 @@ from service.settings import Settings
 from service.strict_json import DOCUMENT_DEPTH, JsonRefused, loads
 from tests.conftest import BFL_TEST_ENV, START_MS, FakeClock, assert_error_shape
 
-ALL_PROVIDERS = {"COMETAPI_API_KEY": "c", "APIFRAME_API_KEY": "afk_x", "RUNCOMFY_API_TOKEN": "r"}
+# Replicate's secret is set, so its callbacks are judged by signature, not by a fetch that every
+# provider call's 503 here would refuse (a 503 the provider retries, by design).
+ALL_PROVIDERS = {"COMETAPI_API_KEY": "c", "APIFRAME_API_KEY": "afk_x", "RUNCOMFY_API_TOKEN": "r",
+                 "REPLICATE_API_TOKEN": "r8",
+                 "REPLICATE_WEBHOOK_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}
 HOOK = "https://hooks.example.org/fluxhook"
 EXAMPLES = 150
 
@@ -97,7 +101,7 @@ def _job_body(parts: tuple[str, str, str, list[tuple[str, str]]]) -> str:
 
 # Bodies shaped like the real ones, so hostile values get past the first checks.
 job_body = st.tuples(
-    st.sampled_from(['"bfl"', '"auto"', '"cometapi"', '"apiframe"', '"runcomfy"']),
+    st.sampled_from(['"bfl"', '"auto"', '"cometapi"', '"apiframe"', '"runcomfy"', '"replicate"']),
     st.sampled_from(['"flux-pro-1.1"', '"flux-dev"', '"flux-kontext-pro"', '"flux-2-dev"']),
     st.one_of(json_string, atom),
     st.lists(st.tuples(st.sampled_from(VOCABULARY).map(lambda k: f'"{k}"'), json_text), max_size=3),
@@ -242,13 +246,13 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
                 "job_id": [job["id"]],
                 "subscription_id": [sub["id"]],
                 "delivery_id": [delivery["id"]],
-                "provider": ["bfl", "cometapi", "apiframe", "runcomfy"],
+                "provider": ["bfl", "cometapi", "apiframe", "runcomfy", "replicate"],
                 "token": [ctx.tokens.issue(p, job["id"]) for p in ("bfl", "cometapi", "apiframe")]
                 + [upload["url"].rsplit("/", 1)[1]],
                 "index": ["0"],
             }
             harness.callback_targets = [[("provider", p), ("token", ctx.tokens.issue(p, job["id"]))]
-                                        for p in ("bfl", "cometapi", "apiframe", "runcomfy")]
+                                        for p in ("bfl", "cometapi", "apiframe", "runcomfy", "replicate")]
             yield harness
 
 

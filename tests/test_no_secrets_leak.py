@@ -100,6 +100,7 @@ async def test_secrets_tokens_and_keys_never_reach_logs_or_error_bodies(tmp_path
 # Every secret fluxhook holds, each a distinct marker that must never show.
 MARK = "MARKER-do-not-show"
 WEBHOOK_KEY = base64.b64encode(b"webhook-secret-MARKER-32-bytes!!").decode()
+REPLICATE_KEY = base64.b64encode(b"replicate-signing-MARKER-secret!").decode()
 SECRET_ENV = {
     "FLUXHOOK_API_KEY": f"api-{MARK}",
     "FLUXHOOK_SECRET_KEY": f"signing-{MARK}",
@@ -108,6 +109,8 @@ SECRET_ENV = {
     "COMETAPI_API_KEY": f"comet-{MARK}",
     "APIFRAME_API_KEY": f"apiframe-{MARK}",
     "RUNCOMFY_API_TOKEN": f"runcomfy-{MARK}",
+    "REPLICATE_API_TOKEN": f"replicate-{MARK}",
+    "REPLICATE_WEBHOOK_SECRET": f"whsec_{REPLICATE_KEY}",
     "FAL_KEY": f"fal-{MARK}",
     "AWS_ACCESS_KEY_ID": f"AKID{MARK}",
     "AWS_SECRET_ACCESS_KEY": f"aws-{MARK}",
@@ -126,7 +129,7 @@ def with_password(url: str) -> str:
 
 
 def leaks(text: str) -> list[str]:
-    secrets = (*SECRET_ENV.values(), WEBHOOK_KEY, DB_PASSWORD, JOB_SECRET, *SUB_SECRETS, MARK)
+    secrets = (*SECRET_ENV.values(), WEBHOOK_KEY, REPLICATE_KEY, DB_PASSWORD, JOB_SECRET, *SUB_SECRETS, MARK)
     return [value for value in secrets if value in text]
 
 
@@ -136,6 +139,7 @@ async def test_no_adapter_settings_store_or_blob_store_shows_a_secret_in_its_rep
     from service.app import create_app
     from service.check import environment_warnings
     from service.providers.base import SubmitOrder
+    from service.providers.replicate import ReplicateAdapter
     from service.resources import build_adapters
     from service.settings import Settings
     from service.stores import open_stores
@@ -150,7 +154,7 @@ async def test_no_adapter_settings_store_or_blob_store_shows_a_secret_in_its_rep
     on_sqlite = Settings.from_env(env)
     on_postgres = Settings.from_env({**env, "FLUXHOOK_DATABASE_URL": with_password(postgres_url)})
     assert on_sqlite.webhook_secret == SECRET_ENV["FLUXHOOK_WEBHOOK_SECRET"]  # the markers are in use
-    assert len(on_sqlite.providers) == 5
+    assert len(on_sqlite.providers) == 6
     assert on_sqlite.aws["AWS_SECRET_ACCESS_KEY"] == SECRET_ENV["AWS_SECRET_ACCESS_KEY"]
     shown: dict[str, object] = {"settings": on_sqlite, "postgres settings": on_postgres}
     shown.update({f"provider settings {n}": p for n, p in on_sqlite.providers.items()})
@@ -166,6 +170,11 @@ async def test_no_adapter_settings_store_or_blob_store_shows_a_secret_in_its_rep
         shown[f"{name} status call"] = adapter.status_call("task-1", queue_url)
         shown[f"{name} cancel call"] = adapter.cancel_call("task-1", queue_url)
     assert SECRET_ENV["BFL_API_KEY"] in shown["bfl submit call"].headers.values()  # the key is in there
+    replicate = build_adapters(on_sqlite)["replicate"]
+    assert isinstance(replicate, ReplicateAdapter)
+    shown["replicate keys call"] = replicate.keys_call()
+    shown["replicate configured keys"] = replicate.configured_keys()
+    assert replicate.configured_keys() is not None  # the secret is in there
 
     shown["callback tokens"] = CallbackTokens(on_sqlite.secret_key)
     shown["upload tokens"] = UploadTokens(on_sqlite.secret_key)

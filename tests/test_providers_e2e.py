@@ -19,6 +19,8 @@ def every_provider(url: str) -> dict[str, str]:
         "APIFRAME_API_KEY": "afk_test",
         "RUNCOMFY_BASE_URL": url,
         "RUNCOMFY_API_TOKEN": "rc-token",
+        "REPLICATE_BASE_URL": url,
+        "REPLICATE_API_TOKEN": "r8-token",
         "FAL_QUEUE_URL": f"{url}/fal",
         "FAL_KEY": "fal-key",
         "FAL_JWKS_URL": f"{url}/fal/.well-known/jwks.json",
@@ -34,6 +36,7 @@ JOBS = {
         "model": "flux-kontext-pro",
         "input": {"prompt": "make it snow", "image_url": "https://example.com/in.png", "aspect_ratio": "1:1"},
     },
+    "replicate": {"model": "flux-pro-1.1", "input": {"prompt": "a fox", "width": 512, "height": 384}},
     "fal": {"model": "flux-pro-1.1", "input": {"prompt": "a fox", "width": 512, "height": 384}},
 }
 
@@ -63,6 +66,7 @@ async def test_every_provider_completes_jobs_with_the_same_document_shape(tmp_pa
         assert doc["completion_source"] == expected, provider
     # Each provider was asked for its own name of the model.
     assert tasks[by_provider["apiframe"]["provider_job_id"]]["model"] == "flux-1.1-pro"
+    assert tasks[by_provider["replicate"]["provider_job_id"]]["model"] == "black-forest-labs/flux-1.1-pro"
     assert (
         tasks[by_provider["runcomfy"]["provider_job_id"]]["model"]
         == "blackforestlabs/flux-1-kontext/pro/edit"

@@ -55,7 +55,7 @@ def test_an_open_api_on_a_public_interface_is_warned_about(tmp_path):
 @pytest.mark.parametrize(("name", "value"), [
     ("FLUXHOOK_PORT", "eighty"), ("FLUXHOOK_POLL_GRACE_SECONDS", "-1"), ("FLUXHOOK_PUBLIC_URL", "ftp://x"),
     ("FLUXHOOK_SIMULATOR", "maybe"), ("FLUXHOOK_SQLITE_SYNCHRONOUS", "SOMETIMES"),
-    ("FLUXHOOK_PROVIDER_ORDER", "bfl,replicate"), ("FLUXHOOK_WEBHOOK_SECRET", "not-whsec"),
+    ("FLUXHOOK_PROVIDER_ORDER", "bfl,midjourney"), ("FLUXHOOK_WEBHOOK_SECRET", "not-whsec"),
     ("FLUXHOOK_WEBHOOK_RETRY_SCHEDULE", "0,soon"), ("BFL_BASE_URL", "api.bfl.ai"),
     ("BFL_MAX_ACTIVE_TASKS", "-1"), ("RUNCOMFY_MAX_ACTIVE_TASKS", "many"),
     ("FLUXHOOK_BLOB_URL", "gs://bucket/images"), ("FLUXHOOK_BLOB_URL", "s3:///no-bucket"),
@@ -70,7 +70,8 @@ def test_a_malformed_setting_fails_fast_naming_the_variable(tmp_path, name, valu
 def test_active_task_caps_default_to_what_each_provider_documents(tmp_path):
     settings = make(tmp_path)  # every provider simulated
     caps = {name: p.max_active_tasks for name, p in settings.providers.items()}
-    assert caps == {"bfl": 24, "cometapi": None, "apiframe": None, "runcomfy": None, "fal": None}
+    assert caps == {"bfl": 24, "cometapi": None, "apiframe": None, "runcomfy": None, "replicate": None,
+                    "fal": None}
     changed = make(tmp_path, BFL_MAX_ACTIVE_TASKS="0", APIFRAME_MAX_ACTIVE_TASKS="3")
     assert changed.providers["bfl"].max_active_tasks is None  # 0: no cap
     assert changed.providers["apiframe"].max_active_tasks == 3

@@ -28,14 +28,19 @@ class Model:
     capabilities: Mapping[str, bool] = field(default_factory=dict)
     # The provider's own limit on this model's active tasks, below its account-wide one.
     max_active_tasks: int | None = None
+    # Image parameters the provider takes only as base64 bytes, never as a URL: the client still
+    # gives a URL (or an upload's), and the submitter fetches it and sends the bytes
+    # (service/inline_images.py). BFL's FLUX1.1 `image_prompt`, fill's image and mask...
+    inline_images: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Native parameter names belong in the adapters; the catalog speaks only the vocabulary.
         foreign = [name for name in self.parameters if name not in VOCABULARY]
-        missing = [name for name in self.required if name not in self.parameters]
+        missing = [name for name in (*self.required, *self.inline_images)
+                   if name not in self.parameters]
         if foreign or missing:
             raise ValueError(f"model {self.name}: parameters outside the vocabulary {foreign}, "
-                             f"required but not parameters {missing}")
+                             f"required or inlined but not parameters {missing}")
 
     def schema(self) -> dict[str, Any]:
         """The input as one JSON Schema (draft 2020-12) object, parameters in vocabulary order."""

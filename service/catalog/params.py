@@ -12,6 +12,8 @@ VOCABULARY = (
     "prompt", "image_url", "image_prompt", "image_prompt_strength", "aspect_ratio", "width",
     "height", "steps", "guidance", "interval", "seed", "safety_tolerance", "prompt_upsampling",
     "raw", "go_fast", "output_format", "output_quality",
+    # BFL's multi-reference inputs (input_image_2 ... input_image_8), fill's mask, expand's margins.
+    *(f"image_url_{n}" for n in range(2, 9)), "mask_url", "top", "bottom", "left", "right",
 )
 
 # BFL's OpenAPI gives the prompt and the seed no bounds. These keep absurd values out before a
@@ -38,6 +40,27 @@ def image_url(*, https_only: bool = False) -> Spec:
         return _spec("string", "Public HTTPS URL of the image to edit.", format="uri",
                      maxLength=URL_MAX_LENGTH, pattern="^https://")
     return _spec("string", "URL of the image to edit.", format="uri", maxLength=URL_MAX_LENGTH)
+
+
+def reference_image(n: int) -> Spec:
+    """`image_url_<n>`: one more reference image after `image_url` (BFL's `input_image_<n>`)."""
+    return _spec("string", f"URL of reference image {n}, after image_url.", format="uri",
+                 maxLength=URL_MAX_LENGTH)
+
+
+def reference_images(count: int) -> dict[str, Spec]:
+    """`image_url_2` ... `image_url_<count>`."""
+    return {f"image_url_{n}": reference_image(n) for n in range(2, count + 1)}
+
+
+def mask_url() -> Spec:
+    return _spec("string", "URL of a black-and-white mask the size of the image: white areas are "
+                 "repainted, black ones kept.", format="uri", maxLength=URL_MAX_LENGTH)
+
+
+def margin(which: str, *, maximum: int) -> Spec:
+    return _spec("integer", f"Pixels to add at the {which} of the image.", minimum=0,
+                 maximum=maximum, default=0)
 
 
 def image_prompt() -> Spec:

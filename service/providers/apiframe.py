@@ -31,7 +31,7 @@ from service.providers.base import (
     required_text,
 )
 from service.providers.bfl import output_urls
-from service.signing import Verdict, hmac_sha256
+from service.signing import Verdict, header, hmac_sha256
 
 # Every event the docs name (§c.1); `progress` feeds the job's progress, never its outcome.
 WEBHOOK_EVENTS = ("progress", "completed", "failed")
@@ -132,7 +132,7 @@ class ApiframeAdapter:
         say neither how the MAC is encoded (hex or base64) nor whether the HMAC key is the hex
         text of the digest or its 32 raw bytes, so all four combinations are accepted.
         """
-        signature = _header(headers, "x-webhook-signature")
+        signature = header(headers, "x-webhook-signature")
         if signature is None:
             return Verdict.UNSIGNED
         presented = _decode_mac(signature)
@@ -215,11 +215,3 @@ def _decode_mac(signature: str) -> list[bytes]:
     except (binascii.Error, ValueError):
         return []
     return [raw] if len(raw) == 32 else []
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    # Starlette's Headers ignore case; a plain dict (tests, other servers) may not.
-    value = headers.get(name)
-    if value is None:
-        value = next((v for k, v in headers.items() if k.lower() == name), None)
-    return value

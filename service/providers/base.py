@@ -12,11 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
+from urllib.parse import urlsplit
 
 from service.backoff import parse_retry_after
 from service.errors import CallbackRejected, JsonRefused, ProviderRejected, ProviderRetryable
 from service.signing import Verdict
 from service.strict_json import loads
+from service.urls import host_matches
 
 
 @dataclass(frozen=True)
@@ -235,3 +237,18 @@ def required_text(body: Mapping[str, Any], *keys: str) -> str | None:
         if isinstance(value, int) and not isinstance(value, bool):
             return str(value)
     return None
+
+
+def is_api_url(url: str, base_url: str, api_hosts: tuple[str, ...]) -> bool:
+    """Whether a URL a provider handed back (a polling URL) may receive the API key: the base
+    URL's own origin (scheme, host and port), or https to one of the provider's API hosts."""
+    parts, base = urlsplit(url), urlsplit(base_url)
+    host = (parts.hostname or "").lower()
+    try:
+        same_origin = (parts.scheme, host, parts.port) == (
+            base.scheme, (base.hostname or "").lower(), base.port)
+    except ValueError:  # a malformed port
+        return False
+    if same_origin:
+        return True
+    return parts.scheme == "https" and any(host_matches(host, p) for p in api_hosts)

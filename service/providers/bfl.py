@@ -28,8 +28,13 @@ from service.providers.base import (
 from service.signing import Verdict, verify_bfl_callback
 from service.urls import host_matches
 
-# The unified vocabulary is BFL's own, except for the edit image (Kontext's `input_image`).
-_RENAMES = {"image_url": "input_image"}
+# The unified vocabulary is BFL's own, except for images: Kontext's and FLUX.2's `input_image`
+# and `input_image_<n>` references, fill's and expand's base64 `image` and `mask`. Those two
+# models get the bytes themselves: the submitter has put them in `image_url`/`mask_url` already
+# (Model.inline_images), so this stays a pure renaming.
+_RENAMES = {"image_url": "input_image", **{f"image_url_{n}": f"input_image_{n}" for n in range(2, 9)}}
+_EDIT_RENAMES = {"image_url": "image", "mask_url": "mask"}
+EDIT_MODELS = frozenset({"flux-pro-1.0-fill", "flux-pro-1.0-expand"})
 
 _STATES = {
     "pending": ProviderState.PENDING,
@@ -63,7 +68,8 @@ class BflAdapter:
         return {"x-key": self.api_key}
 
     def submit_call(self, order: SubmitOrder) -> ProviderCall:
-        body: dict[str, Any] = {_RENAMES.get(k, k): v for k, v in order.input.items()}
+        renames = _EDIT_RENAMES if order.model in EDIT_MODELS else _RENAMES
+        body: dict[str, Any] = {renames.get(k, k): v for k, v in order.input.items()}
         if order.webhook_url:
             body["webhook_url"] = order.webhook_url
             if order.webhook_secret:

@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from service.errors import CallbackRejected, ProviderRejected
 from service.providers.base import (
@@ -23,12 +23,12 @@ from service.providers.base import (
     StatusReport,
     SubmitOrder,
     error_message,
+    is_api_url,
     raise_for_error,
     required_text,
 )
 from service.providers.bfl import output_urls
 from service.signing import Verdict
-from service.urls import host_matches
 
 _STATES = {
     "in_queue": ProviderState.PENDING,
@@ -87,7 +87,7 @@ class RunComfyAdapter:
     def status_call(self, provider_job_id: str, polling_url: str | None) -> ProviderCall:
         # The result endpoint answers the output when done and the status otherwise (model
         # page), so one call per poll is enough.
-        url = polling_url if polling_url and self._is_api_url(polling_url) else None
+        url = polling_url if polling_url and is_api_url(polling_url, self.base_url, self.api_hosts) else None
         if url is None:
             url = f"{self._request_url(provider_job_id)}/result"
         return ProviderCall("GET", url, self.auth_headers())
@@ -129,18 +129,6 @@ class RunComfyAdapter:
 
     def _request_url(self, request_id: str) -> str:
         return f"{self.base_url}/v1/requests/{quote(request_id, safe='')}"
-
-    def _is_api_url(self, url: str) -> bool:
-        parts, base = urlsplit(url), urlsplit(self.base_url)
-        host = (parts.hostname or "").lower()
-        try:
-            same_origin = (parts.scheme, host, parts.port) == (
-                base.scheme, (base.hostname or "").lower(), base.port)
-        except ValueError:  # a malformed port
-            return False
-        if same_origin:
-            return True
-        return parts.scheme == "https" and any(host_matches(host, p) for p in self.api_hosts)
 
 
 def report_from_result(body: Mapping[str, Any]) -> StatusReport:

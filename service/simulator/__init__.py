@@ -1,4 +1,4 @@
-"""Embedded provider simulator: BFL, CometAPI, Apiframe and RunComfy over real HTTP.
+"""Embedded provider simulator: BFL, CometAPI, Apiframe, RunComfy and Replicate over real HTTP.
 
 Serve it with ``uvicorn.run(create_simulator_app(SimulatorConfig.from_env(os.environ)))`` (or
 ``fluxhook simulator``), or mount it; inspect and steer it through ``/_sim/tasks`` and

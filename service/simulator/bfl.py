@@ -1,8 +1,9 @@
 """Black Forest Labs' async API: POST /v1/{model}, GET /v1/get_result, signed callbacks.
 
-Shapes follow the BFL OpenAPI (FluxPro11Inputs, AsyncResponse, AsyncWebhookResponse,
-ResultResponse, HTTPValidationError); the callback body and X-BFL-Signature follow BFL's own
-skill docs (providers.md section a.3), the only first-party description of them.
+Shapes follow the BFL OpenAPI (each model's inputs in bfl_inputs.py, AsyncResponse,
+AsyncWebhookResponse, ResultResponse, HTTPValidationError); the callback body and
+X-BFL-Signature follow BFL's own skill docs (providers.md section a.3), the only first-party
+description of them.
 CometAPI, a BFL proxy, reuses everything here with its own paths, auth and error envelope.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,17 +19,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from service.simulator.bfl_inputs import parse_inputs
 from service.simulator.callbacks import Callback, bfl_signature
 from service.simulator.config import SimulatorConfig
-from service.simulator.images import aspect_ratio_within, size_for_aspect_ratio
 from service.simulator.state import Phase, Task, Webhook, rfc3339
 from service.simulator.wire import (
     BodyError,
     Dialect,
     admit,
     base_url_of,
-    is_http_url,
-    is_int,
     json_response,
     read_json_object,
     refuse_past_active_limit,
@@ -36,8 +35,6 @@ from service.simulator.wire import (
 )
 
 MODEL_NAME = re.compile(r"^flux-[A-Za-z0-9.\-]+$")
-OUTPUT_FORMATS = ("jpeg", "png", "webp")
-DEFAULT_SIZE = (1024, 768)  # FluxPro11Inputs defaults
 COST_CREDITS = 4.0
 
 # Failure callbacks carry a machine word and a sentence, as in BFL's skill example.
@@ -49,90 +46,12 @@ _FAILURE_TEXT = {
 
 
 @dataclass(frozen=True)
-class BflInputs:
-    """The submit fields the simulator acts on; everything else is accepted and ignored."""
-
-    prompt: str
-    width: int
-    height: int
-    seed: int | None
-    output_format: str
-    webhook_url: str | None
-    webhook_secret: str | None
-
-
-@dataclass(frozen=True)
 class Flavour:
     """BFL or a BFL proxy: the path prefix, key and error dialect, and the validation answer."""
 
     dialect: Dialect
     prefix: str
     validation_error: Callable[[list[dict[str, Any]]], Response]
-
-
-def parse_inputs(body: Mapping[str, Any]) -> tuple[BflInputs | None, list[dict[str, Any]]]:
-    """Validate a submit body like BFL's FastAPI does; return (inputs, []) or (None, errors)."""
-    errors: list[dict[str, Any]] = []
-
-    def fail(name: str, kind: str, msg: str) -> None:
-        errors.append({"type": kind, "loc": ["body", name], "msg": msg, "input": body.get(name)})
-
-    prompt = body.get("prompt")
-    if prompt is None:
-        fail("prompt", "missing", "Field required")
-    elif not isinstance(prompt, str):
-        fail("prompt", "string_type", "Input should be a valid string")
-    size: dict[str, int] = {}
-    for name in ("width", "height"):
-        value = body.get(name)
-        if value is None:
-            continue
-        if not is_int(value):
-            fail(name, "int_type", "Input should be a valid integer")
-        elif value % 32:
-            fail(name, "multiple_of", "Input should be a multiple of 32")
-        elif value < 256:
-            fail(name, "greater_than_equal", "Input should be greater than or equal to 256")
-        elif value > 1440:
-            fail(name, "less_than_equal", "Input should be less than or equal to 1440")
-        else:
-            size[name] = value
-    seed = body.get("seed")
-    if seed is not None and not is_int(seed):
-        fail("seed", "int_type", "Input should be a valid integer")
-    fmt = body.get("output_format") or "jpeg"
-    if fmt not in OUTPUT_FORMATS:
-        fail("output_format", "enum", "Input should be 'jpeg', 'png' or 'webp'")
-    tolerance = body.get("safety_tolerance")
-    if tolerance is not None and not (is_int(tolerance) and 0 <= tolerance <= 6):
-        fail("safety_tolerance", "less_than_equal", "Input should be an integer from 0 to 6")
-    if body.get("prompt_upsampling") is not None and not isinstance(body["prompt_upsampling"], bool):
-        fail("prompt_upsampling", "bool_type", "Input should be a valid boolean")
-    ratio = body.get("aspect_ratio")
-    if ratio is not None and not (isinstance(ratio, str) and aspect_ratio_within(ratio)):
-        fail("aspect_ratio", "value_error", "Value error, aspect ratio must be 'W:H' between 21:9 and 9:21")
-    for name in ("input_image", "image_prompt", "webhook_secret"):
-        if body.get(name) is not None and not isinstance(body[name], str):
-            fail(name, "string_type", "Input should be a valid string")
-    url = body.get("webhook_url")
-    if url is not None and not (is_http_url(url) and len(url) <= 2083):
-        fail("webhook_url", "url_parsing", "Input should be a valid URL")
-    if errors:
-        return None, errors
-    if size or not ratio:
-        width, height = size.get("width", DEFAULT_SIZE[0]), size.get("height", DEFAULT_SIZE[1])
-    else:
-        width, height = size_for_aspect_ratio(ratio)  # Kontext: aspect_ratio instead of size
-    assert isinstance(prompt, str)  # checked above: a missing prompt is a 422
-    return BflInputs(
-        prompt=prompt,
-        width=width,
-        height=height,
-        seed=seed,
-        output_format=fmt,
-        webhook_url=url,
-        webhook_secret=body.get("webhook_secret"),
-    ), []
 
 
 def image_url(base_url: str, task: Task) -> str:
@@ -213,7 +132,7 @@ def provider_routes(flavour: Flavour) -> list[Route]:
                 return dialect.error(413, "too_large", exc.message)
             kind = "json_invalid" if exc.reason == "invalid_json" else "model_attributes_type"
             return flavour.validation_error([{"type": kind, "loc": ["body"], "msg": exc.message}])
-        inputs, errors = parse_inputs(body)
+        inputs, errors = parse_inputs(model, body)
         if inputs is None:
             return flavour.validation_error(errors)
         sim = simulator_of(request)
@@ -236,6 +155,7 @@ def provider_routes(flavour: Flavour) -> list[Route]:
             fmt=inputs.output_format,
             base_url=base,
             webhook=webhook,
+            edit=inputs.edit,
             callback_format=BflCallbacks(),
             cost=COST_CREDITS,
         )

@@ -48,11 +48,13 @@ class SimulatorConfig:
     callback_duplicate_rate: float = _knob(0.0, "rate")
     # Fraction of tasks whose callbacks carry no signature header at all.
     unsigned_callback_rate: float = _knob(0.0, "rate")
-    # fal: fraction of tasks whose callback is signed with a timestamp 6 minutes old (refused).
-    stale_callback_rate: float = _knob(0.0, "rate")
-    # fal: fraction of tasks whose signed callback is also sent, byte for byte, to the webhook
-    # URL of the latest earlier request (a replay for another job: refused, changing nothing).
+    # Replicate (Standard Webhooks) and fal (ED25519): fraction of tasks whose terminal
+    # callback, validly signed, is also sent to another task's webhook URL (a captured callback
+    # replayed for another job: refused, changing nothing).
     replayed_callback_rate: float = _knob(0.0, "rate")
+    # Replicate and fal: fraction of tasks whose callbacks carry a timestamp 6 minutes old
+    # (validly signed over it), as a replay captured earlier would.
+    stale_callback_rate: float = _knob(0.0, "rate")
     # fal: which Ed25519 key signs callbacks; change it to rotate the key (the JWKS at
     # /fal/.well-known/jwks.json then holds only the new one).
     fal_key_generation: int = _knob(0, "count")

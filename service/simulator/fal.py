@@ -28,7 +28,6 @@ from starlette.routing import Route
 from service.simulator.callbacks import Callback
 from service.simulator.config import SimulatorConfig
 from service.simulator.images import size_for_aspect_ratio
-from service.simulator.simulator import Simulator
 from service.simulator.state import FAILURES, Phase, Task, Webhook
 from service.simulator.wire import (
     BodyError,
@@ -165,13 +164,8 @@ def failure(task: Task) -> tuple[int, dict[str, Any]]:
 
 
 class FalCallbacks:
-    """One request's webhook: a terminal POST, signed (or not, or stale, by its drawn fate);
-    `replay_to` also sends it, unchanged, to another request's webhook URL (a replay)."""
-
-    def __init__(self, sim: Simulator, *, stale: bool, replay_to: str | None) -> None:
-        self.sim = sim
-        self.stale = stale
-        self.replay_to = replay_to
+    """One request's webhook: a terminal POST, signed (or unsigned, or stamped 6 minutes old,
+    by its drawn fate). A replay to another request's URL is the simulator's, as for Replicate."""
 
     def progress_points(self, task: Task) -> Sequence[float]:
         return ()  # fal calls back once, when the request is done
@@ -188,12 +182,9 @@ class FalCallbacks:
         body = json.dumps(payload, separators=(",", ":")).encode()
         headers = {"Content-Type": "application/json"}
         if not task.fate.unsigned_callback:
-            timestamp = int(now) - (STALE_BY_S if self.stale else 0)
+            timestamp = int(now) - (STALE_BY_S if task.fate.stale_callback else 0)
             headers.update(sign(config, task.id, timestamp, body))
-        callback = Callback(event="terminal", body=body, headers=headers)
-        if self.replay_to is not None:
-            self.sim.replay(task, self.replay_to, callback)
-        return callback
+        return Callback(event="terminal", body=body, headers=headers)
 
 
 def _error(status: int, reason: str, message: str) -> Response:
@@ -240,27 +231,14 @@ async def submit(request: Request) -> Response:
     throttled = refuse_past_active_limit(request, _DIALECT)
     if throttled is not None:
         return throttled
-    callbacks = None
-    if webhook_url is not None:
-        cfg, draw = sim.config, sim.rand
-        # Drawn only when enabled, so turning them on does not reshuffle other fates.
-        stale = bool(cfg.stale_callback_rate) and draw.random() < cfg.stale_callback_rate
-        replay = bool(cfg.replayed_callback_rate) and draw.random() < cfg.replayed_callback_rate
-        callbacks = FalCallbacks(sim, stale=stale, replay_to=_last_webhook(sim) if replay else None)
     base = base_url_of(request)
     task = sim.submit(
         protocol="fal", model=model, prompt=inputs.prompt, seed=inputs.seed, width=inputs.width,
         height=inputs.height, fmt=inputs.fmt, base_url=base,
-        webhook=Webhook(url=webhook_url) if webhook_url else None, callback_format=callbacks,
+        webhook=Webhook(url=webhook_url) if webhook_url else None, callback_format=FalCallbacks(),
     )
     return JSONResponse({"request_id": task.id, "gateway_request_id": task.id,
                          **request_urls(base, model, task.id), "queue_position": 0})
-
-
-def _last_webhook(sim: Simulator) -> str | None:
-    """The webhook URL of the latest fal request: where a replayed callback is sent."""
-    earlier = [t for t in sim.tasks.values() if t.protocol == "fal" and t.webhook is not None]
-    return max(earlier, key=lambda t: t.created_at).webhook.url if earlier else None  # type: ignore[union-attr]
 
 
 async def status(request: Request) -> Response:

@@ -29,6 +29,42 @@ def render_image(*, prompt: str, seed: int, width: int, height: int, fmt: str) -
     """
     if fmt not in _FORMATS:
         raise ValueError(f"unsupported image format {fmt!r}")
+    return _encode(_draw(prompt, seed, width, height), fmt)
+
+
+def render_edit(
+    *, kind: str, image: bytes, mask: bytes | None, margins: tuple[int, int, int, int],
+    prompt: str, seed: int, width: int, height: int, fmt: str,
+) -> tuple[bytes, str]:
+    """A fill or expand result of width x height: the input picture with a drawn one around it.
+
+    fill: the drawing shows where the mask is white (or, without a mask, where the picture is
+    transparent); the picture is kept elsewhere. expand: the picture sits inside the margins
+    (top, bottom, left, right), the drawing fills them. When the output was made smaller than
+    asked (a render budget), picture, mask and margins shrink with it. Deterministic, like
+    `render_image`.
+    """
+    if fmt not in _FORMATS:
+        raise ValueError(f"unsupported image format {fmt!r}")
+    drawn = _draw(prompt, seed, width, height)
+    with Image.open(io.BytesIO(image)) as opened:
+        source = opened.convert("RGBA")
+    top, _bottom, left, right = margins
+    scale = width / (source.width + left + right)
+    if kind == "expand":
+        inner = (max(1, round(source.width * scale)), max(1, round(source.height * scale)))
+        drawn.paste(source.convert("RGB").resize(inner), (round(left * scale), round(top * scale)))
+        return _encode(drawn, fmt)
+    if mask is not None:
+        with Image.open(io.BytesIO(mask)) as opened:
+            repaint = opened.convert("L").resize((width, height))
+    else:
+        repaint = Image.eval(source.getchannel("A"), lambda alpha: 255 - alpha).resize((width, height))
+    kept = source.convert("RGB").resize((width, height))
+    return _encode(Image.composite(drawn, kept, repaint), fmt)
+
+
+def _draw(prompt: str, seed: int, width: int, height: int) -> Image.Image:
     if width < 1 or height < 1:
         raise ValueError(f"image size must be positive, got {width}x{height}")
     digest = hashlib.sha256(f"{seed}\x00{prompt}".encode()).digest()
@@ -54,7 +90,10 @@ def render_image(*, prompt: str, seed: int, width: int, height: int, fmt: str) -
         else:
             draw.rectangle(box, fill=colour, outline=(255, 255, 255))
     _draw_caption(draw, prompt, seed, width, height)
+    return picture
 
+
+def _encode(picture: Image.Image, fmt: str) -> tuple[bytes, str]:
     pil_format, content_type = _FORMATS[fmt]
     out = io.BytesIO()
     if pil_format == "PNG":

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import hmac
 import logging
 import random
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -20,8 +22,8 @@ import httpx
 
 from service.simulator.callbacks import Callback, CallbackFormat, deliver
 from service.simulator.config import SimulatorConfig
-from service.simulator.images import render_image
-from service.simulator.state import NATIVE_STATUS, TERMINAL, Fate, Phase, Task, Webhook
+from service.simulator.images import render_edit, render_image
+from service.simulator.state import NATIVE_STATUS, TERMINAL, Edit, Fate, Phase, Task, Webhook
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,8 @@ class Simulator:
         # Apiframe Idempotency-Key: (api key, idempotency key) -> job id.
         self.idempotency: dict[tuple[str, str], str] = {}
         self.stats: dict[str, AccountStats] = {protocol: AccountStats() for protocol in NATIVE_STATUS}
+        # Replicate's per-account `whsec_` callback signing secrets, by API key.
+        self.signing_secrets: dict[str, str] = {}
         self.client: httpx.AsyncClient | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
 
@@ -90,6 +94,18 @@ class Simulator:
         if expected is not None and not hmac.compare_digest(presented.encode(), expected.encode()):
             return 403
         return None
+
+    def signing_secret(self, api_key: str) -> str:
+        """The account's callback signing secret, made on first use. Not drawn from `rand`, so
+        asking for it never reshuffles the tasks' fates."""
+        if api_key not in self.signing_secrets:
+            self.rotate_signing_secret(api_key)
+        return self.signing_secrets[api_key]
+
+    def rotate_signing_secret(self, api_key: str) -> str:
+        """A new secret for the account; callbacks sent from now on are signed with it only."""
+        self.signing_secrets[api_key] = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+        return self.signing_secrets[api_key]
 
     def draw_fault(self, stage: str) -> Fault | None:
         """Maybe fail this request, per the submit_* or poll_* rates; stage is submit|poll."""
@@ -134,6 +150,7 @@ class Simulator:
         callback_format: CallbackFormat | None = None,
         cost: float = 0.0,
         idempotency_fingerprint: str | None = None,
+        edit: Edit | None = None,
     ) -> Task:
         """Create a task, drawing its whole fate now, and schedule its callbacks if any."""
         cfg, draw = self.config, self.rand
@@ -146,6 +163,9 @@ class Simulator:
         unsigned = draw.random() < cfg.unsigned_callback_rate
         delay = draw.uniform(*cfg.callback_delay_s)
         drawn_seed = draw.randrange(2**32)
+        # Drawn only when asked for, so seeds chosen before these knobs keep their fates.
+        replayed = bool(cfg.replayed_callback_rate) and draw.random() < cfg.replayed_callback_rate
+        stale = bool(cfg.stale_callback_rate) and draw.random() < cfg.stale_callback_rate
         if roll < cfg.failure_rate:
             outcome = Phase.FAILED
         elif roll < cfg.failure_rate + cfg.moderation_rate:
@@ -159,6 +179,8 @@ class Simulator:
             duplicate_callback=duplicate,
             unsigned_callback=unsigned,
             callback_delay_s=delay,
+            replayed_callback=replayed,
+            stale_callback=stale,
         )
         task = Task(
             id=task_id,
@@ -173,6 +195,7 @@ class Simulator:
             fate=fate,
             base_url=base_url,
             webhook=webhook,
+            edit=edit,
             cost=cost,
             idempotency_fingerprint=idempotency_fingerprint,
         )
@@ -196,25 +219,19 @@ class Simulator:
         async with task.render_lock:
             if task.images:
                 return
-            render = functools.partial(
-                render_image,
-                prompt=task.prompt,
-                seed=task.seed,
-                width=task.width,
-                height=task.height,
-                fmt=task.fmt,
-            )
+            edit = task.edit
+            if edit is None:
+                render = functools.partial(render_image, prompt=task.prompt, seed=task.seed,
+                                           width=task.width, height=task.height, fmt=task.fmt)
+            else:  # fill or expand: the input picture is part of the output
+                render = functools.partial(render_edit, kind=edit.kind, image=edit.image, mask=edit.mask,
+                                           margins=edit.margins, prompt=task.prompt, seed=task.seed,
+                                           width=task.width, height=task.height, fmt=task.fmt)
             # Encoding 1440x1440 takes tens of milliseconds: keep it off the event loop.
             data, content_type = await anyio.to_thread.run_sync(render)
             task.sha256s = [hashlib.sha256(data).hexdigest()]
             task.content_type = content_type
             task.images = [data]
-
-    def replay(self, task: Task, url: str, callback: Callback) -> None:
-        """Send `callback`, unchanged, once to another webhook URL: a replay attack's shape."""
-        assert self.client is not None
-        self._spawn(functools.partial(deliver, self.client, url, callback, task, retry_delays_s=(),
-                                      clock=self.clock))
 
     async def sleep_until(self, moment: float) -> None:
         """Sleep until the injected clock reads `moment` (at once if it already has)."""
@@ -246,6 +263,22 @@ class Simulator:
         for _ in range(2 if task.fate.duplicate_callback else 1):
             if await self._deliver(task, terminal):
                 task.terminal_callback_acknowledged = True
+        if task.fate.replayed_callback:
+            await self._replay(task, terminal)
+
+    async def _replay(self, task: Task, callback: Callback) -> None:
+        """Send `task`'s terminal callback, byte for byte and validly signed, to the webhook URL
+        of the latest other task of its protocol: what an attacker who captured it would do.
+        Logged on that task as a "replayed" event, and never retried."""
+        victims = [t for t in self.tasks.values()
+                   if t is not task and t.protocol == task.protocol and t.webhook is not None]
+        if not victims or self.client is None:
+            return
+        victim = victims[-1]
+        assert victim.webhook is not None
+        replayed = Callback(event="replayed", body=callback.body, headers=callback.headers)
+        await deliver(self.client, victim.webhook.url, replayed, victim, retry_delays_s=(),
+                      clock=self.clock)
 
     async def _deliver(self, task: Task, callback: Callback) -> bool:
         assert task.webhook is not None and self.client is not None

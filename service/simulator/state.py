@@ -59,6 +59,16 @@ NATIVE_STATUS: dict[str, dict[Phase, str]] = {
         Phase.CONTENT_MODERATED: "failed",
         Phase.CANCELLED: "cancelled",
     },
+    # Replicate has no moderated state: a safety-checker refusal is `failed` with an E005 error.
+    "replicate": {
+        Phase.QUEUED: "starting",
+        Phase.RUNNING: "processing",
+        Phase.SUCCEEDED: "succeeded",
+        Phase.FAILED: "failed",
+        Phase.REQUEST_MODERATED: "failed",
+        Phase.CONTENT_MODERATED: "failed",
+        Phase.CANCELLED: "canceled",
+    },
     # fal's queue knows three words; a failed or cancelled request is COMPLETED, and its result
     # says how (service/simulator/fal.py).
     "fal": {
@@ -83,6 +93,9 @@ class Fate:
     duplicate_callback: bool = False
     unsigned_callback: bool = False
     callback_delay_s: float = 0.0
+    # Drawn only when their rates are set, so other fates keep their sequence.
+    replayed_callback: bool = False  # the terminal callback is also sent to another task's URL
+    stale_callback: bool = False  # callbacks are stamped 6 minutes in the past
 
 
 @dataclass(frozen=True)
@@ -93,6 +106,22 @@ class Webhook:
     secret: str | None = field(default=None, repr=False)
     api_key: str | None = field(default=None, repr=False)  # Apiframe signs with the submit key
     events: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Edit:
+    """A fill or expand task's input picture, kept in its output: where the mask is black (or
+    the picture opaque), or framed by the margins. `margins` is (top, bottom, left, right)."""
+
+    kind: str  # fill | expand
+    image: bytes = field(repr=False)
+    mask: bytes | None = field(default=None, repr=False)
+    margins: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    def to_public(self) -> dict[str, Any]:
+        return {"kind": self.kind, "image_bytes": len(self.image),
+                "mask_bytes": None if self.mask is None else len(self.mask),
+                "margins": dict(zip(("top", "bottom", "left", "right"), self.margins, strict=True))}
 
 
 @dataclass
@@ -111,6 +140,7 @@ class Task:
     fate: Fate
     base_url: str  # the simulator's own URL as the submitter reached it, for callback payloads
     webhook: Webhook | None = None
+    edit: Edit | None = None
     cost: float = 0.0
     idempotency_fingerprint: str | None = None
     cancelled_at: float | None = None
@@ -179,6 +209,7 @@ class Task:
             "width": self.width,
             "height": self.height,
             "format": self.fmt,
+            "edit": None if self.edit is None else self.edit.to_public(),
             "sha256s": list(self.sha256s),
             "content_type": self.content_type,
             "poll_count": self.poll_count,
@@ -195,6 +226,8 @@ class Task:
                 "duplicate_callback": self.fate.duplicate_callback,
                 "unsigned_callback": self.fate.unsigned_callback,
                 "callback_delay_s": self.fate.callback_delay_s,
+                "replayed_callback": self.fate.replayed_callback,
+                "stale_callback": self.fate.stale_callback,
             },
             "created_at": self.created_at,
             "ready_at": self.ready_at(now),

@@ -17,11 +17,13 @@ from storage.errors import IdempotencyConflict, UnknownJob
 from storage.records import (
     Attempt,
     AttemptRecord,
+    CallbackRecord,
     JobRecord,
     Judgement,
     NewJob,
     Observation,
     OutputRecord,
+    PollRecord,
     Recorded,
     Schedule,
     StoredOutput,
@@ -54,7 +56,7 @@ class JobStore:
         return await self._db.query(partial(_select_job, rules=self._db.rules, job_id=job_id))
 
     async def list_jobs(
-        self, *, status: str | None, limit: int, before: tuple[int, str] | None
+        self, *, status: str | None, limit: int, before: tuple[int, str] | None, provider: str | None = None
     ) -> list[JobRecord]:
         """Newest first; `before` is the (created_at, id) of the last job already seen."""
         clauses: list[str] = []
@@ -62,6 +64,9 @@ class JobStore:
         if status:
             clauses.append("status = ?")
             params.append(status)
+        if provider:
+            clauses.append("provider = ?")
+            params.append(provider)
         if before:
             clauses.append("(created_at, id) < (?, ?)")
             params.extend(before)
@@ -97,6 +102,38 @@ class JobStore:
         for row in await self._db.query(lambda conn: conn.execute(sql, list(job_ids)).fetchall()):
             result[row["job_id"]].append(AttemptRecord.from_row(row))
         return result
+
+    async def get_callbacks(self, job_id: str) -> list[CallbackRecord]:
+        """The job's callbacks as received, oldest first (without their bodies)."""
+        rows = await self._db.query(lambda conn: conn.execute(
+            """SELECT id, provider, verdict, state, provider_job_id, LENGTH(body) AS bytes, received_at
+               FROM callbacks WHERE job_id = ? ORDER BY id""", (job_id,)).fetchall())
+        return [CallbackRecord.from_row(row) for row in rows]
+
+    async def get_polls(self, job_id: str) -> list[PollRecord]:
+        """The job's answered polls, oldest first."""
+        rows = await self._db.query(lambda conn: conn.execute(
+            "SELECT * FROM polls WHERE job_id = ? ORDER BY id", (job_id,)).fetchall())
+        return [PollRecord.from_row(row) for row in rows]
+
+    async def record_thumbnail(self, job_id: str, index: int, thumb_sha256: str, *, now: int) -> bool:
+        """Keep an output's thumbnail, unless it has one already or the job's outputs were removed
+        meanwhile: then the thumbnail's image is queued for removal, as theirs were (it goes unless
+        another output still references it). Whether it was kept."""
+
+        def record(conn: Conn) -> bool:
+            cursor = conn.execute(
+                """UPDATE outputs SET thumb_sha256 = ?
+                   WHERE job_id = ? AND idx = ? AND thumb_sha256 IS NULL
+                     AND EXISTS (SELECT 1 FROM jobs WHERE id = ? AND outputs_deleted_at IS NULL)""",
+                (thumb_sha256, job_id, index, job_id),
+            )
+            if cursor.rowcount == 0:
+                conn.execute("INSERT INTO blob_garbage (sha256, queued_at) VALUES (?, ?) "
+                             "ON CONFLICT (sha256) DO NOTHING", (thumb_sha256, now))
+            return bool(cursor.rowcount)
+
+        return await self._db.transact(record)
 
     # Writes -----------------------------------------------------------------------------------
 
@@ -152,6 +189,11 @@ class JobStore:
                 conn.execute("UPDATE jobs SET poll_count = poll_count + 1 WHERE id = ?", (job_id,))
             transition = _apply_in_tx(conn, job, observation, now=now, schedule=schedule,
                                       rules=self._db.rules, public_url=self._db.public_url)
+            if counted_poll:  # the job's timeline shows each answered poll (migration 11)
+                conn.execute(
+                    "INSERT INTO polls (job_id, provider, status, progress, at) VALUES (?, ?, ?, ?, ?)",
+                    (job_id, job.provider, transition.state.status.value, transition.state.progress, now),
+                )
             if task is not None:
                 _end_task(conn, task, transition.state)
             return Recorded(_must_select_job(conn, self._db.rules, job_id), transition)

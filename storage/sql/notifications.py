@@ -431,6 +431,16 @@ class DeliveryStore:
             "AND (lease_until > ? OR next_attempt_at <= ?)", (job_id, now, now)).fetchone())
         return int(row[0])
 
+    async def count_failing(self, *, since: int) -> dict[str, int]:
+        """Deliveries not getting through: `retrying` (pending after a failed attempt) and `failed`
+        (no further automatic try), of those created since `since`."""
+        rows = await self._db.query(lambda conn: conn.execute(
+            """SELECT status, COUNT(*) FROM deliveries
+               WHERE ((status = 'pending' AND attempts > 0) OR status = 'failed') AND created_at >= ?
+               GROUP BY status""", (since,)).fetchall())
+        found = {row[0]: int(row[1]) for row in rows}
+        return {"retrying": found.get("pending", 0), "failed": found.get("failed", 0)}
+
     async def count_due_deliveries(self, *, now: int) -> int:
         """Pending deliveries due now and not leased."""
         row = await self._db.query(lambda conn: conn.execute(

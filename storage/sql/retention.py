@@ -162,21 +162,26 @@ class RetentionStore:
 
 
 def _queue_images(conn: Conn, job_ids: Sequence[str], now: int) -> None:
+    """The outputs' images and their thumbnails (migration 11)."""
     marks = ",".join("?" * len(job_ids))
     conn.execute(
         f"""INSERT INTO blob_garbage (sha256, queued_at)
-            SELECT DISTINCT sha256, ? FROM outputs WHERE job_id IN ({marks})
+            SELECT sha256, ? FROM outputs WHERE job_id IN ({marks})
+            UNION SELECT thumb_sha256, ? FROM outputs WHERE job_id IN ({marks}) AND thumb_sha256 IS NOT NULL
             ON CONFLICT (sha256) DO NOTHING""",  # noqa: S608
-        (now, *job_ids),
+        (now, *job_ids, now, *job_ids),
     )
 
 
 def _kept_by_a_job(conn: Conn, sha256: str) -> bool:
-    """Any job's output whose outputs are not removed: a job not final, or final and kept."""
+    """Any job's output (or its thumbnail) whose outputs are not removed: a job not final, or
+    final and kept."""
     row = conn.execute(
         """SELECT EXISTS (SELECT 1 FROM outputs o JOIN jobs j ON j.id = o.job_id
-                          WHERE o.sha256 = ? AND j.outputs_deleted_at IS NULL)""",
-        (sha256,),
+                          WHERE o.sha256 = ? AND j.outputs_deleted_at IS NULL)
+               OR EXISTS (SELECT 1 FROM outputs o JOIN jobs j ON j.id = o.job_id
+                          WHERE o.thumb_sha256 = ? AND j.outputs_deleted_at IS NULL)""",
+        (sha256, sha256),
     ).fetchone()
     return bool(row[0])
 

@@ -285,4 +285,22 @@ MIGRATIONS: tuple[Migration, ...] = (
     CREATE INDEX events_of_job ON events (job_id, seq);
     CREATE INDEX events_of_type ON events (type, seq);
     """,
+    # 10: reserved: another branch's migration, which the merge puts here (a no-op until then)
+    "",
+    # 11: the dashboard: every answered poll, for a job's timeline; each output's thumbnail,
+    #     made once and kept in the blob store (service/thumbnails.py), queued for removal with
+    #     its output's image (storage/sql/retention.py)
+    """
+    CREATE TABLE polls (
+        id       INTEGER PRIMARY KEY,
+        job_id   TEXT NOT NULL REFERENCES jobs (id),
+        provider TEXT NOT NULL,
+        status   TEXT NOT NULL,
+        progress REAL,
+        at       INTEGER NOT NULL
+    );
+    CREATE INDEX polls_of_job ON polls (job_id, id);
+    ALTER TABLE outputs ADD COLUMN thumb_sha256 TEXT;
+    CREATE INDEX outputs_by_thumb ON outputs (thumb_sha256) WHERE thumb_sha256 IS NOT NULL;
+    """,
 )
