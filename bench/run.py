@@ -45,23 +45,10 @@ def git(*args: str) -> str:
     return result.stdout.strip()
 
 
-def has_flag(script: Path, flag: str) -> bool:
-    """Whether `script --help` offers `flag`."""
-    result = subprocess.run([sys.executable, str(script), "--help"], cwd=ROOT, capture_output=True, text=True)
-    return flag in result.stdout
-
-
 def run(name: str, extra: list[str]) -> dict[str, Any]:
     script = ROOT / "bench" / f"{name}.py"
-    args = list(extra)
-    parse = True
-    if name == "ingest":
-        args.append("--json")
-    elif name == "notify":
-        # notify.py prints a table and then JSON; read it only where it offers --json
-        parse = has_flag(script, "--json")
-        if parse:
-            args.append("--json")
+    # ingest and notify print a table unless asked for JSON alone; the others print JSON
+    args = [*extra, "--json"] if name in ("ingest", "notify") else list(extra)
     command = [sys.executable, str(script.relative_to(ROOT)), *args]
     shown = " ".join([".venv/bin/python", *command[1:]])
     print(f"== {shown}", file=sys.stderr, flush=True)
@@ -71,15 +58,12 @@ def run(name: str, extra: list[str]) -> dict[str, Any]:
                              "exit_status": result.returncode}
     if result.returncode != 0:
         entry["error"] = (result.stderr or result.stdout)[-2000:]
-    elif parse:
+    else:
         try:
             entry["figures"] = json.loads(result.stdout)
         except json.JSONDecodeError as exc:
             entry["error"] = f"its output is not JSON ({exc}): {result.stdout[-1000:]}"
-    else:
-        entry["note"] = "this script has no --json flag yet: its output is kept as text, not parsed"
-        entry["output"] = result.stdout
-    sys.stderr.write(result.stdout if not parse else json.dumps(entry.get("figures", entry), indent=2) + "\n")
+    sys.stderr.write(json.dumps(entry.get("figures", entry), indent=2) + "\n")
     return entry
 
 

@@ -25,6 +25,7 @@ from handlers.jobs import cancel_job, create_job, delete_job, get_job, get_outpu
 from handlers.metrics import metrics
 from handlers.models import list_models
 from handlers.openapi import openapi
+from handlers.paths import NulPathMiddleware
 from handlers.subscriptions import (
     create_subscription,
     delete_subscription,
@@ -139,7 +140,7 @@ def create_app(
         routes.append(Mount(SIMULATOR_MOUNT, app=simulator))
     return Starlette(
         routes=routes,
-        middleware=[Middleware(ApiKeyMiddleware, api_key=settings.api_key)],
+        middleware=[Middleware(ApiKeyMiddleware, api_key=settings.api_key), Middleware(NulPathMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

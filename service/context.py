@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 import httpx
@@ -18,6 +18,7 @@ from service.egress import EgressPolicy
 from service.providers.base import Adapter
 from service.settings import Settings
 from service.tokens import CallbackTokens, UploadTokens
+from storage.records import ClaimedDelivery, DeliveryLease
 
 if TYPE_CHECKING:
     from service.metrics import Metrics
@@ -37,6 +38,19 @@ class Signal:
     def fire(self) -> None:
         event, self._event = self._event, anyio.Event()
         event.set()
+
+
+class Handoff(Protocol):
+    """The notifier running in this process (service/notifier.py), to which a write that makes
+    deliveries hands them directly: leased in the write's own transaction (`offer`), then
+    started at once (`take`), with no claim and no wake-up in between."""
+
+    def offer(self, now: int) -> DeliveryLease | None:
+        """The lease to take for it now, or None when it has no room (or is not running)."""
+
+    def take(self, deliveries: Sequence[ClaimedDelivery]) -> bool:
+        """Start sending `deliveries` (leased as `offer` said); False if it no longer runs,
+        and the caller hands their leases back."""
 
 
 @dataclass
@@ -67,6 +81,9 @@ class WorkContext:
     signals: Signals = field(default_factory=Signals)
     # Replicate's and fal's account-wide callback keys, fetched once and cached.
     keyring: CallbackKeyring = field(default_factory=CallbackKeyring)
+    # Set while this process's notifier runs (Notifier.run): the download hands it the
+    # deliveries of the success it commits (service/fetcher.py).
+    handoff: Handoff | None = None
     _metrics: Metrics | None = field(default=None, repr=False)
 
     @property

@@ -22,6 +22,7 @@ from storage.records import (
     CallbackRecord,
     ClaimedDelivery,
     DeliveryAttemptRecord,
+    DeliveryLease,
     DeliveryRecord,
     EventRecord,
     JobRecord,
@@ -135,8 +136,10 @@ class JobStore(Protocol):
         now: int,
         task_id: int,
         observation: Observation,
+        lease: DeliveryLease | None = None,
     ) -> Recorded | None:
-        """Keep the stored outputs' records and mark the job succeeded, in one transaction."""
+        """Keep the stored outputs' records and mark the job succeeded, in one transaction;
+        with `lease`, the deliveries this makes are leased in it for the caller's notifier."""
         ...
 
     async def begin_submit(

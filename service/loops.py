@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 import anyio
@@ -36,6 +36,7 @@ class ClaimLoop(ABC, Generic[Item]):
         self._idle = anyio.Event()  # set whenever nothing is in flight
         self._idle.set()
         self._held: dict[int, Item] = {}  # started and not yet done: what a stop hands back
+        self._group: TaskGroup | None = None  # while `run` runs and claims: where items start
 
     @property
     @abstractmethod
@@ -94,7 +95,24 @@ class ClaimLoop(ABC, Generic[Item]):
         """Run until `stop` is set (then wind down, see the module docstring) or cancelled."""
         await self._supervised(self._claim_until_stopped)
 
+    @property
+    def running(self) -> bool:
+        """Whether `run` is claiming (and `adopt` would start items)."""
+        return self._group is not None and not self.stop.is_set()
+
+    def adopt(self, items: Sequence[Item]) -> bool:
+        """Carry out `items`, leased for this loop by someone else (see service/notifier.py),
+        as if it had claimed them: in flight, handed back if the loop stops before they are
+        done. False, starting nothing, unless `run` is claiming."""
+        if not self.running:
+            return False
+        assert self._group is not None
+        for item in items:
+            self._start(self._group, item)
+        return True
+
     async def _claim_until_stopped(self, group: TaskGroup) -> None:
+        self._group = group
         while not self.stop.is_set():
             wake = self.signal.current()  # taken first: a later nudge is never lost
             free = self.concurrency - self.inflight
@@ -125,6 +143,7 @@ class ClaimLoop(ABC, Generic[Item]):
                         await self._idle.wait()
                     group.cancel_scope.cancel()
         finally:
+            self._group = None
             await self._hand_back_held()
 
     async def _hand_back_held(self) -> None:

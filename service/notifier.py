@@ -5,6 +5,12 @@ redirects are never followed; retries follow the configured schedule with ±20% 
 honour Retry-After on 429/503; a 410 disables the subscription. At most
 `webhook_per_destination` deliveries are in flight to one destination, and each has a timeout,
 so a slow or dead receiver never delays the others.
+
+While it runs, the notifier is also this process's `Handoff` (service/context.py): a download
+that stores a job's outputs leases the deliveries its commit makes in that same transaction and
+hands them over, so `job.succeeded` goes out without a claim transaction or a wake-up between
+the commit and the send. The lease is a claim's lease: another process cannot send them
+meanwhile, and if this one dies first, the lease runs out and any notifier claims them.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 
 import anyio
 import httpx
@@ -21,7 +28,7 @@ from service.context import Signal, WorkContext
 from service.egress import refused_cause
 from service.loops import ClaimLoop
 from service.webhook_signing import webhook_headers
-from storage.records import AttemptResult, ClaimedDelivery, destination_key
+from storage.records import AttemptResult, ClaimedDelivery, DeliveryLease, destination_key
 
 log = logging.getLogger("fluxhook.notifier")
 
@@ -117,11 +124,10 @@ class Notifier(ClaimLoop[ClaimedDelivery]):
         metrics = self.ctx.metrics
         metrics.delivery(delivered=result.delivered, seconds=result.duration_ms / 1000)
         if result.delivered and not delivery.manual and delivery.event_type == "job.succeeded" \
-                and delivery.job_id is not None:
-            job = await self.ctx.store.jobs.get_job(delivery.job_id)
-            if job is not None and job.completed_at is not None:
-                # Per destination, failed tries' waits included: what a receiver sees.
-                metrics.stored_to_notified.observe(max(0, self.ctx.clock() - job.completed_at) / 1000)
+                and delivery.job_completed_at is not None:
+            # Per destination, failed tries' waits included: what a receiver sees.
+            metrics.stored_to_notified.observe(
+                max(0, self.ctx.clock() - delivery.job_completed_at) / 1000)
 
     @property
     def concurrency(self) -> int:
@@ -131,12 +137,50 @@ class Notifier(ClaimLoop[ClaimedDelivery]):
     def signal(self) -> Signal:
         return self.ctx.signals.deliveries
 
+    @property
+    def lease_ms(self) -> int:
+        """How long a delivery is leased for one attempt: past the attempt's own timeout."""
+        settings = self.ctx.settings
+        return self.ctx.ms(max(settings.task_lease_s, settings.webhook_timeout_s + 5))
+
+    async def run(self) -> None:
+        """As `ClaimLoop.run`, and this process's `Handoff` meanwhile."""
+        ctx = self.ctx
+        if ctx.handoff is None:
+            ctx.handoff = self
+        try:
+            await super().run()
+        finally:
+            if ctx.handoff is self:
+                ctx.handoff = None
+
+    def offer(self, now: int) -> DeliveryLease | None:
+        """The lease a write may take for this notifier (`Handoff.offer`): as many deliveries
+        as it has free slots, none to a destination at its in-flight cap."""
+        free = self.concurrency - self.inflight
+        if not self.running or free <= 0:
+            return None
+        full = tuple(key for key, count in self._busy.items()
+                     if count >= self.ctx.settings.webhook_per_destination)
+        return DeliveryLease(until=now + self.lease_ms, limit=free, exclude=full)
+
+    def take(self, deliveries: Sequence[ClaimedDelivery]) -> bool:
+        """Send `deliveries`, leased as `offer` said, as if this notifier had claimed them
+        (`Handoff.take`). A destination's cap may be passed by the few that were leased while
+        another claim filled it: the cap keeps a backlog from piling onto one receiver, and
+        these are each job's own first try."""
+        if not self.running:
+            return False
+        for delivery in deliveries:
+            self._busy[destination_key(delivery.subscription_id, delivery.url)] += 1
+        return self.adopt(deliveries)
+
     async def claim(self, limit: int) -> list[ClaimedDelivery]:
         ctx = self.ctx
         claimed = await ctx.store.deliveries.claim_due_deliveries(
             now=ctx.clock(),
             limit=limit,
-            lease_ms=ctx.ms(max(ctx.settings.task_lease_s, ctx.settings.webhook_timeout_s + 5)),
+            lease_ms=self.lease_ms,
             busy=self._busy,
             per_destination=ctx.settings.webhook_per_destination,
             job_id=self.only_job,

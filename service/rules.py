@@ -41,7 +41,7 @@ class CoreRules:
         return dumps(value, path=path)  # keeps the client's key order
 
     def decode(self, text: str) -> Any:
-        return loads(text)
+        return loads(text, refuse_nul=False)  # rows stored before NUL was refused still read
 
     def repair(self, text: str | bytes, *, document: bool) -> str | None:
         return repair_text(text, max_depth=DOCUMENT_DEPTH if document else MAX_DEPTH)

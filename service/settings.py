@@ -49,7 +49,7 @@ SETTINGS: tuple[SettingDoc, ...] = (
     SettingDoc("FLUXHOOK_NOT_FOUND_GRACE_SECONDS", "60", "A provider's `Task not found` fails the job only this long after submit."),
     SettingDoc("FLUXHOOK_SUBMIT_TIMEOUT_SECONDS", "300", "How long retryable submit failures (429, 5xx, timeouts) are retried before the job fails."),
     SettingDoc("FLUXHOOK_ADOPT_WINDOW_SECONDS", "180", "A submit whose answer was lost (read timeout, crash before the commit) may have created a provider task: for a provider that calls back, fluxhook waits this long after it for the task's callback and adopts the task it names, instead of submitting (and paying) again."),
-    SettingDoc("FLUXHOOK_CRASH_AT", "(unset)", "For crash tests only: a comma list of named points (`submit.before_send`, `submit.answered`) where the process kills itself with SIGKILL. Never set it in production."),
+    SettingDoc("FLUXHOOK_CRASH_AT", "(unset)", "For crash tests only: a comma list of named points (`submit.before_send`, `submit.answered`, `notify.leased`) where the process kills itself with SIGKILL. Never set it in production."),
     SettingDoc("FLUXHOOK_OUTPUT_WINDOW_SECONDS", "600", "How long output downloads are retried after the provider says ready (BFL URLs live ~10 min)."),
     SettingDoc("FLUXHOOK_RETRY_BASE_SECONDS", "1", "First delay for submit and download retries; doubles with jitter."),
     SettingDoc("FLUXHOOK_RETRY_MAX_SECONDS", "60", "Cap on submit and download retry delays."),
@@ -398,7 +398,7 @@ class Settings:
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
-CRASH_POINTS = frozenset({"submit.before_send", "submit.answered"})
+CRASH_POINTS = frozenset({"submit.before_send", "submit.answered", "notify.leased"})
 
 
 def prepare_data_dir(data_dir: Path) -> None:

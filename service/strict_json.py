@@ -4,6 +4,8 @@ document goes through `loads` and `dumps`.
 Standard JSON only, as I-JSON (RFC 7493) narrows RFC 8259:
 - UTF-8 text; no `NaN`, `Infinity` or `-Infinity` (Python's `json` accepts and writes them);
 - well-formed Unicode: no lone UTF-16 surrogate (`"\\ud800"`), in a string or in a key;
+- no NUL character (`"\\u0000"`), in a string or in a key: it means nothing in a prompt, an id
+  or a name, and PostgreSQL's text cannot hold it, so refusing it here keeps both backends alike;
 - member names unique within an object;
 - a number literal at most `MAX_NUMBER_CHARS` characters, and finite (`1e400` is refused);
 - nesting at most `MAX_DEPTH` arrays or objects deep, checked before parsing, so a body of
@@ -87,12 +89,14 @@ def _parse_constant(text: str) -> Any:
 
 # A string, or one bracket. Strings are skipped whole, so brackets inside them do not count.
 _STRING_OR_BRACKET = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
+_NUL = "string holds a NUL character (\\u0000)"
 # An escaped surrogate, the only way a lone one can enter text decoded from UTF-8.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
-def loads(data: bytes | bytearray | str, *, max_depth: int = MAX_DEPTH) -> Any:
-    """Parse one JSON text under the rules above; JsonRefused names what broke which rule."""
+def loads(data: bytes | bytearray | str, *, max_depth: int = MAX_DEPTH, refuse_nul: bool = True) -> Any:
+    """Parse one JSON text under the rules above; JsonRefused names what broke which rule.
+    `refuse_nul=False` reads back documents stored before NUL was refused."""
     if isinstance(data, bytes | bytearray):
         try:
             text = bytes(data).decode("utf-8")
@@ -111,7 +115,8 @@ def loads(data: bytes | bytearray | str, *, max_depth: int = MAX_DEPTH) -> Any:
                           line=exc.lineno, column=exc.colno) from exc
     except RecursionError as exc:  # not reached: _check_depth bounds the nesting first
         raise JsonRefused(f"nested deeper than {max_depth}", rule="depth") from exc
-    _check_value(value)
+    # A NUL can only arrive escaped: JSON refuses raw control characters in strings.
+    _check_value(value, refuse_nul=refuse_nul and "\\u0000" in text)
     return value
 
 
@@ -129,7 +134,7 @@ def _check_depth(text: str, max_depth: int) -> None:
             depth -= 1
 
 
-def _check_value(root: Any) -> None:
+def _check_value(root: Any, *, refuse_nul: bool) -> None:
     """Find what the hooks marked, lone surrogates and repeated names; raise naming the path.
 
     Iterative, and depth is already bounded; a document with nothing suspicious costs one pass.
@@ -142,6 +147,8 @@ def _check_value(root: Any) -> None:
         if isinstance(value, str):
             if not _well_formed(value):
                 raise JsonRefused("string holds a lone UTF-16 surrogate", rule="unicode", path=path)
+            if refuse_nul and "\x00" in value:
+                raise JsonRefused(_NUL, rule="unicode", path=path)
         elif isinstance(value, dict):
             if isinstance(value, _Members):
                 raise JsonRefused("member name appears twice in one object", rule="duplicate_key",
@@ -150,6 +157,8 @@ def _check_value(root: Any) -> None:
                 if not _well_formed(key):
                     raise JsonRefused("member name holds a lone UTF-16 surrogate", rule="unicode",
                                       path=join(path, key))
+                if refuse_nul and "\x00" in key:
+                    raise JsonRefused(f"member name: {_NUL}", rule="unicode", path=join(path, key))
                 stack.append((item, join(path, key)))
         elif isinstance(value, list):
             stack.extend((item, f"{path}[{i}]") for i, item in enumerate(value))

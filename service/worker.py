@@ -20,7 +20,9 @@ from storage.records import SubmitCaps, TaskKind, TaskRecord
 
 log = logging.getLogger("fluxhook.worker")
 
-Handler = Callable[[WorkContext, TaskRecord], Awaitable[None]]
+# A handler returns True when the work it did left nothing for this process's notifier to
+# look for (service/fetcher.py hands the deliveries it makes straight to it).
+Handler = Callable[[WorkContext, TaskRecord], Awaitable[bool | None]]
 
 HANDLERS: dict[str, Handler] = {
     TaskKind.SUBMIT.value: submit_job,
@@ -38,6 +40,7 @@ class Worker(ClaimLoop[TaskRecord]):
     ) -> None:
         super().__init__(ctx, stop=stop)
         self.only_job = only_job
+        self._handed_off: set[int] = set()  # tasks whose deliveries went to the notifier directly
 
     @property
     def concurrency(self) -> int:
@@ -67,6 +70,15 @@ class Worker(ClaimLoop[TaskRecord]):
     async def handle(self, item: TaskRecord) -> None:
         await self.run_task(item)
 
+    def released(self, item: TaskRecord) -> None:
+        if item.id not in self._handed_off:
+            self.ctx.nudge()
+            return
+        # The notifier has what this task made; waking it would only make it look for nothing.
+        self._handed_off.discard(item.id)
+        self.ctx.signals.work.fire()
+        self.ctx.signals.events.fire()
+
     async def hand_back(self, items: list[TaskRecord]) -> int:
         # A handed-back submit may have reached the provider before it was cancelled; the
         # submitter decides what a submit with an unknown outcome does when it runs again.
@@ -78,7 +90,8 @@ class Worker(ClaimLoop[TaskRecord]):
         try:
             if handler is None:
                 raise LookupError(f"no handler for task kind {task.kind!r}")
-            await handler(self.ctx, task)
+            if await handler(self.ctx, task):
+                self._handed_off.add(task.id)
         except Exception as exc:
             # The task stays leased until rescheduled here; if even that fails, the lease
             # expires and another worker claims it.

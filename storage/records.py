@@ -125,6 +125,9 @@ class TaskRecord:
     attempts: int
     last_error: str | None
     lease_until: int = 0  # as leased by a claim: which lease to hand back (storage/sql/tasks.py)
+    # Its job as the claim read it, for a task whose handler starts by reading it (a download):
+    # one read fewer. Only as fresh as the claim; the handler's own write reads it again.
+    job: JobRecord | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> TaskRecord:
@@ -362,6 +365,8 @@ class Recorded:
     job: JobRecord
     transition: Transition | None = None
     duplicate: bool = False
+    # Deliveries the write made and leased for the caller's own notifier (`DeliveryLease`).
+    leased: tuple[ClaimedDelivery, ...] = ()
 
 
 # Tasks and notifications -----------------------------------------------------------------------
@@ -403,6 +408,21 @@ class ClaimedDelivery:
     manual: bool
     secrets: tuple[str, ...] = field(repr=False)  # the subscription's live secrets; empty: the service's
     lease_until: int = 0  # the lease this claim holds: what `release_deliveries` hands back
+    job_completed_at: int | None = None  # when its job ended, if it has (for the metrics)
+
+
+@dataclass(frozen=True)
+class DeliveryLease:
+    """A lease on the deliveries a write makes, taken in that write's own transaction for a
+    notifier running in the same process, which sends them without claiming them (and without
+    waiting to be woken): at most `limit`, none to a destination in `exclude` (those at their
+    in-flight cap), leased until `until` as a claim leases (the attempt counted). If the process
+    dies before they are sent, the lease runs out and any notifier claims them, as after a
+    crash between a claim and its send."""
+
+    until: int
+    limit: int
+    exclude: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

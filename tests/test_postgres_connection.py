@@ -109,3 +109,20 @@ def test_a_pipelined_error_nobody_read_is_raised_by_the_end_of_the_block(conn):
     with pytest.raises(psycopg.errors.UndefinedTable), conn.pipelined():
         conn.execute("INSERT INTO no_such_table VALUES (1)")  # its result is never read
     assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 0  # the connection goes on
+
+
+def test_round_trips_count_each_wait_for_the_server(conn):
+    before = conn.round_trips
+    conn.execute("SELECT 1")  # unpipelined: one each
+    conn.execute("SELECT 2")
+    assert conn.round_trips - before == 2
+    with conn.pipelined():
+        first = conn.execute("INSERT INTO t (name) VALUES (?) RETURNING id", ("a",))
+        conn.execute("INSERT INTO t (name) VALUES (?)", ("b",))
+        assert first.fetchone() is not None  # one wait covers both statements sent so far
+        conn.execute("UPDATE t SET flag = 1")  # unread: waited for as the block ends
+    assert conn.round_trips - before == 4
+    with conn.pipelined():
+        read = conn.execute("SELECT count(*) FROM t")
+        assert read.fetchone()[0] == 2
+    assert conn.round_trips - before == 5  # nothing left to wait for at the end

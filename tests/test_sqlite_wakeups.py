@@ -67,3 +67,48 @@ async def test_without_commits_the_watcher_stays_asleep(tmp_path):
         group.cancel_scope.cancel()
     reader.close()
     assert commits == 0
+
+
+async def test_only_another_processes_commits_wake_a_database_follower(tmp_path):
+    """Its own commits woke the process's loops in memory: the WAL watcher passes them over
+    (storage/sqlite/database.py `follow_wake_ups` gives it `committed_elsewhere`)."""
+    from service.rules import JOB_RULES
+    from storage.sqlite.database import Database
+
+    path = tmp_path / "fluxhook.db"
+    db = await Database.open(path, rules=JOB_RULES)
+    other = database(path)
+    wakes = 0
+    foreign = anyio.Event()
+
+    def on_commit() -> None:
+        nonlocal wakes
+        wakes += 1
+        foreign.set()
+
+    def own_write(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE IF NOT EXISTS own (x INTEGER)")
+        conn.execute("INSERT INTO own VALUES (1)")
+
+    watcher = WalWatcher(path, on_commit, elsewhere=db.committed_elsewhere)
+    try:
+        assert await db.committed_elsewhere()  # the first look
+        assert not await db.committed_elsewhere()
+        async with anyio.create_task_group() as group:
+            group.start_soon(watcher.run)
+            await watcher.watching.wait()
+            for _ in range(5):
+                await db.transact(own_write)
+            other.execute("INSERT INTO t VALUES (1)")
+            with anyio.fail_after(10):
+                await foreign.wait()
+            group.cancel_scope.cancel()
+        # The watcher takes writes in order: a wake for the own commits would have come first.
+        assert wakes == 1
+        await db.transact(own_write)
+        assert not await db.committed_elsewhere()
+        other.execute("INSERT INTO t VALUES (2)")
+        assert await db.committed_elsewhere()
+    finally:
+        other.close()
+        await db.close()

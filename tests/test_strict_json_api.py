@@ -82,6 +82,8 @@ JOB_CASES = [
     ("lone-surrogate-in-prompt", JOB % ('{"prompt": "a \\ud800 fox"}', "{}"), 422, "input.prompt"),
     ("lone-surrogate-in-key", JOB % (PROMPT, '{"\\udc01": 1}'), 422, "metadata.\\udc01"),
     ("duplicate-key", JOB % ('{"prompt": "a", "prompt": "b"}', "{}"), 422, "input.prompt"),
+    ("nul-in-prompt", JOB % ('{"prompt": "a \\u0000 fox"}', "{}"), 422, "input.prompt"),
+    ("nul-in-key", JOB % (PROMPT, '{"a\\u0000": 1}'), 422, "metadata.a\x00"),
     ("deep-nesting", JOB % (PROMPT, '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}"), 400, "(body)"),
     ("nan-at-top", "NaN", 400, "(body)"),
 ]
@@ -112,6 +114,8 @@ SUBSCRIPTION_CASES = [
     ("lone-surrogate-url", '{"url": "https://hooks.example.org/\\udfff"}', 422, "url"),
     ("lone-surrogate-event", with_url('"events": ["\\ud800"]'), 422, "events[0]"),
     ("surrogate-key", with_url('"\\ud800": 1'), 422, "\\ud800"),
+    ("nul-description", with_url('"description": "a\\u0000"'), 422, "description"),
+    ("nul-url", '{"url": "https://hooks.example.org/\\u0000"}', 422, "url"),
     ("huge-int", with_url('"description": ' + "1" * 5000), 422, "description"),
     ("1e400", with_url('"description": 1e400'), 422, "description"),
     ("deep", with_url('"x": ' + "{" * 50_000), 400, "(body)"),
@@ -197,6 +201,10 @@ async def test_hostile_list_query_is_refused_in_the_one_shape(api, query, status
     ("/v1/events?type=%ED%A0%80", 422, "type"),
     ("/v1/subscriptions/sub_1/recover?since=%ED%A0%80", 422, "since"),
     ("/v1/jobs/%ED%A0%80", 404, "job_id"),
+    # PostgreSQL's text cannot hold NUL: such an id is a 404 before any read, on both backends
+    ("/v1/jobs/job_%00x", 404, "(path)"),
+    ("/v1/jobs/job_%00x/deliveries", 404, "(path)"),
+    ("/v1/subscriptions/sub_%00x/recover", 404, "(path)"),
     ("/v1/jobs/job_1/outputs/" + "9" * 5000, 422, "index"),
 ])
 async def test_hostile_query_and_path_values_are_refused_in_the_one_shape(api, path, status, field):

@@ -127,21 +127,29 @@ class Connection:
         self.raw = conn  # for what only PostgreSQL has (LISTEN, COPY, ...)
         self.statements = 0  # statements sent on it
         self.answered = False  # whether any result has come back: until then nothing was done
+        self.round_trips = 0  # waits for the server's answer: what a body costs in latency
         self._pipeline: psycopg.Pipeline | None = None
+        self._unsynced = False  # statements sent in the pipeline whose results are not in
 
     def execute(self, sql: str, params: Params = ()) -> Cursor:
         cursor = self.raw.cursor(row_factory=row_factory)
         cursor.execute(to_format(sql), _adapt(params))
-        self.statements += 1
-        self.answered = self.answered or self._pipeline is None
+        self._sent()
         return Cursor(cursor, self)
 
     def executemany(self, sql: str, seq_of_params: Iterable[Params]) -> Cursor:
         cursor = self.raw.cursor(row_factory=row_factory)
         cursor.executemany(to_format(sql), [_adapt(params) for params in seq_of_params])
-        self.statements += 1
-        self.answered = self.answered or self._pipeline is None
+        self._sent()
         return Cursor(cursor, self)
+
+    def _sent(self) -> None:
+        self.statements += 1
+        if self._pipeline is None:
+            self.answered = True
+            self.round_trips += 1
+        else:
+            self._unsynced = True
 
     @contextmanager
     def pipelined(self) -> Iterator[None]:
@@ -153,6 +161,9 @@ class Connection:
                 yield
             finally:
                 self._pipeline = None
+                if self._unsynced:  # the block's end waits for what is still outstanding
+                    self.round_trips += 1
+                    self._unsynced = False
         self.answered = True
 
     def wait_for(self, cursor: psycopg.Cursor[Any]) -> None:
@@ -160,6 +171,8 @@ class Connection:
         if self._pipeline is not None and cursor.pgresult is None:
             self._pipeline.sync()
             self.answered = True
+            self.round_trips += 1
+            self._unsynced = False
 
 
 def _adapt(params: Params) -> tuple[Any, ...]:

@@ -149,6 +149,7 @@ class Database(StoresOver):
         isolation: Isolation = Isolation.SERIALIZABLE,
         appends_events: bool = False,
         locked_claim: bool = False,
+        durable: bool = True,
     ) -> T:
         """Run `fn` as one transaction (BEGIN, `fn`, COMMIT) in one hop, again from the start
         if PostgreSQL reports a serialization failure or a deadlock. Whatever `fn` raises rolls
@@ -160,17 +161,19 @@ class Database(StoresOver):
         SERIALIZABLE transactions appending at once both read the log's last seq and one of
         them always fails and runs again; with ten at once, some fail ten times over.
 
-        `locked_claim`: READ COMMITTED (storage/sql/__init__.py `SqlDatabase.transact`)."""
+        `locked_claim`: READ COMMITTED; `durable=False`: `synchronous_commit` off for this
+        transaction (storage/sql/__init__.py `SqlDatabase.transact`)."""
         if locked_claim:
             isolation = Isolation.READ_COMMITTED
-        return await self._transact(partial(_in_transaction, fn, isolation, appends_events))
+        return await self._transact(partial(_in_transaction, fn, isolation, appends_events, durable))
 
     async def transact_then_read(
-        self, fn: Callable[[Connection], Callable[[], T]], *, appends_events: bool = False
+        self, fn: Callable[[Connection], Callable[[], T]], *, appends_events: bool = False,
+        durable: bool = True,
     ) -> T:
         """As `transact`, for a body that returns how to read its result: read once COMMIT has
         come back, so the statements whose results it reads go out with the COMMIT."""
-        return await self._transact(partial(_in_transaction_then_read, fn, appends_events))
+        return await self._transact(partial(_in_transaction_then_read, fn, appends_events, durable))
 
     async def _transact(self, run: Callable[[Connection], T]) -> T:
         for attempt in range(1, self._attempts + 1):
@@ -242,13 +245,16 @@ EVENT_LOG_LOCK = "LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE"
 
 
 def _in_transaction(
-    fn: Callable[[Connection], T], isolation: Isolation, appends_events: bool, conn: Connection
+    fn: Callable[[Connection], T], isolation: Isolation, appends_events: bool, durable: bool,
+    conn: Connection,
 ) -> T:
     try:
         # Pipelined: BEGIN and the lock go out with the body's first statement, COMMIT with
         # its last writes, and the writes between two reads together.
         with conn.pipelined():
             conn.execute(f"BEGIN ISOLATION LEVEL {isolation.value}")
+            if not durable:  # the COMMIT returns before its log record is flushed
+                conn.execute("SET LOCAL synchronous_commit = off")
             if appends_events:
                 conn.execute(EVENT_LOG_LOCK)
             result = fn(conn)
@@ -266,10 +272,10 @@ def _in_transaction(
 
 
 def _in_transaction_then_read(
-    fn: Callable[[Connection], Callable[[], T]], appends_events: bool, conn: Connection
+    fn: Callable[[Connection], Callable[[], T]], appends_events: bool, durable: bool, conn: Connection
 ) -> T:
     # Every result is in once the pipelined transaction has committed: reading is local.
-    return _in_transaction(fn, Isolation.SERIALIZABLE, appends_events, conn)()
+    return _in_transaction(fn, Isolation.SERIALIZABLE, appends_events, durable, conn)()
 
 
 def _discard(conn: Connection) -> None:

@@ -48,17 +48,25 @@ class SqlDatabase(Protocol):
     dialect: Dialect
 
     async def transact(
-        self, fn: Callable[[Conn], T], *, appends_events: bool = False, locked_claim: bool = False
+        self, fn: Callable[[Conn], T], *, appends_events: bool = False, locked_claim: bool = False,
+        durable: bool = True,
     ) -> T:
         """Run `fn` as one write transaction. `appends_events`: `fn` may append to the event
         log (a job change does), so it must not overlap another transaction that does.
         `locked_claim`: `fn` writes only rows it has locked with the dialect's `skip_locked`
         and decides from nothing else, so it needs no serializable snapshot (PostgreSQL runs
-        it READ COMMITTED: it never fails to serialize, nor makes another transaction fail)."""
+        it READ COMMITTED: it never fails to serialize, nor makes another transaction fail).
+
+        `durable=False`: `fn` only takes leases (a claim), so its commit returns without
+        waiting for the disk. It is visible to every process at once and survives this process
+        dying; only a power failure (SQLite) or a database server crash (PostgreSQL) can lose
+        it, and then only if nothing committed after it (the log is written in order), which
+        is as if the claim had never been made: the work is claimed and done again, as work
+        always may be (idempotent, and a notification keeps its webhook-id)."""
         ...
 
     async def transact_then_read(
-        self, fn: Callable[[Conn], Callable[[], T]], *, appends_events: bool = False
+        self, fn: Callable[[Conn], Callable[[], T]], *, appends_events: bool = False, durable: bool = True
     ) -> T:
         """As `transact`, for a body that returns how to read its result (from cursors of
         statements it sent): PostgreSQL reads it once the transaction has committed, so those

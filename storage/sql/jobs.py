@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ from storage.records import (
     Attempt,
     AttemptRecord,
     CallbackRecord,
+    DeliveryLease,
     JobRecord,
     Judgement,
     NewJob,
@@ -31,7 +33,7 @@ from storage.records import (
     TaskOutcome,
 )
 from storage.rules import JobRules
-from storage.sql.notifications import emit_job_event
+from storage.sql.notifications import EventReads, emit_job_event, lease_new_deliveries, send_event_reads
 from storage.state import (
     ADOPTED,
     ORPHANED,
@@ -321,11 +323,29 @@ class JobStore:
         now: int,
         task_id: int,
         observation: Observation,
+        lease: DeliveryLease | None = None,
     ) -> Recorded | None:
-        """Keep the stored outputs' records and mark the job succeeded, in one transaction."""
+        """Keep the stored outputs' records and mark the job succeeded, in one transaction;
+        with `lease`, the deliveries of the event this makes are leased in it too, for the
+        caller's notifier (`Recorded.leased`, storage/sql/notifications.py)."""
 
         def record(conn: Conn) -> Callable[[], Recorded | None]:
-            job = _select_job(conn, self._db.rules, job_id)
+            # Everything read is sent before the job is read, and the event is built from the
+            # job as written here rather than read again: on PostgreSQL (pipelined) the reads
+            # cost one round trip and the writes and COMMIT another.
+            loaded = _select_job_sent(conn, self._db.rules, job_id)
+            stored = conn.execute("SELECT * FROM outputs WHERE job_id = ? ORDER BY idx", (job_id,))
+
+            def all_outputs() -> list[OutputRecord]:
+                # As a read after the INSERT below would find them: a row already stored wins.
+                found = {row["idx"]: OutputRecord.from_row(row) for row in stored.fetchall()}
+                for out in outputs:
+                    found.setdefault(out.index, OutputRecord(job_id, out.index, out.sha256, out.content_type,
+                                                             out.bytes, out.source_url, now))
+                return [found[index] for index in sorted(found)]
+
+            reads = send_event_reads(conn, job_id, outputs=all_outputs)
+            job = loaded()
             if job is None:
                 conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
                 return lambda: None
@@ -336,10 +356,12 @@ class JobStore:
                  for out in outputs],
             )
             transition = _apply_in_tx(conn, job, observation, now=now, schedule=Schedule(),
-                                      rules=self._db.rules, public_url=self._db.public_url)
+                                      rules=self._db.rules, public_url=self._db.public_url,
+                                      reads=reads, current=True)
             conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
+            leased = lease_new_deliveries(conn, job_id, now=now, lease=lease) if lease else list
             final = _select_job_later(conn, self._db.rules, job_id)
-            return lambda: Recorded(final(), transition)
+            return lambda: Recorded(final(), transition, leased=tuple(leased()))
 
         return await self._db.transact_then_read(record, appends_events=True)
 
@@ -408,16 +430,27 @@ def _select_job(conn: Conn, rules: JobRules, job_id: str) -> JobRecord | None:
     return JobRecord.from_row(row, rules.decode) if row else None
 
 
-def _select_job_later(conn: Conn, rules: JobRules, job_id: str) -> Callable[[], JobRecord]:
-    """A job written in this transaction: the query is sent now, the row read when called."""
+def _select_job_sent(conn: Conn, rules: JobRules, job_id: str) -> Callable[[], JobRecord | None]:
+    """A job, if there is one: the query is sent now, the row read when called."""
     cursor = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))
 
-    def read() -> JobRecord:
+    def read() -> JobRecord | None:
         row = cursor.fetchone()
-        assert row is not None  # written in this same transaction
-        return JobRecord.from_row(row, rules.decode)
+        return JobRecord.from_row(row, rules.decode) if row else None
 
     return read
+
+
+def _select_job_later(conn: Conn, rules: JobRules, job_id: str) -> Callable[[], JobRecord]:
+    """A job written in this transaction: the query is sent now, the row read when called."""
+    read = _select_job_sent(conn, rules, job_id)
+
+    def written() -> JobRecord:
+        job = read()
+        assert job is not None  # written in this same transaction
+        return job
+
+    return written
 
 
 def _must_select_job(conn: Conn, rules: JobRules, job_id: str) -> JobRecord:
@@ -528,16 +561,23 @@ def _apply_in_tx(
     schedule: Schedule,
     rules: JobRules,
     public_url: str,
+    reads: EventReads | None = None,
+    current: bool = False,
 ) -> Transition:
+    """Apply `observation` to `job` and write what follows. `current`: `job` is the row as it
+    stands in this transaction (read in it, nothing written to it since), so the event is built
+    from the job as written here, not read again; `reads`: the event's other reads, sent
+    earlier (storage/sql/notifications.py `send_event_reads`)."""
     before = job.state
     transition = rules.apply(before, observation)
     after = transition.state
     if after != before:
-        _write_state(conn, job, before, after, now, rules)
+        written = _write_state(conn, job, before, after, now, rules)
         event_type = _event_for(before, after)
         if event_type is not None:
-            emit_job_event(conn, job.id, partial(_must_select_job, conn, rules, job.id), event_type,
-                           now=now, rules=rules, public_url=public_url)
+            load = (lambda: written) if current else partial(_must_select_job, conn, rules, job.id)
+            emit_job_event(conn, job.id, load, event_type, now=now, rules=rules, public_url=public_url,
+                           reads=reads)
     for effect in transition.effects:
         _materialize(conn, job.id, effect, now=now, schedule=schedule)
     return transition
@@ -554,7 +594,9 @@ def _event_for(before: JobState, after: JobState) -> str | None:
 
 def _write_state(
     conn: Conn, job: JobRecord, before: JobState, after: JobState, now: int, rules: JobRules
-) -> None:
+) -> JobRecord:
+    """Write the job's new state; the job as written (what a read of its row would give, when
+    `job` was the row as it stood)."""
     submitted_at = job.submitted_at
     if submitted_at is None and after.provider_job_id and not before.provider_job_id:
         submitted_at = now
@@ -571,6 +613,11 @@ def _write_state(
          rules.encode(list(after.output_urls), path="output_urls"), after.error_code, after.error_message,
          after.completion_source, after.progress, now, submitted_at, ready_at, completed_at, job.id),
     )
+    return replace(job, status=after.status, provider_job_id=after.provider_job_id,
+                   polling_url=after.polling_url, output_urls=tuple(after.output_urls),
+                   error_code=after.error_code, error_message=after.error_message,
+                   completion_source=after.completion_source, progress=after.progress, updated_at=now,
+                   submitted_at=submitted_at, ready_at=ready_at, completed_at=completed_at)
 
 
 def _materialize(

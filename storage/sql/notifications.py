@@ -9,6 +9,7 @@ subscriptions, deliveries and the event log; `emit_job_event` is what the job st
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from storage.records import (
@@ -16,6 +17,7 @@ from storage.records import (
     AttemptResult,
     ClaimedDelivery,
     DeliveryAttemptRecord,
+    DeliveryLease,
     DeliveryRecord,
     EventRecord,
     JobRecord,
@@ -28,20 +30,42 @@ from storage.rules import JobRules
 if TYPE_CHECKING:
     from storage.sql import Conn, Row, SqlDatabase
 
-def emit_job_event(
-    conn: Conn, job_id: str, load_job: Callable[[], JobRecord], event_type: str, *, now: int,
-    rules: JobRules, public_url: str,
-) -> None:
-    """Record one job event (a snapshot of the job document, read by `load_job`) and its
-    deliveries. Every read is sent before the job's is read, and the deliveries name their
-    event by its id (its seq is the database's to give): on PostgreSQL (pipelined) the reads
-    cost one round trip, and the writes none of their own."""
-    output_rows = conn.execute("SELECT * FROM outputs WHERE job_id = ? ORDER BY idx", (job_id,))
+@dataclass(frozen=True)
+class EventReads:
+    """What a job's event is built from besides the job: its outputs, its attempts and the
+    enabled subscriptions, each read when called from a query sent earlier (`send_event_reads`)."""
+
+    outputs: Callable[[], list[OutputRecord]]
+    attempts: Callable[[], list[AttemptRecord]]
+    subscriptions: Callable[[], list[Row]]
+
+
+def send_event_reads(conn: Conn, job_id: str, *, outputs: Callable[[], list[OutputRecord]] | None = None
+                     ) -> EventReads:
+    """Send the reads `emit_job_event` needs (the job's outputs unless given): a body that
+    sends them with its own first read pays no round trip of theirs on PostgreSQL."""
     attempt_rows = conn.execute("SELECT * FROM attempts WHERE job_id = ? ORDER BY id", (job_id,))
     subscriptions = _subscriptions(conn)
+    if outputs is None:
+        output_rows = conn.execute("SELECT * FROM outputs WHERE job_id = ? ORDER BY idx", (job_id,))
+        outputs = lambda: [OutputRecord.from_row(r) for r in output_rows.fetchall()]  # noqa: E731
+    return EventReads(outputs, lambda: [AttemptRecord.from_row(r) for r in attempt_rows.fetchall()],
+                      subscriptions.fetchall)
+
+
+def emit_job_event(
+    conn: Conn, job_id: str, load_job: Callable[[], JobRecord], event_type: str, *, now: int,
+    rules: JobRules, public_url: str, reads: EventReads | None = None,
+) -> None:
+    """Record one job event (a snapshot of the job document, read by `load_job`) and its
+    deliveries. Every read is sent before the job's is read (or earlier still: `reads`), and
+    the deliveries name their event by its id (its seq is the database's to give): on
+    PostgreSQL (pipelined) the reads cost at most one round trip, and the writes none of their
+    own."""
+    reads = reads or send_event_reads(conn, job_id)
     job = load_job()
-    outputs = [OutputRecord.from_row(r) for r in output_rows.fetchall()]
-    attempts = [AttemptRecord.from_row(r) for r in attempt_rows.fetchall()]
+    outputs = reads.outputs()
+    attempts = reads.attempts()
     sequence = job.event_count + 1
     conn.execute("UPDATE jobs SET event_count = ? WHERE id = ?", (sequence, job.id))
     event_id = rules.new_id("evt", now)
@@ -51,9 +75,36 @@ def emit_job_event(
         "INSERT INTO events (id, job_id, job_seq, type, body, created_at) VALUES (?, ?, ?, ?, ?, ?)",
         (event_id, job.id, sequence, event_type, body, now),
     )
-    _fan_out(conn, event_id, event_type, subscriptions.fetchall(), job_id=job.id, now=now, rules=rules)
+    _fan_out(conn, event_id, event_type, reads.subscriptions(), job_id=job.id, now=now, rules=rules)
     if job.webhook_url and (not job.webhook_events or event_type in job.webhook_events):
         _add_delivery(conn, event_id, None, job.id, job.webhook_url, now, rules)
+
+
+def lease_new_deliveries(
+    conn: Conn, job_id: str, *, now: int, lease: DeliveryLease
+) -> Callable[[], list[ClaimedDelivery]]:
+    """Lease, for a notifier in the caller's process, the deliveries of `job_id`'s events this
+    transaction made (`emit_job_event` at `now`), as a claim would (the attempt counted, the
+    destinations in `lease.exclude` left out); what to send, read when the result is called.
+
+    Both statements are sent at once, and on PostgreSQL read with the COMMIT (pipelined): the
+    lease costs no round trip. The rows were inserted by this transaction, so no other holds
+    them, and each subscription was enabled when the event was fanned out to it."""
+    not_full = (f"AND {_DESTINATION} NOT IN ({','.join('?' * len(lease.exclude))})"
+                if lease.exclude else "")
+    conn.execute(
+        f"""UPDATE deliveries SET lease_until = ?, attempts = attempts + 1
+            WHERE id IN (SELECT id FROM deliveries WHERE job_id = ? AND created_at = ?
+                         AND status = 'pending' AND attempts = 0 AND lease_until = 0
+                         AND next_attempt_at <= ? {not_full} ORDER BY id LIMIT ?)""",  # noqa: S608
+        (lease.until, job_id, now, now, *lease.exclude, lease.limit),
+    )
+    cursor = conn.execute(
+        f"""{_CLAIMED_COLUMNS} WHERE d.job_id = ? AND d.created_at = ? AND d.lease_until = ?
+            AND d.status = 'pending' ORDER BY d.id""",
+        (job_id, now, lease.until),
+    )
+    return lambda: [_claimed(row, row["url"], now) for row in cursor.fetchall()]
 
 
 def emit_system_event(
@@ -222,13 +273,9 @@ class DeliveryStore:
                 not_full = f"AND COALESCE(d.subscription_id, d.url) NOT IN ({marks})" if full else ""
                 of_job = "AND d.job_id = ?" if job_id is not None else ""
                 rows = conn.execute(
-                    f"""SELECT d.*, e.id AS event_id, e.type AS event_type, e.body AS body,
-                          s.url AS sub_url, s.secret AS secret, s.previous_secret AS previous_secret,
-                          s.previous_secret_until AS previous_until, s.status AS sub_status
-                   FROM deliveries d JOIN events e ON e.seq = d.event_seq
-                   LEFT JOIN subscriptions s ON s.id = d.subscription_id
+                    f"""{_CLAIMED_COLUMNS}
                    WHERE d.status = 'pending' AND d.next_attempt_at <= ? AND d.lease_until <= ? {not_full}
-                   {of_job} ORDER BY d.next_attempt_at, d.created_at LIMIT ? {skip_locked}""",  # noqa: S608
+                   {of_job} ORDER BY d.next_attempt_at, d.created_at LIMIT ? {skip_locked}""",
                     (now, now, *full, *([job_id] if job_id is not None else []), limit * 4),
                 ).fetchall()
                 if not rows:
@@ -253,26 +300,8 @@ class DeliveryStore:
                         "WHERE id = ?",
                         (now + lease_ms, url, row["id"]),
                     )
-                    live = []
-                    if row["secret"]:
-                        live.append(row["secret"])
-                        if row["previous_secret"] and (row["previous_until"] or 0) > now:
-                            live.append(row["previous_secret"])
-                    claimed.append(
-                        ClaimedDelivery(
-                            id=row["id"],
-                            event_id=row["event_id"],
-                            event_type=row["event_type"],
-                            body=row["body"],
-                            url=url,
-                            subscription_id=row["subscription_id"],
-                            job_id=row["job_id"],
-                            attempt=row["attempts"] + 1,
-                            manual=bool(row["manual"]),
-                            secrets=tuple(live),
-                            lease_until=now + lease_ms,
-                        )
-                    )
+                    claimed.append(_claimed(row, url, now, attempt=row["attempts"] + 1,
+                                            lease_until=now + lease_ms))
                 if last_look:  # a look again could only find rows just passed over
                     break
             return claimed
@@ -281,7 +310,7 @@ class DeliveryStore:
         # again at a row changed since the snapshot) and caps destinations by what this process
         # holds: serializable, it would conflict with every delivery recorded and every event
         # fanned out meanwhile, and it or they would run again.
-        return await self._db.transact(claim, locked_claim=True)
+        return await self._db.transact(claim, locked_claim=True, durable=False)
 
     async def release_deliveries(self, leases: Sequence[tuple[str, int]]) -> int:
         """Hand back deliveries this process leased but did not attempt to the end (it is
@@ -511,6 +540,41 @@ _DELIVERIES_SQL = """SELECT d.*, e.id AS event_id, e.type AS event_type FROM del
 
 
 _DESTINATION = "COALESCE(subscription_id, url)"  # destination_key, in SQL over deliveries
+
+# A delivery with what sending it takes: its event, its subscription's URL and secrets, and when
+# its job ended (for the metrics; a LEFT JOIN on the key, so no read of its own afterwards).
+_CLAIMED_COLUMNS = """SELECT d.*, e.id AS event_id, e.type AS event_type, e.body AS body,
+        s.url AS sub_url, s.secret AS secret, s.previous_secret AS previous_secret,
+        s.previous_secret_until AS previous_until, s.status AS sub_status,
+        j.completed_at AS job_completed_at
+    FROM deliveries d JOIN events e ON e.seq = d.event_seq
+    LEFT JOIN subscriptions s ON s.id = d.subscription_id
+    LEFT JOIN jobs j ON j.id = d.job_id"""
+
+
+def _claimed(row: Row, url: str, now: int, *, attempt: int | None = None,
+             lease_until: int | None = None) -> ClaimedDelivery:
+    """The delivery a claimed row (`_CLAIMED_COLUMNS`) names, to send to `url`; by default
+    with the attempt and lease the row already holds."""
+    live = []
+    if row["secret"]:
+        live.append(row["secret"])
+        if row["previous_secret"] and (row["previous_until"] or 0) > now:
+            live.append(row["previous_secret"])
+    return ClaimedDelivery(
+        id=row["id"],
+        event_id=row["event_id"],
+        event_type=row["event_type"],
+        body=row["body"],
+        url=url,
+        subscription_id=row["subscription_id"],
+        job_id=row["job_id"],
+        attempt=attempt if attempt is not None else row["attempts"],
+        manual=bool(row["manual"]),
+        secrets=tuple(live),
+        lease_until=lease_until if lease_until is not None else row["lease_until"],
+        job_completed_at=row["job_completed_at"],
+    )
 
 
 # Transaction bodies' shared reads (they run inside `Database.transact` or `Database.query`) ----

@@ -15,10 +15,10 @@ from __future__ import annotations
 import heapq
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from storage.records import SubmitCaps, TaskRecord
+from storage.records import JobRecord, SubmitCaps, TaskKind, TaskRecord
 
 if TYPE_CHECKING:
     from storage.sql import Conn, Row, SqlDatabase
@@ -70,9 +70,11 @@ class TaskStore:
         self, *, now: int, limit: int, lease_ms: int, caps: SubmitCaps = SubmitCaps()
     ) -> list[TaskRecord]:
         """Lease up to `limit` due tasks, earliest due first, keeping submits within `caps`.
-        The attempt is counted now, so a crash uses up a try."""
+        The attempt is counted now, so a crash uses up a try. A download comes with its job
+        (`TaskRecord.job`), read in the same transaction: on PostgreSQL with the COMMIT."""
 
         skip_locked = self._db.dialect.skip_locked
+        decode = self._db.rules.decode
 
         def claim(conn: Conn) -> Callable[[], list[TaskRecord]]:
             others = _others_due(conn, now, limit)  # sent now, read after the submits' reads
@@ -93,10 +95,21 @@ class TaskStore:
                     RETURNING *""",  # noqa: S608
                 (now + lease_ms, *ids),
             )
-            return lambda: sorted((TaskRecord.from_row(r) for r in leased.fetchall()),
-                                  key=lambda t: (t.due_at, t.id))
+            jobs = conn.execute(
+                f"""SELECT * FROM jobs WHERE id IN (SELECT job_id FROM tasks WHERE id IN ({marks})
+                    AND kind = ? AND lease_until = ?)""",  # noqa: S608
+                (*ids, TaskKind.FETCH.value, now + lease_ms),
+            )
 
-        return await self._db.transact_then_read(claim)
+            def read() -> list[TaskRecord]:
+                tasks = [TaskRecord.from_row(r) for r in leased.fetchall()]
+                found = {row["id"]: JobRecord.from_row(row, decode) for row in jobs.fetchall()}
+                return sorted((replace(task, job=found.get(task.job_id)) if task.kind == TaskKind.FETCH.value
+                               else task for task in tasks), key=lambda t: (t.due_at, t.id))
+
+            return read
+
+        return await self._db.transact_then_read(claim, durable=False)  # leases only
 
     async def claim_job_tasks(
         self, job_id: str, *, now: int, limit: int, lease_ms: int, caps: SubmitCaps = SubmitCaps()
@@ -141,7 +154,7 @@ class TaskStore:
             ).fetchall()
             return sorted((TaskRecord.from_row(r) for r in leased), key=lambda t: (t.due_at, t.id))
 
-        return await self._db.transact(claim)
+        return await self._db.transact(claim, durable=False)  # leases only
 
     async def unfinished_for_job(self, job_id: str, *, now: int) -> int:
         """How many of the job's tasks are being carried out (leased) or due now; a submit only

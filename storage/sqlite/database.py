@@ -46,6 +46,8 @@ class Database(StoresOver):
         self.public_url = public_url  # for the job documents events carry
         self.dialect = SQLITE
         self.compose_stores(self)
+        self._seen_version: int | None = None  # this connection's data_version at the last look
+        self._synchronous = "FULL"  # as configured: what a commit that must be durable uses
 
     @classmethod
     async def open(
@@ -72,6 +74,7 @@ class Database(StoresOver):
             raise StorageUnavailable(f"cannot open database: {exc}") from exc
         store = cls(db, rules=rules, public_url=public_url)
         store.path = path
+        store._synchronous = synchronous.upper()
         await store.transact(partial(_migrate, rules=rules))
         return store
 
@@ -80,21 +83,25 @@ class Database(StoresOver):
 
     async def transact(
         self, fn: Callable[[sqlite3.Connection], T], *, appends_events: bool = False,
-        locked_claim: bool = False,
+        locked_claim: bool = False, durable: bool = True,
     ) -> T:
         """Run `fn` as one write transaction: `BEGIN IMMEDIATE`, `fn`, `COMMIT`, in one hop.
         One writer at a time: whether `fn` appends events or is a claim changes nothing here.
+        `durable=False` (storage/sql/__init__.py): committed with `synchronous=NORMAL`, which in
+        WAL mode writes the log without syncing it; the next durable commit syncs it all.
 
         Anything `fn` raises (a refusal raised by a callable the caller passed in included) rolls the
         transaction back, so a refused write changes nothing, and is raised here.
         """
-        return await self._run(partial(_in_transaction, fn))
+        relaxed = not durable and self._synchronous not in ("NORMAL", "OFF", "1", "0")
+        return await self._run(partial(_in_transaction, fn, self._synchronous if relaxed else None))
 
     async def transact_then_read(
-        self, fn: Callable[[sqlite3.Connection], Callable[[], T]], *, appends_events: bool = False
+        self, fn: Callable[[sqlite3.Connection], Callable[[], T]], *, appends_events: bool = False,
+        durable: bool = True,
     ) -> T:
         """As `transact`; the body's result is read inside the transaction, before it commits."""
-        return await self.transact(lambda conn: fn(conn)())
+        return await self.transact(lambda conn: fn(conn)(), durable=durable)
 
     async def query(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn`'s reads in one hop (autocommit: each statement sees committed data)."""
@@ -120,7 +127,15 @@ class Database(StoresOver):
             for kind in WAKE_KINDS:
                 wake(kind)
 
-        await WalWatcher(self.path, on_commit).run()
+        await WalWatcher(self.path, on_commit, elsewhere=self.committed_elsewhere).run()
+
+    async def committed_elsewhere(self) -> bool:
+        """Whether another connection (another process) has committed since the last call:
+        this connection's `PRAGMA data_version` changes then, and never for its own commits,
+        which woke this process's loops in memory already."""
+        version = await self.query(lambda conn: int(conn.execute("PRAGMA data_version").fetchone()[0]))
+        changed, self._seen_version = version != self._seen_version, version
+        return changed
 
     async def ping(self) -> bool:
         def ping(conn: sqlite3.Connection) -> bool:
@@ -133,7 +148,21 @@ class Database(StoresOver):
 # How a transaction runs (in the database thread) ------------------------------------------------
 
 
-def _in_transaction(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
+def _in_transaction(
+    fn: Callable[[sqlite3.Connection], T], restore: str | None, conn: sqlite3.Connection
+) -> T:
+    """One transaction; with `restore`, committed without syncing the log (`durable=False`),
+    then `synchronous` is set back to `restore`."""
+    if restore is None:
+        return _transaction(fn, conn)
+    conn.execute("PRAGMA synchronous=NORMAL")
+    try:
+        return _transaction(fn, conn)
+    finally:
+        conn.execute(f"PRAGMA synchronous={restore}")
+
+
+def _transaction(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
     try:
         conn.execute("BEGIN IMMEDIATE")
     except sqlite3.Error as exc:

@@ -9,9 +9,13 @@ idle process stays idle. Where inotify is missing (another OS, a container
 that forbids it) it falls back to reading `PRAGMA data_version` on a connection of its own
 every `poll_interval` seconds; that number changes whenever another connection commits.
 
-Either way a wake is only a hint: a write that was not a commit, or this process's own commit,
-makes the loops look once more and find nothing. A missed one (a full inotify queue) is found
-by the loops' idle looks, the safety net that stays on every backend.
+Either way a wake is only a hint: a write that was not a commit makes the loops look once more
+and find nothing. This process's own commits woke its loops in memory already, and waking them
+again would make each claim and look for its next due time for nothing, in the way of the work
+in hand: given `elsewhere` (storage/sqlite/database.py asks its own connection's
+`data_version`, which only another connection's commit changes), the watcher wakes only when
+it says another process committed. A missed wake (a full inotify queue) is found by the loops'
+idle looks, the safety net that stays on every backend.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import logging
 import os
 import sqlite3
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -36,13 +40,16 @@ SETTLE_S = 1.0  # longest wait, after a write to the WAL, for its commit to beco
 
 
 class WalWatcher:
-    """Call `on_commit()` soon after any connection, in any process, commits to `path`."""
+    """Call `on_commit()` soon after any connection, in any process, commits to `path`; with
+    `elsewhere`, only when it answers True (another process's commit, not this one's)."""
 
     def __init__(
-        self, path: Path, on_commit: Callable[[], None], *, poll_interval: float = 0.004, inotify: bool = True
+        self, path: Path, on_commit: Callable[[], None], *, poll_interval: float = 0.004,
+        inotify: bool = True, elsewhere: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self._path = path
         self._on_commit = on_commit
+        self._elsewhere = elsewhere
         self._poll_interval = poll_interval
         self._inotify = inotify  # False: poll data_version even where inotify works
         self.mechanism = ""  # "inotify" or "data_version", once running
@@ -81,6 +88,10 @@ class WalWatcher:
                 await anyio.sleep(delay)
                 waited += delay
             last = version
+            await self._woken()
+
+    async def _woken(self) -> None:
+        if self._elsewhere is None or await self._elsewhere():
             self._on_commit()
 
     async def _poll(self, conn: sqlite3.Connection) -> None:
@@ -92,7 +103,7 @@ class WalWatcher:
             version = _data_version(conn)
             if version != last:
                 last = version
-                self._on_commit()
+                await self._woken()
 
 
 def _data_version(conn: sqlite3.Connection) -> int | None:

@@ -1,0 +1,355 @@
+"""From a provider's callback to the downstream `job.succeeded`: the download hands the
+deliveries its commit makes to the notifier running in its process (leased in that same
+transaction, so neither a claim nor a wake-up stands between the commit and the send), and the
+path's cost is counted: transactions, reads and, on PostgreSQL, round trips to the server.
+Counts are structural, not timed; bench/notify.py measures the latency they add up to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import random
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+import respx
+from PIL import Image
+
+from service.app import create_app
+from service.context import WorkContext
+from service.notifier import Notifier
+from service.settings import Settings
+from service.worker import Worker
+from storage.records import ClaimedDelivery, DeliveryLease
+
+pytestmark = pytest.mark.anyio
+
+BASE = "https://api.bfl.ai"
+IMAGE_URL = "https://delivery.eu2.bfl.ai/results/abc/sample.png"
+HOOK_URL = "https://receiver.example.com/hook"
+JOB_HOOK_URL = "https://job-receiver.example.com/hook"
+LEASE_MS = 60_000
+
+
+def png_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (20, 200, 40)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@contextmanager
+def counted(database: Any) -> Iterator[Counter[str]]:
+    """What the stores cost while the block runs: `transactions` and `reads` (each one hop to
+    the database's thread or pool), and on PostgreSQL `round_trips` (each wait for the
+    server's answer, storage/postgres/connection.py `Connection.round_trips`). The SQLite WAL
+    watcher's looks at whether another process committed come and go with the machine's timing
+    (one per wake at most): they are not counted."""
+    counts: Counter[str] = Counter()
+    postgres = hasattr(database, "_hop")
+    name = "_hop" if postgres else "_run"
+    original = getattr(database, name)
+
+    def body(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def run(conn: Any) -> Any:
+            try:
+                return fn(conn)
+            finally:
+                if postgres:
+                    counts["round_trips"] += conn.round_trips
+
+        return run
+
+    async def hop(fn: Callable[[Any], Any], **kwargs: Any) -> Any:
+        body_name = getattr(getattr(fn, "args", (fn,))[0], "__qualname__", "")
+        if "committed_elsewhere" in body_name:  # the WAL watcher's look: not the path's own cost
+            return await original(fn, **kwargs)
+        if postgres:
+            counts["reads" if kwargs.get("what") == "read" else "transactions"] += 1
+        else:
+            counts["transactions" if "transaction" in getattr(fn, "func", fn).__name__ else "reads"] += 1
+        return await original(body(fn), **kwargs)
+
+    setattr(database, name, hop)
+    try:
+        yield counts
+    finally:
+        delattr(database, name)
+
+
+@dataclass
+class Taker:
+    """A stand-in for the notifier running in the process (service/context.py `Handoff`)."""
+
+    accept: bool = True
+    limit: int = 10
+    exclude: tuple[str, ...] = ()
+    now: int = 0
+    taken: list[ClaimedDelivery] = field(default_factory=list)
+
+    def offer(self, now: int) -> DeliveryLease | None:
+        self.now = now
+        return DeliveryLease(until=now + LEASE_MS, limit=self.limit, exclude=self.exclude)
+
+    def take(self, deliveries: Sequence[ClaimedDelivery]) -> bool:
+        if self.accept:
+            self.taken.extend(deliveries)
+        return self.accept
+
+
+@pytest.fixture
+def providers() -> respx.Router:
+    router = respx.Router(assert_all_mocked=True)
+    router.post(f"{BASE}/v1/flux-pro-1.1").mock(return_value=httpx.Response(
+        200, json={"id": "task-1", "polling_url": f"{BASE}/v1/get_result?id=task-1"}))
+    router.get(IMAGE_URL).mock(return_value=httpx.Response(
+        200, content=png_bytes(), headers={"content-type": "image/png"}))
+    return router
+
+
+@dataclass
+class Stack:
+    client: httpx.AsyncClient
+    ctx: WorkContext
+    received: list[httpx.Request]
+    arrived: anyio.Event = field(default_factory=anyio.Event)
+
+
+@pytest.fixture
+async def stack(
+    make_settings: Callable[..., Settings], clock: Any, providers: respx.Router
+) -> AsyncIterator[Stack]:
+    received: list[httpx.Request] = []
+    arrived = anyio.Event()
+
+    def receive(request: httpx.Request) -> httpx.Response:
+        received.append(request)
+        arrived.set()
+        return httpx.Response(204)
+
+    built = create_app(make_settings(), transport=httpx.MockTransport(providers.async_handler),
+                       notify_transport=httpx.MockTransport(receive), clock=clock,
+                       rand=random.Random(7), run_workers=False)
+    async with built.router.lifespan_context(built) as state:
+
+        async def with_state(scope: Any, receive: Any, send: Any) -> None:
+            scope["state"] = dict(state or {})
+            await built(scope, receive, send)
+
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=with_state),
+                                     base_url="https://hooks.example.com") as client:
+            yield Stack(client, built.state.ctx, received, arrived)
+
+
+async def ready_job(stack: Stack, *, job_hook: bool = False) -> str:
+    """A subscription to `job.succeeded`, and a job submitted and called back `Ready`: its
+    download is due. The job's id."""
+    client, ctx = stack.client, stack.ctx
+    subscribed = await client.post("/v1/subscriptions", json={"url": HOOK_URL, "events": ["job.succeeded"]})
+    assert subscribed.status_code == 201, subscribed.text
+    body: dict[str, Any] = {"provider": "bfl", "model": "flux-pro-1.1", "input": {"prompt": "fox"}}
+    if job_hook:
+        body |= {"webhook_url": JOB_HOOK_URL, "webhook_events": ["job.succeeded"]}
+    job = (await client.post("/v1/jobs", json=body)).json()
+    assert await Worker(ctx).run_once() == 1  # the submit
+    secret = (await ctx.store.jobs.get_job(job["id"])).webhook_secret
+    callback = json.dumps({"id": "task-1", "status": "Ready", "result": {"sample": IMAGE_URL}}).encode()
+    signature = hmac.new(secret.encode(), callback, hashlib.sha256).hexdigest()
+    answered = await client.post(f"/v1/callbacks/bfl/{ctx.tokens.issue('bfl', job['id'])}", content=callback,
+                                 headers={"X-BFL-Signature": f"sha256={signature}",
+                                          "Content-Type": "application/json"})
+    assert answered.status_code == 200, answered.text
+    return str(job["id"])
+
+
+def sent_types(stack: Stack) -> list[str]:
+    return [json.loads(request.content)["type"] for request in stack.received]
+
+
+async def test_a_download_hands_the_success_it_commits_to_the_notifier_running_beside_it(stack):
+    ctx = stack.ctx
+    job_id = await ready_job(stack)
+    notifier = Notifier(ctx)
+    claimed: list[ClaimedDelivery] = []
+    claim = notifier.claim
+
+    async def claim_and_note(limit: int) -> list[ClaimedDelivery]:
+        found = await claim(limit)
+        claimed.extend(found)
+        return found
+
+    notifier.claim = claim_and_note  # type: ignore[method-assign]
+    async with anyio.create_task_group() as group:
+        group.start_soon(notifier.run)
+        with anyio.fail_after(10):
+            while ctx.handoff is not notifier:
+                await anyio.sleep(0.01)
+        assert await Worker(ctx).run_once() == 1  # the download
+        with anyio.fail_after(10):
+            await stack.arrived.wait()
+        notifier.stop.set()
+
+    assert sent_types(stack) == ["job.succeeded"]
+    assert claimed == []  # it was never claimed: the download's own transaction leased it
+    [(delivery, attempts)] = await ctx.store.deliveries.list_deliveries(job_id=job_id)
+    assert (delivery.status, [a.attempt for a in attempts]) == ("delivered", [1])
+    assert ctx.handoff is None  # a stopped notifier takes nothing
+
+
+async def test_from_the_callback_on_a_job_costs_three_transactions_and_no_read(stack, backend):
+    """Claim the download, record the success (its deliveries leased with it), record the
+    delivery's attempt. On PostgreSQL each transaction's statements go out pipelined: the
+    claim's read and its lease; the job's read, the event's reads, the writes; the attempt."""
+    ctx = stack.ctx
+    await ready_job(stack)
+    taker = Taker()
+    ctx.handoff = taker
+    notifier = Notifier(ctx)
+    with counted(ctx.store) as fetching:
+        assert await Worker(ctx).run_once() == 1
+    with counted(ctx.store) as notifying:
+        for delivery in taker.taken:
+            assert (await notifier.send(delivery)).delivered
+    assert sent_types(stack) == ["job.succeeded"]
+    assert dict(fetching) == {"transactions": 2, **({"round_trips": 4} if backend == "postgres" else {})}
+    assert dict(notifying) == {"transactions": 1, **({"round_trips": 2} if backend == "postgres" else {})}
+
+
+async def test_leased_deliveries_are_no_other_notifiers_until_the_lease_runs_out(stack, clock):
+    """A crash between the commit and the send: the deliveries wait out their lease, then any
+    notifier claims them (the lost try counted, as after a crash between claim and send)."""
+    ctx = stack.ctx
+    job_id = await ready_job(stack, job_hook=True)
+    taker = Taker()
+    ctx.handoff = taker
+    assert await Worker(ctx).run_once() == 1
+    assert sorted(d.url for d in taker.taken) == sorted([HOOK_URL, JOB_HOOK_URL])
+    assert {d.attempt for d in taker.taken} == {1}
+    ctx.handoff = None
+    elsewhere = Notifier(ctx)
+    assert await elsewhere.claim(10) == []
+    clock.advance(LEASE_MS / 1000 + 1)
+    claimed = await elsewhere.claim(10)
+    assert sorted((d.url, d.attempt, d.event_id) for d in claimed) == sorted(
+        (d.url, 2, d.event_id) for d in taker.taken)
+    assert stack.received == []
+    assert (await ctx.store.jobs.get_job(job_id)).status == "succeeded"
+
+
+async def test_deliveries_a_stopped_notifier_cannot_take_are_handed_back_at_once(stack):
+    ctx = stack.ctx
+    await ready_job(stack)
+    taker = Taker(accept=False)
+    ctx.handoff = taker
+    assert await Worker(ctx).run_once() == 1
+    ctx.handoff = None
+    [claimed] = await Notifier(ctx).claim(10)  # at once, no lease to wait out
+    assert (claimed.url, claimed.attempt) == (HOOK_URL, 1)
+
+
+async def test_a_lease_takes_no_more_than_the_notifier_has_room_for(stack):
+    """A destination at its in-flight cap is left out, and so is what is past the free slots:
+    those wait for a claim, which a freed slot wakes the notifier for."""
+    ctx = stack.ctx
+    job_id = await ready_job(stack, job_hook=True)
+    [sub] = await ctx.store.subscriptions.list_subscriptions()
+    taker = Taker(exclude=(sub.id,))
+    ctx.handoff = taker
+    assert await Worker(ctx).run_once() == 1
+    assert [d.url for d in taker.taken] == [JOB_HOOK_URL]
+    ctx.handoff = None
+    assert [d.url for d in await Notifier(ctx).claim(10)] == [HOOK_URL]
+    assert (await ctx.store.jobs.get_job(job_id)).status == "succeeded"
+
+
+async def test_a_lease_takes_no_more_than_the_notifiers_free_slots(stack):
+    ctx = stack.ctx
+    await ready_job(stack, job_hook=True)
+    taker = Taker(limit=1)
+    ctx.handoff = taker
+    assert await Worker(ctx).run_once() == 1
+    ctx.handoff = None
+    [taken] = taker.taken
+    [claimed] = await Notifier(ctx).claim(10)
+    assert {taken.url, claimed.url} == {HOOK_URL, JOB_HOOK_URL}
+
+
+async def test_a_download_with_nobody_to_hand_to_leaves_its_deliveries_for_a_claim(stack):
+    ctx = stack.ctx
+    await ready_job(stack)
+    assert ctx.handoff is None
+    assert await Worker(ctx).run_once() == 1
+    [claimed] = await Notifier(ctx).claim(10)
+    assert (claimed.url, claimed.attempt) == (HOOK_URL, 1)
+
+
+async def test_a_claim_commits_without_waiting_for_the_disk_and_other_writes_wait(database, backend):
+    """A claim only takes leases (storage/sql/__init__.py `durable=False`): losing one to a power
+    failure is as if it had never been made. The setting is the transaction's own."""
+    if backend == "sqlite":
+        setting = "PRAGMA synchronous"
+        relaxed, durable = 1, 2  # NORMAL, FULL
+    else:  # the tests' server runs with it off anyway: what tells is where the value comes from
+        setting = "SELECT setting || ' from ' || source FROM pg_settings WHERE name = 'synchronous_commit'"
+        relaxed = "off from session"
+        durable = await database.query(lambda conn: conn.execute(setting).fetchone()[0])
+        assert durable != relaxed
+
+    def read(conn: Any) -> Any:
+        return conn.execute(setting).fetchone()[0]
+
+    assert await database.transact(read, durable=False) == relaxed
+    assert await database.transact(read) == durable
+    assert await database.transact_then_read(lambda conn: (lambda value: lambda: value)(read(conn)),
+                                             durable=False) == relaxed
+    assert await database.query(read) == durable
+
+
+async def test_the_workers_claims_are_the_writes_that_do_not_wait_for_the_disk(stack):
+    ctx = stack.ctx
+    await ready_job(stack)
+    durable: list[tuple[str, bool]] = []
+    for name in ("transact", "transact_then_read"):
+        original = getattr(ctx.store, name)
+
+        def wrapped(fn: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            owner, method = fn.__qualname__.split(".")[:2]
+            if owner != "Database":  # not SQLite's transact_then_read calling its transact
+                durable.append((method, kwargs.get("durable", True)))
+            return _original(fn, *args, **kwargs)
+
+        setattr(ctx.store, name, wrapped)
+    taker = Taker()
+    ctx.handoff = taker
+    try:
+        assert await Worker(ctx).run_once() == 1
+        [delivery] = taker.taken
+        await Notifier(ctx).send(delivery)
+        await Notifier(ctx).claim(10)
+    finally:
+        for name in ("transact", "transact_then_read"):
+            delattr(ctx.store, name)
+    assert durable == [("claim_due_tasks", False), ("record_outputs", True),
+                       ("record_delivery_attempt", True), ("claim_due_deliveries", False)]
+
+
+async def test_the_success_event_carries_the_job_document_as_stored(stack):
+    """The download's transaction builds `job.succeeded` from the job as it writes it (no read
+    of it again): the document it carries is the one GET /v1/jobs/{id} answers afterwards."""
+    ctx = stack.ctx
+    job_id = await ready_job(stack, job_hook=True)
+    taker = Taker()
+    ctx.handoff = taker
+    assert await Worker(ctx).run_once() == 1
+    documents = {json.dumps(json.loads(d.body)["data"], sort_keys=True) for d in taker.taken}
+    stored = (await stack.client.get(f"/v1/jobs/{job_id}")).json()
+    assert documents == {json.dumps(stored, sort_keys=True)}
+    assert stored["status"] == "succeeded" and stored["callbacks"] == 1 and len(stored["outputs"]) == 1
