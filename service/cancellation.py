@@ -34,7 +34,7 @@ async def _cancel_at_provider(ctx: WorkContext, job: JobRecord) -> str:
     adapter = ctx.adapters.get(job.provider)
     if job.provider_job_id is None:
         return "cancelled by request before it reached the provider"
-    call = adapter.cancel_call(job.provider_job_id) if adapter else None
+    call = adapter.cancel_call(job.provider_job_id, job.polling_url) if adapter else None
     if adapter is None or call is None:
         return f"cancelled by request; {job.provider} has no cancel endpoint, so its result is ignored"
     try:

@@ -14,6 +14,7 @@ from service.settings import (
     AWS_VARIABLES,
     SETTINGS,
     Settings,
+    base_url_setting,
     data_dir_problem,
     redact_url,
     unknown_variables,
@@ -85,7 +86,9 @@ def _effective(name: str, settings: Settings | None) -> str | None:
         "FLUXHOOK_SIMULATOR": "on" if settings.simulator else "off",
     }
     for provider in settings.providers.values():
-        resolved[f"{provider.name.upper()}_BASE_URL"] = provider.base_url
+        resolved[base_url_setting(provider.name)] = provider.base_url
+        if provider.keys_url:
+            resolved[f"{provider.name.upper()}_JWKS_URL"] = provider.keys_url
     return resolved.get(name)
 
 

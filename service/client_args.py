@@ -53,8 +53,8 @@ def add_client_commands(commands: Any, formatter: type[argparse.HelpFormatter],
     submit.add_argument("--model", required=True,
                         help="the model, e.g. flux-pro-1.1; GET /v1/models lists them (required)")
     submit.add_argument("--provider", default="auto",
-                        help="bfl, cometapi, apiframe or runcomfy; auto: the first configured "
-                             "provider serving the model, failing over to the next")
+                        help="bfl, cometapi, apiframe, runcomfy, replicate or fal; auto: the first "
+                             "configured provider serving the model, failing over to the next")
     submit.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="one more input field; VALUE is read as JSON when it is JSON "
                              "(1024, true, [1, 2], \"007\"), else as text (aspect_ratio=16:9); "

@@ -1,8 +1,8 @@
 """`make demo`: fluxhook, its embedded provider simulator and a downstream receiver, live.
 
 Everything runs on this machine over real loopback HTTP: fluxhook's API; the simulator, mounted
-at /simulator and speaking every provider's protocol (BFL, CometAPI, Apiframe, RunComfy, Replicate);
-its signed callbacks (a third are dropped, so the fallback poller has work); and a small
+at /simulator and speaking every provider's protocol (BFL, CometAPI, Apiframe, RunComfy, Replicate,
+fal); its signed callbacks (a third are dropped, so the fallback poller has work); and a small
 receiver subscribed to fluxhook's notifications, which verifies every signature.
 """
 
@@ -67,6 +67,11 @@ JOBS: list[dict[str, Any]] = [
         "provider": "replicate",
         "model": "flux-schnell",
         "input": {"prompt": "a paper boat on a pond, watercolour", "aspect_ratio": "3:2", "steps": 4},
+    },
+    {
+        "provider": "fal",
+        "model": "flux-pro-1.1-ultra",
+        "input": {"prompt": "a glacier lagoon under northern lights", "aspect_ratio": "21:9", "raw": True},
     },
     {
         "provider": "auto",

@@ -7,9 +7,9 @@ import logging
 from service.adoption import unconfirmed_tasks
 from service.backoff import next_delay, retry_delay
 from service.context import WorkContext
-from service.errors import ProviderError, ProviderRetryable
+from service.errors import ProviderError, ProviderRejected, ProviderRetryable
 from service.jobs import Source, TimedOut
-from service.providers.base import Adapter, ProviderState
+from service.providers.base import Adapter, ProviderState, StatusReport
 from service.providers.transport import send
 from service.reports import observe
 from storage.records import JobRecord, Schedule, TaskOutcome, TaskRecord
@@ -47,9 +47,7 @@ async def poll_job(ctx: WorkContext, task: TaskRecord) -> None:
         await ctx.store.tasks.finish_task(task.id)
         return
     try:
-        raw = await send(ctx.client, adapter.status_call(job.provider_job_id, job.polling_url),
-                         timeout=settings.http_timeout_s)
-        report = adapter.parse_status(raw, now_ms=ctx.clock())
+        report = await ask_status(ctx, adapter, job.provider_job_id, job.polling_url)
     except ProviderError as exc:
         ctx.metrics.poll(job.provider, "failed")
         retry_after = exc.retry_after if isinstance(exc, ProviderRetryable) else None
@@ -74,6 +72,22 @@ async def poll_job(ctx: WorkContext, task: TaskRecord) -> None:
         ctx.nudge()
 
 
+async def ask_status(
+    ctx: WorkContext, adapter: Adapter, task_id: str, polling_url: str | None
+) -> StatusReport:
+    """The provider's report on one task. A report naming a `result_url` (fal: COMPLETED, the
+    outputs are in the result) is followed by one more call there, whose report is the answer."""
+    timeout = ctx.settings.http_timeout_s
+    raw = await send(ctx.client, adapter.status_call(task_id, polling_url), timeout=timeout)
+    report = adapter.parse_status(raw, now_ms=ctx.clock())
+    if report.result_url is not None:
+        raw = await send(ctx.client, adapter.status_call(task_id, report.result_url), timeout=timeout)
+        report = adapter.parse_status(raw, now_ms=ctx.clock())
+        if report.result_url is not None:  # a result must not send us on again
+            raise ProviderRejected(f"result of {task_id} names yet another result URL")
+    return report
+
+
 async def _confirm_named_tasks(ctx: WorkContext, job: JobRecord, adapter: Adapter) -> JobRecord | None:
     """Poll the tasks unsigned callbacks named that no attempt accounts for: one the provider
     knows came from a submit of this job whose answer was lost, and is adopted (or recorded as
@@ -87,9 +101,7 @@ async def _confirm_named_tasks(ctx: WorkContext, job: JobRecord, adapter: Adapte
     recorded = None
     for candidate in unconfirmed_tasks(named, current=job.provider_job_id, attempts=attempts):
         try:
-            raw = await send(ctx.client, adapter.status_call(candidate, None),
-                             timeout=ctx.settings.http_timeout_s)
-            report = adapter.parse_status(raw, now_ms=ctx.clock())
+            report = await ask_status(ctx, adapter, candidate, None)
         except ProviderError as exc:
             ctx.metrics.poll(job.provider, "failed")
             log.info("job %s: could not confirm task %s yet: %s", job.id, candidate, exc.message)

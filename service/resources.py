@@ -25,6 +25,7 @@ from service.providers.apiframe import ApiframeAdapter
 from service.providers.base import Adapter
 from service.providers.bfl import BflAdapter
 from service.providers.cometapi import CometApiAdapter
+from service.providers.fal import FAL_JWKS_URL, FalAdapter
 from service.providers.replicate import ReplicateAdapter
 from service.providers.runcomfy import RunComfyAdapter
 from service.settings import ProviderSettings, Settings
@@ -55,6 +56,8 @@ def build_adapters(settings: Settings) -> dict[str, Adapter]:
 
 
 def _adapter(name: str, p: ProviderSettings) -> Adapter:
+    if name == "fal":
+        return FalAdapter(p.base_url, p.api_key, p.output_hosts, jwks_url=p.keys_url or FAL_JWKS_URL)
     if name == "replicate":
         return ReplicateAdapter(p.base_url, p.api_key, p.output_hosts, webhook_secret=p.signing_secret)
     return ADAPTERS[name](p.base_url, p.api_key, p.output_hosts)

@@ -75,7 +75,7 @@ SETTINGS: tuple[SettingDoc, ...] = (
     SettingDoc("FLUXHOOK_SQLITE_SYNCHRONOUS", "FULL", "SQLite `synchronous` pragma: FULL survives power loss, NORMAL only process crashes."),
     SettingDoc("FLUXHOOK_LOG_LEVEL", "info", "Log level: `debug`, `info`, `warning` or `error`."),
     SettingDoc("FLUXHOOK_LOG_FORMAT", "text", "`text`: one readable line per record; `json`: one JSON object per line (`time`, `level`, `logger`, `message`, and `exception` when there is one), for a log collector."),
-    SettingDoc("FLUXHOOK_PROVIDER_ORDER", "bfl,cometapi,apiframe,runcomfy,replicate", "Order in which `\"provider\": \"auto\"` tries the configured providers that serve a model; a submit another provider could fix (429, 5xx, timeout, no credits) fails over to the next."),
+    SettingDoc("FLUXHOOK_PROVIDER_ORDER", "bfl,cometapi,apiframe,runcomfy,replicate,fal", "Order in which `\"provider\": \"auto\"` tries the configured providers that serve a model; a submit another provider could fix (429, 5xx, timeout, no credits) fails over to the next."),
     SettingDoc("FLUXHOOK_UPLOAD_MAX_BYTES", "10485760", "Largest reference image `POST /v1/uploads` accepts."),
     SettingDoc("FLUXHOOK_UPLOAD_URL_TTL_SECONDS", "86400", "How long a signed upload URL stays fetchable."),
     SettingDoc("FLUXHOOK_WEBHOOK_SECRET", "(created once in the data dir)", "The `whsec_` secret that signs per-job notifications (`webhook_url` on a job). If unset, one is created once in `<data dir>/webhook_secret`; read it at `GET /v1/webhook-secret`.", secret=True),
@@ -106,6 +106,11 @@ SETTINGS: tuple[SettingDoc, ...] = (
     SettingDoc("REPLICATE_MAX_ACTIVE_TASKS", "0", "Most jobs active at Replicate at once, as for BFL; `0` = no cap (Replicate limits creating predictions to 600 a minute, not how many run)."),
     SettingDoc("REPLICATE_OUTPUT_HOSTS", "replicate.delivery,*.replicate.delivery", "Hosts Replicate outputs may be downloaded from; the base URL's host is always added."),
     SettingDoc("REPLICATE_WEBHOOK_SECRET", "(fetched from Replicate)", "The account's `whsec_` signing secret that Replicate's callbacks are verified with. Unset: fetched once from `GET /v1/webhooks/default/secret`, cached, and fetched again when a callback is signed with another (a rotation). A callback without a valid signature, or stamped more than 5 minutes off, is refused.", secret=True),
+    SettingDoc("FAL_KEY", "(unset)", "fal.ai key (`Authorization: Key`).", secret=True),
+    SettingDoc("FAL_QUEUE_URL", "https://queue.fal.run", "fal's queue base URL (simulator: `<public URL>/simulator/fal`)."),
+    SettingDoc("FAL_JWKS_URL", "https://rest.alpha.fal.ai/.well-known/jwks.json", "Where fal publishes the Ed25519 keys its callbacks are signed with (fetched when first needed, kept 24 h, fetched again for an unknown key). Public implementations use this URL or `https://rest.fal.ai/.well-known/jwks.json`; which is canonical is unconfirmed. Simulator: `<FAL_QUEUE_URL>/.well-known/jwks.json`."),
+    SettingDoc("FAL_MAX_ACTIVE_TASKS", "0", "Most jobs active at fal at once, as for BFL; `0` = no cap (fal queues what is over an account's concurrency and never rejects it)."),
+    SettingDoc("FAL_OUTPUT_HOSTS", "*.fal.media,fal.media", "Hosts fal outputs may be downloaded from (its CDN, `v3.fal.media`); the base URL's host is always added."),
 )
 
 
@@ -120,12 +125,13 @@ class ProviderSettings:
     # The account's callback signing secret, when the provider has one and it is set
     # (REPLICATE_WEBHOOK_SECRET); None: the adapter fetches it.
     signing_secret: str | None = field(default=None, repr=False)
+    keys_url: str | None = None  # where account-wide callback keys are published (fal's JWKS)
 
     def __repr__(self) -> str:
         return (
             f"ProviderSettings(name={self.name!r}, base_url={self.base_url!r}, "
             f"api_key='***', output_hosts={self.output_hosts!r}, simulated={self.simulated}, "
-            f"max_active_tasks={self.max_active_tasks})"
+            f"max_active_tasks={self.max_active_tasks}, keys_url={self.keys_url!r})"
         )
 
 
@@ -139,7 +145,7 @@ class Settings:
     secret_key: str = field(repr=False)
     simulator: bool
     providers: Mapping[str, ProviderSettings]
-    provider_order: tuple[str, ...] = ("bfl", "cometapi", "apiframe", "runcomfy", "replicate")
+    provider_order: tuple[str, ...] = ("bfl", "cometapi", "apiframe", "runcomfy", "replicate", "fal")
     # False: public_url was built from this process's own host and port, which is right only
     # for `fluxhook serve`; workers adopt the address the web process announces (service/address.py).
     public_url_configured: bool = False
@@ -451,7 +457,7 @@ def _choice(name: str, value: str, allowed: tuple[str, ...], *, upper: bool = Fa
 
 SIMULATOR_API_KEY = "simulator-key"  # the simulator accepts any non-empty key; this one is public
 
-PROVIDER_NAMES = ("bfl", "cometapi", "apiframe", "runcomfy", "replicate")
+PROVIDER_NAMES = ("bfl", "cometapi", "apiframe", "runcomfy", "replicate", "fal")
 
 
 @dataclass(frozen=True)
@@ -462,6 +468,9 @@ class _ProviderSpec:
     default_hosts: tuple[str, ...]
     default_max_active: int = 0  # what the provider documents; 0: nothing documented, no cap
     signing_var: str | None = None  # the account's callback signing secret, if it has one
+    base_var: str = ""  # the base URL's variable when not `<prefix>_BASE_URL`
+    simulator_path: str = ""  # where the simulator speaks this protocol, under its mount
+    keys_default: str | None = None  # published callback keys (`<prefix>_JWKS_URL`)
 
 
 _PROVIDER_SPECS = {
@@ -478,7 +487,16 @@ _PROVIDER_SPECS = {
     "replicate": _ProviderSpec("REPLICATE", "REPLICATE_API_TOKEN", "https://api.replicate.com",
                                ("replicate.delivery", "*.replicate.delivery"),
                                signing_var="REPLICATE_WEBHOOK_SECRET"),
+    "fal": _ProviderSpec("FAL", "FAL_KEY", "https://queue.fal.run", ("*.fal.media", "fal.media"),
+                         base_var="FAL_QUEUE_URL", simulator_path="/fal",
+                         keys_default="https://rest.alpha.fal.ai/.well-known/jwks.json"),
 }
+
+
+def base_url_setting(provider: str) -> str:
+    """The variable that sets a provider's base URL (`BFL_BASE_URL`, fal's `FAL_QUEUE_URL`)."""
+    spec = _PROVIDER_SPECS[provider]
+    return spec.base_var or f"{spec.prefix}_BASE_URL"
 
 
 def _provider_settings(
@@ -489,10 +507,11 @@ def _provider_settings(
     default_base = spec.default_base
     simulated = simulator and not key
     if simulated:
-        default_base = public_url + SIMULATOR_MOUNT
+        default_base = public_url + SIMULATOR_MOUNT + spec.simulator_path
         key = SIMULATOR_API_KEY
-    base_url = env.text(f"{spec.prefix}_BASE_URL", default_base).rstrip("/")
-    _check_url(f"{spec.prefix}_BASE_URL", base_url)
+    base_var = base_url_setting(name)
+    base_url = env.text(base_var, default_base).rstrip("/")
+    _check_url(base_var, base_url)
     if not key and is_loopback_host(urlsplit(base_url).hostname or ""):
         # A base URL on this machine is a stand-in (`fluxhook simulator`), which needs no key.
         key, simulated = SIMULATOR_API_KEY, True
@@ -512,7 +531,18 @@ def _provider_settings(
         simulated=simulated,
         max_active_tasks=max_active or None,
         signing_secret=signing_secret or None,
+        keys_url=_keys_url(spec, env, base_url, simulated),
     )
+
+
+def _keys_url(spec: _ProviderSpec, env: _Env, base_url: str, simulated: bool) -> str | None:
+    if spec.keys_default is None:
+        return None
+    # The simulator serves its JWKS beside its queue, wherever that is.
+    default = f"{base_url}/.well-known/jwks.json" if simulated else spec.keys_default
+    url = env.text(f"{spec.prefix}_JWKS_URL", default)
+    _check_url(f"{spec.prefix}_JWKS_URL", url)
+    return url
 
 
 def _within_cap(name: str, value: float, cap_name: str, cap: float) -> None:

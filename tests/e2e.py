@@ -182,7 +182,7 @@ async def running_stack(
             yield Stack(base, provider_url, client)
 
 
-PROVIDER_PREFIXES = ("FLUXHOOK_", "BFL_", "COMETAPI_", "APIFRAME_", "RUNCOMFY_", "REPLICATE_")
+PROVIDER_PREFIXES = ("FLUXHOOK_", "BFL_", "COMETAPI_", "APIFRAME_", "RUNCOMFY_", "REPLICATE_", "FAL_")
 
 
 def procfile() -> dict[str, str]:

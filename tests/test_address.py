@@ -66,11 +66,12 @@ async def test_a_worker_uses_the_announced_address_not_one_built_from_its_own_po
     settings = await agreed_settings(Settings.from_env(environ), environ, wait=False)
     assert settings.public_url == WEB
     # The simulator mounted in the web process, and callbacks to the web process.
-    assert {p.base_url for p in settings.providers.values()} == {f"{WEB}/simulator"}
+    assert {p.base_url for p in settings.providers.values()} == {f"{WEB}/simulator", f"{WEB}/simulator/fal"}
+    assert settings.providers["fal"].keys_url == f"{WEB}/simulator/fal/.well-known/jwks.json"
     async with open_context(settings) as ctx:
         assert ctx.webhook_url("bfl", "job_1").startswith(f"{WEB}/v1/callbacks/bfl/")
         assert ctx.store.public_url == WEB
-        assert {a.base_url for a in ctx.adapters.values()} == {f"{WEB}/simulator"}
+        assert {a.base_url for a in ctx.adapters.values()} == {f"{WEB}/simulator", f"{WEB}/simulator/fal"}
 
 
 async def test_tick_with_no_address_to_use_refuses_naming_the_setting(tmp_path):

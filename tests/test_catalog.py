@@ -142,7 +142,8 @@ def test_parameters_are_consistent_with_themselves(provider, model):
 
 @every_model
 def test_capabilities_follow_the_provider(provider, model):
-    expected = {"runcomfy": (False, True), "replicate": (True, True)}.get(provider, (True, False))
+    expected = {"runcomfy": (False, True), "replicate": (True, True), "fal": (True, True)}.get(
+        provider, (True, False))
     assert (model.capabilities["webhook"], model.capabilities["cancel"]) == expected
     assert set(model.capabilities) == {"webhook", "cancel", "image_input"}
 
@@ -219,14 +220,15 @@ def test_native_ids_find_the_unified_model():
 
 
 @pytest.mark.parametrize(("name", "providers"), [
-    ("flux-pro-1.1", ["bfl", "cometapi", "apiframe", "replicate"]),
-    ("flux-1.1-pro", ["bfl", "cometapi", "apiframe", "replicate"]),
-    ("black-forest-labs/flux-1.1-pro", ["bfl", "cometapi", "apiframe", "replicate"]),
-    ("flux-pro-1.1-ultra", ["bfl", "cometapi", "apiframe", "replicate"]),
-    ("flux-kontext-pro", ["bfl", "runcomfy", "replicate"]),
-    ("blackforestlabs/flux-1-kontext/pro/edit", ["bfl", "runcomfy", "replicate"]),
-    ("flux-2-dev", ["apiframe", "replicate"]),
-    ("flux-schnell", ["replicate"]),
+    ("flux-pro-1.1", ["bfl", "cometapi", "apiframe", "replicate", "fal"]),
+    ("flux-1.1-pro", ["bfl", "cometapi", "apiframe", "replicate", "fal"]),
+    ("black-forest-labs/flux-1.1-pro", ["bfl", "cometapi", "apiframe", "replicate", "fal"]),
+    ("fal-ai/flux-pro/v1.1", ["bfl", "cometapi", "apiframe", "replicate", "fal"]),
+    ("flux-pro-1.1-ultra", ["bfl", "cometapi", "apiframe", "replicate", "fal"]),
+    ("flux-kontext-pro", ["bfl", "runcomfy", "replicate", "fal"]),
+    ("blackforestlabs/flux-1-kontext/pro/edit", ["bfl", "runcomfy", "replicate", "fal"]),
+    ("flux-2-dev", ["apiframe", "replicate", "fal"]),
+    ("flux-schnell", ["replicate", "fal"]),
     ("flux-pro", ["cometapi"]),
     ("flux-9", []),
 ])
@@ -235,7 +237,19 @@ def test_serving_lists_providers_in_catalog_order(name, providers):
 
 
 def test_providers_keep_the_default_failover_order():
-    assert CATALOG.providers() == ["bfl", "cometapi", "apiframe", "runcomfy", "replicate"]
+    assert CATALOG.providers() == ["bfl", "cometapi", "apiframe", "runcomfy", "replicate", "fal"]
+
+
+def test_fal_ids_and_ranges_are_fals():
+    assert CATALOG.find("fal", "fal-ai/flux-pro/v1.1").name == "flux-pro-1.1"
+    assert CATALOG.find("fal", "fal-ai/flux/schnell").parameters["steps"]["maximum"] == 12
+    ultra = CATALOG.find("fal", "flux-pro-1.1-ultra")
+    assert ultra.native_id == "fal-ai/flux-pro/v1.1-ultra"
+    assert "webp" not in ultra.parameters["output_format"]["enum"]  # fal: jpeg or png
+    # fal's safety tolerance is "1".."6": a BFL-valid 0 is refused, so `auto` skips fal for it.
+    assert refusal(CATALOG.find("fal", "flux-pro-1.1"), {"prompt": "x", "safety_tolerance": 0})[0][
+        "rule"] == "minimum"
+    assert CATALOG.find("fal", "flux-2-pro").parameters["safety_tolerance"]["maximum"] == 5
 
 
 def test_a_native_id_naming_two_models_is_refused():

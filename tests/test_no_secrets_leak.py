@@ -111,6 +111,7 @@ SECRET_ENV = {
     "RUNCOMFY_API_TOKEN": f"runcomfy-{MARK}",
     "REPLICATE_API_TOKEN": f"replicate-{MARK}",
     "REPLICATE_WEBHOOK_SECRET": f"whsec_{REPLICATE_KEY}",
+    "FAL_KEY": f"fal-{MARK}",
     "AWS_ACCESS_KEY_ID": f"AKID{MARK}",
     "AWS_SECRET_ACCESS_KEY": f"aws-{MARK}",
     "AWS_SESSION_TOKEN": f"session-{MARK}",
@@ -153,7 +154,7 @@ async def test_no_adapter_settings_store_or_blob_store_shows_a_secret_in_its_rep
     on_sqlite = Settings.from_env(env)
     on_postgres = Settings.from_env({**env, "FLUXHOOK_DATABASE_URL": with_password(postgres_url)})
     assert on_sqlite.webhook_secret == SECRET_ENV["FLUXHOOK_WEBHOOK_SECRET"]  # the markers are in use
-    assert len(on_sqlite.providers) == 5
+    assert len(on_sqlite.providers) == 6
     assert on_sqlite.aws["AWS_SECRET_ACCESS_KEY"] == SECRET_ENV["AWS_SECRET_ACCESS_KEY"]
     shown: dict[str, object] = {"settings": on_sqlite, "postgres settings": on_postgres}
     shown.update({f"provider settings {n}": p for n, p in on_sqlite.providers.items()})
@@ -164,8 +165,10 @@ async def test_no_adapter_settings_store_or_blob_store_shows_a_secret_in_its_rep
     for name, adapter in build_adapters(on_sqlite).items():
         shown[f"adapter {name}"] = adapter
         shown[f"{name} submit call"] = adapter.submit_call(order)
-        shown[f"{name} status call"] = adapter.status_call("task-1", None)
-        shown[f"{name} cancel call"] = adapter.cancel_call("task-1")
+        # fal's queue URLs carry the model id: a job always has one (its submit's status_url).
+        queue_url = "https://queue.fal.run/fal-ai/flux-pro/requests/task-1/status"
+        shown[f"{name} status call"] = adapter.status_call("task-1", queue_url)
+        shown[f"{name} cancel call"] = adapter.cancel_call("task-1", queue_url)
     assert SECRET_ENV["BFL_API_KEY"] in shown["bfl submit call"].headers.values()  # the key is in there
     replicate = build_adapters(on_sqlite)["replicate"]
     assert isinstance(replicate, ReplicateAdapter)

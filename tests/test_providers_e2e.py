@@ -21,6 +21,9 @@ def every_provider(url: str) -> dict[str, str]:
         "RUNCOMFY_API_TOKEN": "rc-token",
         "REPLICATE_BASE_URL": url,
         "REPLICATE_API_TOKEN": "r8-token",
+        "FAL_QUEUE_URL": f"{url}/fal",
+        "FAL_KEY": "fal-key",
+        "FAL_JWKS_URL": f"{url}/fal/.well-known/jwks.json",
         "FLUXHOOK_POLL_BASE_SECONDS": "0.3",
     }
 
@@ -34,6 +37,7 @@ JOBS = {
         "input": {"prompt": "make it snow", "image_url": "https://example.com/in.png", "aspect_ratio": "1:1"},
     },
     "replicate": {"model": "flux-pro-1.1", "input": {"prompt": "a fox", "width": 512, "height": 384}},
+    "fal": {"model": "flux-pro-1.1", "input": {"prompt": "a fox", "width": 512, "height": 384}},
 }
 
 
@@ -67,6 +71,7 @@ async def test_every_provider_completes_jobs_with_the_same_document_shape(tmp_pa
         tasks[by_provider["runcomfy"]["provider_job_id"]]["model"]
         == "blackforestlabs/flux-1-kontext/pro/edit"
     )
+    assert tasks[by_provider["fal"]["provider_job_id"]]["model"] == "fal-ai/flux-pro/v1.1"
     assert "polls it from the start" in by_provider["runcomfy"]["attempts"][0]["message"]
 
 

@@ -336,7 +336,7 @@ def test_the_simulator_serves_replicate_when_no_key_is_set():
     settings = Settings.parse({"FLUXHOOK_PUBLIC_URL": "http://127.0.0.1:9000", "FLUXHOOK_SECRET_KEY": "k"})
     replicate = settings.providers["replicate"]
     assert replicate.simulated and replicate.base_url == "http://127.0.0.1:9000/simulator"
-    assert settings.provider_order[-1] == "replicate"
+    assert settings.provider_order[-2:] == ("replicate", "fal")
 
 
 CATALOG = Catalog.default()

@@ -15,8 +15,21 @@ def make(tmp_path, **env):
 def test_with_nothing_set_every_provider_is_the_mounted_simulator(tmp_path):
     settings = make(tmp_path)
     assert settings.simulator
-    assert {p.base_url for p in settings.providers.values()} == {"http://127.0.0.1:8000/simulator"}
+    # fal's queue has its own prefix in the simulator (its paths are model ids), and its JWKS beside it.
+    assert {p.base_url for p in settings.providers.values()} == {
+        "http://127.0.0.1:8000/simulator", "http://127.0.0.1:8000/simulator/fal"}
+    assert settings.providers["fal"].keys_url == "http://127.0.0.1:8000/simulator/fal/.well-known/jwks.json"
     assert settings.warnings() == []
+
+
+def test_fal_takes_its_queue_and_jwks_urls_from_their_own_settings(tmp_path):
+    settings = make(tmp_path, FAL_KEY="k", FAL_QUEUE_URL="https://queue.example/", FLUXHOOK_SIMULATOR="off")
+    fal = settings.providers["fal"]
+    assert (fal.base_url, fal.keys_url) == ("https://queue.example", "https://rest.alpha.fal.ai/.well-known/jwks.json")
+    other = make(tmp_path, FAL_KEY="k", FAL_JWKS_URL="https://rest.fal.ai/.well-known/jwks.json")
+    assert other.providers["fal"].keys_url == "https://rest.fal.ai/.well-known/jwks.json"
+    with pytest.raises(ConfigError, match="FAL_JWKS_URL"):
+        make(tmp_path, FAL_KEY="k", FAL_JWKS_URL="not a url")
 
 
 def test_signing_keys_are_created_once_and_kept(tmp_path):
@@ -57,7 +70,8 @@ def test_a_malformed_setting_fails_fast_naming_the_variable(tmp_path, name, valu
 def test_active_task_caps_default_to_what_each_provider_documents(tmp_path):
     settings = make(tmp_path)  # every provider simulated
     caps = {name: p.max_active_tasks for name, p in settings.providers.items()}
-    assert caps == {"bfl": 24, "cometapi": None, "apiframe": None, "runcomfy": None, "replicate": None}
+    assert caps == {"bfl": 24, "cometapi": None, "apiframe": None, "runcomfy": None, "replicate": None,
+                    "fal": None}
     changed = make(tmp_path, BFL_MAX_ACTIVE_TASKS="0", APIFRAME_MAX_ACTIVE_TASKS="3")
     assert changed.providers["bfl"].max_active_tasks is None  # 0: no cap
     assert changed.providers["apiframe"].max_active_tasks == 3

@@ -169,6 +169,15 @@ def test_check_prints_the_effective_configuration_with_secrets_masked(tmp_path):
     assert not data.exists()  # check creates nothing
 
 
+def test_check_shows_where_the_simulated_fal_queue_and_its_jwks_are(tmp_path):
+    result = fluxhook(["check", "--port", "9124"], {"FLUXHOOK_DATA_DIR": str(tmp_path / "data"),
+                                                    "FAL_KEY": ""})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "FAL_QUEUE_URL = http://127.0.0.1:9124/simulator/fal  (default)" in lines
+    assert "FAL_JWKS_URL = http://127.0.0.1:9124/simulator/fal/.well-known/jwks.json  (default)" in lines
+
+
 def test_check_exits_non_zero_naming_what_is_invalid(tmp_path):
     result = fluxhook(["check"], {"FLUXHOOK_DATA_DIR": str(tmp_path), "FLUXHOOK_WORKER_CONCURRENCY": "0",
                                   "FLUXHOOK_API_KEY": "api-key-MARK"})

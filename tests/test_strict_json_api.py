@@ -35,7 +35,7 @@ pytestmark = pytest.mark.anyio
 
 BASE = "https://api.bfl.ai"
 ALL_PROVIDERS = {"COMETAPI_API_KEY": "c", "APIFRAME_API_KEY": "afk_x", "RUNCOMFY_API_TOKEN": "r",
-                 "REPLICATE_API_TOKEN": "r8"}
+                 "REPLICATE_API_TOKEN": "r8", "FAL_KEY": "f"}
 HOOK = "https://hooks.example.org/fluxhook"
 
 

@@ -16,7 +16,7 @@ from tests.test_catalog import SERVED, WRONG_TYPE, minimal_input, out_of_range
 pytestmark = pytest.mark.anyio
 
 ALL_PROVIDERS = {"COMETAPI_API_KEY": "c", "APIFRAME_API_KEY": "afk_x", "RUNCOMFY_API_TOKEN": "r",
-                 "REPLICATE_API_TOKEN": "r8"}
+                 "REPLICATE_API_TOKEN": "r8", "FAL_KEY": "f"}
 
 
 @pytest.fixture
@@ -86,7 +86,8 @@ async def test_unknown_provider_or_model_lists_what_is_available(api):
         ),
         422,
     )
-    assert error["details"][0]["allowed"] == ["auto", "bfl", "cometapi", "apiframe", "runcomfy", "replicate"]
+    assert error["details"][0]["allowed"] == ["auto", "bfl", "cometapi", "apiframe", "runcomfy", "replicate",
+                                              "fal"]
     error = assert_error_shape(
         await api.client.post(
             "/v1/jobs", json={"provider": "apiframe", "model": "flux-9", "input": {"prompt": "x"}}
@@ -99,7 +100,7 @@ async def test_unknown_provider_or_model_lists_what_is_available(api):
 async def test_models_endpoint_lists_every_provider_with_schemas_and_capabilities(api):
     body = (await api.client.get("/v1/models")).json()
     providers = {p["name"]: p for p in body["providers"]}
-    assert set(providers) == {"bfl", "cometapi", "apiframe", "runcomfy", "replicate"}
+    assert set(providers) == {"bfl", "cometapi", "apiframe", "runcomfy", "replicate", "fal"}
     runcomfy = providers["runcomfy"]["models"][0]
     assert runcomfy["native_id"] == "blackforestlabs/flux-1-kontext/pro/edit"
     assert "image_url" in runcomfy["parameters"]["required"]

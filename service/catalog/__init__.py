@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from service.catalog import apiframe, bfl, cometapi, replicate, runcomfy
+from service.catalog import apiframe, bfl, cometapi, fal, replicate, runcomfy
 from service.catalog.model import Model
 from service.catalog.validation import check_value, is_multiple_of, validate_input
 
@@ -38,6 +38,7 @@ class Catalog:
             "apiframe": apiframe.models(),
             "runcomfy": runcomfy.models(),
             "replicate": replicate.models(),
+            "fal": fal.models(),
         })
 
     def providers(self) -> list[str]:

@@ -159,7 +159,7 @@ class ApiframeAdapter:
                                 _fraction(value.get("progress")))
         return report_from_job(value, state)
 
-    def cancel_call(self, provider_job_id: str) -> ProviderCall | None:
+    def cancel_call(self, provider_job_id: str, polling_url: str | None = None) -> ProviderCall | None:
         return None  # no cancel endpoint found in Apiframe's v2 docs (§c.5)
 
     def parse_cancel(self, response: RawResponse, *, now_ms: int) -> bool:

@@ -30,6 +30,11 @@ class ProviderCall:
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     json: Any = field(default=None, repr=False)
 
+    def __repr__(self) -> str:
+        # Without the query string: it may carry a credential (fal's `fal_webhook` is the
+        # callback URL, token included), as transport.py keeps it out of its messages.
+        return f"ProviderCall(method={self.method!r}, url={self.url.split('?', 1)[0]!r})"
+
 
 @dataclass(frozen=True)
 class RawResponse:
@@ -81,6 +86,10 @@ class StatusReport:
     output_urls: tuple[str, ...] = ()
     progress: float | None = None
     message: str | None = None
+    # Set when the provider said "done" without the outputs and named where they are (fal's
+    # COMPLETED status and its response_url): the poller asks `status_call(id, result_url)`
+    # once more and takes that report instead.
+    result_url: str | None = None
 
 
 class Adapter(Protocol):
@@ -115,8 +124,9 @@ class Adapter(Protocol):
 
     def parse_callback(self, body: bytes) -> StatusReport: ...
 
-    def cancel_call(self, provider_job_id: str) -> ProviderCall | None:
-        """The provider's cancel request, or None when it has no cancel endpoint."""
+    def cancel_call(self, provider_job_id: str, polling_url: str | None = None) -> ProviderCall | None:
+        """The provider's cancel request, or None when it has no cancel endpoint. `polling_url`
+        is the job's, for a provider whose URLs carry more than the task id (fal's model id)."""
         ...
 
     def parse_cancel(self, response: RawResponse, *, now_ms: int) -> bool:

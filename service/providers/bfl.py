@@ -116,7 +116,7 @@ class BflAdapter:
         value = callback_object(body)
         return report_from_body(value)
 
-    def cancel_call(self, provider_job_id: str) -> ProviderCall | None:
+    def cancel_call(self, provider_job_id: str, polling_url: str | None = None) -> ProviderCall | None:
         return None  # BFL's OpenAPI has no cancel endpoint (shared/providers.md §a.5)
 
     def parse_cancel(self, response: RawResponse, *, now_ms: int) -> bool:

@@ -129,7 +129,7 @@ class ReplicateAdapter:
     def parse_callback(self, body: bytes) -> StatusReport:
         return report_from_prediction(callback_object(body))
 
-    def cancel_call(self, provider_job_id: str) -> ProviderCall | None:
+    def cancel_call(self, provider_job_id: str, polling_url: str | None = None) -> ProviderCall | None:
         # urls.cancel is always this URL (§e1.5), so it is rebuilt from the id rather than stored.
         return ProviderCall("POST", f"{self._prediction_url(provider_job_id)}/cancel", self.auth_headers())
 

@@ -112,7 +112,7 @@ class RunComfyAdapter:
     def parse_callback(self, body: bytes) -> StatusReport:
         raise _no_callbacks()
 
-    def cancel_call(self, provider_job_id: str) -> ProviderCall | None:
+    def cancel_call(self, provider_job_id: str, polling_url: str | None = None) -> ProviderCall | None:
         return ProviderCall("POST", f"{self._request_url(provider_job_id)}/cancel",
                             self.auth_headers())
 

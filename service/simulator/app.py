@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from service.simulator import apiframe, bfl, cometapi, inspection, replicate, runcomfy
+from service.simulator import apiframe, bfl, cometapi, fal, inspection, replicate, runcomfy
 from service.simulator.config import SimulatorConfig
 from service.simulator.simulator import Simulator
 from service.simulator.state import Phase
@@ -60,7 +60,7 @@ def create_simulator_app(
     rand: random.Random | None = None,
     clock: Callable[[], float] | None = None,
 ) -> Starlette:
-    """Build the simulator app speaking BFL, CometAPI, Apiframe, RunComfy and Replicate over HTTP.
+    """Build the simulator app speaking BFL, CometAPI, Apiframe, RunComfy, Replicate and fal over HTTP.
 
     `transport` is used by the client that sends callbacks (tests may pass a mock);
     `rand` draws every task's fate (default: random.Random(config.seed)); `clock` returns
@@ -81,6 +81,7 @@ def create_simulator_app(
         *apiframe.routes(),
         *replicate.routes(),  # before RunComfy's catch-all /v1/models/{path}
         *runcomfy.routes(),
+        *fal.routes(),
         *inspection.routes(),
         Route("/delivery/{task_id}/{name}", serve_image, methods=["GET"]),
         Route("/cdn/{task_id}/{name}", serve_image, methods=["GET"]),

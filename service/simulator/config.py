@@ -48,12 +48,16 @@ class SimulatorConfig:
     callback_duplicate_rate: float = _knob(0.0, "rate")
     # Fraction of tasks whose callbacks carry no signature header at all.
     unsigned_callback_rate: float = _knob(0.0, "rate")
-    # Standard Webhooks (Replicate): fraction of tasks whose terminal callback, validly signed,
-    # is also sent to another task's webhook URL (a captured callback replayed for another job).
+    # Replicate (Standard Webhooks) and fal (ED25519): fraction of tasks whose terminal
+    # callback, validly signed, is also sent to another task's webhook URL (a captured callback
+    # replayed for another job: refused, changing nothing).
     replayed_callback_rate: float = _knob(0.0, "rate")
-    # Standard Webhooks (Replicate): fraction of tasks whose callbacks carry a webhook-timestamp
-    # 6 minutes old (validly signed over it), as a replay captured earlier would.
+    # Replicate and fal: fraction of tasks whose callbacks carry a timestamp 6 minutes old
+    # (validly signed over it), as a replay captured earlier would.
     stale_callback_rate: float = _knob(0.0, "rate")
+    # fal: which Ed25519 key signs callbacks; change it to rotate the key (the JWKS at
+    # /fal/.well-known/jwks.json then holds only the new one).
+    fal_key_generation: int = _knob(0, "count")
     # Extra delay before each callback is sent, uniform in [lo, hi].
     callback_delay_s: tuple[float, float] = _knob((0.0, 0.0), "range")
     # Waits before each retry after a non-2xx answer or a connection failure; BFL's skill docs

@@ -69,6 +69,17 @@ NATIVE_STATUS: dict[str, dict[Phase, str]] = {
         Phase.CONTENT_MODERATED: "failed",
         Phase.CANCELLED: "canceled",
     },
+    # fal's queue knows three words; a failed or cancelled request is COMPLETED, and its result
+    # says how (service/simulator/fal.py).
+    "fal": {
+        Phase.QUEUED: "IN_QUEUE",
+        Phase.RUNNING: "IN_PROGRESS",
+        Phase.SUCCEEDED: "COMPLETED",
+        Phase.FAILED: "COMPLETED",
+        Phase.REQUEST_MODERATED: "COMPLETED",
+        Phase.CONTENT_MODERATED: "COMPLETED",
+        Phase.CANCELLED: "COMPLETED",
+    },
 }
 
 
