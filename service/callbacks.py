@@ -26,7 +26,7 @@ from service.context import WorkContext
 from service.crash_points import crash_point
 from service.errors import CallbackRejected
 from service.jobs import Source
-from service.providers.base import AccountSigned, Adapter
+from service.providers.base import AccountSigned
 from service.reports import observe
 from service.signing import Verdict
 from service.tokens import CallbackTarget
@@ -80,7 +80,7 @@ async def ingest_callback(
         report = adapter.parse_callback(body)
         task = report.provider_job_id
         role = classify_task(task, current=job.provider_job_id, provider=target.provider,
-                             attempts=attempts, verified=_proves_job(adapter, checked))
+                             attempts=attempts, verified=checked is Verdict.VERIFIED)
         if role is TaskRole.FOREIGN:
             raise _wrong_job()
         return Judgement(checked.value, report.state.value, role=role, task=task)
@@ -168,22 +168,15 @@ def _interpret(
     # Judged again: a submit's answer committed since it was received may have changed which
     # task is the job's own.
     role = classify_task(task, current=job.provider_job_id, provider=callback.provider,
-                         attempts=attempts, verified=_proves_job(adapter, Verdict(callback.verdict)))
+                         attempts=attempts, verified=verified)
     if role is TaskRole.FOREIGN:
         raise _wrong_job()
-    if not verified or role is TaskRole.CONFIRM:
+    if not verified:
         return Judgement(callback.verdict, report.state.value, confirm_at=callback.received_at, role=role,
                          task=task)
     observation = observe(report, source=Source.CALLBACK, submitted_at=job.submitted_at,
                           now=callback.received_at, not_found_grace_ms=ctx.ms(ctx.settings.not_found_grace_s))
     return Judgement(callback.verdict, report.state.value, observation, role=role, task=task)
-
-
-def _proves_job(adapter: Adapter, verdict: Verdict) -> bool:
-    """Whether the callback's signature proves it is about one of this job's own submits: the
-    job's own webhook secret does; an account-wide key (Replicate, fal) proves only the sender,
-    so a task it names that the job has not heard of is confirmed by polling, not adopted."""
-    return verdict is Verdict.VERIFIED and not isinstance(adapter, AccountSigned)
 
 
 def _wrong_job() -> CallbackRejected:

@@ -126,7 +126,7 @@ def now_s(api: Any) -> int:
 async def test_a_validly_signed_callback_completes_the_job_without_a_poll(api, router, keys):
     job_id, path, rid = await fal_job(api, "fox")
     body = ok_body(rid)
-    response = await api.client.post(path, content=body, headers=signed(KEY, rid, body, at_s=now_s(api)))
+    response = await api.callback(path, content=body, headers=signed(KEY, rid, body, at_s=now_s(api)))
     assert response.status_code == 200, response.text
     await Worker(api.ctx).run_once()
     doc = (await api.client.get(f"/v1/jobs/{job_id}")).json()
@@ -190,7 +190,7 @@ async def test_a_bad_callback_is_refused_and_changes_nothing(api, case):
         headers = signed(KEY, other_rid, body, at_s=at)
     before = (await snapshot(api, job_id), await snapshot(api, other_id))
 
-    response = await api.client.post(path, content=body, headers=headers)
+    response = await api.callback(path, content=body, headers=headers)
 
     status, code = REFUSALS[case]
     assert_error_shape(response, status, code)
@@ -202,7 +202,7 @@ async def test_a_rotated_jwks_is_followed_without_a_restart(api, keys, clock):
     _, second_path, second_rid = await fal_job(api, "owl")
     third, third_path, third_rid = await fal_job(api, "cat")
     body = ok_body(first_rid)
-    response = await api.client.post(first_path, content=body,
+    response = await api.callback(first_path, content=body,
                                      headers=signed(KEY, first_rid, body, at_s=now_s(api)))
     assert response.status_code == 200
     assert keys.fetches == 1
@@ -210,7 +210,7 @@ async def test_a_rotated_jwks_is_followed_without_a_restart(api, keys, clock):
     keys.keys = [NEW_KEY]  # fal rotates: a new key, the old one gone
     clock.advance(60)  # well inside the 24 h the keys are kept
     body = ok_body(second_rid)
-    response = await api.client.post(second_path, content=body,
+    response = await api.callback(second_path, content=body,
                                      headers=signed(NEW_KEY, second_rid, body, at_s=now_s(api)))
     assert response.status_code == 200, response.text
     assert keys.fetches == 2  # the unknown key made the keyring fetch once more
@@ -218,7 +218,7 @@ async def test_a_rotated_jwks_is_followed_without_a_restart(api, keys, clock):
     clock.advance(60)
     before = await snapshot(api, third)
     body = ok_body(third_rid)
-    response = await api.client.post(third_path, content=body,
+    response = await api.callback(third_path, content=body,
                                       headers=signed(KEY, third_rid, body, at_s=now_s(api)))
     assert_error_shape(response, 401, "unknown_key")  # the retired key no longer verifies
     assert await snapshot(api, third) == before
@@ -229,7 +229,7 @@ async def test_keys_that_cannot_be_fetched_answer_503_and_change_nothing(api, ke
     job_id, path, rid = await fal_job(api, "fox")
     before = await snapshot(api, job_id)
     body = ok_body(rid)
-    response = await api.client.post(path, content=body, headers=signed(KEY, rid, body, at_s=now_s(api)))
+    response = await api.callback(path, content=body, headers=signed(KEY, rid, body, at_s=now_s(api)))
     assert_error_shape(response, 503, "keys_unavailable")
     assert await snapshot(api, job_id) == before
 
@@ -238,7 +238,7 @@ async def test_a_callback_without_its_payload_leaves_the_result_to_polling(api, 
     job_id, path, rid = await fal_job(api, "fox")
     body = json.dumps({"request_id": rid, "status": "OK", "payload": None,
                        "payload_error": "Response payload is not JSON serializable"}).encode()
-    response = await api.client.post(path, content=body, headers=signed(KEY, rid, body, at_s=now_s(api)))
+    response = await api.callback(path, content=body, headers=signed(KEY, rid, body, at_s=now_s(api)))
     assert response.status_code == 200, response.text
     assert (await api.client.get(f"/v1/jobs/{job_id}")).json()["status"] != "succeeded"
 

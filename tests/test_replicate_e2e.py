@@ -136,6 +136,33 @@ async def test_a_429_from_replicate_moves_an_auto_job_to_the_next_provider(tmp_p
     assert replicate_tasks == {}  # Replicate never created (or charged for) a prediction
 
 
+async def test_a_429_from_replicate_moves_an_auto_job_to_fal_and_its_attempts_show_both(tmp_path):
+    """Issue 12, acceptance 4: Replicate throttles every submit; `auto` tries fal next."""
+    throttled = SimulatorConfig(submit_429_rate=1.0, retry_after_s=30, seed=39)
+    healthy = SimulatorConfig(latency_s=(0.2, 0.5), seed=40)
+    async with serve(create_simulator_app(throttled)) as replicate_url:
+        def env(fal_url: str) -> dict[str, str]:
+            return {**replicate(replicate_url), "FAL_QUEUE_URL": f"{fal_url}/fal",
+                    "FLUXHOOK_PROVIDER_ORDER": "replicate,fal"}
+
+        async with running_stack(tmp_path, healthy, provider_env=env) as stack:
+            job = (await stack.client.post("/v1/jobs", json={
+                "provider": "auto", "model": "flux-pro-1.1",
+                "input": {"prompt": "failover", "width": 512, "height": 512}})).json()
+            [doc] = (await wait_terminal(stack.client, [job["id"]], timeout=30)).values()
+            replicate_tasks = await simulator_tasks(replicate_url)
+            fal_tasks = await simulator_tasks(stack.provider_url)
+            await assert_outputs_match_simulator(stack.client, {doc["id"]: doc}, fal_tasks)
+
+    assert (doc["status"], doc["provider"], doc["completion_source"]) == ("succeeded", "fal", "callback")
+    assert [(a["provider"], a["outcome"], a["http_status"]) for a in doc["attempts"]] == [
+        ("replicate", "failed_over", 429),
+        ("fal", "accepted", 200),
+    ]
+    assert replicate_tasks == {}  # Replicate created (and charged for) nothing
+    assert fal_tasks[doc["provider_job_id"]]["model"] == "fal-ai/flux-pro/v1.1"
+
+
 async def test_throttled_and_failing_submits_and_duplicate_callbacks_still_give_one_image_each(tmp_path):
     config = SimulatorConfig(latency_s=(0.2, 0.4), submit_429_rate=0.3, submit_5xx_rate=0.3,
                              poll_5xx_rate=0.3, callback_duplicate_rate=1.0, retry_after_s=0, seed=38)
