@@ -174,8 +174,10 @@ async def test_event_writers_in_two_processes_at_once_each_commit_on_their_first
     runs: list[str] = []
 
     def append(me: int, conn):
+        # Its snapshot is taken here, once it holds the event log's lock. Only the answer's
+        # arrival orders the two: the statements are pipelined, so a body may run ahead of them.
+        conn.execute("SELECT count(*) FROM events").fetchone()
         runs.append(f"p{me}")
-        conn.execute("SELECT count(*) FROM events")  # its snapshot is taken here
         started[me].set()
         started[1 - me].wait(timeout=1)  # the other starts now, unless it waits for this one
         conn.execute("INSERT INTO events (id, type, body, created_at) VALUES (?, 'test', '', 0)", (f"p{me}",))
