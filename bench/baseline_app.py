@@ -10,6 +10,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from service.serving import EVENT_LOOP
+
 
 async def receive(request: Request) -> JSONResponse:
     body = await request.body()
@@ -19,4 +21,5 @@ async def receive(request: Request) -> JSONResponse:
 app = Starlette(routes=[Route("/v1/callbacks/{provider}/{token}", receive, methods=["POST"])])
 
 if __name__ == "__main__":
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
+                loop=EVENT_LOOP, access_log=False)

@@ -313,7 +313,9 @@ def stack() -> str:
 
     import uvicorn
 
-    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    from service.serving import EVENT_LOOP
+
+    loop = EVENT_LOOP
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"
     return f"uvicorn {uvicorn.__version__}, {loop}, {http}"
 

@@ -23,6 +23,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from service.serving import EVENT_LOOP
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS secrets (job_id TEXT PRIMARY KEY, secret TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS callbacks (id INTEGER PRIMARY KEY, job_id TEXT NOT NULL,
@@ -65,4 +67,5 @@ def create_app(path: str) -> Starlette:
 
 if __name__ == "__main__":
     uvicorn.run(create_app(sys.argv[2]), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
+                loop=EVENT_LOOP,
                 access_log=False)

@@ -25,6 +25,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from service.serving import EVENT_LOOP
+
 
 def create_app(receiver_url: str, secret: str) -> Starlette:
     @asynccontextmanager
@@ -54,4 +56,5 @@ def create_app(receiver_url: str, secret: str) -> Starlette:
 
 if __name__ == "__main__":
     app = create_app(sys.argv[2], os.environ["NOTIFY_BASELINE_SECRET"])
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
+                loop=EVENT_LOOP, access_log=False)

@@ -21,6 +21,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fluxhook")
 
+# asyncio's own event loop, not uvloop (httptools, the HTTP parser, is kept): a uvloop loop's
+# close waits for every DNS lookup still in libuv's threads, which cannot be abandoned, and
+# held a stopped `fluxhook serve` for over 30 s once lookups of webhook hosts were queued behind
+# a slow resolver. The benchmarks' other servers use the same loop (bench/).
+EVENT_LOOP = "asyncio"
+
 
 def serve_app(
     settings: Settings, listener: socket.socket, simulator_config: SimulatorConfig | None, *,
@@ -39,7 +45,7 @@ def serve_app(
     # (event streams included) get the same grace as the workers, which wind down meanwhile.
     # log_config None: uvicorn's own lines go through fluxhook's handler, in its format.
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            log_config=None, access_log=False, lifespan="on",
+                            log_config=None, access_log=False, lifespan="on", loop=EVENT_LOOP,
                             timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)))
     log.info("fluxhook listening on %s:%d", settings.host, settings.port)
     _GracefulServer(config, on_exit=lambda: _stop_workers(app)).run(sockets=[listener])
@@ -85,4 +91,4 @@ def serve_simulator(host: str, port: int, config: SimulatorConfig) -> None:
     from service.simulator import create_simulator_app
 
     uvicorn.run(create_simulator_app(config), host=host, port=port, log_level="info", log_config=None,
-                access_log=False)
+                loop=EVENT_LOOP, access_log=False)
