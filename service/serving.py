@@ -3,6 +3,7 @@ standalone simulator) imports, so `fluxhook tick` and `fluxhook worker` start wi
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import signal
@@ -21,11 +22,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fluxhook")
 
-# asyncio's own event loop, not uvloop (httptools, the HTTP parser, is kept): a uvloop loop's
-# close waits for every DNS lookup still in libuv's threads, which cannot be abandoned, and
-# held a stopped `fluxhook serve` for over 30 s once lookups of webhook hosts were queued behind
-# a slow resolver. The benchmarks' other servers use the same loop (bench/).
-EVENT_LOOP = "asyncio"
+# uvloop (with httptools, uvicorn's "standard" stack): the benchmarks' other servers use the
+# same loop (bench/). `_GracefulServer.run` does not close it: see there.
+EVENT_LOOP = "uvloop"
 
 
 def serve_app(
@@ -66,6 +65,24 @@ class _GracefulServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, *, on_exit: Callable[[], None]) -> None:
         super().__init__(config)
         self._on_exit = on_exit
+
+    def run(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's `run`, except that the event loop is left open once everything has stopped:
+        a uvloop loop's close waits for every DNS lookup still in libuv's threads, which cannot
+        be abandoned, and held a stopped `fluxhook serve` for over 30 s once lookups of webhook
+        hosts were queued behind a slow resolver. By then the server, the workers and the
+        lifespan have all shut down and every task is done, so the process just exits."""
+        loop = (self.config.get_loop_factory() or asyncio.new_event_loop)()
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self.serve(sockets=sockets))
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._on_exit()
