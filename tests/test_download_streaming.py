@@ -15,9 +15,9 @@ from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
 from service.downloads import download_image
+from service.loopback import serve
 from storage.blobs.local import LocalBlobStore
 from tests.blobs import read_blob
-from tests.test_simulator import serving
 
 pytestmark = pytest.mark.anyio
 
@@ -42,7 +42,7 @@ def image_server() -> Starlette:
 async def test_a_30_mib_output_downloads_with_its_sha256_and_a_bounded_heap(tmp_path: Path) -> None:
     expected = hashlib.sha256(CHUNK + FILLER * (CHUNKS - 1)).hexdigest()
     blobs = LocalBlobStore(tmp_path / "blobs")
-    async with serving(image_server()) as base, httpx.AsyncClient() as client:
+    async with serve(image_server()) as base, httpx.AsyncClient() as client:
         tracemalloc.start()
         try:
             got = await download_image(client, f"{base}/image.png", blobs=blobs,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -16,13 +15,13 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-import uvicorn
 from PIL import Image
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 
+from service.loopback import serve
 from service.simulator import SimulatorConfig, create_simulator_app
 from service.simulator.callbacks import apiframe_signature, bfl_signature
 from service.simulator.config import KnobError
@@ -37,22 +36,8 @@ BFL_KEY = {"x-key": "bfl-test-key"}
 # ---------------------------------------------------------------------------- helpers
 
 
-@asynccontextmanager
-async def serving(app: Any) -> AsyncIterator[str]:
-    """Run an ASGI app under uvicorn on a free loopback port; yield its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    try:
-        with anyio.fail_after(5):
-            while not server.started:
-                if task.done():
-                    task.result()  # surface a startup failure instead of hanging
-                await anyio.sleep(0.005)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
+# Run an ASGI app under uvicorn on a free loopback port; yields its base URL.
+serving = serve
 
 
 class FakeClock:
