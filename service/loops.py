@@ -65,7 +65,8 @@ class ClaimLoop(ABC, Generic[Item]):
         """When the next item this loop could claim becomes due (epoch ms), if any."""
 
     def released(self, item: Item) -> None:
-        """Called when an item is done, before the loop is woken again."""
+        """Called when an item is done: wake whatever its writes may have given work to (by
+        default every loop in this process, this one included)."""
         self.ctx.nudge()
 
     async def run_once(self) -> int:
@@ -173,6 +174,8 @@ class ClaimLoop(ABC, Generic[Item]):
             del self._held[id(item)]  # done: nothing to hand back (a cancelled one stays held)
             self.done += 1
         finally:
+            if self.inflight == self.concurrency:
+                self.signal.fire()  # a slot is free again: a due item that did not fit may start
             self.inflight -= 1
             if self.inflight == 0:
                 self._idle.set()

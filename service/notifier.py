@@ -57,6 +57,7 @@ class Notifier(ClaimLoop[ClaimedDelivery]):
     ) -> None:
         super().__init__(ctx, stop=stop)
         self._busy: Counter[str] = Counter()
+        self._failed: set[str] = set()  # handled and not delivered, until released
         self.only_job = only_job
 
     async def send(self, delivery: ClaimedDelivery) -> AttemptResult:
@@ -191,9 +192,11 @@ class Notifier(ClaimLoop[ClaimedDelivery]):
 
     async def handle(self, item: ClaimedDelivery) -> None:
         try:
-            await self.send(item)
+            if (await self.send(item)).delivered:
+                return
         except Exception:
             log.exception("delivery %s: unexpected failure; its lease will expire and it is retried", item.id)
+        self._failed.add(item.id)
 
     async def hand_back(self, items: list[ClaimedDelivery]) -> int:
         # An interrupted attempt may have reached the receiver; sending it again is the
@@ -202,10 +205,16 @@ class Notifier(ClaimLoop[ClaimedDelivery]):
 
     def released(self, item: ClaimedDelivery) -> None:
         key = destination_key(item.subscription_id, item.url)
+        if self._busy[key] >= self.ctx.settings.webhook_per_destination:
+            self.ctx.signals.deliveries.fire()  # its destination has a slot again
         self._busy[key] -= 1
         if self._busy[key] <= 0:
             del self._busy[key]
-        self.ctx.signals.deliveries.fire()
+        if item.id in self._failed:
+            # A retry is scheduled, and a subscription may have been disabled (its event goes
+            # to the others): let every loop look. A delivered one changed nothing to look for.
+            self._failed.discard(item.id)
+            self.ctx.nudge()
 
     async def next_due(self) -> int | None:
         # Due rows whose destination is at its cap cannot be sent until a slot frees (which

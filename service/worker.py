@@ -74,9 +74,9 @@ class Worker(ClaimLoop[TaskRecord]):
         if item.id not in self._handed_off:
             self.ctx.nudge()
             return
-        # The notifier has what this task made; waking it would only make it look for nothing.
+        # A stored download made an event and the deliveries the notifier now has, and no task:
+        # waking the notifier or this loop would only make them look for nothing.
         self._handed_off.discard(item.id)
-        self.ctx.signals.work.fire()
         self.ctx.signals.events.fire()
 
     async def hand_back(self, items: list[TaskRecord]) -> int:

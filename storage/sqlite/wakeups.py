@@ -37,6 +37,8 @@ IN_MODIFY = 0x00000002
 IN_Q_OVERFLOW = 0x00004000
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
 SETTLE_S = 1.0  # longest wait, after a write to the WAL, for its commit to become visible
+QUICK_LOOK_S = 0.0005  # how often to look for it at first,
+QUICK_LOOKS_FOR_S = 0.004  # for this long; then each wait twice the last
 
 
 class WalWatcher:
@@ -81,12 +83,15 @@ class WalWatcher:
             # The frames are written, but the commit is visible only once SQLite has synced them
             # and updated the WAL index: a loop woken before that would look, find nothing and
             # sleep until its idle look. So wake once data_version says the commit is visible
-            # (or, for a write that was no commit, after SETTLE_S anyway).
-            waited = 0.0
+            # (or, for a write that was no commit, after SETTLE_S anyway). Looks are frequent for
+            # as long as a commit's sync usually takes, then back off: most wakes are the last
+            # frames of a commit already seen, which no look will change.
+            waited, delay = 0.0, QUICK_LOOK_S
             while (version := _data_version(conn)) == last and waited < SETTLE_S:
-                delay = 0.0005 if waited < 0.02 else 0.005
                 await anyio.sleep(delay)
                 waited += delay
+                if waited >= QUICK_LOOKS_FOR_S:
+                    delay = min(delay * 2, SETTLE_S / 8)
             last = version
             await self._woken()
 
