@@ -27,7 +27,7 @@ from storage.sql import SQLITE
 from storage.sql.stores import StoresOver
 from storage.sqlite.migrations import MIGRATIONS
 from storage.sqlite.thread import check_supported, run_in_connection_thread
-from storage.sqlite.wakeups import WalWatcher
+from storage.sqlite.wakeups import OwnWrites, WalWatcher
 
 T = TypeVar("T")
 
@@ -47,6 +47,7 @@ class Database(StoresOver):
         self.dialect = SQLITE
         self.compose_stores(self)
         self._seen_version: int | None = None  # this connection's data_version at the last look
+        self.own_writes = OwnWrites()  # what the watcher needs to tell this process's commits
         self._synchronous = "FULL"  # as configured: what a commit that must be durable uses
 
     @classmethod
@@ -94,7 +95,8 @@ class Database(StoresOver):
         transaction back, so a refused write changes nothing, and is raised here.
         """
         relaxed = not durable and self._synchronous not in ("NORMAL", "OFF", "1", "0")
-        return await self._run(partial(_in_transaction, fn, self._synchronous if relaxed else None))
+        with self.own_writes.writing():
+            return await self._run(partial(_in_transaction, fn, self._synchronous if relaxed else None))
 
     async def transact_then_read(
         self, fn: Callable[[sqlite3.Connection], Callable[[], T]], *, appends_events: bool = False,
@@ -127,7 +129,8 @@ class Database(StoresOver):
             for kind in WAKE_KINDS:
                 wake(kind)
 
-        await WalWatcher(self.path, on_commit, elsewhere=self.committed_elsewhere).run()
+        await WalWatcher(self.path, on_commit, elsewhere=self.committed_elsewhere,
+                         own_writes=self.own_writes).run()
 
     async def committed_elsewhere(self) -> bool:
         """Whether another connection (another process) has committed since the last call:

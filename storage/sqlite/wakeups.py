@@ -14,19 +14,24 @@ and find nothing. This process's own commits woke its loops in memory already, a
 again would make each claim and look for its next due time for nothing, in the way of the work
 in hand: given `elsewhere` (storage/sqlite/database.py asks its own connection's
 `data_version`, which only another connection's commit changes), the watcher wakes only when
-it says another process committed. A missed wake (a full inotify queue) is found by the loops'
-idle looks, the safety net that stays on every backend.
+it says another process committed. Nor does it wait for its own commits to become visible:
+SQLite has one writer at a time, so WAL writes while this process was writing (`OwnWrites`) are
+its own. A missed wake (a full inotify queue) is found by the loops' idle looks, the safety net
+that stays on every backend.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
 import os
 import sqlite3
 import struct
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -41,6 +46,28 @@ QUICK_LOOK_S = 0.0005  # how often to look for it at first,
 QUICK_LOOKS_FOR_S = 0.004  # for this long; then each wait twice the last
 
 
+@dataclass
+class OwnWrites:
+    """This process's write transactions on the database (storage/sqlite/database.py counts
+    them), which tell the watcher whose frames the WAL's writes are."""
+
+    active: int = 0  # under way
+    ended_at: float = 0.0  # time.monotonic() when the last one had ended
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
+            self.ended_at = time.monotonic()
+
+    def since(self, moment: float) -> bool:
+        """Whether one was under way at any time after `moment` (time.monotonic())."""
+        return self.active > 0 or self.ended_at >= moment
+
+
 class WalWatcher:
     """Call `on_commit()` soon after any connection, in any process, commits to `path`; with
     `elsewhere`, only when it answers True (another process's commit, not this one's)."""
@@ -48,10 +75,12 @@ class WalWatcher:
     def __init__(
         self, path: Path, on_commit: Callable[[], None], *, poll_interval: float = 0.004,
         inotify: bool = True, elsewhere: Callable[[], Awaitable[bool]] | None = None,
+        own_writes: OwnWrites | None = None,
     ) -> None:
         self._path = path
         self._on_commit = on_commit
         self._elsewhere = elsewhere
+        self._own = own_writes if elsewhere is not None else None  # only `elsewhere` tells them apart
         self._poll_interval = poll_interval
         self._inotify = inotify  # False: poll data_version even where inotify works
         self.mechanism = ""  # "inotify" or "data_version", once running
@@ -76,9 +105,22 @@ class WalWatcher:
         wal = (self._path.name + "-wal").encode()
         last = _data_version(conn)
         self.watching.set()
+        looked = time.monotonic()  # when the events drained last had all been read
         while True:
             await anyio.wait_readable(fd)
+            previous, looked = looked, time.monotonic()
             if not _drain(fd, wal):
+                continue
+            if self._own is not None and self._own.since(previous):
+                # This process was writing meanwhile, and SQLite lets one writer at a time write
+                # the WAL: these are its own commit's frames. Once that commit is done, one look
+                # at whether another process committed too (just before it), and no waiting.
+                waited = 0.0
+                while self._own.active and waited < SETTLE_S:
+                    await anyio.sleep(QUICK_LOOK_S)
+                    waited += QUICK_LOOK_S
+                last = _data_version(conn)
+                await self._woken()
                 continue
             # The frames are written, but the commit is visible only once SQLite has synced them
             # and updated the WAL index: a loop woken before that would look, find nothing and
