@@ -397,6 +397,10 @@ class RetentionStore(Protocol):
         """Delete up to `limit` received callbacks (their raw bodies) older than `before`."""
         ...
 
+    async def prune_polls(self, *, before: int, limit: int) -> int:
+        """Delete up to `limit` answered polls (a job's timeline) older than `before`."""
+        ...
+
     async def prune_delivery_attempts(self, *, before: int, limit: int) -> int:
         """Delete up to `limit` delivery attempts started before `before` (the delivery keeps its count,
         last status and error)."""

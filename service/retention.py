@@ -61,6 +61,7 @@ class Pruned:
 
     events: int = 0
     callbacks: int = 0
+    polls: int = 0  # answered polls, kept as long as callbacks
     delivery_attempts: int = 0
     jobs_images: int = 0  # jobs whose outputs were removed
     blobs: int = 0  # image files removed
@@ -74,7 +75,7 @@ async def prune(ctx: WorkContext, *, batch: int = PRUNE_BATCH) -> Pruned:
     def older_than(seconds: float) -> int:
         return now - ctx.ms(seconds)
 
-    events = callbacks = attempts = jobs = 0
+    events = callbacks = polls = attempts = jobs = 0
     if settings.retain_events_s:
         cutoff = older_than(settings.retain_events_s)
         events = await _in_batches(batch, lambda: store.retention.prune_events(before=cutoff, limit=batch))
@@ -82,6 +83,7 @@ async def prune(ctx: WorkContext, *, batch: int = PRUNE_BATCH) -> Pruned:
         cutoff = older_than(settings.retain_callbacks_s)
         callbacks = await _in_batches(
             batch, lambda: store.retention.prune_callbacks(before=cutoff, limit=batch))
+        polls = await _in_batches(batch, lambda: store.retention.prune_polls(before=cutoff, limit=batch))
     if settings.retain_delivery_attempts_s:
         cutoff = older_than(settings.retain_delivery_attempts_s)
         attempts = await _in_batches(
@@ -94,7 +96,7 @@ async def prune(ctx: WorkContext, *, batch: int = PRUNE_BATCH) -> Pruned:
         )
     blobs = await remove_unreferenced_blobs(ctx, batch=batch)
     partials = await ctx.blobs.remove_partials()
-    pruned = Pruned(events, callbacks, attempts, jobs, blobs, partials)
+    pruned = Pruned(events, callbacks, polls, attempts, jobs, blobs, partials)
     if pruned != Pruned():
         log.info("pruned: %s", pruned)
     return pruned

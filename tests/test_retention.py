@@ -225,6 +225,21 @@ async def test_pruning_a_backlog_runs_in_small_batches(life: WorkContext, clock:
     assert await count(life, "callbacks", job.id) == 0
 
 
+async def test_answered_polls_are_pruned_with_the_callbacks_in_batches(life: WorkContext, clock: FakeClock):
+    job = await new_job(life)
+    await life.store.jobs.record_observation(job.id, Submitted("p-1"), now=clock())
+    for _ in range(12):
+        await life.store.jobs.record_observation(job.id, Submitted("p-1"), now=clock(), counted_poll=True)
+        clock.advance(1)
+    clock.advance(30 * DAY - 6.5)  # the first six polls are past the callbacks' 30 days
+    assert len(await life.store.jobs.get_polls(job.id)) == 12
+
+    assert (await prune(life, batch=4)).polls == 6
+    kept = await life.store.jobs.get_polls(job.id)
+    assert len(kept) == 6
+    assert min(poll.at for poll in kept) >= clock() - 30 * DAY * 1000
+
+
 async def test_settings_of_zero_keep_everything(
     make_settings: Callable[..., Settings], clock: FakeClock
 ):

@@ -298,6 +298,10 @@ MIGRATIONS: tuple[str | None, ...] = tuple(
         ALTER TABLE outputs ADD COLUMN thumb_sha256 TEXT;
         CREATE INDEX outputs_by_thumb ON outputs (thumb_sha256) WHERE thumb_sha256 IS NOT NULL;
         """,
+        # 12: polls are pruned with the callbacks, oldest first (service/retention.py)
+        """
+        CREATE INDEX polls_by_time ON polls (at);
+        """,
     )
 )
 

@@ -149,6 +149,15 @@ class RetentionStore:
             ).rowcount
         )
 
+    async def prune_polls(self, *, before: int, limit: int) -> int:
+        """Delete up to `limit` answered polls (a job's timeline) older than `before`."""
+        return await self._db.transact(
+            lambda conn: conn.execute(
+                "DELETE FROM polls WHERE id IN (SELECT id FROM polls WHERE at < ? ORDER BY at LIMIT ?)",
+                (before, limit),
+            ).rowcount
+        )
+
     async def prune_delivery_attempts(self, *, before: int, limit: int) -> int:
         """Delete up to `limit` delivery attempts started before `before` (the delivery keeps its
         count, last status and error)."""

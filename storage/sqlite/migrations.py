@@ -313,4 +313,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     ALTER TABLE outputs ADD COLUMN thumb_sha256 TEXT;
     CREATE INDEX outputs_by_thumb ON outputs (thumb_sha256) WHERE thumb_sha256 IS NOT NULL;
     """,
+    # 12: polls are pruned with the callbacks (FLUXHOOK_RETAIN_CALLBACKS_SECONDS), oldest
+    #     first, a batch at a time (service/retention.py)
+    """
+    CREATE INDEX polls_by_time ON polls (at);
+    """,
 )
