@@ -19,6 +19,7 @@ from service.dashboard import health, timeline
 from service.dashboard_sessions import SESSION_COOKIE, DashboardSessions
 from service.jobs import Progressed, Source
 from service.settings import Settings
+from service.sign_in_limits import FAILURES_PER_WINDOW
 from storage.records import (
     AttemptRecord,
     AttemptResult,
@@ -164,6 +165,22 @@ async def test_a_wrong_key_is_refused_and_signs_nobody_in(keyed):
     assert "That is not the API key." in response.text
     assert "not-the-key" not in response.text
     assert (await keyed.client.get("/dashboard/")).status_code == 303  # still signed out
+
+
+async def test_ten_wrong_keys_in_a_minute_lock_the_login_out_for_the_rest_of_it(keyed, clock):
+    for _ in range(FAILURES_PER_WINDOW):
+        wrong = await keyed.client.post("/dashboard/login", data={"key": "guess", "next": "/dashboard/"})
+        assert wrong.status_code == 401
+    clock.advance(20)
+    refused = await keyed.client.post("/dashboard/login", data={"key": API_KEY, "next": "/dashboard/"})
+    assert refused.status_code == 429  # the right key too: a guess would not be told it was right
+    assert refused.headers["retry-after"] == "40"
+    assert "Too many wrong keys: try again in 40 s." in refused.text
+    assert (await keyed.client.get("/dashboard/")).status_code == 303  # signed out still
+
+    clock.advance(40)
+    signed_in = await keyed.client.post("/dashboard/login", data={"key": API_KEY, "next": "/dashboard/"})
+    assert signed_in.status_code == 303 and signed_in.headers["location"] == "/dashboard/"
 
 
 async def test_the_right_key_signs_in_with_a_cookie_and_the_key_is_in_no_url_or_cookie(keyed):

@@ -33,6 +33,7 @@ from service.dashboard_sessions import (
 )
 from service.errors import MalformedRequest
 from service.settings import Settings
+from service.sign_in_limits import SignInLimits
 
 if TYPE_CHECKING:
     from starlette.templating import Jinja2Templates
@@ -50,6 +51,7 @@ class Dashboard:
 
     def __init__(self, settings: Settings) -> None:
         self.sessions = DashboardSessions(settings.secret_key, settings.api_key)
+        self.sign_in_limits = SignInLimits()  # wrong keys posted to the login form, per client
         self.secure_cookie = settings.public_url.startswith("https://")
         self._templates: Jinja2Templates | None = None
         self._makers: anyio.CapacityLimiter | None = None

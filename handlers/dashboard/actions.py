@@ -40,14 +40,25 @@ class Actions:
         handed out before signing in is worth nothing after), or the form again with 401."""
         form = await read_form(request)
         given, target = form.get("key"), back_to(request, form.get("next"))
+        client, now = request.client.host if request.client else "", _ctx(request).clock()
+        wait_s = self.dash.sign_in_limits.retry_after_s(client, now=now)
+        if wait_s is not None:  # too many wrong keys from here: not even checked
+            return self._form_again(request, target, f"Too many wrong keys: try again in {wait_s} s.",
+                                    status=429, headers={"Retry-After": str(wait_s)})
         if not isinstance(given, str) or not self.dash.sessions.key_matches(given):
-            session, cookie = self.dash.sessions.start(signed_in=False)
-            response = self.dash.render(request, session, "login.html",
-                                        {"next": target, "error": "That is not the API key."}, status=401)
-            self.dash.set_cookie(response, cookie)
-            return response
+            self.dash.sign_in_limits.failed(client, now=now)
+            return self._form_again(request, target, "That is not the API key.", status=401)
         _, cookie = self.dash.sessions.start(signed_in=True)
         response = RedirectResponse(target, status_code=303)
+        self.dash.set_cookie(response, cookie)
+        return response
+
+    def _form_again(self, request: Request, target: str, error: str, *, status: int,
+                    headers: dict[str, str] | None = None) -> Response:
+        session, cookie = self.dash.sessions.start(signed_in=False)
+        response = self.dash.render(request, session, "login.html", {"next": target, "error": error},
+                                    status=status)
+        response.headers.update(headers or {})
         self.dash.set_cookie(response, cookie)
         return response
 
