@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -21,6 +23,7 @@ from service.ids import new_job_id, new_webhook_secret
 from service.inline import run_inline
 from service.parsing import parse_count
 from service.retention import delete_job as delete
+from service.settings import PROVIDER_NAMES
 from service.submissions import parse_job_request
 from service.subscriptions import parse_job_destination
 from storage.errors import IdempotencyConflict
@@ -134,18 +137,13 @@ async def delete_job(request: Request) -> Response:
 async def list_jobs(request: Request) -> Response:
     ctx = _ctx(request)
     params = request.query_params
-    only_params(params, ("status", "limit", "cursor"))
-    status = params.get("status") or None
-    allowed = ("queued", "submitted", "running", "succeeded", "failed", "cancelled")
-    if status is not None and status not in allowed:
-        raise ValidationFailed(
-            f"status must be one of {', '.join(allowed)}",
-            details=[{"field": "status", "rule": "enum", "allowed": list(allowed)}],
-        )
+    only_params(params, ("status", "provider", "limit", "cursor"))
+    status = _one_of(params, "status", ("queued", "submitted", "running", "succeeded", "failed", "cancelled"))
+    provider = _one_of(params, "provider", PROVIDER_NAMES)
     limit = _limit(params.get("limit"))
     cursor = params.get("cursor")
     before = decode_cursor(cursor) if cursor else None
-    jobs = await ctx.store.jobs.list_jobs(status=status, limit=limit + 1, before=before)
+    jobs = await ctx.store.jobs.list_jobs(status=status, provider=provider, limit=limit + 1, before=before)
     page, more = jobs[:limit], len(jobs) > limit
     return JSONResponse(
         {
@@ -153,6 +151,16 @@ async def list_jobs(request: Request) -> Response:
             "next_cursor": encode_cursor(page[-1]) if more and page else None,
         }
     )
+
+
+def _one_of(params: QueryParams, name: str, allowed: Sequence[str]) -> str | None:
+    value = params.get(name) or None
+    if value is not None and value not in allowed:
+        raise ValidationFailed(
+            f"{name} must be one of {', '.join(allowed)}",
+            details=[{"field": name, "rule": "enum", "allowed": list(allowed)}],
+        )
+    return value
 
 
 async def get_output(request: Request) -> Response:

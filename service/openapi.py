@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from service.catalog import Catalog
+from service.settings import PROVIDER_NAMES
 
 JOB_STATUSES = ("queued", "submitted", "running", "succeeded", "failed", "cancelled")
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif")
@@ -300,6 +301,8 @@ def _paths(event_types: Iterable[str]) -> Schema:
                 "Jobs, newest first. Unknown query parameters are refused with 422.",
                 {200: _json(_ref("JobList"), "A page of jobs.")}, (400, 422), tag="jobs",
                 parameters=[_query("status", "Only jobs in this status.", {"enum": list(JOB_STATUSES)}),
+                            _query("provider", "Only jobs at this provider (for `auto`: the one it is at).",
+                                   {"enum": list(PROVIDER_NAMES)}),
                             _query("limit", "1 to 100 (default 20).",
                                    {"type": "integer", "minimum": 1, "maximum": 100}),
                             _query("cursor", "`next_cursor` of the previous page.", _STRING)],

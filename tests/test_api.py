@@ -6,7 +6,9 @@ import httpx
 import pytest
 import respx
 
+from service.ids import new_job_id
 from storage.errors import StorageUnavailable
+from storage.records import NewJob
 from tests.conftest import assert_error_shape
 
 pytestmark = pytest.mark.anyio
@@ -106,6 +108,7 @@ async def test_out_of_range_value_names_the_rule_and_the_limits(api):
     ("/v1/nothing-here", 404, "not_found"),
     ("/v1/jobs?limit=0", 422, "validation_failed"),
     ("/v1/jobs?status=done", 422, "validation_failed"),
+    ("/v1/jobs?provider=midjourney", 422, "validation_failed"),
     ("/v1/jobs?cursor=%%%", 400, "invalid_cursor"),
 ])
 async def test_read_errors_have_the_one_shape(api, path, status, code):
@@ -134,6 +137,24 @@ async def test_listing_is_newest_first_and_cursor_paginated(api, clock):
     queued = (await api.client.get("/v1/jobs?status=queued")).json()["data"]
     assert len(queued) == 5
     assert (await api.client.get("/v1/jobs?status=failed")).json()["data"] == []
+
+
+async def test_jobs_can_be_listed_by_provider_alone_or_with_a_status(api):
+    at: dict[str, list[str]] = {}
+    for n, provider in enumerate(("bfl", "cometapi", "bfl")):  # cometapi's job made before it was unset
+        now = api.ctx.clock() + n
+        job, _ = await api.ctx.store.jobs.create_job(NewJob(
+            id=new_job_id(now), provider=provider, model="flux-pro-1.1", input={"prompt": "a fox"},
+            metadata={}, webhook_secret=None, idempotency_key=None, request_hash=None,
+            deadline_at=now + 900_000), now=now)
+        at.setdefault(provider, []).append(job.id)
+    bfl = (await api.client.get("/v1/jobs?provider=bfl&limit=1")).json()
+    assert [job["id"] for job in bfl["data"]] == at["bfl"][-1:]
+    rest = (await api.client.get(f"/v1/jobs?provider=bfl&cursor={bfl['next_cursor']}")).json()
+    assert [job["id"] for job in rest["data"]] == at["bfl"][:1] and rest["next_cursor"] is None
+    both = (await api.client.get("/v1/jobs?provider=cometapi&status=queued")).json()["data"]
+    assert [job["id"] for job in both] == at["cometapi"]
+    assert (await api.client.get("/v1/jobs?provider=cometapi&status=failed")).json()["data"] == []
 
 
 async def test_healthz_answers_when_the_database_does(api):

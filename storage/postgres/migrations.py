@@ -298,9 +298,11 @@ MIGRATIONS: tuple[str | None, ...] = tuple(
         ALTER TABLE outputs ADD COLUMN thumb_sha256 TEXT;
         CREATE INDEX outputs_by_thumb ON outputs (thumb_sha256) WHERE thumb_sha256 IS NOT NULL;
         """,
-        # 12: polls are pruned with the callbacks, oldest first (service/retention.py)
+        # 12: polls are pruned with the callbacks, oldest first (service/retention.py);
+        #     GET /v1/jobs?provider= pages by index
         """
         CREATE INDEX polls_by_time ON polls (at);
+        CREATE INDEX jobs_by_provider ON jobs (provider, created_at DESC, id DESC);
         """,
     )
 )

@@ -314,8 +314,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     CREATE INDEX outputs_by_thumb ON outputs (thumb_sha256) WHERE thumb_sha256 IS NOT NULL;
     """,
     # 12: polls are pruned with the callbacks (FLUXHOOK_RETAIN_CALLBACKS_SECONDS), oldest
-    #     first, a batch at a time (service/retention.py)
+    #     first, a batch at a time (service/retention.py); GET /v1/jobs?provider= pages by index
     """
     CREATE INDEX polls_by_time ON polls (at);
+    CREATE INDEX jobs_by_provider ON jobs (provider, created_at DESC, id DESC);
     """,
 )
