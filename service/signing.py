@@ -17,6 +17,9 @@ from enum import StrEnum
 from service.errors import CallbackRejected
 
 _HEX_SHA256 = re.compile(r"^(?:sha256=)?([0-9a-fA-F]{64})$")
+# How far a signed timestamp may be from now: Standard Webhooks' five minutes, which fal's
+# documentation also asks for.
+TIMESTAMP_TOLERANCE_S = 300
 
 
 class Verdict(StrEnum):
@@ -39,6 +42,20 @@ def header(headers: Mapping[str, str], name: str) -> str | None:
     if value is None:
         value = next((v for k, v in headers.items() if k.lower() == name), None)
     return value
+
+
+def fresh_timestamp(value: str, *, now_s: int, header_name: str) -> int:
+    """The Unix seconds in a signed callback's timestamp header, when within
+    ±`TIMESTAMP_TOLERANCE_S` of `now_s`; else CallbackRejected, `malformed_signature` for what is
+    not a time and `stale_timestamp` for a callback sent too long ago (replayed) or ahead."""
+    value = value.strip()
+    if not (value.isascii() and value.isdigit() and len(value) <= 12):
+        raise CallbackRejected(f"{header_name} is not Unix seconds", code="malformed_signature")
+    sent_at = int(value)
+    if abs(now_s - sent_at) > TIMESTAMP_TOLERANCE_S:
+        raise CallbackRejected(f"{header_name} is more than 5 minutes off: a stale or replayed callback",
+                               code="stale_timestamp")
+    return sent_at
 
 
 def verify_bfl_callback(headers: Mapping[str, str], body: bytes, secret: str | None) -> Verdict:
