@@ -101,11 +101,22 @@ async def apply_recorded(ctx: WorkContext, *, job_id: str | None = None, limit: 
     transaction; how many were taken out of the inbox."""
     now = ctx.clock()
     crashing = "callback.applying" in ctx.settings.crash_at
-    outcomes = await ctx.store.jobs.apply_callbacks(
+    worker = ctx.task_handoff if job_id is None else None
+    applied = await ctx.store.jobs.apply_callbacks(
         interpret=partial(_interpret, ctx), now=now, limit=limit, job_id=job_id,
         schedule=Schedule(fetch_at=now, poll_at=now + ctx.ms(ctx.settings.poll_grace_s)),
         applied=(lambda _: crash_point(ctx.settings, "callback.applying")) if crashing else None,
+        lease=worker.offer(now) if worker is not None else None,
     )
+    work_due = applied.work_due
+    if applied.leased:
+        # Committed and leased to this process's worker, not yet started: dying here, they
+        # wait out the lease and any worker claims them then (tests/test_crash_callbacks.py).
+        crash_point(ctx.settings, "download.leased")
+        if worker is None or not worker.take(applied.leased):  # it stopped meanwhile
+            await ctx.store.tasks.release_tasks([(task.id, task.lease_until) for task in applied.leased])
+            work_due = True
+    outcomes = applied.outcomes
     for outcome in outcomes:
         callback = outcome.callback
         if outcome.refused is not None:
@@ -115,7 +126,12 @@ async def apply_recorded(ctx: WorkContext, *, job_id: str | None = None, limit: 
             log.info("job %s: %s callback applied", callback.job_id, callback.verdict)
             ctx.metrics.job_recorded(outcome.recorded, provider=callback.provider)
     if outcomes:
-        ctx.nudge()  # its tasks for the worker, its events for streams and the notifier
+        # Only the loops with something to do now: a download handed over needs no wake-up.
+        if applied.deliveries_made:
+            ctx.signals.deliveries.fire()
+        if work_due:
+            ctx.signals.work.fire()
+        ctx.signals.events.fire()
     return len(outcomes)
 
 

@@ -18,7 +18,7 @@ from service.egress import EgressPolicy
 from service.providers.base import Adapter
 from service.settings import Settings
 from service.tokens import CallbackTokens, UploadTokens
-from storage.records import ClaimedDelivery, DeliveryLease
+from storage.records import ClaimedDelivery, DeliveryLease, TaskLease, TaskRecord
 
 if TYPE_CHECKING:
     from service.metrics import Metrics
@@ -58,6 +58,19 @@ class Handoff(Protocol):
         and the caller hands their leases back."""
 
 
+class TaskHandoff(Protocol):
+    """The worker running in this process (service/worker.py), to which applying a callback
+    hands the download it makes due: leased in the applying transaction (`offer`), then started
+    at once (`take`), with no claim and no wake-up in between."""
+
+    def offer(self, now: int) -> TaskLease | None:
+        """The lease to take for it now, or None when it has no room (or is not running)."""
+
+    def take(self, tasks: Sequence[TaskRecord]) -> bool:
+        """Start running `tasks` (leased as `offer` said); False if it no longer runs, and the
+        caller hands their leases back."""
+
+
 @dataclass
 class Signals:
     work: Signal = field(default_factory=Signal)  # new tasks for the worker
@@ -90,6 +103,7 @@ class WorkContext:
     # Set while this process's notifier runs (Notifier.run): the download hands it the
     # deliveries of the success it commits (service/fetcher.py).
     handoff: Handoff | None = None
+    task_handoff: TaskHandoff | None = None
     _metrics: Metrics | None = field(default=None, repr=False)
 
     @property

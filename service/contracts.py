@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from service.jobs import Observation
 from storage.records import (
-    AppliedCallback,
+    AppliedCallbacks,
     Attempt,
     AttemptRecord,
     AttemptResult,
@@ -39,6 +39,7 @@ from storage.records import (
     StoredOutput,
     SubmitCaps,
     SubscriptionRecord,
+    TaskLease,
     TaskOutcome,
     TaskRecord,
     UploadRecord,
@@ -122,9 +123,11 @@ class JobStore(Protocol):
         limit: int,
         job_id: str | None = None,
         applied: Callable[[InboxCallback], None] | None = None,
-    ) -> list[AppliedCallback]:
+        lease: TaskLease | None = None,
+    ) -> AppliedCallbacks:
         """Apply recorded callbacks (oldest first, at most `limit`, only `job_id`'s when given) to
-        their jobs and take them out of the inbox, in one transaction: each exactly once."""
+        their jobs and take them out of the inbox, in one transaction: each exactly once. With
+        `lease`, the downloads made due are leased in it for the caller's worker."""
         ...
 
     async def named_tasks(self, job_id: str, provider: str) -> list[str]:

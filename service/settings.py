@@ -49,7 +49,7 @@ SETTINGS: tuple[SettingDoc, ...] = (
     SettingDoc("FLUXHOOK_NOT_FOUND_GRACE_SECONDS", "60", "A provider's `Task not found` fails the job only this long after submit."),
     SettingDoc("FLUXHOOK_SUBMIT_TIMEOUT_SECONDS", "300", "How long retryable submit failures (429, 5xx, timeouts) are retried before the job fails."),
     SettingDoc("FLUXHOOK_ADOPT_WINDOW_SECONDS", "180", "A submit whose answer was lost (read timeout, crash before the commit) may have created a provider task: for a provider that calls back, fluxhook waits this long after it for the task's callback and adopts the task it names, instead of submitting (and paying) again."),
-    SettingDoc("FLUXHOOK_CRASH_AT", "(unset)", "For crash tests only: a comma list of named points (`submit.before_send`, `submit.answered`, `callback.recorded`: a callback durably recorded and not yet acknowledged nor applied, `callback.applying`: inside the transaction applying recorded callbacks, `notify.leased`: a success's deliveries leased to this process's notifier and not yet sent) where the process kills itself with SIGKILL. Never set it in production."),
+    SettingDoc("FLUXHOOK_CRASH_AT", "(unset)", "For crash tests only: a comma list of named points (`submit.before_send`, `submit.answered`, `callback.recorded`: a callback durably recorded and not yet acknowledged nor applied, `callback.applying`: inside the transaction applying recorded callbacks, `download.leased`: an applied callback's download leased to this process's worker and not yet started, `notify.leased`: a success's deliveries leased to this process's notifier and not yet sent) where the process kills itself with SIGKILL. Never set it in production."),
     SettingDoc("FLUXHOOK_OUTPUT_WINDOW_SECONDS", "600", "How long output downloads are retried after the provider says ready (BFL URLs live ~10 min)."),
     SettingDoc("FLUXHOOK_RETRY_BASE_SECONDS", "1", "First delay for submit and download retries; doubles with jitter."),
     SettingDoc("FLUXHOOK_RETRY_MAX_SECONDS", "60", "Cap on submit and download retry delays."),
@@ -399,7 +399,7 @@ class Settings:
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 CRASH_POINTS = frozenset({"submit.before_send", "submit.answered", "callback.recorded", "callback.applying",
-                          "notify.leased"})
+                          "download.leased", "notify.leased"})
 
 
 def prepare_data_dir(data_dir: Path) -> None:

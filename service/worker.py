@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import cached_property
 
 import anyio
@@ -16,7 +16,7 @@ from service.loops import ClaimLoop
 from service.poller import poll_job
 from service.settings import Settings
 from service.submitter import submit_job
-from storage.records import SubmitCaps, TaskKind, TaskRecord
+from storage.records import SubmitCaps, TaskKind, TaskLease, TaskRecord
 
 log = logging.getLogger("fluxhook.worker")
 
@@ -53,6 +53,29 @@ class Worker(ClaimLoop[TaskRecord]):
     @cached_property
     def caps(self) -> SubmitCaps:
         return submit_caps(self.ctx.settings, self.ctx.catalog)
+
+    async def run(self) -> None:
+        """As `ClaimLoop.run`, and this process's `TaskHandoff` meanwhile."""
+        ctx = self.ctx
+        if ctx.task_handoff is None and self.only_job is None:
+            ctx.task_handoff = self
+        try:
+            await super().run()
+        finally:
+            if ctx.task_handoff is self:
+                ctx.task_handoff = None
+
+    def offer(self, now: int) -> TaskLease | None:
+        """The lease applying a callback may take for this worker (`TaskHandoff.offer`): as
+        many downloads as it has free slots."""
+        free = self.concurrency - self.inflight
+        if not self.running or free <= 0:
+            return None
+        return TaskLease(until=now + self.ctx.ms(self.ctx.settings.task_lease_s), limit=free)
+
+    def take(self, tasks: Sequence[TaskRecord]) -> bool:
+        """Run `tasks`, leased as `offer` said, as if this worker had claimed them."""
+        return self.adopt(tasks)
 
     async def claim(self, limit: int) -> list[TaskRecord]:
         lease_ms = self.ctx.ms(self.ctx.settings.task_lease_s)

@@ -457,6 +457,29 @@ class ClaimedDelivery:
 
 
 @dataclass(frozen=True)
+class TaskLease:
+    """A lease on the downloads a write makes due, taken in that write's own transaction for a
+    worker running in the same process, which starts them without claiming them (and without
+    waiting to be woken): at most `limit`, leased until `until` as a claim leases (the attempt
+    counted). If the process dies first, the lease runs out and any worker claims them."""
+
+    until: int
+    limit: int
+
+
+@dataclass(frozen=True)
+class AppliedCallbacks:
+    """What one applying transaction came to: each callback's outcome, the downloads it leased
+    for this process's worker (`TaskLease`), and what else it left to do now: tasks due now
+    that were not leased (`work_due`), and new deliveries (`deliveries_made`)."""
+
+    outcomes: list[AppliedCallback]
+    leased: tuple[TaskRecord, ...] = ()
+    work_due: bool = False
+    deliveries_made: bool = False
+
+
+@dataclass(frozen=True)
 class DeliveryLease:
     """A lease on the deliveries a write makes, taken in that write's own transaction for a
     notifier running in the same process, which sends them without claiming them (and without

@@ -162,3 +162,49 @@ async def test_in_serverless_mode_the_tick_applies_a_callback_a_crash_left_recor
     assert seen == FINISHED
     assert (callbacks, pending) == (1, 0)
     assert job.status == "succeeded" and job.completion_source == "callback"
+
+
+async def test_a_download_leased_in_the_applying_transaction_and_caught_by_a_crash_runs_once_after_its_lease(
+    tmp_path: Path, backend_env: dict[str, str]
+):
+    """`download.leased`: the callback applied and its download leased for this process's worker
+    in that same commit, the process killed before the worker starts it. The next process finds
+    the task held until the lease runs out, then claims and runs it: the job succeeds once."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "fluxhook.log"
+    async with serve(simulator()) as provider_url, httpx.AsyncClient(base_url=base, timeout=10) as client:
+        env = fluxhook_env(tmp_path / "data", base, provider_url, FLUXHOOK_POLL_GRACE_SECONDS="3600",
+                           FLUXHOOK_TASK_LEASE_SECONDS="2")
+        crashing = {**env, "FLUXHOOK_CRASH_AT": "download.leased"}
+        first = run_fluxhook(["serve", "--port", str(port)], crashing, log)
+        try:
+            await wait_up(f"{base}/healthz", first)
+            [job_id] = await submit_jobs(client, 1)
+            with anyio.fail_after(30):
+                while first.poll() is None:
+                    await anyio.sleep(0.05)
+            assert first.returncode == -signal.SIGKILL, read_log(log)
+            assert "killing this process at download.leased" in read_log(log)
+        finally:
+            first.kill()
+            first.wait(timeout=10)
+        async with store(backend_env, tmp_path / "data") as database:
+            job = await database.jobs.get_job(job_id)
+            assert job.output_urls and await database.jobs.pending_callbacks() == 0  # applied
+            assert await event_types(database, job_id) == APPLIED
+            [task] = await database.tasks.get_tasks(job_id)
+            assert (task.kind, task.attempts) == ("fetch", 1) and task.lease_until > job.updated_at
+
+        second = run_fluxhook(["serve", "--port", str(port)], env, log)
+        try:
+            job, seen, callbacks, pending = await wait_for(backend_env, tmp_path / "data", job_id, FINISHED)
+            outputs = (await client.get(f"/v1/jobs/{job_id}")).json()["outputs"]
+        finally:
+            second.kill()
+            second.wait(timeout=10)
+
+    assert seen == FINISHED  # job.succeeded once
+    assert (callbacks, pending) == (1, 0)
+    assert job.status == "succeeded" and job.completion_source == "callback"
+    assert len(outputs) == 1

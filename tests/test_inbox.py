@@ -12,7 +12,15 @@ import pytest
 from service.errors import CallbackRejected
 from service.ids import new_job_id, new_webhook_secret
 from service.jobs import ProviderSucceeded, Source, Submitted
-from storage.records import InboxCallback, JobRecord, Judgement, NewJob, Schedule
+from storage.records import (
+    InboxCallback,
+    JobRecord,
+    Judgement,
+    NewJob,
+    Schedule,
+    SubscriptionRecord,
+    TaskLease,
+)
 from storage.sql.group import GroupCommit, Refuse
 
 pytestmark = pytest.mark.anyio
@@ -111,8 +119,9 @@ def judged(verdict: str = "verified") -> Callable[[Any, list[Any]], Judgement]:
 
 
 async def apply(database: Any, interpret: Any = ready, **kwargs: Any) -> list[Any]:
-    return list(await database.jobs.apply_callbacks(interpret=interpret, now=NOW + 5, limit=10,
-                                                   schedule=Schedule(fetch_at=NOW + 5), **kwargs))
+    applied = await database.jobs.apply_callbacks(interpret=interpret, now=NOW + 5, limit=10,
+                                                  schedule=Schedule(fetch_at=NOW + 5), **kwargs)
+    return applied.outcomes
 
 
 async def test_a_recorded_callback_is_applied_once_and_a_byte_identical_repeat_is_never_queued(database):
@@ -138,6 +147,62 @@ async def test_a_recorded_callback_is_applied_once_and_a_byte_identical_repeat_i
     assert await database.jobs.pending_callbacks() == 0
     events = await database.events.list_events(after=0, job_id=job.id, types=("job.running",))
     assert len(events) == 1
+
+
+async def sent_job(database: Any) -> JobRecord:
+    """A submitted job whose submit task is done, as the worker leaves it: no task due."""
+    job = await submitted_job(database)
+    for task in await database.tasks.get_tasks(job.id):
+        await database.tasks.finish_task(task.id)
+    return job
+
+
+async def test_applying_leases_the_download_it_makes_due_for_this_processes_worker(database):
+    job = await sent_job(database)
+    await database.jobs.record_callback(job.id, provider="bfl", body=b"{}", judge=judged(), now=NOW + 1)
+
+    applied = await database.jobs.apply_callbacks(
+        interpret=ready, now=NOW + 5, limit=10, schedule=Schedule(fetch_at=NOW + 5),
+        lease=TaskLease(until=NOW + 60_000, limit=4))
+
+    [task] = applied.leased
+    assert (task.kind, task.job_id, task.attempts, task.lease_until) == ("fetch", job.id, 1, NOW + 60_000)
+    assert task.job is not None and task.job.output_urls == (URL,)  # the job as this applied it
+    assert applied.work_due is False  # nothing else of this job's due now
+    assert await database.tasks.claim_due_tasks(now=NOW + 6, limit=10, lease_ms=1000) == []
+
+
+async def test_without_a_lease_the_download_is_left_due_and_the_result_says_so(database):
+    job = await sent_job(database)
+    await database.jobs.record_callback(job.id, provider="bfl", body=b"{}", judge=judged(), now=NOW + 1)
+
+    applied = await database.jobs.apply_callbacks(
+        interpret=ready, now=NOW + 5, limit=10, schedule=Schedule(fetch_at=NOW + 5))
+
+    assert applied.leased == () and applied.work_due is True
+    [claimed] = await database.tasks.claim_due_tasks(now=NOW + 6, limit=10, lease_ms=1000)
+    assert claimed.kind == "fetch" and claimed.job_id == job.id
+
+
+async def test_applying_says_whether_it_made_deliveries_to_send(database):
+    quiet, watched = await submitted_job(database, 1), await submitted_job(database, 2)
+    await database.jobs.record_callback(quiet.id, provider="bfl", body=b"{}", judge=judged(), now=NOW + 1)
+    nobody_listens = await apply_with_result(database, now=NOW + 2)
+
+    await database.subscriptions.create_subscription(SubscriptionRecord(
+        id="sub_1", url="https://receiver.example.com/hook", events=("job.running",), description=None,
+        secret="whsec_" + "A" * 32, previous_secret=None, previous_secret_until=None, status="enabled",
+        disabled_reason=None, failing_since=None, created_at=NOW + 3, updated_at=NOW + 3))
+    await database.jobs.record_callback(watched.id, provider="bfl", body=b"{}", judge=judged(), now=NOW + 4)
+    listened_to = await apply_with_result(database, now=NOW + 5)
+
+    assert nobody_listens.deliveries_made is False
+    assert listened_to.deliveries_made is True  # its job.running, which sub_1 wants
+
+
+async def apply_with_result(database: Any, *, now: int) -> Any:
+    return await database.jobs.apply_callbacks(interpret=ready, now=now, limit=10,
+                                               schedule=Schedule(fetch_at=now))
 
 
 async def test_a_callback_refused_when_applied_changes_nothing_and_leaves_the_inbox(database):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from storage.errors import IdempotencyConflict, UnknownJob
 from storage.records import (
     AppliedCallback,
+    AppliedCallbacks,
     Attempt,
     AttemptRecord,
     CallbackJob,
@@ -34,11 +35,19 @@ from storage.records import (
     Schedule,
     StoredOutput,
     TaskKind,
+    TaskLease,
     TaskOutcome,
 )
 from storage.rules import JobRules
 from storage.sql.group import GroupCommit, Refuse
-from storage.sql.notifications import EventReads, emit_job_event, lease_new_deliveries, send_event_reads
+from storage.sql.notifications import (
+    EventReads,
+    deliveries_made,
+    emit_job_event,
+    lease_new_deliveries,
+    send_event_reads,
+)
+from storage.sql.tasks import lease_new_downloads, tasks_due_now
 from storage.state import (
     ADOPTED,
     ORPHANED,
@@ -271,10 +280,14 @@ class JobStore:
         limit: int,
         job_id: str | None = None,
         applied: Callable[[InboxCallback], None] | None = None,
-    ) -> list[AppliedCallback]:
+        lease: TaskLease | None = None,
+    ) -> AppliedCallbacks:
         """Apply recorded callbacks to their jobs, oldest first (at most `limit`; only `job_id`'s
         when given), in one transaction that also deletes their inbox rows: each is applied
-        exactly once, and a crash before the commit leaves them all to apply again.
+        exactly once, and a crash before the commit leaves them all to apply again. With
+        `lease`, the downloads this makes due are leased in it too, for the caller's worker
+        (storage/sql/tasks.py `lease_new_downloads`); the result also says whether other work
+        is due now (tasks, deliveries), so that only the loops with something to do are woken.
 
         `interpret` (pure) reads a callback against its job as it is now: a verified observation
         is applied; a task from a submit whose answer was lost is adopted (or recorded as an
@@ -290,10 +303,10 @@ class JobStore:
         where = "WHERE job_id = ?" if job_id is not None else ""
         sql = f"SELECT callback_id FROM inbox {where} ORDER BY callback_id LIMIT ? {lock}"  # noqa: S608
 
-        def apply(conn: Conn) -> list[AppliedCallback]:
+        def apply(conn: Conn) -> AppliedCallbacks:
             ids = [row[0] for row in conn.execute(sql, (job_id, limit) if job_id else (limit,)).fetchall()]
             if not ids:
-                return []
+                return AppliedCallbacks([])
             marks = ",".join("?" * len(ids))
             rows = conn.execute(
                 f"""SELECT id, job_id, provider, verdict, body, received_at FROM callbacks
@@ -308,7 +321,12 @@ class JobStore:
                                                 rules=rules, public_url=public_url))
                 if applied is not None:
                     applied(callback)
-            return outcomes
+            jobs = sorted({row["job_id"] for row in rows})
+            leased = lease_new_downloads(conn, jobs, now=now, lease=lease, decode=rules.decode) if lease \
+                else list
+            work_due = tasks_due_now(conn, jobs, now=now)
+            notify = deliveries_made(conn, jobs, now=now)
+            return AppliedCallbacks(outcomes, tuple(leased()), work_due(), notify())
 
         # Not waiting for the disk: what this writes follows from the inbox, which is durable,
         # and a power loss that takes it leaves the inbox rows to apply again. Whatever acts

@@ -107,6 +107,17 @@ def lease_new_deliveries(
     return lambda: [_claimed(row, row["url"], now) for row in cursor.fetchall()]
 
 
+def deliveries_made(conn: Conn, job_ids: Sequence[str], *, now: int) -> Callable[[], bool]:
+    """Whether this transaction (at `now`) made deliveries of `job_ids`' events still to send."""
+    marks = ",".join("?" * len(job_ids))
+    cursor = conn.execute(
+        f"""SELECT 1 FROM deliveries WHERE job_id IN ({marks}) AND created_at = ?
+            AND status = 'pending' AND lease_until = 0 LIMIT 1""",  # noqa: S608
+        (*job_ids, now),
+    )
+    return lambda: cursor.fetchone() is not None
+
+
 def emit_system_event(
     conn: Conn, event_type: str, data: Mapping[str, Any], *, now: int, rules: JobRules
 ) -> int:

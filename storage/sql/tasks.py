@@ -16,9 +16,9 @@ import heapq
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from storage.records import JobRecord, SubmitCaps, TaskKind, TaskRecord
+from storage.records import JobRecord, SubmitCaps, TaskKind, TaskLease, TaskRecord
 
 if TYPE_CHECKING:
     from storage.sql import Conn, Row, SqlDatabase
@@ -433,3 +433,42 @@ def _later_candidates(candidates: str, provider: str) -> list[str]:
     """The providers a job may still move to: those after `provider` in its candidates."""
     names = json.loads(candidates)
     return names[names.index(provider) + 1:] if provider in names else []
+
+
+def lease_new_downloads(
+    conn: Conn, job_ids: Sequence[str], *, now: int, lease: TaskLease, decode: Callable[[str], Any],
+) -> Callable[[], list[TaskRecord]]:
+    """Lease, for a worker in the caller's process, up to `lease.limit` of `job_ids`' downloads
+    due now and held by no one (as a claim would: the attempt counted), each with its job; what
+    to run, read when the result is called (on PostgreSQL, pipelined with the COMMIT)."""
+    marks = ",".join("?" * len(job_ids))
+    leased = conn.execute(
+        f"""UPDATE tasks SET lease_until = ?, attempts = attempts + 1
+            WHERE id IN (SELECT id FROM tasks WHERE job_id IN ({marks}) AND kind = ?
+                         AND due_at <= ? AND lease_until <= ? ORDER BY id LIMIT ?)
+            RETURNING *""",  # noqa: S608
+        (lease.until, *job_ids, TaskKind.FETCH.value, now, now, lease.limit),
+    )
+    jobs = conn.execute(
+        f"""SELECT * FROM jobs WHERE id IN (SELECT job_id FROM tasks WHERE job_id IN ({marks})
+            AND kind = ? AND lease_until = ?)""",  # noqa: S608
+        (*job_ids, TaskKind.FETCH.value, lease.until),
+    )
+
+    def read() -> list[TaskRecord]:
+        tasks = [TaskRecord.from_row(r) for r in leased.fetchall()]
+        found = {row["id"]: JobRecord.from_row(row, decode) for row in jobs.fetchall()}
+        return sorted((replace(task, job=found.get(task.job_id)) for task in tasks), key=lambda t: t.id)
+
+    return read
+
+
+def tasks_due_now(conn: Conn, job_ids: Sequence[str], *, now: int) -> Callable[[], bool]:
+    """Whether any of `job_ids`' tasks is due now and held by no one: work for the workers."""
+    marks = ",".join("?" * len(job_ids))
+    cursor = conn.execute(
+        f"""SELECT 1 FROM tasks WHERE job_id IN ({marks}) AND due_at <= ? AND lease_until <= ?
+            LIMIT 1""",  # noqa: S608
+        (*job_ids, now, now),
+    )
+    return lambda: cursor.fetchone() is not None
