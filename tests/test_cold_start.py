@@ -1,6 +1,6 @@
 """A process imports only what it needs (issue 10, cold start; bench/cold_start.py times it):
-the web app neither the simulator nor Pillow, and `fluxhook tick` with nothing due no web server,
-no HTTP client and nothing else it would only need to send, verify or watch."""
+the web app neither the simulator, Pillow nor an HTTP client, and `fluxhook tick` with nothing
+due no web server, no HTTP client and nothing else it would only need to send, verify or watch."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ SIMULATOR_AND_IMAGES = ("PIL", "service.simulator.app")
 # The dashboard's templates are read on its first request (handlers/dashboard/).
 TEMPLATES = ("jinja2", "starlette.templating")
 WEB = ("uvicorn", "starlette", "handlers")
-# Made on first use (service/http_clients.py): a tick with nothing due sends nothing.
+# Made on first use (service/http_clients.py): nothing is sent before a request or due work.
 HTTP_CLIENT = ("httpx", "httpcore", "h11", "service.egress_transport")
 # fal's Ed25519 checks; the Prometheus counters (WorkContext.metrics); Retry-After dates
 # (service/backoff.py); inotify, for the wake-ups a tick never waits for (storage/sqlite/wakeups.py).
@@ -41,10 +41,10 @@ def loaded(names: set[str], prefixes: tuple[str, ...]) -> list[str]:
     return sorted(n for n in names if any(n == p or n.startswith(p + ".") for p in prefixes))
 
 
-def test_the_web_app_imports_neither_the_simulator_nor_pillow():
+def test_the_web_app_imports_neither_the_simulator_nor_pillow_nor_an_http_client():
     names = imported_by(["-c", "import service.app"])
     assert "service.app" in names
-    assert loaded(names, SIMULATOR_AND_IMAGES + TEMPLATES) == []
+    assert loaded(names, SIMULATOR_AND_IMAGES + TEMPLATES + HTTP_CLIENT) == []
     assert loaded(names, ("service.simulator",)) == []
 
 
