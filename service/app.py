@@ -7,10 +7,9 @@ import logging
 import random
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Mount, Route
@@ -50,6 +49,9 @@ from service.resources import open_context, system_clock
 from service.retention import prune_periodically
 from service.settings import SIMULATOR_MOUNT, Settings
 from service.worker import Worker
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("fluxhook")
 

@@ -12,13 +12,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import anyio
-import httpx
 
 from service.errors import CallbackRejected, ProviderError
 from service.providers.base import AccountSigned, CallbackKeys
 from service.providers.transport import send
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("fluxhook.callback_keys")
 

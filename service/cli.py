@@ -282,7 +282,8 @@ async def _tick(settings: Settings) -> int:
     from service.tick import TickReport, tick
 
     report: TickReport | None = None
-    async with open_context(settings) as ctx:
+    # No wake-ups from other processes: a tick runs what is due and exits, never waiting.
+    async with open_context(settings, follow_wake_ups=False) as ctx:
         stop = anyio.Event()
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with anyio.create_task_group() as group:

@@ -8,19 +8,21 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import anyio
-import httpx
 
 from service.blobs import BlobStore
 from service.callback_keys import CallbackKeyring
 from service.catalog import Catalog
 from service.contracts import Stores
 from service.egress import EgressPolicy
+from service.http_clients import HttpClients
 from service.providers.base import Adapter
 from service.settings import Settings
 from service.tokens import CallbackTokens, UploadTokens
 from storage.records import ClaimedDelivery, DeliveryLease, TaskLease, TaskRecord
 
 if TYPE_CHECKING:
+    import httpx
+
     from service.metrics import Metrics
 
 Clock = Callable[[], int]  # epoch milliseconds, UTC
@@ -86,8 +88,7 @@ class WorkContext:
     blobs: BlobStore
     adapters: Mapping[str, Adapter]
     catalog: Catalog
-    client: httpx.AsyncClient
-    notify_client: httpx.AsyncClient  # SSRF-guarded, never follows redirects
+    http: HttpClients  # made on first use: `client` and `notify_client` below
     tokens: CallbackTokens
     upload_tokens: UploadTokens
     clock: Clock
@@ -115,6 +116,16 @@ class WorkContext:
 
             self._metrics = Metrics()
         return self._metrics
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """For provider calls and downloads."""
+        return self.http.client
+
+    @property
+    def notify_client(self) -> httpx.AsyncClient:
+        """For notifications: SSRF-guarded, never follows redirects."""
+        return self.http.notify
 
     def nudge(self) -> None:
         # Deliveries first: a notification waiting to go out is what someone is waiting for,

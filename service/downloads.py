@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin
-
-import httpx
 
 from service.blobs import BlobStore, BlobTooLarge, BlobUnavailable
 from service.errors import OutputRejected, OutputRetryable
 from service.parsing import parse_count
 from service.urls import check_download_url
+
+if TYPE_CHECKING:
+    import httpx
 
 MAX_REDIRECTS = 3
 
@@ -50,6 +52,8 @@ async def download_image(
     timeout: float,
 ) -> Downloaded:
     """Fetch `url` into `blobs`. OutputRetryable for transient failures, OutputRejected else."""
+    import httpx  # on the first download: a tick with nothing due never imports it (cold start)
+
     for _ in range(MAX_REDIRECTS + 1):
         check_download_url(url, allowed_hosts)
         try:
@@ -104,6 +108,8 @@ async def _store(response: httpx.Response, blobs: BlobStore, max_bytes: int) -> 
 def _check_status(status: int, url: str) -> None:
     if 200 <= status < 300:
         return
+    import httpx  # loaded already: `download_image` imported it
+
     host = httpx.URL(url).host
     if status in (404, 410):
         # An expired delivery URL answers 404; a fresh poll may not help, so this is final

@@ -3,22 +3,16 @@
 A user-supplied webhook URL must not reach loopback, private networks or the cloud metadata
 service. Checking the URL alone is not enough: a name can resolve to a public address when it
 is checked and to 127.0.0.1 when it is connected to (DNS rebinding). So `guarded_transport`
-resolves each host itself, keeps only the addresses the policy allows, and dials those IPs;
-`check_url` is only the early, friendly refusal for IP literals. (Standard Webhooks and Svix
-both recommend this; see /work/shared/webhooks.md sections 1-2.)
+(service/egress_transport.py) resolves each host itself, keeps only the addresses the policy
+allows, and dials those IPs; `check_url` is only the early, friendly refusal for IP literals.
+(Standard Webhooks and Svix both recommend this; see /work/shared/webhooks.md sections 1-2.)
 """
 
 from __future__ import annotations
 
 import ipaddress
-import socket
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
-
-import anyio
-import httpcore
-import httpx
 
 from service.errors import FluxhookError
 from service.hosts import Host, InvalidHost, IPAddress, canonical_host, check_port, embedded_ipv4
@@ -59,11 +53,11 @@ _LOOPBACK = (_net("127.0.0.0/8"), _net("::1/128"))
 _PRIVATE = (_net("10.0.0.0/8"), _net("172.16.0.0/12"), _net("192.168.0.0/16"), _net("fc00::/7"))
 
 
-def _refusal_reason(address: IPAddress) -> str | None:
+def refusal_reason(address: IPAddress) -> str | None:
     """Why the default policy refuses `address`, or None if it is a public address."""
     inner = embedded_ipv4(address)
     if inner is not None:
-        reason = _refusal_reason(inner)
+        reason = refusal_reason(inner)
         return f"{reason} (embedded in {address})" if reason else None
     for network, label in _REFUSED:
         if address in network:
@@ -82,16 +76,6 @@ class DestinationRefused(FluxhookError):
         self.reason = reason
         where = host if address is None or str(address) == host else f"{host} ({address})"
         super().__init__(f"webhook destination {where or '(none)'} refused: {reason}")
-
-
-class _RefusedConnection(httpcore.ConnectError):
-    """How a refusal leaves the backend: a connect error (httpx chains it as the cause of its own)
-    carrying the refusal as an attribute, since httpcore's pool re-raises with `raise exc from
-    None` (httpcore 1.0 _async/connection_pool.py) and so erases any __cause__ set here."""
-
-    def __init__(self, refused: DestinationRefused) -> None:
-        super().__init__(str(refused))
-        self.refused = refused
 
 
 @dataclass(frozen=True)
@@ -132,7 +116,7 @@ class EgressPolicy:
         candidates = [address] if inner is None else [address, inner]
         if any(candidate in network for candidate in candidates for network in self.allowed):
             return True
-        return _refusal_reason(address) is None
+        return refusal_reason(address) is None
 
     def check_url(self, url: str) -> None:
         """Refuse a submitted webhook URL early: wrong scheme, no host, credentials, a bad port
@@ -142,6 +126,8 @@ class EgressPolicy:
         Parsed with httpx, the parser that will send the request, and its host read by
         `canonical_host` as the guard reads it when connecting, so the two cannot disagree.
         """
+        import httpx  # here, not at the top: a tick reads the policy but checks no URL (cold start)
+
         try:
             parsed = httpx.URL(url)
         except (httpx.InvalidURL, TypeError):
@@ -153,12 +139,12 @@ class EgressPolicy:
             raise DestinationRefused(host, None, "URL has no host")
         if parsed.userinfo:
             raise DestinationRefused(host, None, "URL must not contain credentials")
-        canonical = _canonical(host, parsed.port)
+        canonical = canonical_destination(host, parsed.port)
         address = canonical.address
         if address is not None and not self.address_allowed(address):
-            raise DestinationRefused(host, address, _refusal_reason(address) or "not allowed")
+            raise DestinationRefused(host, address, refusal_reason(address) or "not allowed")
 
-    def _host_allowed(self, host: str) -> bool:
+    def host_allowed(self, host: str) -> bool:
         return any(host_matches(host, pattern) for pattern in self.allowed_hosts)
 
 
@@ -172,108 +158,13 @@ def _is_host_pattern(item: str) -> bool:
                and not label.startswith("-") and not label.endswith("-") for label in labels)
 
 
-def _canonical(host: str, port: int | None) -> Host:
+def canonical_destination(host: str, port: int | None) -> Host:
     """`host` as `canonical_host` reads it, or the refusal of a host or port nothing may reach."""
     try:
         check_port(port)
         return canonical_host(host)
     except InvalidHost as exc:
         raise DestinationRefused(host, None, exc.reason) from None
-
-
-async def resolve(host: str, port: int) -> list[IPAddress]:
-    """The default resolver: the system's getaddrinfo, run in a worker thread by anyio."""
-    infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(ipaddress.ip_address(str(info[4][0])) for info in infos))
-
-
-class _GuardedBackend(httpcore.AsyncNetworkBackend):
-    """Resolve, filter by policy, then dial the chosen IP with the wrapped backend.
-
-    Only the TCP connect sees the IP: httpcore passes the URL's host name to `start_tls` as
-    `server_hostname` (httpcore/_async/connection.py, `_connect`), and the Host header comes
-    from the request, so SNI, certificate checks and virtual hosts are unchanged.
-    """
-
-    def __init__(self, policy: EgressPolicy, resolver: Resolver, inner: httpcore.AsyncNetworkBackend):
-        self._policy = policy
-        self._resolver = resolver
-        self._inner = inner
-
-    async def connect_tcp(
-        self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        deadline = None if timeout is None else anyio.current_time() + timeout
-        try:
-            canonical = _canonical(host, port)  # as check_url read it when the URL was accepted
-        except DestinationRefused as exc:
-            raise _RefusedConnection(exc) from None
-        addresses = await self._addresses(canonical, port, timeout)
-        if self._policy._host_allowed(canonical.name):  # the operator vouches for the name, not the address
-            allowed = addresses
-        else:
-            allowed = [address for address in addresses if self._policy.address_allowed(address)]
-        if not allowed:
-            reason = _refusal_reason(addresses[0]) or "not allowed"
-            raise _RefusedConnection(DestinationRefused(host, addresses[0], reason))
-        error: httpcore.ConnectError | None = None
-        for address in allowed:  # in resolver order, like the OS would; one shared deadline
-            remaining = None if deadline is None else max(deadline - anyio.current_time(), 0.0)
-            try:
-                return await self._inner.connect_tcp(str(address), port, remaining, local_address,
-                                                     socket_options)
-            except httpcore.ConnectError as exc:
-                error = exc
-        assert error is not None
-        raise error
-
-    async def _addresses(self, canonical: Host, port: int, timeout: float | None) -> list[IPAddress]:
-        if canonical.address is not None:
-            return [canonical.address]  # a literal, however spelled: no DNS
-        host = canonical.name
-        try:
-            with anyio.fail_after(timeout):
-                addresses = await self._resolver(host, port)
-        except TimeoutError as exc:
-            raise httpcore.ConnectTimeout(f"resolving {host} timed out") from exc
-        except OSError as exc:  # socket.gaierror: unknown name, no network
-            raise httpcore.ConnectError(f"resolving {host} failed: {exc}") from exc
-        if not addresses:
-            raise httpcore.ConnectError(f"{host} resolved to no addresses")
-        return addresses
-
-    async def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise _RefusedConnection(DestinationRefused("", None, "unix sockets are not webhook destinations"))
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
-
-
-def guarded_transport(
-    policy: EgressPolicy, *, resolver: Resolver | None = None, **transport_kwargs: Any
-) -> httpx.AsyncHTTPTransport:
-    """An httpx transport whose every TCP connection goes only to addresses `policy` allows.
-
-    Environment proxies are not a concern here: httpx reads them in the client, and only when
-    no transport is given. `retries=` re-resolves and re-checks on each attempt.
-    """
-    for key in ("proxy", "uds"):
-        if transport_kwargs.get(key) is not None:
-            # A proxy or unix socket would be dialled instead of the destination, unchecked.
-            raise TypeError(f"guarded_transport does not support {key}=")
-    transport = httpx.AsyncHTTPTransport(**transport_kwargs)
-    # httpx 0.28 offers no network_backend argument, so install ours on the pool it built
-    # (`transport._pool._network_backend`, which each new connection copies). Rebuilding the
-    # pool instead would mean re-deriving httpx's SSL context and limits: more private surface.
-    # Refuse loudly if an upgrade renames either attribute rather than run unguarded.
-    pool = getattr(transport, "_pool", None)
-    if type(pool) is not httpcore.AsyncConnectionPool or not hasattr(pool, "_network_backend"):
-        raise RuntimeError("cannot install the egress guard: httpx/httpcore internals changed")
-    pool._network_backend = _GuardedBackend(policy, resolver or resolve, httpcore.AnyIOBackend())
-    return transport
 
 
 def refused_cause(exc: BaseException) -> DestinationRefused | None:
@@ -284,8 +175,11 @@ def refused_cause(exc: BaseException) -> DestinationRefused | None:
     while current is not None and id(current) not in seen:
         if isinstance(current, DestinationRefused):
             return current
-        if isinstance(current, _RefusedConnection):
-            return current.refused
+        # The connect error a refusal leaves the transport as (egress_transport.py
+        # RefusedConnection) carries it, since httpcore erases its cause.
+        refused = getattr(current, "refused", None)
+        if isinstance(refused, DestinationRefused):
+            return refused
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
 import anyio
-import httpx
 
 from service.blobs import BlobUnavailable
 from service.context import WorkContext
@@ -29,6 +28,9 @@ from service.downloads import sniff_image_type
 from service.egress import DestinationRefused, EgressPolicy, refused_cause
 from service.errors import ApiError, InputUnavailable
 from service.parsing import parse_count
+
+if TYPE_CHECKING:
+    import httpx
 
 MAX_REDIRECTS = 3
 
@@ -83,6 +85,8 @@ async def _read_upload(ctx: WorkContext, field: str, token: str) -> bytes:
 async def _download(
     client: httpx.AsyncClient, egress: EgressPolicy, field: str, url: str, *, limit: int, timeout: float
 ) -> bytes:
+    import httpx  # on the first download: a tick with nothing due never imports it (cold start)
+
     for _ in range(MAX_REDIRECTS + 1):
         host = _host(url)
         try:
@@ -128,6 +132,8 @@ async def _read_capped(field: str, response: httpx.Response, limit: int) -> byte
 
 
 def _host(url: str) -> str:
+    import httpx  # loaded already: `_download` imported it
+
     try:
         return httpx.URL(url).host or "(no host)"
     except (httpx.InvalidURL, TypeError):

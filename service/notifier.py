@@ -19,9 +19,9 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import anyio
-import httpx
 
 from service.backoff import parse_retry_after
 from service.context import Signal, WorkContext
@@ -29,6 +29,9 @@ from service.egress import refused_cause
 from service.loops import ClaimLoop
 from service.webhook_signing import webhook_headers
 from storage.records import AttemptResult, ClaimedDelivery, DeliveryLease, destination_key
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("fluxhook.notifier")
 
@@ -62,6 +65,8 @@ class Notifier(ClaimLoop[ClaimedDelivery]):
 
     async def send(self, delivery: ClaimedDelivery) -> AttemptResult:
         """One attempt at one delivery, recorded in the delivery log."""
+        import httpx  # on the first send: a tick with nothing to deliver never imports it (cold start)
+
         ctx = self.ctx
         secrets = delivery.secrets or (ctx.settings.webhook_secret,)
         started_at = ctx.clock()

@@ -13,25 +13,23 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import TYPE_CHECKING
 
 import anyio
-import httpx
 
 from service.catalog import Catalog
 from service.context import Clock, Signals, WorkContext
-from service.egress import EgressPolicy, guarded_transport
+from service.egress import EgressPolicy
 from service.errors import ConfigError
-from service.providers.apiframe import ApiframeAdapter
+from service.http_clients import HttpClients
 from service.providers.base import Adapter
-from service.providers.bfl import BflAdapter
-from service.providers.cometapi import CometApiAdapter
-from service.providers.fal import FAL_JWKS_URL, FalAdapter
-from service.providers.replicate import ReplicateAdapter
-from service.providers.runcomfy import RunComfyAdapter
 from service.settings import ProviderSettings, Settings
 from service.stores import open_stores
 from service.tokens import CallbackTokens, UploadTokens
 from storage.blobs import open_blob_store
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("fluxhook")
 
@@ -40,27 +38,38 @@ def system_clock() -> int:
     return time.time_ns() // 1_000_000
 
 
-ADAPTERS: dict[str, type[BflAdapter] | type[ApiframeAdapter] | type[RunComfyAdapter]
-               | type[ReplicateAdapter]] = {
-    "bfl": BflAdapter,
-    "cometapi": CometApiAdapter,
-    "apiframe": ApiframeAdapter,
-    "runcomfy": RunComfyAdapter,
-    "replicate": ReplicateAdapter,
-}
-
-
 def build_adapters(settings: Settings) -> dict[str, Adapter]:
     """One adapter per configured provider (a key, or the simulator serving it)."""
     return {name: _adapter(name, p) for name, p in settings.providers.items()}
 
 
 def _adapter(name: str, p: ProviderSettings) -> Adapter:
+    # Only the configured providers' modules are imported: ~1-2 ms each (cold start).
     if name == "fal":
+        from service.providers.fal import FAL_JWKS_URL, FalAdapter
+
         return FalAdapter(p.base_url, p.api_key, p.output_hosts, jwks_url=p.keys_url or FAL_JWKS_URL)
     if name == "replicate":
+        from service.providers.replicate import ReplicateAdapter
+
         return ReplicateAdapter(p.base_url, p.api_key, p.output_hosts, webhook_secret=p.signing_secret)
-    return ADAPTERS[name](p.base_url, p.api_key, p.output_hosts)
+    if name == "bfl":
+        from service.providers.bfl import BflAdapter
+
+        return BflAdapter(p.base_url, p.api_key, p.output_hosts)
+    if name == "cometapi":
+        from service.providers.cometapi import CometApiAdapter
+
+        return CometApiAdapter(p.base_url, p.api_key, p.output_hosts)
+    if name == "apiframe":
+        from service.providers.apiframe import ApiframeAdapter
+
+        return ApiframeAdapter(p.base_url, p.api_key, p.output_hosts)
+    if name == "runcomfy":
+        from service.providers.runcomfy import RunComfyAdapter
+
+        return RunComfyAdapter(p.base_url, p.api_key, p.output_hosts)
+    raise ValueError(f"no adapter for provider {name!r}")
 
 
 @asynccontextmanager
@@ -71,11 +80,14 @@ async def open_context(
     notify_transport: httpx.AsyncBaseTransport | None = None,
     clock: Clock = system_clock,
     rand: random.Random | None = None,
+    follow_wake_ups: bool = True,
 ) -> AsyncIterator[WorkContext]:
     """Open the database, blob store and HTTP clients that the web app and workers share.
 
     `transport` answers provider calls and downloads; `notify_transport` carries notifications
-    (by default SSRF-guarded by FLUXHOOK_ALLOW_PRIVATE_DESTINATIONS).
+    (by default SSRF-guarded by FLUXHOOK_ALLOW_PRIVATE_DESTINATIONS). Without
+    `follow_wake_ups`, other processes' commits do not fire `signals`: for a process whose
+    loops never wait to be woken (`fluxhook tick`, service/inline.py `run_rounds`).
     """
     store = await open_stores(settings, public_url=settings.public_url)
     try:
@@ -83,40 +95,31 @@ async def open_context(
     except ValueError as exc:
         await store.close()
         raise ConfigError(f"FLUXHOOK_ALLOW_PRIVATE_DESTINATIONS: {exc}") from exc
-    # One TLS context for every client (loading the CA bundle takes ~20 ms each time).
-    tls = httpx.create_ssl_context()
-    if notify_transport is None:
-        notify_transport = guarded_transport(policy, verify=tls)
     try:
         blobs = open_blob_store(settings.blob_location, aws=settings.aws)
     except ValueError as exc:
         await store.close()
         raise ConfigError(str(exc)) from exc
+    # Made on first use: a tick with nothing due sends nothing (service/http_clients.py).
+    http = HttpClients(timeout=settings.http_timeout_s, notify_timeout=settings.webhook_timeout_s,
+                       policy=policy, transport=transport, notify_transport=notify_transport)
     try:
         removed = await blobs.remove_partials()
         if removed:
             log.info("removed %d partial download(s) left by an earlier process", removed)
-        limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
         signals = Signals()
-        async with (
-            httpx.AsyncClient(transport=transport, verify=tls, limits=limits,
-                              timeout=settings.http_timeout_s) as client,
-            httpx.AsyncClient(
-                transport=notify_transport, follow_redirects=False, timeout=settings.webhook_timeout_s
-            ) as notify_client,
-            anyio.create_task_group() as wake_ups,
-        ):
+        async with anyio.create_task_group() as wake_ups:
             # Work committed by other processes wakes this one's loops and streams (PostgreSQL:
             # LISTEN/NOTIFY; SQLite: its WAL file watched).
-            wake_ups.start_soon(store.follow_wake_ups, partial(_wake, signals))
+            if follow_wake_ups:
+                wake_ups.start_soon(store.follow_wake_ups, partial(_wake, signals))
             yield WorkContext(
                 settings=settings,
                 store=store,
                 blobs=blobs,
                 adapters=build_adapters(settings),
                 catalog=Catalog.default(),
-                client=client,
-                notify_client=notify_client,
+                http=http,
                 tokens=CallbackTokens(settings.secret_key),
                 upload_tokens=UploadTokens(settings.secret_key),
                 clock=clock,
@@ -126,6 +129,7 @@ async def open_context(
             )
             wake_ups.cancel_scope.cancel()
     finally:
+        await http.aclose()
         await blobs.close()
         await store.close()
 

@@ -10,7 +10,6 @@ import difflib
 import math
 import os
 import secrets
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -425,6 +424,8 @@ def data_dir_problem(data_dir: Path) -> str | None:
     verb = "write in" if path == data_dir else "create"
     if not path.is_dir():
         return f"FLUXHOOK_DATA_DIR: cannot {verb} {data_dir}: {path} is not a directory"
+    import tempfile  # only `fluxhook check` asks: it imports shutil, bz2 and lzma (cold start)
+
     try:
         with tempfile.TemporaryFile(dir=path):
             pass

@@ -12,13 +12,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from service.egress import (
-    DestinationRefused,
-    EgressPolicy,
-    IPAddress,
-    guarded_transport,
-    refused_cause,
-)
+from service.egress import DestinationRefused, EgressPolicy, IPAddress, refused_cause
+from service.egress_transport import guarded_transport
 from service.hosts import embedded_ipv4
 from service.loopback import serve
 from tests.destinations import ALL, INVALID, ODD_LITERALS

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import httpx
+from typing import TYPE_CHECKING
 
 from service.errors import ProviderOutcomeUnknown, ProviderRetryable
 from service.providers.base import ProviderCall, RawResponse
+
+if TYPE_CHECKING:
+    import httpx
 
 MAX_RESPONSE_BYTES = 1_048_576  # a status answer is small; never buffer a runaway body
 
 
 async def send(client: httpx.AsyncClient, call: ProviderCall, *, timeout: float) -> RawResponse:
     """Make one provider call. Transport failures and timeouts are retryable."""
+    import httpx  # on the first call: a tick with nothing due calls no provider (cold start)
+
     try:
         async with client.stream(
             call.method,
@@ -31,7 +36,7 @@ async def send(client: httpx.AsyncClient, call: ProviderCall, *, timeout: float)
                         status=response.status_code,
                     )
             return RawResponse(response.status_code, dict(response.headers), bytes(body))
-    except _NOT_SENT as exc:
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol) as exc:
         # No connection was made, so the provider cannot have seen the request.
         raise ProviderRetryable(f"{call.method} {_safe(call.url)}: {_what(exc)}") from exc
     except httpx.HTTPError as exc:
@@ -39,10 +44,9 @@ async def send(client: httpx.AsyncClient, call: ProviderCall, *, timeout: float)
         raise ProviderOutcomeUnknown(f"{call.method} {_safe(call.url)}: {_what(exc)}") from exc
 
 
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
-
-
 def _what(exc: httpx.HTTPError) -> str:
+    import httpx  # loaded already: `send` imported it
+
     return "timed out" if isinstance(exc, httpx.TimeoutException) else type(exc).__name__
 
 

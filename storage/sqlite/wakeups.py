@@ -23,8 +23,6 @@ that stays on every backend.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 import os
 import sqlite3
@@ -163,6 +161,8 @@ def _data_version(conn: sqlite3.Connection) -> int | None:
 def _inotify_watch(directory: Path) -> int | None:
     """A non-blocking inotify descriptor watching writes in `directory`, or None where the
     system has no inotify."""
+    import ctypes.util  # here: ctypes and what it imports take ~4 ms, which a tick never needs
+
     name = ctypes.util.find_library("c")
     if name is None:
         return None
