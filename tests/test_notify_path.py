@@ -138,7 +138,7 @@ async def stack(
 
     built = create_app(make_settings(), transport=httpx.MockTransport(providers.async_handler),
                        notify_transport=httpx.MockTransport(receive), clock=clock,
-                       rand=random.Random(7), run_workers=False)
+                       rand=random.Random(7), run_workers=False, apply_callbacks=False)  # ready_job applies
     async with built.router.lifespan_context(built) as state:
 
         async def with_state(scope: Any, receive: Any, send: Any) -> None:
