@@ -41,9 +41,15 @@ class _Entry(Generic[T]):
     done: bool = False
     value: Any = None
     error: BaseException | None = None
+    # Set when this write is settled, or when it is its caller's turn to lead the next commit.
+    woken: anyio.Event | None = None
 
     def settle(self, value: Any = None, error: BaseException | None = None) -> None:
         self.value, self.error, self.done = value, error, True
+
+    def wake(self) -> None:
+        if self.woken is not None:
+            self.woken.set()
 
 
 class GroupCommit:
@@ -54,9 +60,6 @@ class GroupCommit:
         self._most = most
         self._queue: list[_Entry[Any]] = []
         self._leading = False
-        # Set (and dropped) whenever a commit ends: every waiter then looks whether its own
-        # write was in it, and one of the others leads the next commit.
-        self._turn: anyio.Event | None = None
 
     async def run(self, body: Callable[[Conn], T]) -> T:
         """Run `body` in a transaction shared with other waiting bodies; its result once
@@ -66,14 +69,17 @@ class GroupCommit:
         try:
             while not entry.done:
                 if self._leading:
-                    if self._turn is None:
-                        self._turn = anyio.Event()
-                    await self._turn.wait()
+                    # Woken once: when its commit ends, or to lead the next (each commit wakes
+                    # its own writers and the first still waiting, not every waiter).
+                    entry.woken = anyio.Event()
+                    await entry.woken.wait()
                 else:
                     await self._lead()
         except BaseException:
             if entry in self._queue:  # cancelled before anyone took it: it is not written
                 self._queue.remove(entry)
+                if not self._leading and self._queue:
+                    self._queue[0].wake()  # it may have been the one woken to lead
             raise
         if entry.error is not None:
             raise entry.error
@@ -89,9 +95,10 @@ class GroupCommit:
                 await self._commit(batch)
         finally:
             self._leading = False
-            turn, self._turn = self._turn, None
-            if turn is not None:
-                turn.set()
+            for entry in batch:
+                entry.wake()
+            if self._queue:
+                self._queue[0].wake()
 
     async def _commit(self, batch: list[_Entry[Any]]) -> None:
         try:
