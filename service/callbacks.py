@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from functools import partial
+from typing import cast
 
 import anyio
 
@@ -26,7 +27,7 @@ from service.context import WorkContext
 from service.crash_points import crash_point
 from service.errors import CallbackRejected
 from service.jobs import Source
-from service.providers.base import AccountSigned
+from service.providers.base import AccountSigned, Adapter, StatusReport
 from service.reports import observe
 from service.signing import Verdict
 from service.tokens import CallbackTarget
@@ -46,6 +47,13 @@ log = logging.getLogger("fluxhook.callbacks")
 # At most this many recorded callbacks are applied in one transaction: under load the inbox is
 # emptied in a few large commits, and no one transaction holds the writer long.
 APPLY_BATCH = 256
+# Under load (its last batch held at least APPLY_BUSY callbacks), the applier pauses this long
+# (seconds) before its next look, so that each transaction applies more callbacks: fewer commits
+# and pages written per callback (~10% less CPU per callback under a steady load, a few tens of
+# milliseconds more before each is applied), the writer left to the recording commits meanwhile.
+# A callback arriving alone is applied at once.
+APPLY_BUSY = 8
+APPLY_PAUSE = 0.03
 
 
 async def ingest_callback(
@@ -70,14 +78,17 @@ async def ingest_callback(
                                code="unknown_provider", status_code=404)
     # Account-signed providers (a documented scheme with a timestamp) are verified before the
     # store is touched: a missing or wrong signature is refused, never taken as a hint.
-    if verdict is None and isinstance(adapter, AccountSigned):
-        await ctx.keyring.verify(adapter, headers, body, client=ctx.client, now_ms=ctx.clock(),
+    if verdict is None and (signed := _account_signed(adapter)) is not None:
+        await ctx.keyring.verify(signed, headers, body, client=ctx.client, now_ms=ctx.clock(),
                                  timeout=ctx.settings.http_timeout_s)
         verdict = Verdict.VERIFIED
+
+    parsed: list[StatusReport] = []  # the report `judge` parsed, kept for the applier
 
     def judge(job: CallbackJob, attempts: Iterable[AttemptRecord]) -> Judgement:
         checked = verdict or adapter.verify_callback(headers, body, job.webhook_secret)
         report = adapter.parse_callback(body)
+        parsed.append(report)
         task = report.provider_job_id
         role = classify_task(task, current=job.provider_job_id, provider=target.provider,
                              attempts=attempts, verified=checked is Verdict.VERIFIED)
@@ -92,6 +103,8 @@ async def ingest_callback(
         raise CallbackRejected("callback token names no job here", code="unknown_job",
                                status_code=403) from exc
     crash_point(ctx.settings, "callback.recorded")
+    if parsed and not received.duplicate:  # a duplicate is never applied
+        ctx.parsed_callbacks.keep(target.provider, body, parsed[-1])
     ctx.signals.callbacks.fire()
     return received
 
@@ -152,13 +165,18 @@ async def apply_forever(ctx: WorkContext, stop: anyio.Event) -> None:
         group.start_soon(_cancel_on, stop, group.cancel_scope)
         while not stop.is_set():
             woken = ctx.signals.callbacks.current()  # taken first: a callback recorded after is seen
+            taken = 0
             try:
-                if await apply_recorded(ctx):
+                # A full batch may have left more; a short one took all there was when it
+                # looked, and whatever was recorded since has set `woken`: no look in between.
+                if (taken := await apply_recorded(ctx)) == APPLY_BATCH:
                     continue
             except Exception:
                 log.exception("applying recorded callbacks failed; they stay in the inbox")
             with anyio.move_on_after(wait):
                 await woken.wait()
+            if taken >= APPLY_BUSY:
+                await anyio.sleep(APPLY_PAUSE)
         group.cancel_scope.cancel()
 
 
@@ -178,7 +196,9 @@ def _interpret(
     if adapter is None:
         raise CallbackRejected(f"provider {callback.provider!r} is no longer configured",
                                code="unknown_provider", status_code=404)
-    report = adapter.parse_callback(callback.body)
+    # Parsed when it was recorded, in this process (unless long ago): not parsed again.
+    report = (ctx.parsed_callbacks.take(callback.provider, callback.body)
+              or adapter.parse_callback(callback.body))
     verified = callback.verdict == Verdict.VERIFIED.value
     task = report.provider_job_id
     # Judged again: a submit's answer committed since it was received may have changed which
@@ -193,6 +213,20 @@ def _interpret(
     observation = observe(report, source=Source.CALLBACK, submitted_at=job.submitted_at,
                           now=callback.received_at, not_found_grace_ms=ctx.ms(ctx.settings.not_found_grace_s))
     return Judgement(callback.verdict, report.state.value, observation, role=role, task=task)
+
+
+# Whether an adapter class is AccountSigned. A runtime Protocol check looks up every member of
+# the Protocol each time (~10 µs, on every callback); the members are the class's methods and
+# properties, so the answer is the same for every adapter of one class.
+_ACCOUNT_SIGNED: dict[type, bool] = {}
+
+
+def _account_signed(adapter: Adapter) -> AccountSigned | None:
+    """`adapter` if it is AccountSigned, else None."""
+    signed = _ACCOUNT_SIGNED.get(type(adapter))
+    if signed is None:
+        signed = _ACCOUNT_SIGNED[type(adapter)] = isinstance(adapter, AccountSigned)
+    return cast(AccountSigned, adapter) if signed else None
 
 
 def _wrong_job() -> CallbackRejected:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -15,7 +17,7 @@ from service.catalog import Catalog
 from service.contracts import Stores
 from service.egress import EgressPolicy
 from service.http_clients import HttpClients
-from service.providers.base import Adapter
+from service.providers.base import Adapter, StatusReport
 from service.settings import Settings
 from service.tokens import CallbackTokens, UploadTokens
 from storage.records import ClaimedDelivery, DeliveryLease, TaskLease, TaskRecord
@@ -45,6 +47,28 @@ class Signal:
         event, self._event = self._event, None
         if event is not None:
             event.set()
+
+
+class ParsedCallbacks:
+    """Callbacks as parsed when they were recorded, for this process's applier, which would
+    otherwise parse the same bytes again (service/callbacks.py). Bounded: when the applier is far
+    behind, or another process applies them, the oldest are dropped and parsed again when applied.
+    Parsing is pure, so a report kept for a body is the report of any byte-identical body."""
+
+    def __init__(self, most: int = 4096) -> None:
+        # Kept by the event loop's thread, taken by the database's (where the applier's
+        # transaction runs): each OrderedDict operation is one atomic step under the GIL.
+        self._reports: OrderedDict[tuple[str, bytes], StatusReport] = OrderedDict()
+        self._most = most
+
+    def keep(self, provider: str, body: bytes, report: StatusReport) -> None:
+        if len(self._reports) >= self._most:
+            with contextlib.suppress(KeyError):  # taken meanwhile
+                self._reports.popitem(last=False)  # the oldest kept
+        self._reports[(provider, body)] = report
+
+    def take(self, provider: str, body: bytes) -> StatusReport | None:
+        return self._reports.pop((provider, body), None)
 
 
 class Handoff(Protocol):
@@ -101,6 +125,8 @@ class WorkContext:
     signals: Signals = field(default_factory=Signals)
     # Replicate's and fal's account-wide callback keys, fetched once and cached.
     keyring: CallbackKeyring = field(default_factory=CallbackKeyring)
+    # Recorded callbacks' reports, for the applier (service/callbacks.py).
+    parsed_callbacks: ParsedCallbacks = field(default_factory=ParsedCallbacks)
     # Set while this process's notifier runs (Notifier.run): the download hands it the
     # deliveries of the success it commits (service/fetcher.py).
     handoff: Handoff | None = None

@@ -28,6 +28,9 @@ class CallbackTokens:
 
     def __init__(self, secret_key: str) -> None:
         self._serializer = URLSafeSerializer(secret_key, salt="fluxhook.callback.v1")
+        # `loads` makes a new signer per call; every callback request reads a token, so the
+        # one signer (same key, salt and checks) is made once and used directly.
+        self._signer = self._serializer.make_signer()
 
     def issue(self, provider: str, job_id: str) -> str:
         return CALLBACK_PREFIX + str(self._serializer.dumps([provider, job_id]))
@@ -39,7 +42,7 @@ class CallbackTokens:
                 "callback token is not a fluxhook token", code="invalid_token", status_code=403
             )
         try:
-            value = self._serializer.loads(token[len(CALLBACK_PREFIX) :])
+            value = self._serializer.load_payload(self._signer.unsign(token[len(CALLBACK_PREFIX) :]))
         except BadSignature as exc:
             raise CallbackRejected(
                 "callback token signature is invalid", code="invalid_token", status_code=403

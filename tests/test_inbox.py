@@ -109,6 +109,30 @@ async def test_a_write_that_breaks_the_shared_transaction_fails_alone(database):
     assert await rows(database) == ["a", "b", "d"]
 
 
+async def test_a_write_refused_before_it_writes_needs_no_savepoint_and_fails_alone(database):
+    group = GroupCommit(database)
+
+    def refused_first(conn: Any) -> str:
+        raise Refuse(ValueError("c refused before writing"))
+
+    outcomes: list[object] = [None] * 4
+    bodies = [garbage("a"), garbage("b"), refused_first, garbage("d")]
+
+    async def one(n: int) -> None:
+        try:
+            outcomes[n] = await group.run(bodies[n], refuses_first=True)
+        except Exception as exc:
+            outcomes[n] = exc
+
+    async with anyio.create_task_group() as tasks:
+        for n in range(len(bodies)):
+            tasks.start_soon(one, n)
+
+    assert outcomes[:2] == ["a", "b"] and outcomes[3] == "d"
+    assert isinstance(outcomes[2], ValueError) and str(outcomes[2]) == "c refused before writing"
+    assert await rows(database) == ["a", "b", "d"]
+
+
 def ready(callback: InboxCallback, job: JobRecord, attempts: list[Any]) -> Judgement:
     succeeded = ProviderSucceeded(Source.CALLBACK, (URL,))
     return Judgement(callback.verdict, "ready", succeeded, task=job.provider_job_id)

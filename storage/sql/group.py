@@ -8,9 +8,12 @@ nothing. Each caller is answered only once the shared COMMIT has returned: durab
 of a transaction of its own.
 
 A body refuses its write by raising `Refuse(reason)`: its savepoint is rolled back, the others'
-writes stand, and `reason` is raised to its caller alone. Anything else a body raises (a driver
-error, a bug) fails the shared transaction; then every body of the batch runs again in a
-transaction of its own, so each caller gets its own outcome.
+writes stand, and `reason` is raised to its caller alone. A body that can refuse only before
+it writes anything says so (`run(body, refuses_first=True)`) and runs without a savepoint: it
+has nothing to roll back, and a savepoint costs two statements per write.
+
+Anything else a body raises (a driver error, a bug) fails the shared transaction; then every
+body of the batch runs again in a transaction of its own, so each caller gets its own outcome.
 """
 
 from __future__ import annotations
@@ -38,12 +41,19 @@ class Refuse(Exception):
 @dataclass
 class _Entry(Generic[T]):
     body: Callable[[Conn], T]
+    savepoint: bool = True
     done: bool = False
     value: Any = None
     error: BaseException | None = None
+    # Set when this write is settled, or when it is its caller's turn to lead the next commit.
+    woken: anyio.Event | None = None
 
     def settle(self, value: Any = None, error: BaseException | None = None) -> None:
         self.value, self.error, self.done = value, error, True
+
+    def wake(self) -> None:
+        if self.woken is not None:
+            self.woken.set()
 
 
 class GroupCommit:
@@ -54,26 +64,27 @@ class GroupCommit:
         self._most = most
         self._queue: list[_Entry[Any]] = []
         self._leading = False
-        # Set (and dropped) whenever a commit ends: every waiter then looks whether its own
-        # write was in it, and one of the others leads the next commit.
-        self._turn: anyio.Event | None = None
 
-    async def run(self, body: Callable[[Conn], T]) -> T:
+    async def run(self, body: Callable[[Conn], T], *, refuses_first: bool = False) -> T:
         """Run `body` in a transaction shared with other waiting bodies; its result once
-        committed. Raises what it refused with (`Refuse`), or the storage error that failed it."""
-        entry: _Entry[T] = _Entry(body)
+        committed. Raises what it refused with (`Refuse`), or the storage error that failed it.
+        `refuses_first`: `body` raises `Refuse` only before its first write (no savepoint)."""
+        entry: _Entry[T] = _Entry(body, savepoint=not refuses_first)
         self._queue.append(entry)
         try:
             while not entry.done:
                 if self._leading:
-                    if self._turn is None:
-                        self._turn = anyio.Event()
-                    await self._turn.wait()
+                    # Woken once: when its commit ends, or to lead the next (each commit wakes
+                    # its own writers and the first still waiting, not every waiter).
+                    entry.woken = anyio.Event()
+                    await entry.woken.wait()
                 else:
                     await self._lead()
         except BaseException:
             if entry in self._queue:  # cancelled before anyone took it: it is not written
                 self._queue.remove(entry)
+                if not self._leading and self._queue:
+                    self._queue[0].wake()  # it may have been the one woken to lead
             raise
         if entry.error is not None:
             raise entry.error
@@ -89,9 +100,10 @@ class GroupCommit:
                 await self._commit(batch)
         finally:
             self._leading = False
-            turn, self._turn = self._turn, None
-            if turn is not None:
-                turn.set()
+            for entry in batch:
+                entry.wake()
+            if self._queue:
+                self._queue[0].wake()
 
     async def _commit(self, batch: list[_Entry[Any]]) -> None:
         try:
@@ -113,14 +125,17 @@ class GroupCommit:
 def _in_savepoints(conn: Conn, batch: list[_Entry[Any]]) -> list[tuple[Any, BaseException | None]]:
     outcomes: list[tuple[Any, BaseException | None]] = []
     for entry in batch:
-        conn.execute("SAVEPOINT grouped")
+        if entry.savepoint:
+            conn.execute("SAVEPOINT grouped")
         try:
             value = entry.body(conn)
         except Refuse as refused:
-            conn.execute("ROLLBACK TO SAVEPOINT grouped")
+            if entry.savepoint:
+                conn.execute("ROLLBACK TO SAVEPOINT grouped")
             outcomes.append((None, refused.reason))
         else:
             outcomes.append((value, None))
-        conn.execute("RELEASE SAVEPOINT grouped")
+        if entry.savepoint:
+            conn.execute("RELEASE SAVEPOINT grouped")
     return outcomes
 

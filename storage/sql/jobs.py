@@ -234,7 +234,8 @@ class JobStore:
         refuse the callback, which then changes nothing; it runs in the database thread, against
         the job as it is in the transaction (its attempts are read only if it iterates them).
         The transaction is shared with callbacks recorded at the same moment
-        (storage/sql/group.py: one fsync for all), each in its own savepoint.
+        (storage/sql/group.py: one fsync for all); one refused changes nothing, as it is refused
+        before it writes.
         """
         digest = hashlib.sha256(body).hexdigest()
 
@@ -264,7 +265,8 @@ class JobStore:
                              (row[0], job_id, now))
             return ReceivedCallback(job, judgement, duplicate=row is None)
 
-        return await self._grouped.run(record)
+        # Refused (unknown job, judged out) before its first write: no savepoint needed.
+        return await self._grouped.run(record, refuses_first=True)
 
     async def pending_callbacks(self) -> int:
         """How many recorded callbacks wait in the inbox to be applied."""
