@@ -27,7 +27,7 @@ from service.context import WorkContext
 from service.crash_points import crash_point
 from service.errors import CallbackRejected
 from service.jobs import Source
-from service.providers.base import AccountSigned, Adapter, StatusReport
+from service.providers.base import AccountSigned, Adapter, JobSigned, StatusReport
 from service.reports import observe
 from service.signing import Verdict
 from service.tokens import CallbackTarget
@@ -78,15 +78,15 @@ async def ingest_callback(
                                code="unknown_provider", status_code=404)
     # Account-signed providers (a documented scheme with a timestamp) are verified before the
     # store is touched: a missing or wrong signature is refused, never taken as a hint.
-    if verdict is None and (signed := _account_signed(adapter)) is not None:
-        await ctx.keyring.verify(signed, headers, body, client=ctx.client, now_ms=ctx.clock(),
-                                 timeout=ctx.settings.http_timeout_s)
+    if verdict is None and _signing(adapter) is AccountSigned:
+        await ctx.keyring.verify(cast(AccountSigned, adapter), headers, body, client=ctx.client,
+                                 now_ms=ctx.clock(), timeout=ctx.settings.http_timeout_s)
         verdict = Verdict.VERIFIED
 
     parsed: list[StatusReport] = []  # the report `judge` parsed, kept for the applier
 
     def judge(job: CallbackJob, attempts: Iterable[AttemptRecord]) -> Judgement:
-        checked = verdict or adapter.verify_callback(headers, body, job.webhook_secret)
+        checked = verdict or _with_job_secret(adapter, headers, body, job.webhook_secret)
         report = adapter.parse_callback(body)
         parsed.append(report)
         task = report.provider_job_id
@@ -215,18 +215,26 @@ def _interpret(
     return Judgement(callback.verdict, report.state.value, observation, role=role, task=task)
 
 
-# Whether an adapter class is AccountSigned. A runtime Protocol check looks up every member of
-# the Protocol each time (~10 µs, on every callback); the members are the class's methods and
-# properties, so the answer is the same for every adapter of one class.
-_ACCOUNT_SIGNED: dict[type, bool] = {}
+# How an adapter class's callbacks are signed: AccountSigned, JobSigned or neither (None). A
+# runtime Protocol check looks up every member of the Protocol each time (~10 µs, on every
+# callback); the members are the class's methods and properties, so one answer holds per class.
+_SIGNING: dict[type, type | None] = {}
 
 
-def _account_signed(adapter: Adapter) -> AccountSigned | None:
-    """`adapter` if it is AccountSigned, else None."""
-    signed = _ACCOUNT_SIGNED.get(type(adapter))
-    if signed is None:
-        signed = _ACCOUNT_SIGNED[type(adapter)] = isinstance(adapter, AccountSigned)
-    return cast(AccountSigned, adapter) if signed else None
+def _signing(adapter: Adapter) -> type | None:
+    if type(adapter) not in _SIGNING:
+        _SIGNING[type(adapter)] = next(
+            (protocol for protocol in (AccountSigned, JobSigned) if isinstance(adapter, protocol)), None)
+    return _SIGNING[type(adapter)]
+
+
+def _with_job_secret(
+    adapter: Adapter, headers: Mapping[str, str], body: bytes, secret: str | None
+) -> Verdict:
+    if _signing(adapter) is not JobSigned:  # no way to check it: nothing is taken on trust
+        raise CallbackRejected(f"{adapter.name} callbacks cannot be verified with a job's secret",
+                               code="bad_signature")
+    return cast(JobSigned, adapter).verify_callback(headers, body, secret)
 
 
 def _wrong_job() -> CallbackRejected:

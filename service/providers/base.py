@@ -118,10 +118,6 @@ class Adapter(Protocol):
 
     def parse_status(self, response: RawResponse, *, now_ms: int) -> StatusReport: ...
 
-    def verify_callback(
-        self, headers: Mapping[str, str], body: bytes, secret: str | None
-    ) -> Verdict: ...
-
     def parse_callback(self, body: bytes) -> StatusReport: ...
 
     def cancel_call(self, provider_job_id: str, polling_url: str | None = None) -> ProviderCall | None:
@@ -131,6 +127,19 @@ class Adapter(Protocol):
 
     def parse_cancel(self, response: RawResponse, *, now_ms: int) -> bool:
         """True when the provider cancelled the job; False when it refused (already running)."""
+        ...
+
+
+@runtime_checkable
+class JobSigned(Protocol):
+    """An adapter whose callbacks carry (or may lack) a signature made with the job's own
+    webhook secret, which fluxhook sent with the submit (BFL and its resellers)."""
+
+    def verify_callback(
+        self, headers: Mapping[str, str], body: bytes, secret: str | None
+    ) -> Verdict:
+        """VERIFIED when a signature proves the sender, UNSIGNED when there is none (a hint,
+        confirmed by polling); raise CallbackRejected (401) for one present but wrong."""
         ...
 
 
@@ -147,7 +156,7 @@ class AccountSigned(Protocol):
     """An adapter whose callbacks are signed with account-wide keys fetched from the provider
     (a documented scheme with a timestamp: there is no "unsigned hint", a callback is verified
     or refused). Every method is pure; `service/callback_keys.py` fetches and caches the keys,
-    and verifies each callback before the store is touched, so `verify_callback` is not used."""
+    and verifies each callback before the store is touched."""
 
     @property
     def name(self) -> str: ...

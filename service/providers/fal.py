@@ -36,7 +36,7 @@ from service.providers.base import (
     raise_for_error,
     required_text,
 )
-from service.signing import Verdict, fresh_timestamp
+from service.signing import fresh_timestamp
 from service.urls import host_matches
 
 # Which of the two URLs public implementations use is canonical now is UNCONFIRMED
@@ -157,13 +157,6 @@ class FalAdapter:
 
     # -- callbacks -----------------------------------------------------------------------------
 
-    def verify_callback(
-        self, headers: Mapping[str, str], body: bytes, secret: str | None
-    ) -> Verdict:
-        # Account-signed: service/callback_keys.py verifies with `verify_signed` before this
-        # could ever be asked, so an answer here would be a wiring mistake.
-        raise CallbackRejected("fal callbacks are verified with fal's JWKS, not a job secret",
-                               code="bad_signature")
 
     def parse_callback(self, body: bytes) -> StatusReport:
         return report_from_callback(callback_object(body))

@@ -33,7 +33,7 @@ from service.providers.base import (
     raise_for_error,
     required_text,
 )
-from service.signing import Verdict, fresh_timestamp, header
+from service.signing import fresh_timestamp, header
 from service.webhook_signing import decode_secret, signature
 
 # `start` and `completed` are always sent when asked for (§e1.3). `output` is left out: a Flux
@@ -118,13 +118,6 @@ class ReplicateAdapter:
                                    status=response.status)
         return report_from_prediction(body)
 
-    def verify_callback(
-        self, headers: Mapping[str, str], body: bytes, secret: str | None
-    ) -> Verdict:
-        # Never called: the keyring verifies account-signed callbacks (`verify_signed`). Should
-        # a caller get here, nothing is taken on trust.
-        raise CallbackRejected("Replicate callbacks are verified with the account's signing secret",
-                               code="bad_signature")
 
     def parse_callback(self, body: bytes) -> StatusReport:
         return report_from_prediction(callback_object(body))
