@@ -16,7 +16,8 @@ in hand: given `elsewhere` (storage/sqlite/database.py asks its own connection's
 `data_version`, which only another connection's commit changes), the watcher wakes only when
 it says another process committed. Nor does it wait for its own commits to become visible:
 SQLite has one writer at a time, so WAL writes while this process was writing (`OwnWrites`) are
-its own. A missed wake (a full inotify queue) is found by the loops' idle looks, the safety net
+its own, and after them it looks whether another process committed too once per
+`OWN_LOOK_DELAY_S`, not once per commit. A missed wake (a full inotify queue) is found by the loops' idle looks, the safety net
 that stays on every backend.
 """
 
@@ -42,6 +43,7 @@ _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (t
 SETTLE_S = 1.0  # longest wait, after a write to the WAL, for its commit to become visible
 QUICK_LOOK_S = 0.0005  # how often to look for it at first,
 QUICK_LOOKS_FOR_S = 0.004  # for this long; then each wait twice the last
+OWN_LOOK_DELAY_S = 0.002  # after this process's own commits, when to look for another's
 
 
 @dataclass
@@ -104,21 +106,29 @@ class WalWatcher:
         last = _data_version(conn)
         self.watching.set()
         looked = time.monotonic()  # when the events drained last had all been read
+        owed_since: float | None = None  # own commits seen since, and no look elsewhere yet
         while True:
-            await anyio.wait_readable(fd)
+            due = None if owed_since is None else max(0.0, owed_since + OWN_LOOK_DELAY_S - time.monotonic())
+            with anyio.move_on_after(due) as waiting:
+                await anyio.wait_readable(fd)
+            if waiting.cancelled_caught:  # the look owed for this process's own commits
+                owed_since = None
+                await self._woken()
+                continue
             previous, looked = looked, time.monotonic()
             if not _drain(fd, wal):
                 continue
             if self._own is not None and self._own.since(previous):
                 # This process was writing meanwhile, and SQLite lets one writer at a time write
-                # the WAL: these are its own commit's frames. Once that commit is done, one look
-                # at whether another process committed too (just before it), and no waiting.
+                # the WAL: these are its own commit's frames, visible once that commit is done.
+                # Whether another process committed too (just before it) is looked at once for
+                # all the own commits of OWN_LOOK_DELAY_S, not once per commit.
                 waited = 0.0
                 while self._own.active and waited < SETTLE_S:
                     await anyio.sleep(QUICK_LOOK_S)
                     waited += QUICK_LOOK_S
                 last = _data_version(conn)
-                await self._woken()
+                owed_since = owed_since or time.monotonic()
                 continue
             # The frames are written, but the commit is visible only once SQLite has synced them
             # and updated the WAL index: a loop woken before that would look, find nothing and
@@ -133,6 +143,7 @@ class WalWatcher:
                 if waited >= QUICK_LOOKS_FOR_S:
                     delay = min(delay * 2, SETTLE_S / 8)
             last = version
+            owed_since = None
             await self._woken()
 
     async def _woken(self) -> None:
