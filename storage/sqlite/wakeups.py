@@ -17,8 +17,8 @@ in hand: given `elsewhere` (storage/sqlite/database.py asks its own connection's
 it says another process committed. Nor does it wait for its own commits to become visible:
 SQLite has one writer at a time, so WAL writes while this process was writing (`OwnWrites`) are
 its own, and after them it looks whether another process committed too once per
-`OWN_LOOK_DELAY_S`, not once per commit. A missed wake (a full inotify queue) is found by the loops' idle looks, the safety net
-that stays on every backend.
+`OWN_LOOK_DELAY_S`, not once per commit. A missed wake (a full inotify queue) is found by the
+loops' idle looks, the safety net that stays on every backend.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ IN_MODIFY = 0x00000002
 IN_Q_OVERFLOW = 0x00004000
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
 SETTLE_S = 1.0  # longest wait, after a write to the WAL, for its commit to become visible
-QUICK_LOOK_S = 0.0005  # how often to look for it at first,
+QUICK_LOOK_S = 0.001  # how often to look for it at first (uvloop's timers count whole ms),
 QUICK_LOOKS_FOR_S = 0.004  # for this long; then each wait twice the last
 OWN_LOOK_DELAY_S = 0.002  # after this process's own commits, when to look for another's
 
@@ -53,6 +53,7 @@ class OwnWrites:
 
     active: int = 0  # under way
     ended_at: float = 0.0  # time.monotonic() when the last one had ended
+    _idle: anyio.Event | None = None  # set when none is under way any more, for `until_idle`
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
@@ -62,6 +63,16 @@ class OwnWrites:
         finally:
             self.active -= 1
             self.ended_at = time.monotonic()
+            if not self.active and self._idle is not None:
+                self._idle.set()
+                self._idle = None
+
+    async def until_idle(self) -> None:
+        """Until none is under way."""
+        if self.active:
+            if self._idle is None:
+                self._idle = anyio.Event()
+            await self._idle.wait()
 
     def since(self, moment: float) -> bool:
         """Whether one was under way at any time after `moment` (time.monotonic())."""
@@ -123,10 +134,8 @@ class WalWatcher:
                 # the WAL: these are its own commit's frames, visible once that commit is done.
                 # Whether another process committed too (just before it) is looked at once for
                 # all the own commits of OWN_LOOK_DELAY_S, not once per commit.
-                waited = 0.0
-                while self._own.active and waited < SETTLE_S:
-                    await anyio.sleep(QUICK_LOOK_S)
-                    waited += QUICK_LOOK_S
+                with anyio.move_on_after(SETTLE_S):
+                    await self._own.until_idle()
                 last = _data_version(conn)
                 owed_since = owed_since or time.monotonic()
                 continue
@@ -136,10 +145,10 @@ class WalWatcher:
             # (or, for a write that was no commit, after SETTLE_S anyway). Looks are frequent for
             # as long as a commit's sync usually takes, then back off: most wakes are the last
             # frames of a commit already seen, which no look will change.
-            waited, delay = 0.0, QUICK_LOOK_S
-            while (version := _data_version(conn)) == last and waited < SETTLE_S:
+            began, delay = time.monotonic(), QUICK_LOOK_S
+            while (version := _data_version(conn)) == last \
+                    and (waited := time.monotonic() - began) < SETTLE_S:
                 await anyio.sleep(delay)
-                waited += delay
                 if waited >= QUICK_LOOKS_FOR_S:
                     delay = min(delay * 2, SETTLE_S / 8)
             last = version
