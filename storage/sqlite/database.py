@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -30,6 +31,8 @@ from storage.sqlite.thread import check_supported, run_in_connection_thread
 from storage.sqlite.wakeups import OwnWrites, WalWatcher
 
 T = TypeVar("T")
+
+BUSY_TIMEOUT_MS = 10_000  # how long a statement waits for another process's lock
 
 WAKE_KINDS = ("work", "deliveries", "events")  # service/context.py Signals
 
@@ -69,7 +72,7 @@ class Database(StoresOver):
             db.row_factory = sqlite3.Row
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute(f"PRAGMA synchronous={synchronous}")
-            await db.execute("PRAGMA busy_timeout=10000")
+            await db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             await db.execute("PRAGMA foreign_keys=ON")
         except sqlite3.Error as exc:
             raise StorageUnavailable(f"cannot open database: {exc}") from exc
@@ -96,7 +99,8 @@ class Database(StoresOver):
         """
         relaxed = not durable and self._synchronous not in ("NORMAL", "OFF", "1", "0")
         with self.own_writes.writing():
-            return await self._run(partial(_in_transaction, fn, self._synchronous if relaxed else None))
+            return await self._run(partial(_in_transaction, fn, self._synchronous if relaxed else None,
+                                           self.own_writes))
 
     async def transact_then_read(
         self, fn: Callable[[sqlite3.Connection], Callable[[], T]], *, appends_events: bool = False,
@@ -152,24 +156,27 @@ class Database(StoresOver):
 
 
 def _in_transaction(
-    fn: Callable[[sqlite3.Connection], T], restore: str | None, conn: sqlite3.Connection
+    fn: Callable[[sqlite3.Connection], T], restore: str | None, own: OwnWrites, conn: sqlite3.Connection
 ) -> T:
     """One transaction; with `restore`, committed without syncing the log (`durable=False`),
-    then `synchronous` is set back to `restore`."""
+    then `synchronous` is set back to `restore`. One that changed rows (and so wrote to the
+    WAL) is noted in `own`, for the WAL watcher."""
+    changes = conn.total_changes
     if restore is None:
-        return _transaction(fn, conn)
-    conn.execute("PRAGMA synchronous=NORMAL")
-    try:
-        return _transaction(fn, conn)
-    finally:
-        conn.execute(f"PRAGMA synchronous={restore}")
+        result = _transaction(fn, conn)
+    else:
+        conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            result = _transaction(fn, conn)
+        finally:
+            conn.execute(f"PRAGMA synchronous={restore}")
+    if conn.total_changes != changes:
+        own.wrote()
+    return result
 
 
 def _transaction(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.Error as exc:
-        raise StorageUnavailable(f"database busy or unavailable: {exc}") from exc
+    _begin_immediate(conn)
     try:
         result = fn(conn)
     except BaseException as exc:
@@ -183,6 +190,30 @@ def _transaction(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection
         _roll_back(conn)
         raise StorageUnavailable(f"commit failed: {exc}") from exc
     return result
+
+
+def _begin_immediate(conn: sqlite3.Connection) -> None:
+    """Take the write lock, waiting for another process's write to end (BUSY_TIMEOUT_MS at
+    most). SQLite's own busy handler sleeps 1, 2, 5, 10 ... ms between tries, a millisecond or
+    more added to each write that meets another process's (a web and a worker on one file);
+    this tries again after 0.1 ms, then twice as long each time, up to 2 ms."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    delay = 0.0001
+    conn.execute("PRAGMA busy_timeout=0")
+    try:
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                    raise StorageUnavailable(f"database busy or unavailable: {exc}") from exc
+            except sqlite3.Error as exc:
+                raise StorageUnavailable(f"database busy or unavailable: {exc}") from exc
+            time.sleep(delay)  # in the database thread: the event loop goes on meanwhile
+            delay = min(delay * 2, 0.002)
+    finally:
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")  # the statements after wait as before
 
 
 def _roll_back(conn: sqlite3.Connection) -> None:

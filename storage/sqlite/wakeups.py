@@ -52,20 +52,24 @@ class OwnWrites:
     them), which tell the watcher whose frames the WAL's writes are."""
 
     active: int = 0  # under way
-    ended_at: float = 0.0  # time.monotonic() when the last one had ended
+    wrote_at: float = 0.0  # time.monotonic() when the last one that changed rows had committed
     _idle: anyio.Event | None = None  # set when none is under way any more, for `until_idle`
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
+        """Around each write transaction (in the event loop's thread)."""
         self.active += 1
         try:
             yield
         finally:
             self.active -= 1
-            self.ended_at = time.monotonic()
             if not self.active and self._idle is not None:
                 self._idle.set()
                 self._idle = None
+
+    def wrote(self) -> None:
+        """A transaction changed rows and committed (called in the database's thread)."""
+        self.wrote_at = time.monotonic()
 
     async def until_idle(self) -> None:
         """Until none is under way."""
@@ -75,8 +79,9 @@ class OwnWrites:
             await self._idle.wait()
 
     def since(self, moment: float) -> bool:
-        """Whether one was under way at any time after `moment` (time.monotonic())."""
-        return self.active > 0 or self.ended_at >= moment
+        """Whether one may have written since `moment` (time.monotonic()): one is under way,
+        or one that changed rows has committed since."""
+        return self.active > 0 or self.wrote_at >= moment
 
 
 class WalWatcher:
@@ -131,24 +136,30 @@ class WalWatcher:
                 continue
             if self._own is not None and self._own.since(previous):
                 # This process was writing meanwhile, and SQLite lets one writer at a time write
-                # the WAL: these are its own commit's frames, visible once that commit is done.
+                # the WAL: these are its own commit's frames, visible once that commit is done
+                # (unless it changed nothing: a claim that found nothing writes no frame).
                 # Whether another process committed too (just before it) is looked at once for
                 # all the own commits of OWN_LOOK_DELAY_S, not once per commit.
                 with anyio.move_on_after(SETTLE_S):
                     await self._own.until_idle()
-                last = _data_version(conn)
-                owed_since = owed_since or time.monotonic()
-                continue
+                if self._own.wrote_at >= previous:
+                    last = _data_version(conn)
+                    owed_since = owed_since or time.monotonic()
+                    continue
             # The frames are written, but the commit is visible only once SQLite has synced them
             # and updated the WAL index: a loop woken before that would look, find nothing and
             # sleep until its idle look. So wake once data_version says the commit is visible
-            # (or, for a write that was no commit, after SETTLE_S anyway). Looks are frequent for
-            # as long as a commit's sync usually takes, then back off: most wakes are the last
-            # frames of a commit already seen, which no look will change.
+            # (or, for a write that was no commit, after SETTLE_S anyway). It looks again at
+            # each further write to the WAL (the commit's last frames, after which a commit that
+            # does not sync is visible at once), or after QUICK_LOOK_S (a sync), and then less
+            # and less often: most wakes are the last frames of a commit already seen, which no
+            # look will change.
             began, delay = time.monotonic(), QUICK_LOOK_S
             while (version := _data_version(conn)) == last \
                     and (waited := time.monotonic() - began) < SETTLE_S:
-                await anyio.sleep(delay)
+                with anyio.move_on_after(delay):
+                    await anyio.wait_readable(fd)
+                    _drain(fd, wal)
                 if waited >= QUICK_LOOKS_FOR_S:
                     delay = min(delay * 2, SETTLE_S / 8)
             last = version
