@@ -265,7 +265,7 @@ async def test_a_statement_failing_mid_body_leaves_no_broken_prepared_statement_
             failing = rng.choice(["", "", "", "mid-body", "at commit"])
             picks = [rng.randrange(len(statements)) for _ in range(rng.randint(2, 6))]
             if failing:
-                with pytest.raises(StorageUnavailable, match="division by zero|duplicate key"):
+                with pytest.raises(StorageUnavailable, match=r"division by zero|duplicate key"):
                     await db.transact(body(failing, picks))
             else:
                 await db.transact(body(failing, picks))
@@ -281,7 +281,8 @@ async def test_transactions_that_fail_to_serialize_keep_their_connections_and_ru
     run."""
     db = await Database.open(postgres_url, pool_size=2, rules=JOB_RULES)
     try:
-        await db.transact(lambda conn: conn.execute("CREATE TABLE pair (name TEXT PRIMARY KEY, value BIGINT)"))
+        await db.transact(lambda conn: conn.execute(
+            "CREATE TABLE pair (name TEXT PRIMARY KEY, value BIGINT)"))
         await db.transact(lambda conn: conn.executemany("INSERT INTO pair VALUES (?, 0)", [("a",), ("b",)]))
         pids: set[int] = set()
 
