@@ -311,6 +311,43 @@ async def test_transactions_that_fail_to_serialize_keep_their_connections_and_ru
         await db.close()
 
 
+async def test_reads_sent_before_any_is_read_cost_one_round_trip_and_see_what_was_committed(db):
+    await db.transact(lambda conn: conn.execute("INSERT INTO counters VALUES ('n', 7)"))
+
+    def look(conn):
+        sent = [conn.execute("SELECT value + ? FROM counters WHERE name = 'n'", (k,)) for k in range(3)]
+        return [cursor.fetchone()[0] for cursor in sent], conn.round_trips
+
+    assert await db.query(look) == ([7, 8, 9], 1)
+
+
+async def test_a_read_that_fails_leaves_its_connection_fit_for_the_next(postgres_url):
+    """Kept (a pool of one: the same server process throughout), and its statements, which
+    psycopg prepares as they are used again, still run."""
+    db = await Database.open(postgres_url, pool_size=1, rules=JOB_RULES)
+    try:
+        def read(failing: bool):
+            def run(conn):
+                first = conn.execute("SELECT pg_backend_pid() + ?", (0,))
+                if failing:
+                    conn.execute("SELECT 1/0")
+                    for k in range(6):  # psycopg prepares it on one of these (its sixth use)
+                        conn.execute("SELECT pg_backend_pid() + ?", (k,))
+                return first.fetchone()[0]
+            return run
+
+        pids = set()
+        for n in range(6):
+            if n % 2 == 0:
+                with pytest.raises(StorageUnavailable, match="division by zero"):
+                    await db.query(read(True))
+            else:
+                pids.add(await db.query(read(False)))
+        assert len(pids) == 1
+    finally:
+        await db.close()
+
+
 async def test_a_body_that_returns_how_to_read_its_result_is_read_once_committed(db):
     """Its last results come back with the COMMIT (one round trip fewer), so they are read
     after it: the transaction is over by then, and what it wrote is there."""

@@ -3,11 +3,12 @@ bodies, each in one thread hop, as the SQLite store runs them in aiosqlite's thr
 
 A body is a plain function over a `Connection` (storage/postgres/connection.py) that never
 awaits: `transact(fn)` runs it between `BEGIN` and `COMMIT` on a connection borrowed from the
-pool, in a worker thread; `query(fn)` runs reads with each statement in its own autocommit
-transaction. At most `pool_size` bodies run at once; the rest wait for a connection.
-A transaction runs pipelined (storage/postgres/connection.py): each statement is sent at once
-and its result waited for only when the body reads it, so a round trip to the server is paid
-per read the body waits on, not per statement.
+pool, in a worker thread; `query(fn)` runs reads outside a transaction, each statement seeing
+what was committed before it. At most `pool_size` bodies run at once; the rest wait for a
+connection. Both run pipelined (storage/postgres/connection.py): each statement is sent at
+once and its result waited for only when the body reads it, so a round trip to the server is
+paid per read the body waits on, not per statement (a body that sends its reads first, then
+reads them, pays one).
 
 Writes are SERIALIZABLE by default: SQLite runs one writer at a time, so a body that reads a
 job and then writes what follows from it never races another; SERIALIZABLE keeps that promise
@@ -190,7 +191,7 @@ class Database(StoresOver):
 
     async def query(self, fn: Callable[[Connection], T]) -> T:
         """Run `fn`'s reads in one hop; each statement sees what was committed before it."""
-        return await self._hop(fn, what="read")
+        return await self._hop(partial(_pipelined_reads, fn), what="read")
 
     async def _hop(self, fn: Callable[[Connection], T], *, what: str) -> T:
         return await anyio.to_thread.run_sync(partial(self._borrow, fn, what), limiter=self._limiter)
@@ -289,6 +290,17 @@ def _in_transaction(
     return result
 
 
+def _pipelined_reads(fn: Callable[[Connection], T], conn: Connection) -> T:
+    # Outside a transaction (autocommit), the statements the server has between two waits
+    # run as one implicit one, each with its own snapshot (READ COMMITTED): as if one by one.
+    try:
+        with conn.pipelined():
+            return fn(conn)
+    except psycopg.Error:
+        _recover(conn)
+        raise
+
+
 def _in_transaction_then_read(
     fn: Callable[[Connection], Callable[[], T]], appends_events: bool, durable: bool, conn: Connection
 ) -> T:
@@ -309,6 +321,8 @@ def _recover(conn: Connection) -> None:
     reconnections add to the load that made them. If recovering fails, the connection is
     closed (the pool replaces it)."""
     raw = conn.raw
+    if raw.broken:  # the connection is lost: the pool replaces it
+        return
     try:
         if raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
             raw.execute("BEGIN")  # a failed COMMIT ended it: `rollback()` needs one to forget
