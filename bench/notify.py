@@ -59,8 +59,10 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -248,12 +250,16 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def postgres_pids(server: Any) -> list[int]:
-    """The bench's PostgreSQL server: its postmaster and every process it started."""
+def postgres_cpu_seconds(server: Any) -> float:
+    """User + system CPU time the bench's PostgreSQL server has used so far: its postmaster's,
+    every process it runs now, and every one that has exited (counted in the postmaster's
+    children's times once reaped), so a backend whose connection closed mid-run still counts."""
     try:
         postmaster = int((server.root / "data" / "postmaster.pid").read_text().split()[0])
+        fields = Path(f"/proc/{postmaster}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, ValueError, IndexError):
-        return []
+        return 0.0
+    ticks = sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime
     children = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -261,16 +267,17 @@ def postgres_pids(server: Any) -> list[int]:
                 children.append(int(stat.parent.name))
         except (OSError, ValueError, IndexError):
             continue
-    return [postmaster, *children]
+    return ticks / os.sysconf("SC_CLK_TCK") + cpu_seconds(children)
 
 
 async def drive(callbacks: list[Callback], receiver: Receiver, *, rate: float, warmup: int,
-                drain_s: float, server_pids: list[int], db_pids: list[int] | None = None) -> dict[str, Any]:
+                drain_s: float, server_pids: list[int],
+                db_cpu: Callable[[], float] | None = None) -> dict[str, Any]:
     """Post `callbacks` open-loop at `rate` per second; figures over all but the first `warmup`.
 
     Each POST starts on schedule whether or not earlier ones have been answered, so a slow
     server shows up as latency rather than as a lower rate. The CPU time of `server_pids` (and
-    `db_pids`) is taken over the whole run, warm-up included, per callback.
+    the database server's, `db_cpu`) is taken over the whole run, warm-up included, per callback.
     """
     receiver.expect(len(callbacks))
     sent: dict[str, tuple[float, float]] = {}  # key -> (t0 perf_counter, t0 wall ms)
@@ -284,7 +291,7 @@ async def drive(callbacks: list[Callback], receiver: Receiver, *, rate: float, w
         if response.status_code != 200:
             refused.append(response.status_code)
 
-    cpu_before = (cpu_seconds(server_pids), cpu_seconds(db_pids or []))
+    cpu_before = (cpu_seconds(server_pids), db_cpu() if db_cpu else 0.0)
     async with httpx.AsyncClient(timeout=30) as client:
         began = time.perf_counter()
         async with anyio.create_task_group() as group:
@@ -294,7 +301,7 @@ async def drive(callbacks: list[Callback], receiver: Receiver, *, rate: float, w
         send_s = time.perf_counter() - began
     with anyio.move_on_after(drain_s):
         await receiver.done.wait()
-    cpu_after = (cpu_seconds(server_pids), cpu_seconds(db_pids or []))
+    cpu_after = (cpu_seconds(server_pids), db_cpu() if db_cpu else 0.0)
 
     measured = [c.key for c in callbacks[warmup:]]
     latencies = [receiver.arrivals[k].at - sent[k][0] for k in measured if k in receiver.arrivals]
@@ -307,7 +314,7 @@ async def drive(callbacks: list[Callback], receiver: Receiver, *, rate: float, w
         "callback_answered_p50_ms": figures([answered[k] for k in measured if k in answered])["p50_ms"],
         "cpu_ms_per_job": round((cpu_after[0] - cpu_before[0]) * 1000 / len(callbacks), 2),
     }
-    if db_pids is not None:
+    if db_cpu is not None:
         result["db_cpu_ms_per_job"] = round((cpu_after[1] - cpu_before[1]) * 1000 / len(callbacks), 2)
     arrived = [k for k in measured if k in receiver.arrivals]
     committed = {k: _completed_ms(receiver.arrivals[k].payload) for k in arrived}
@@ -439,9 +446,9 @@ async def _run_fluxhook(args: argparse.Namespace, tmp: Path, tag: str, provider:
         for key in provider_ids:
             webhook_url, secret = provider.webhooks[key]
             callbacks.append(signed_callback(key, webhook_url, secret, f"{provider.base}/img/{key}.png"))
+        db_cpu = partial(postgres_cpu_seconds, args.postgres) if database_url is not None else None
         return await drive(callbacks, receiver, rate=args.rate, warmup=args.warmup, drain_s=args.drain,
-                           server_pids=[p.pid for p in processes.values()],
-                           db_pids=postgres_pids(args.postgres) if database_url is not None else None)
+                           server_pids=[p.pid for p in processes.values()], db_cpu=db_cpu)
     except BaseException:
         for name, log in logs.items():
             print(f"fluxhook {tag} {name} log:\n{log_tail(log)}", file=sys.stderr)

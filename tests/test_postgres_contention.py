@@ -11,6 +11,7 @@ import pytest
 from service.rules import JOB_RULES
 from storage.postgres.database import Database
 from storage.records import AttemptResult
+from storage.sql.group import GroupCommit
 
 pytestmark = pytest.mark.anyio
 
@@ -95,3 +96,36 @@ async def test_a_delivery_to_a_healthy_subscription_leaves_its_row_alone(db, pos
         "SELECT d.status, s.failing_since FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id "
         "WHERE d.id = ?", (delivery.id,)).fetchone())
     assert tuple(status) == ("delivered", None)
+
+
+async def test_a_write_grouped_while_the_applier_reads_what_it_writes_lets_both_commit(postgres_url):
+    """The applier reads the inbox, a grouped write (a callback recorded) reads a job and adds
+    to the inbox, then the applier writes that job. Serializable, the grouped write would make
+    the applier fail (each read what the other wrote before it: a cycle), and under load
+    every applier's batch ran again and again; the group commit needs no serializable
+    snapshot, so both commit on their first try."""
+    database = await Database.open(postgres_url, pool_size=2, rules=JOB_RULES, attempts=1)
+    try:
+        def setup(conn):
+            conn.execute("CREATE TABLE job (id TEXT PRIMARY KEY, status TEXT, count BIGINT)")
+            conn.execute("CREATE TABLE box (id BIGINT PRIMARY KEY)")
+            conn.executemany("INSERT INTO job VALUES (?, 'running', 0)", [("j",), ("k",)])
+
+        await database.transact(setup)
+
+        def record(conn):
+            status = conn.execute("SELECT status FROM job WHERE id = 'j'").fetchone()[0]
+            conn.execute("UPDATE job SET count = count + 1 WHERE id = 'k'")  # another job's callback
+            conn.execute("INSERT INTO box VALUES (1)")
+            return status
+
+        with psycopg.connect(postgres_url, autocommit=True) as applier:
+            with applier.transaction():
+                applier.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+                assert applier.execute("SELECT count(*) FROM box").fetchone()[0] == 0
+                assert await GroupCommit(database).run(record) == "running"
+                applier.execute("UPDATE job SET status = 'succeeded' WHERE id = 'j'")
+        rows = await database.query(lambda conn: conn.execute("SELECT * FROM job ORDER BY id").fetchall())
+        assert [tuple(r) for r in rows] == [("j", "succeeded", 0), ("k", "running", 1)]
+    finally:
+        await database.close()

@@ -236,32 +236,114 @@ async def test_event_appenders_that_overlap_queue_up_and_each_commits_on_its_fir
 
 async def test_a_statement_failing_mid_body_leaves_no_broken_prepared_statement_behind(postgres_url):
     """Bodies run pipelined and their statements get prepared on the server once used often;
-    a failure mid-body must not leave a connection whose later bodies fail."""
+    a failure mid-body, or at COMMIT, must not leave a connection whose later bodies fail.
+    The connection is kept (a pool of one: the same server process throughout)."""
     db = await Database.open(postgres_url, pool_size=1, rules=JOB_RULES)
     try:
-        await db.transact(lambda conn: conn.execute("CREATE TABLE t (id BIGINT PRIMARY KEY)"))
+        await db.transact(lambda conn: conn.execute(
+            "CREATE TABLE t (id BIGINT PRIMARY KEY, tag BIGINT UNIQUE DEFERRABLE INITIALLY DEFERRED)"))
+        await db.transact(lambda conn: conn.execute("INSERT INTO t VALUES (-1, -1)"))
         statements = [f"SELECT count(*) FROM t WHERE id > ? + {k}" for k in range(4)] + [  # noqa: S608
             f"UPDATE t SET id = id WHERE id = ? + {k}" for k in range(4)]  # noqa: S608
         rng = random.Random(1)
+        pids: set[int] = set()
 
-        def body(failing: bool, picks: list[int]):
+        def body(failing: str, picks: list[int]):
             def run(conn):
+                pids.add(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
                 for n, pick in enumerate(picks):
                     cursor = conn.execute(statements[pick], (n,))
                     if n % 2:
                         cursor.fetchall()
-                    if failing and n == 1:
+                    if failing == "mid-body" and n == 1:
                         conn.execute("SELECT 1/0")  # its error comes back with a later result
+                if failing == "at commit":  # a deferred unique constraint is checked by COMMIT
+                    conn.execute("INSERT INTO t VALUES (?, -1)", (len(picks),))
             return run
 
         for _ in range(150):
-            failing = rng.random() < 0.3
+            failing = rng.choice(["", "", "", "mid-body", "at commit"])
             picks = [rng.randrange(len(statements)) for _ in range(rng.randint(2, 6))]
             if failing:
-                with pytest.raises(StorageUnavailable, match="division by zero"):
+                with pytest.raises(StorageUnavailable, match=r"division by zero|duplicate key"):
                     await db.transact(body(failing, picks))
             else:
                 await db.transact(body(failing, picks))
+        assert len(pids) == 1
+    finally:
+        await db.close()
+
+
+async def test_transactions_that_fail_to_serialize_keep_their_connections_and_run_again(postgres_url):
+    """Two bodies each read the row the other writes (write skew), round after round: one of
+    each pair fails to serialize (while writing, or at COMMIT), is rolled back and runs again
+    on a connection of the pool, not a new one, whose statements, prepared by then, still
+    run."""
+    db = await Database.open(postgres_url, pool_size=2, rules=JOB_RULES)
+    try:
+        await db.transact(lambda conn: conn.execute(
+            "CREATE TABLE pair (name TEXT PRIMARY KEY, value BIGINT)"))
+        await db.transact(lambda conn: conn.executemany("INSERT INTO pair VALUES (?, 0)", [("a",), ("b",)]))
+        pids: set[int] = set()
+
+        def skew(read: str, write: str, both_read: threading.Barrier, runs: list[str]):
+            def body(conn):
+                pids.add(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+                value = conn.execute("SELECT value FROM pair WHERE name = ?", (read,)).fetchone()["value"]
+                runs.append(read)
+                if len(runs) <= 2:  # each one's first run waits for the other's read
+                    both_read.wait(timeout=10)
+                conn.execute("UPDATE pair SET value = ? WHERE name = ?", (value + 1, write))
+                conn.execute("SELECT count(*) FROM pair WHERE value > ?", (value,))
+            return body
+
+        for _ in range(12):
+            both_read, runs = threading.Barrier(2), []
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(db.transact, skew("a", "b", both_read, runs))
+                tg.start_soon(db.transact, skew("b", "a", both_read, runs))
+            assert len(runs) == 3  # one of the two ran again
+        a, b = (row["value"] for row in await db.query(
+            lambda conn: conn.execute("SELECT value FROM pair ORDER BY name").fetchall()))
+        assert abs(a - b) == 1  # as if one ran after the other each round (both at once: a == b)
+        assert len(pids) == 2  # the pool's two connections, never a replacement
+    finally:
+        await db.close()
+
+
+async def test_reads_sent_before_any_is_read_cost_one_round_trip_and_see_what_was_committed(db):
+    await db.transact(lambda conn: conn.execute("INSERT INTO counters VALUES ('n', 7)"))
+
+    def look(conn):
+        sent = [conn.execute("SELECT value + ? FROM counters WHERE name = 'n'", (k,)) for k in range(3)]
+        return [cursor.fetchone()[0] for cursor in sent], conn.round_trips
+
+    assert await db.query(look) == ([7, 8, 9], 1)
+
+
+async def test_a_read_that_fails_leaves_its_connection_fit_for_the_next(postgres_url):
+    """Kept (a pool of one: the same server process throughout), and its statements, which
+    psycopg prepares as they are used again, still run."""
+    db = await Database.open(postgres_url, pool_size=1, rules=JOB_RULES)
+    try:
+        def read(failing: bool):
+            def run(conn):
+                first = conn.execute("SELECT pg_backend_pid() + ?", (0,))
+                if failing:
+                    conn.execute("SELECT 1/0")
+                    for k in range(6):  # psycopg prepares it on one of these (its sixth use)
+                        conn.execute("SELECT pg_backend_pid() + ?", (k,))
+                return first.fetchone()[0]
+            return run
+
+        pids = set()
+        for n in range(6):
+            if n % 2 == 0:
+                with pytest.raises(StorageUnavailable, match="division by zero"):
+                    await db.query(read(True))
+            else:
+                pids.add(await db.query(read(False)))
+        assert len(pids) == 1
     finally:
         await db.close()
 

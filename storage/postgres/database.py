@@ -3,11 +3,12 @@ bodies, each in one thread hop, as the SQLite store runs them in aiosqlite's thr
 
 A body is a plain function over a `Connection` (storage/postgres/connection.py) that never
 awaits: `transact(fn)` runs it between `BEGIN` and `COMMIT` on a connection borrowed from the
-pool, in a worker thread; `query(fn)` runs reads with each statement in its own autocommit
-transaction. At most `pool_size` bodies run at once; the rest wait for a connection.
-A transaction runs pipelined (storage/postgres/connection.py): each statement is sent at once
-and its result waited for only when the body reads it, so a round trip to the server is paid
-per read the body waits on, not per statement.
+pool, in a worker thread; `query(fn)` runs reads outside a transaction, each statement seeing
+what was committed before it. At most `pool_size` bodies run at once; the rest wait for a
+connection. Both run pipelined (storage/postgres/connection.py): each statement is sent at
+once and its result waited for only when the body reads it, so a round trip to the server is
+paid per read the body waits on, not per statement (a body that sends its reads first, then
+reads them, pays one).
 
 Writes are SERIALIZABLE by default: SQLite runs one writer at a time, so a body that reads a
 job and then writes what follows from it never races another; SERIALIZABLE keeps that promise
@@ -25,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+from collections import deque
 from collections.abc import Callable
 from enum import StrEnum
 from functools import partial
@@ -95,7 +97,7 @@ class Database(StoresOver):
         """Connect `pool_size` connections to the database at `url` (a postgresql:// URL);
         StorageUnavailable if that cannot be done within `timeout` seconds."""
         own_backends: set[int] = set()
-        pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+        pool: ConnectionPool[psycopg.Connection[Any]] = _LastReturnedFirst(
             url,
             configure=lambda conn: own_backends.add(conn.info.backend_pid),
             min_size=pool_size,
@@ -189,7 +191,7 @@ class Database(StoresOver):
 
     async def query(self, fn: Callable[[Connection], T]) -> T:
         """Run `fn`'s reads in one hop; each statement sees what was committed before it."""
-        return await self._hop(fn, what="read")
+        return await self._hop(partial(_pipelined_reads, fn), what="read")
 
     async def _hop(self, fn: Callable[[Connection], T], *, what: str) -> T:
         return await anyio.to_thread.run_sync(partial(self._borrow, fn, what), limiter=self._limiter)
@@ -217,6 +219,23 @@ class Database(StoresOver):
             except psycopg.Error as exc:
                 raise StorageUnavailable(f"database {what} failed: {_describe(exc)}") from exc
         raise StorageUnavailable(f"database {what} failed: every connection to {self.url} was dropped")
+
+
+class _LastReturnedFirst(ConnectionPool[psycopg.Connection[Any]]):
+    """psycopg_pool's pool lends the connection idle longest, so a process cycles through all
+    of its connections; this one lends the one returned last, as PgBouncer does by default.
+    At a steady rate a few connections then carry every transaction, and stay warm: psycopg
+    prepares a statement on a connection once it has run there five times, and PostgreSQL
+    plans a prepared one once for all only after five runs, so spread over ten connections
+    (two processes: twenty) most statements of a few hundred jobs were planned again each
+    time, which cost the server more than running them. A server process in use is also one
+    whose caches are warm. The others wait in the pool for bursts, as before."""
+
+    def _get_ready_connection(self, timeout: float | None) -> psycopg.Connection[Any] | None:
+        idle = getattr(self, "_pool", None)  # psycopg_pool's deque of idle connections
+        if isinstance(idle, deque) and idle:
+            idle.rotate(1)  # the last returned (on the right) is the one lent (on the left)
+        return super()._get_ready_connection(timeout)
 
 
 def where(url: str) -> str:
@@ -260,15 +279,26 @@ def _in_transaction(
             result = fn(conn)
             conn.execute("COMMIT")
     except RETRYABLE as exc:
-        _discard(conn)
+        _recover(conn)
         raise _Retry(_describe(exc)) from exc
     except psycopg.Error:
-        _discard(conn)
+        _recover(conn)
         raise
     except BaseException:
         _roll_back(conn)
         raise
     return result
+
+
+def _pipelined_reads(fn: Callable[[Connection], T], conn: Connection) -> T:
+    # Outside a transaction (autocommit), the statements the server has between two waits
+    # run as one implicit one, each with its own snapshot (READ COMMITTED): as if one by one.
+    try:
+        with conn.pipelined():
+            return fn(conn)
+    except psycopg.Error:
+        _recover(conn)
+        raise
 
 
 def _in_transaction_then_read(
@@ -278,17 +308,35 @@ def _in_transaction_then_read(
     return _in_transaction(fn, Isolation.SERIALIZABLE, appends_events, durable, conn)()
 
 
-def _discard(conn: Connection) -> None:
-    """Close a connection on which a statement failed inside the pipeline; the pool opens a
-    new one. Rolling back would do for the transaction, but psycopg (3.3) can lose track of
-    the statements it prepared in a pipeline a failure aborted, and every later use of one on
-    that connection would fail ("prepared statement _pg3_N does not exist")."""
-    with contextlib.suppress(psycopg.Error):
-        conn.raw.close()
+def _recover(conn: Connection) -> None:
+    """Make a connection on which a statement failed inside the pipeline fit to lend again.
+
+    Rolling back is not enough: psycopg (3.3) counts a statement as prepared as soon as it
+    sends the PREPARE, and if the pipeline was aborted before the server ran it, every later
+    use of it on that connection fails ("prepared statement _pg3_N does not exist"). Its
+    `rollback()` forgets every statement prepared on the connection, and deallocates them on
+    the server: then neither side has any, and they are prepared again as they are used.
+    Closing the connection would do too, as this did before, but then every serialization
+    failure costs a new server process, and under contention, when they come in numbers, the
+    reconnections add to the load that made them. If recovering fails, the connection is
+    closed (the pool replaces it)."""
+    raw = conn.raw
+    if raw.broken:  # the connection is lost: the pool replaces it
+        return
+    try:
+        if raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            raw.execute("BEGIN")  # a failed COMMIT ended it: `rollback()` needs one to forget
+        raw.rollback()
+    except psycopg.Error:
+        with contextlib.suppress(psycopg.Error):
+            conn.raw.close()
 
 
 def _roll_back(conn: Connection) -> None:
-    if conn.raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+    status = conn.raw.info.transaction_status
+    if status == psycopg.pq.TransactionStatus.INERROR:  # a statement failed in the pipeline too
+        _recover(conn)
+    elif status != psycopg.pq.TransactionStatus.IDLE:
         with contextlib.suppress(psycopg.Error):
             conn.raw.execute("ROLLBACK")
 

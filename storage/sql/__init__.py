@@ -55,8 +55,9 @@ class SqlDatabase(Protocol):
         """Run `fn` as one write transaction. `appends_events`: `fn` may append to the event
         log (a job change does), so it must not overlap another transaction that does.
         `locked_claim`: `fn` writes only rows it has locked with the dialect's `skip_locked`
-        and decides from nothing else, so it needs no serializable snapshot (PostgreSQL runs
-        it READ COMMITTED: it never fails to serialize, nor makes another transaction fail).
+        and decides from nothing else, or otherwise needs no serializable snapshot (the group
+        commit's bodies: storage/sql/group.py), so PostgreSQL runs it READ COMMITTED: it never
+        fails to serialize, nor makes another transaction fail.
 
         `durable=False`: `fn` only takes leases (a claim), or writes what follows from rows
         already durable and is written again from them if lost (applying recorded callbacks,

@@ -106,15 +106,20 @@ class GroupCommit:
                 self._queue[0].wake()
 
     async def _commit(self, batch: list[_Entry[Any]]) -> None:
+        # `locked_claim`: no serializable snapshot (PostgreSQL: READ COMMITTED). The bodies
+        # insert rows (unique constraints decide between racing ones) and bump counters; what
+        # they read of a job is judged again when the write is applied. Serializable, each
+        # commit made the applier, which reads the inbox the commit writes and writes the
+        # jobs it read, fail and run its whole batch again, more often the busier it was.
         try:
-            outcomes = await self._db.transact(lambda conn: _in_savepoints(conn, batch))
+            outcomes = await self._db.transact(lambda conn: _in_savepoints(conn, batch), locked_claim=True)
         except Exception as exc:
             if len(batch) == 1:
                 batch[0].settle(error=exc)
                 return
             for entry in batch:  # each alone, so what failed the batch fails only its own caller
                 try:
-                    entry.settle(await self._db.transact(entry.body))
+                    entry.settle(await self._db.transact(entry.body, locked_claim=True))
                 except Exception as alone:
                     entry.settle(error=alone.reason if isinstance(alone, Refuse) else alone)
             return

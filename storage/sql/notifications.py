@@ -510,7 +510,9 @@ class DeliveryStore:
         )
 
         def look(conn: Conn) -> int | None:
-            found = [conn.execute(sql, (*params, *exclude)).fetchone() for sql, params in looks]
+            # All sent before any is read: on PostgreSQL (pipelined) one round trip for the three.
+            sent = [conn.execute(sql, (*params, *exclude)) for sql, params in looks]
+            found = [cursor.fetchone() for cursor in sent]
             return min((row[0] for row in found if row is not None and row[0] is not None), default=None)
 
         return await self._db.query(look)

@@ -298,7 +298,8 @@ def _needs_no_place(row: Row) -> bool:
 
 
 def _next_due(conn: Conn, now: int, caps: SubmitCaps) -> int | None:
-    times = _others_next_due(conn, now)
+    others = _others_next_due(conn, now)  # sent now, read with the first submit query's answer
+    times: list[int] = []
     room = _Room(conn, now, caps)
     for provider in _submit_providers(conn):
         for model in _submit_models(conn, provider):
@@ -319,7 +320,7 @@ def _next_due(conn: Conn, now: int, caps: SubmitCaps) -> int | None:
         ).fetchone()
         if leased[0] is not None:
             times.append(leased[0])  # a crashed worker's submit: claimable again, its slot free
-    return min(times, default=None)
+    return min([*others(), *times], default=None)
 
 
 # A task is claimable from MAX(due_at, lease_until). The earliest over all polls and downloads
@@ -335,10 +336,17 @@ _OTHERS_NEXT = (
 )
 
 
-def _others_next_due(conn: Conn, now: int) -> list[int]:
-    """When polls and downloads become claimable: the earliest of each range that has one."""
-    found = [conn.execute(sql, (now,) * count).fetchone() for sql, count in _OTHERS_NEXT]
-    return [row[0] for row in found if row is not None and row[0] is not None]
+def _others_next_due(conn: Conn, now: int) -> Callable[[], list[int]]:
+    """When polls and downloads become claimable: the earliest of each range that has one.
+    The queries are sent now and read when the result is called (on PostgreSQL, pipelined:
+    all in one round trip)."""
+    cursors = [conn.execute(sql, (now,) * count) for sql, count in _OTHERS_NEXT]
+
+    def read() -> list[int]:
+        found = [cursor.fetchone() for cursor in cursors]
+        return [row[0] for row in found if row is not None and row[0] is not None]
+
+    return read
 
 
 def _submit_providers(conn: Conn) -> list[str]:
