@@ -12,7 +12,7 @@ pytestmark = pytest.mark.anyio
 
 # Every list route and the parameters it reads.
 LIST_ROUTES = {
-    "/v1/jobs": ("status", "limit", "cursor"),
+    "/v1/jobs": ("status", "provider", "limit", "cursor"),
     "/v1/jobs/{job_id}/deliveries": (),
     "/v1/subscriptions": (),
     "/v1/subscriptions/{subscription_id}/deliveries": (),
