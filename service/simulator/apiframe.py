@@ -27,6 +27,7 @@ from service.simulator.wire import (
     base_url_of,
     is_http_url,
     is_int,
+    polled_task,
     read_json_object,
     refuse_past_active_limit,
     simulator_of,
@@ -294,14 +295,11 @@ async def generate(request: Request) -> Response:
 
 async def get_job(request: Request) -> Response:
     """GET /v2/jobs/{id}: the job's status, progress and result."""
-    refused = admit(request, _DIALECT, "poll")
-    if refused is not None:
-        return refused
+    task = polled_task(request, _DIALECT, lambda sim: sim.find(request.path_params["job_id"], "apiframe"),
+                       lambda: _error(404, "not_found", "Job not found"))
+    if isinstance(task, Response):
+        return task
     sim = simulator_of(request)
-    task = sim.find(request.path_params["job_id"], "apiframe")
-    if task is None:
-        return _error(404, "not_found", "Job not found")
-    task.poll_count += 1
     now = sim.clock()
     if task.phase(now) is Phase.SUCCEEDED:
         await sim.ensure_rendered(task)

@@ -28,6 +28,7 @@ from starlette.routing import Route
 from service.simulator.callbacks import Callback
 from service.simulator.config import SimulatorConfig
 from service.simulator.images import size_for_aspect_ratio
+from service.simulator.simulator import Simulator
 from service.simulator.state import FAILURES, Phase, Task, Webhook
 from service.simulator.wire import (
     BodyError,
@@ -36,6 +37,7 @@ from service.simulator.wire import (
     base_url_of,
     is_http_url,
     is_int,
+    polled_task,
     read_json_object,
     refuse_past_active_limit,
     simulator_of,
@@ -199,9 +201,8 @@ def _read_key(request: Request) -> str | None:
 _DIALECT = Dialect(protocol="fal", read_key=_read_key, error=_error)
 
 
-def _find(request: Request) -> Task | None:
+def _find(request: Request, sim: Simulator) -> Task | None:
     """The request the URL names, if its model id (without subpath) is the submitted one's."""
-    sim = simulator_of(request)
     task = sim.find(request.path_params["request_id"], "fal")
     named = f"{request.path_params['owner']}/{request.path_params['app']}"
     return task if task is not None and model_id(task.model) == named else None
@@ -243,13 +244,10 @@ async def submit(request: Request) -> Response:
 
 async def status(request: Request) -> Response:
     """GET .../requests/{id}/status: IN_QUEUE (with queue_position), IN_PROGRESS or COMPLETED."""
-    refused = admit(request, _DIALECT, "poll")
-    if refused is not None:
-        return refused
-    task = _find(request)
-    if task is None:
-        return _error(404, "not_found", "Request not found")
-    task.poll_count += 1
+    task = polled_task(request, _DIALECT, lambda sim: _find(request, sim),
+                       lambda: _error(404, "not_found", "Request not found"))
+    if isinstance(task, Response):
+        return task
     sim = simulator_of(request)
     now = sim.clock()
     urls = request_urls(base_url_of(request), task.model, task.id)
@@ -265,13 +263,10 @@ async def status(request: Request) -> Response:
 
 async def result(request: Request) -> Response:
     """GET .../requests/{id}: the output once COMPLETED; the request's error if it failed."""
-    refused = admit(request, _DIALECT, "poll")
-    if refused is not None:
-        return refused
-    task = _find(request)
-    if task is None:
-        return _error(404, "not_found", "Request not found")
-    task.poll_count += 1
+    task = polled_task(request, _DIALECT, lambda sim: _find(request, sim),
+                       lambda: _error(404, "not_found", "Request not found"))
+    if isinstance(task, Response):
+        return task
     sim = simulator_of(request)
     phase = task.phase(sim.clock())
     if phase is Phase.SUCCEEDED:
@@ -294,7 +289,7 @@ async def cancel(request: Request) -> Response:
     refused = sim.check_key(_read_key(request))
     if refused is not None:
         return _error(refused, "unauthenticated", "Unauthorized")
-    task = _find(request)
+    task = _find(request, sim)
     if task is None:
         return JSONResponse({"status": "NOT_FOUND"}, status_code=404)
     now = sim.clock()

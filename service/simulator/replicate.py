@@ -30,6 +30,7 @@ from service.simulator.wire import (
     bearer_token,
     is_http_url,
     is_int,
+    polled_task,
     read_json_object,
     refuse_past_active_limit,
     simulator_of,
@@ -231,14 +232,12 @@ async def create_prediction(request: Request) -> Response:
 
 async def get_prediction(request: Request) -> Response:
     """GET /v1/predictions/{id}."""
-    refused = admit(request, _DIALECT, "poll")
-    if refused is not None:
-        return refused
+    task = polled_task(request, _DIALECT,
+                       lambda sim: sim.find(request.path_params["prediction_id"], "replicate"),
+                       lambda: _error(404, "not_found", "The requested resource could not be found."))
+    if isinstance(task, Response):
+        return task
     sim = simulator_of(request)
-    task = sim.find(request.path_params["prediction_id"], "replicate")
-    if task is None:
-        return _error(404, "not_found", "The requested resource could not be found.")
-    task.poll_count += 1
     now = sim.clock()
     if task.phase(now) is Phase.SUCCEEDED:
         await sim.ensure_rendered(task)

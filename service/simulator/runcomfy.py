@@ -26,6 +26,7 @@ from service.simulator.wire import (
     bearer_token,
     is_http_url,
     is_int,
+    polled_task,
     read_json_object,
     refuse_past_active_limit,
     simulator_of,
@@ -166,14 +167,11 @@ async def submit(request: Request) -> Response:
 
 async def status(request: Request) -> Response:
     """GET /v1/requests/{id}/status: the state, with queue_position while in_queue."""
-    refused = admit(request, _DIALECT, "poll")
-    if refused is not None:
-        return refused
+    task = polled_task(request, _DIALECT, lambda sim: sim.find(request.path_params["request_id"], "runcomfy"),
+                       _not_found)
+    if isinstance(task, Response):
+        return task
     sim = simulator_of(request)
-    task = sim.find(request.path_params["request_id"], "runcomfy")
-    if task is None:
-        return _not_found()
-    task.poll_count += 1
     now = sim.clock()
     payload: dict[str, Any] = {"request_id": task.id, "status": task.status(now)}
     if task.phase(now) is Phase.QUEUED:
@@ -191,14 +189,11 @@ async def status(request: Request) -> Response:
 
 async def result(request: Request) -> Response:
     """GET /v1/requests/{id}/result: output, error, or the current status to keep polling."""
-    refused = admit(request, _DIALECT, "poll")
-    if refused is not None:
-        return refused
+    task = polled_task(request, _DIALECT, lambda sim: sim.find(request.path_params["request_id"], "runcomfy"),
+                       _not_found)
+    if isinstance(task, Response):
+        return task
     sim = simulator_of(request)
-    task = sim.find(request.path_params["request_id"], "runcomfy")
-    if task is None:
-        return _not_found()
-    task.poll_count += 1
     now = sim.clock()
     if task.phase(now) is Phase.SUCCEEDED:
         await sim.ensure_rendered(task)

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service.simulator.simulator import Simulator
+from service.simulator.state import Task
 
 # Kontext's input_image may be a base64 picture, so allow a generous body, but a bounded one.
 MAX_BODY_BYTES = 25 * 1024 * 1024
@@ -89,6 +90,22 @@ def admit(request: Request, dialect: Dialect, stage: str) -> Response | None:
     response = dialect.error(503, "unavailable", "Service temporarily unavailable")
     response.headers["Retry-After"] = str(sim.config.retry_after_s)
     return response
+
+
+def polled_task(
+    request: Request, dialect: Dialect, find: Callable[[Simulator], Task | None],
+    not_found: Callable[[], Response],
+) -> Task | Response:
+    """How every status endpoint starts: the request admitted (`admit`), the task it names
+    (`find`), counted as polled; or the answer to give instead (a refusal, `not_found()`)."""
+    refused = admit(request, dialect, "poll")
+    if refused is not None:
+        return refused
+    task = find(simulator_of(request))
+    if task is None:
+        return not_found()
+    task.poll_count += 1
+    return task
 
 
 def refuse_past_active_limit(request: Request, dialect: Dialect) -> Response | None:
