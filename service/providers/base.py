@@ -249,8 +249,9 @@ def required_text(body: Mapping[str, Any], *keys: str) -> str | None:
 
 
 def is_api_url(url: str, base_url: str, api_hosts: tuple[str, ...]) -> bool:
-    """Whether a URL a provider handed back (a polling URL) may receive the API key: the base
-    URL's own origin (scheme, host and port), or https to one of the provider's API hosts."""
+    """Whether a URL a provider handed back (a polling URL) may receive the API key: below the
+    base URL (its origin: scheme, host and port; and its path), or https to one of the
+    provider's API hosts."""
     parts, base = urlsplit(url), urlsplit(base_url)
     host = (parts.hostname or "").lower()
     try:
@@ -258,6 +259,6 @@ def is_api_url(url: str, base_url: str, api_hosts: tuple[str, ...]) -> bool:
             base.scheme, (base.hostname or "").lower(), base.port)
     except ValueError:  # a malformed port
         return False
-    if same_origin:
+    if same_origin and parts.path.startswith(base.path.rstrip("/") + "/"):
         return True
     return parts.scheme == "https" and any(host_matches(host, p) for p in api_hosts)

@@ -20,7 +20,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlencode
 
 from service.errors import CallbackRejected, ProviderRejected
 from service.providers.base import (
@@ -33,11 +33,11 @@ from service.providers.base import (
     SubmitOrder,
     callback_object,
     error_message,
+    is_api_url,
     raise_for_error,
     required_text,
 )
 from service.signing import fresh_timestamp
-from service.urls import host_matches
 
 # Which of the two URLs public implementations use is canonical now is UNCONFIRMED
 # (providers.md §e2.3): the other is https://rest.fal.ai/.well-known/jwks.json. FAL_JWKS_URL
@@ -109,7 +109,9 @@ class FalAdapter:
         if not isinstance(status_url, str):
             response_url = body.get("response_url")
             status_url = f"{response_url}/status" if isinstance(response_url, str) else None
-        return Accepted(request_id, status_url if status_url and self._is_api_url(status_url) else None)
+        if status_url is not None and not is_api_url(status_url, self.base_url, self.api_hosts):
+            status_url = None  # a URL the API key must never be sent to is not kept
+        return Accepted(request_id, status_url)
 
     def status_call(self, provider_job_id: str, polling_url: str | None) -> ProviderCall:
         """GET the status URL, or the result URL a COMPLETED status named (`result_url`)."""
@@ -134,7 +136,7 @@ class FalAdapter:
         return report_from_result(body)
 
     def cancel_call(self, provider_job_id: str, polling_url: str | None = None) -> ProviderCall | None:
-        if polling_url is None or not self._is_api_url(polling_url):
+        if polling_url is None or not is_api_url(polling_url, self.base_url, self.api_hosts):
             return None  # no queue URL names the request's model: nothing to send it to
         return ProviderCall("PUT", f"{self._queue_url(provider_job_id, polling_url, result=True)}/cancel",
                             self.auth_headers())
@@ -183,24 +185,12 @@ class FalAdapter:
         """The polling URL as given (status or result), or with `result` the request's own URL
         (status URL without `/status`): fal's URLs carry the model id, which the id alone does
         not, so a request fluxhook has no URL for cannot be asked about."""
-        if polling_url is None or not self._is_api_url(polling_url):
+        if polling_url is None or not is_api_url(polling_url, self.base_url, self.api_hosts):
             raise ProviderRejected(f"fal request {request_id}: no queue URL known for it (the "
                                    "model id is part of every queue URL)")
         if result and polling_url.endswith("/status"):
             return polling_url.removesuffix("/status")
         return polling_url
-
-    def _is_api_url(self, url: str) -> bool:
-        parts, base = urlsplit(url), urlsplit(self.base_url)
-        host = (parts.hostname or "").lower()
-        try:
-            same_origin = (parts.scheme, host, parts.port) == (
-                base.scheme, (base.hostname or "").lower(), base.port)
-        except ValueError:  # a malformed port
-            return False
-        if same_origin and parts.path.startswith(base.path.rstrip("/") + "/"):
-            return True
-        return parts.scheme == "https" and any(host_matches(host, p) for p in self.api_hosts)
 
 
 def native_input(values: Mapping[str, Any]) -> dict[str, Any]:
