@@ -60,7 +60,6 @@ class Notifier(ClaimLoop[ClaimedDelivery]):
     ) -> None:
         super().__init__(ctx, stop=stop)
         self._busy: Counter[str] = Counter()
-        self._failed: set[str] = set()  # handled and not delivered, until released
         self.only_job = only_job
 
     async def send(self, delivery: ClaimedDelivery) -> AttemptResult:
@@ -201,7 +200,9 @@ class Notifier(ClaimLoop[ClaimedDelivery]):
                 return
         except Exception:
             log.exception("delivery %s: unexpected failure; its lease will expire and it is retried", item.id)
-        self._failed.add(item.id)
+        # A retry is scheduled, and a subscription may have been disabled (its event goes to
+        # the others): let every loop look. A delivered one left nothing to look for.
+        self.ctx.nudge()
 
     async def hand_back(self, items: list[ClaimedDelivery]) -> int:
         # An interrupted attempt may have reached the receiver; sending it again is the
@@ -215,11 +216,6 @@ class Notifier(ClaimLoop[ClaimedDelivery]):
         self._busy[key] -= 1
         if self._busy[key] <= 0:
             del self._busy[key]
-        if item.id in self._failed:
-            # A retry is scheduled, and a subscription may have been disabled (its event goes
-            # to the others): let every loop look. A delivered one changed nothing to look for.
-            self._failed.discard(item.id)
-            self.ctx.nudge()
 
     async def next_due(self) -> int | None:
         # Due rows whose destination is at its cap cannot be sent until a slot frees (which
