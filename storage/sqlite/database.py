@@ -206,7 +206,8 @@ def _begin_immediate(conn: sqlite3.Connection) -> None:
                 conn.execute("BEGIN IMMEDIATE")
                 return
             except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY  # SQLITE_BUSY_* included
+                if not busy or time.monotonic() >= deadline:
                     raise StorageUnavailable(f"database busy or unavailable: {exc}") from exc
             except sqlite3.Error as exc:
                 raise StorageUnavailable(f"database busy or unavailable: {exc}") from exc
