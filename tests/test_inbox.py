@@ -10,22 +10,20 @@ import anyio
 import pytest
 
 from service.errors import CallbackRejected
-from service.ids import new_job_id, new_webhook_secret
-from service.jobs import ProviderSucceeded, Source, Submitted
+from service.jobs import ProviderSucceeded, Source
 from storage.records import (
     InboxCallback,
     JobRecord,
     Judgement,
-    NewJob,
     Schedule,
     SubscriptionRecord,
     TaskLease,
 )
 from storage.sql.group import GroupCommit, Refuse
+from tests.test_store import NOW, submitted_job
 
 pytestmark = pytest.mark.anyio
 
-NOW = 1_790_000_000_000
 URL = "https://delivery.eu1.bfl.ai/r/1/sample.jpeg"
 
 
@@ -39,15 +37,6 @@ class CountingDatabase:
     async def transact(self, fn: Callable[[Any], Any], **kwargs: Any) -> Any:
         self.transactions += 1
         return await self.database.transact(fn, **kwargs)
-
-
-async def submitted_job(database: Any, n: int = 0) -> JobRecord:
-    new = NewJob(new_job_id(NOW + n), "bfl", "flux-pro-1.1", {"prompt": f"fox {n}"}, {},
-                 new_webhook_secret(), None, None, NOW + 900_000)
-    await database.jobs.create_job(new, now=NOW)
-    recorded = await database.jobs.record_observation(new.id, Submitted(f"task-{n}"), now=NOW)
-    assert recorded is not None
-    return recorded.job
 
 
 def garbage(name: str, *, refuse: bool = False, fail: bool = False) -> Callable[[Any], str]:
