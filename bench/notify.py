@@ -5,12 +5,17 @@ receiver getting `job.succeeded`, for a small PNG on loopback, at a steady rate 
 
     provider callback -> [server] verify, download the image, notify -> receiver
 
-Three sides, each in processes of its own so the load generator does not share their event
+Five sides, each in processes of its own so the load generator does not share their event
 loops, measured in turn (the order alternating by round):
 
 - `baseline` (bench/notify_baseline.py) takes the same callback, checks the same HMAC,
   downloads the same image with httpx, and POSTs a small JSON note to the same receiver with a
   bare `httpx.AsyncClient.post`: no durability, no queue, no webhook signature, no retries.
+- `durable`: the baseline plus the least durability fluxhook promises, written inline by hand
+  (bench/notify_baseline.py `--durable`): the callback committed to SQLite with
+  synchronous=FULL before the download, the image fsynced and renamed into place, the success
+  committed with synchronous=FULL before the note is sent. Its ratio to the baseline is what
+  durability alone costs on this machine: a floor under any server that keeps those promises.
 - `fluxhook`: `python -m service.cli serve` with its workers in-process, on SQLite (default
   settings apart from loopback destinations, no cap on active jobs at the stand-in provider and
   a poll grace long enough that the poller never runs). It verifies the callback, commits it
@@ -33,7 +38,7 @@ t0 taken just before each POST), and the receiver (t1 taken when a notification'
 arrived). At 20 jobs/s that is light work, and t0 and t1 read the same clock.
 
     .venv/bin/python bench/notify.py [--jobs 300] [--rate 20] [--rounds 1] [--warmup 20]
-                                     [--sides baseline,fluxhook,fluxhook-split,fluxhook-pg]
+                                     [--sides baseline,durable,fluxhook,fluxhook-split,fluxhook-pg]
 
 Prints absolute figures for each side, the ratios fluxhook / baseline, and each split side's
 p50 minus the one-process side's against the budget. Not a test: these machines are shared
@@ -86,9 +91,10 @@ from tests import pg_server  # noqa: E402  (the throwaway PostgreSQL the tests s
 SECRET_KEY = "bench-secret-key"  # noqa: S105 - a throwaway key for a throwaway data dir
 BASELINE_SECRET = "bench-baseline-webhook-secret"  # noqa: S105 - signs the baseline's callbacks
 MODEL = "flux-pro-1.1"
-SIDES = ("baseline", "fluxhook", "fluxhook-split", "fluxhook-pg")
+SIDES = ("baseline", "durable", "fluxhook", "fluxhook-split", "fluxhook-pg")
 SIDE_NAMES = {
     "baseline": "bare endpoint (httpx download + POST)",
+    "durable": "bare endpoint + the least durability (2 SQLite FULL commits, fsynced image)",
     "fluxhook": "fluxhook, one process (serve + in-process workers), SQLite",
     "fluxhook-split": "fluxhook, serve --no-workers + worker processes, SQLite",
     "fluxhook-pg": "fluxhook, serve --no-workers + worker processes, PostgreSQL",
@@ -355,11 +361,12 @@ def _p50_ms(seconds: list[float]) -> float | None:
 
 
 async def run_baseline(args: argparse.Namespace, tmp: Path, tag: str, provider: Provider,
-                       receiver: Receiver, receiver_url: str) -> dict[str, Any]:
+                       receiver: Receiver, receiver_url: str, *, durable: bool = False) -> dict[str, Any]:
     port = free_port()
     log = tmp / f"baseline-{tag}.log"
+    floor = ["--durable", str(tmp / f"durable-{tag}")] if durable else []
     process = start([sys.executable, str(ROOT / "bench" / "notify_baseline.py"), str(port),
-                     f"{receiver_url}/hook"], {"NOTIFY_BASELINE_SECRET": BASELINE_SECRET}, log)
+                     f"{receiver_url}/hook", *floor], {"NOTIFY_BASELINE_SECRET": BASELINE_SECRET}, log)
     try:
         base = f"http://127.0.0.1:{port}"
         await wait_up(base, process)
@@ -499,7 +506,8 @@ async def measure(args: argparse.Namespace) -> tuple[dict[str, list[dict[str, An
     provider = Provider(small_png())
     receiver = Receiver()
     results: dict[str, list[dict[str, Any]]] = {side: [] for side in args.sides}
-    runners = {"baseline": run_baseline, "fluxhook": run_fluxhook, "fluxhook-split": run_fluxhook_split,
+    runners = {"baseline": run_baseline, "durable": partial(run_baseline, durable=True),
+               "fluxhook": run_fluxhook, "fluxhook-split": run_fluxhook_split,
                "fluxhook-pg": run_fluxhook_pg}
     with tempfile.TemporaryDirectory(prefix="fluxhook-bench-notify-") as tmp:
         async with serve(provider.app(), tcp_listener()) as provider_url, \
@@ -577,6 +585,10 @@ def main() -> int:
             flux, base = summary["fluxhook"][name], summary["baseline"][name]
             ratios[name.removesuffix("_ms")] = round(flux / base, 2) if flux and base else None
         emit(f"\nratio fluxhook / baseline:  p50 {ratios['p50']}x   p99 {ratios['p99']}x")
+    if "durable" in summary and "baseline" in summary:
+        floor, base = summary["durable"]["p50_ms"], summary["baseline"]["p50_ms"]
+        ratios["durable_p50"] = round(floor / base, 2) if floor and base else None
+        emit(f"ratio durable floor / baseline:  p50 {ratios['durable_p50']}x  (what durability alone costs)")
     for side in ("fluxhook", "fluxhook-split", "fluxhook-pg"):
         if side in summary:
             flux = summary[side]
