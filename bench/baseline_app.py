@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from service.serving import EVENT_LOOP
+from service.event_loop import EVENT_LOOP
 
 
 async def receive(request: Request) -> JSONResponse:

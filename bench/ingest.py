@@ -313,7 +313,7 @@ def stack() -> str:
 
     import uvicorn
 
-    from service.serving import EVENT_LOOP
+    from service.event_loop import EVENT_LOOP
 
     loop = EVENT_LOOP
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"

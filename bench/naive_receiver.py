@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from service.serving import EVENT_LOOP
+from service.event_loop import EVENT_LOOP
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS secrets (job_id TEXT PRIMARY KEY, secret TEXT NOT NULL);

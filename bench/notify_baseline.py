@@ -35,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service.serving import EVENT_LOOP
+from service.event_loop import EVENT_LOOP
 
 
 class DurableLog:

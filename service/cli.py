@@ -74,7 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return serve_app(settings, listener, simulator, run_workers=not args.no_workers)
     if args.command == "worker":
-        return anyio.run(_worker, settings, args.metrics_port, args.metrics_host)
+        from service.event_loop import run_on_uvloop
+
+        return run_on_uvloop(partial(_worker, settings, args.metrics_port, args.metrics_host))
     return anyio.run(_tick, settings)
 
 

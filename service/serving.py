@@ -15,16 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
+from service.event_loop import EVENT_LOOP
 from service.settings import Settings
 
 if TYPE_CHECKING:
     from service.simulator import SimulatorConfig
 
 log = logging.getLogger("fluxhook")
-
-# uvloop (with httptools, uvicorn's "standard" stack): the benchmarks' other servers use the
-# same loop (bench/). `_GracefulServer.run` does not close it: see there.
-EVENT_LOOP = "uvloop"
 
 
 def serve_app(
