@@ -122,6 +122,7 @@ class Stack:
     ctx: WorkContext
     received: list[httpx.Request]
     arrived: anyio.Event = field(default_factory=anyio.Event)
+    applying_cost: Counter[str] = field(default_factory=Counter)  # what `ready_job`'s apply cost
 
 
 @pytest.fixture
@@ -168,7 +169,9 @@ async def ready_job(stack: Stack, *, job_hook: bool = False) -> str:
                                  headers={"X-BFL-Signature": f"sha256={signature}",
                                           "Content-Type": "application/json"})
     assert answered.status_code == 200, answered.text
-    await apply_all(ctx)  # as the applier does right after the answer (service/callbacks.py)
+    with counted(ctx.store) as applying:
+        await apply_all(ctx)  # as the applier does right after the answer (service/callbacks.py)
+    stack.applying_cost = applying
     return str(job["id"])
 
 
@@ -223,6 +226,17 @@ async def test_from_the_callback_on_a_job_costs_three_transactions_and_no_read(s
     assert sent_types(stack) == ["job.succeeded"]
     assert dict(fetching) == {"transactions": 2, **({"round_trips": 4} if backend == "postgres" else {})}
     assert dict(notifying) == {"transactions": 1, **({"round_trips": 2} if backend == "postgres" else {})}
+
+
+async def test_applying_a_recorded_callback_is_one_transaction_and_a_look_that_finds_none(stack, backend):
+    """The applier's transaction, then `apply_all`'s look that finds the inbox empty. On
+    PostgreSQL the first waits four times: for the inbox rows with their callbacks (one read,
+    joined), the job, the event's reads, and the COMMIT, with which the reads of what is now
+    due come back; the look twice (its read, its COMMIT). Reading the rows apart from their
+    callbacks, and what is due before the COMMIT, cost two more."""
+    await ready_job(stack)
+    assert dict(stack.applying_cost) == {"transactions": 2,
+                                         **({"round_trips": 6} if backend == "postgres" else {})}
 
 
 async def test_leased_deliveries_are_no_other_notifiers_until_the_lease_runs_out(stack, clock):

@@ -36,6 +36,12 @@ class Dialect:
     skip_locked: str = ""
     lock_rows: str = ""  # as `skip_locked`, for a claim that waits for locked rows instead
 
+    def locking(self, table: str, *, skip: bool) -> str:
+        """`skip_locked` (`lock_rows` unless `skip`) for a select that joins other tables: only
+        `table`'s rows are locked."""
+        clause = self.skip_locked if skip else self.lock_rows
+        return clause.replace("FOR UPDATE", f"FOR UPDATE OF {table}", 1)
+
 
 SQLITE = Dialect("sqlite")
 POSTGRES = Dialect("postgres", skip_locked="FOR UPDATE SKIP LOCKED", lock_rows="FOR UPDATE")
