@@ -216,7 +216,9 @@ class TaskStore(Protocol):
     async def get_tasks(self, job_id: str) -> list[TaskRecord]:
         ...
 
-    async def count_tasks(self) -> dict[str, int]:
+    async def count_tasks(self, *, most: int | None = None) -> dict[str, int]:
+        """Per kind, the tasks waiting; with `most`, submits counted up to `most`, and polls
+        and downloads up to `most` together, at a cost that does not grow with the backlog."""
         ...
 
     async def count_active(self, provider: str, *, now: int) -> int:

@@ -353,3 +353,21 @@ async def test_a_jobs_own_claim_takes_no_task_not_yet_due(store: Database):
     assert await claim_job(store, job) == []
     [poll] = await claim_job(store, job, now=NOW + 1000 + 15_000)
     assert poll.kind == "poll"
+
+
+async def test_a_count_of_waiting_tasks_stops_at_most_and_without_it_counts_them_all(store: Database):
+    """What a tick reports (up to a limit, so its cost does not grow with the backlog), and what
+    /metrics reports (every one)."""
+    for n in range(3):
+        await queued(store, n)
+    for n in range(3, 6):
+        job = await queued(store, n)
+        await store.jobs.record_observation(job.id, Submitted(f"task-{n}"), now=NOW + n,
+                                            schedule=Schedule(poll_at=NOW + 60_000))
+        for task in await store.tasks.get_tasks(job.id):
+            if task.kind == "submit":  # as the worker leaves it once the submit is answered
+                await store.tasks.finish_task(task.id)
+
+    assert await store.tasks.count_tasks() == {"submit": 3, "poll": 3}
+    assert await store.tasks.count_tasks(most=10) == {"submit": 3, "poll": 3}
+    assert await store.tasks.count_tasks(most=2) == {"submit": 2, "poll": 2}

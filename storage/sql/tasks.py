@@ -54,13 +54,29 @@ class TaskStore:
         )
         return [TaskRecord.from_row(r) for r in rows]
 
-    async def count_tasks(self) -> dict[str, int]:
-        """Per kind, every task waiting (due now or later). It counts them all, one entry of
-        a covering index each (a few ms at 100,000): a tick's report, not a worker's look."""
-        rows = await self._db.query(
-            lambda conn: conn.execute("SELECT kind, COUNT(*) FROM tasks GROUP BY kind").fetchall()
-        )
-        return {row[0]: row[1] for row in rows}
+    async def count_tasks(self, *, most: int | None = None) -> dict[str, int]:
+        """Per kind, the tasks waiting (due now or later). Without `most`, every one is counted,
+        one index entry each (~20 ms at 100,000: /metrics). With it, submits are counted up to
+        `most`, and polls and downloads up to `most` together, each an index range read no
+        further: what a tick reports, at the same cost whatever the backlog."""
+        if most is None:
+            rows = await self._db.query(
+                lambda conn: conn.execute("SELECT kind, COUNT(*) FROM tasks GROUP BY kind").fetchall()
+            )
+            return {row[0]: row[1] for row in rows}
+
+        def count(conn: Conn) -> list[Any]:
+            # The ranges (`provider >= ''`, `lease_until >= 0`) hold for every row: they make
+            # each read a range of the kind's partial index (migrations), which LIMIT ends.
+            submits = conn.execute(
+                """SELECT 'submit', COUNT(*) FROM (SELECT 1 FROM tasks
+                   WHERE kind = 'submit' AND provider >= '' LIMIT ?) AS found""", (most,))
+            others = conn.execute(
+                """SELECT kind, COUNT(*) FROM (SELECT kind FROM tasks
+                   WHERE kind != 'submit' AND lease_until >= 0 LIMIT ?) AS found GROUP BY kind""", (most,))
+            return [*submits.fetchall(), *others.fetchall()]
+
+        return {row[0]: row[1] for row in await self._db.query(count) if row[1]}
 
     async def count_active(self, provider: str, *, now: int) -> int:
         """Jobs active at `provider`: claimed submits, and jobs sent without a final word."""
