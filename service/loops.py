@@ -182,17 +182,28 @@ class ClaimLoop(ABC, Generic[Item]):
             self.released(item)
 
     async def _sleep(self, wake: anyio.Event) -> None:
-        wait = self.ctx.settings.worker_idle_s
-        # With every slot busy, due items cannot start anyway; a finished one fires `wake`.
-        if self.inflight < self.concurrency:
-            try:
-                due = await self.next_due()
-            except Exception:
-                due = None
-            if due is not None:
-                wait = min(wait, max(0.0, (due - self.ctx.clock()) / 1000))
-        with anyio.move_on_after(wait):
-            await _first_of(wake, self.stop)
+        """Until `wake`, `stop` or the next item's due time. Idle, it looks again every
+        `worker_idle_s` (the safety net, for work committed without a wake-up) with `next_due`,
+        a read, and returns to claim only once something is due: an idle loop no longer runs a
+        claim (a write transaction that finds nothing) at each look as well."""
+        while True:
+            wait = self.ctx.settings.worker_idle_s
+            due: int | None = None
+            looked = False
+            # With every slot busy, due items cannot start anyway; a finished one fires `wake`.
+            if self.inflight < self.concurrency:
+                try:
+                    due, looked = await self.next_due(), True
+                except Exception:
+                    log.exception("%s: looking for due work failed; claiming instead", type(self).__name__)
+                if due is not None:
+                    wait = min(wait, max(0.0, (due - self.ctx.clock()) / 1000))
+            with anyio.move_on_after(wait):
+                await _first_of(wake, self.stop)
+            if not looked or wake.is_set() or self.stop.is_set():
+                return
+            if due is not None and due <= self.ctx.clock():
+                return
 
 
 async def _first_of(*events: anyio.Event) -> None:
