@@ -16,16 +16,21 @@ EVENT_LOOP = "uvloop"
 
 
 def run_on_uvloop(main: Callable[[], Awaitable[T]]) -> T:
-    """Run `main` to its end on a uvloop loop, then the tasks it left, cancelled; the loop is
-    left open, as `fluxhook serve` leaves it (service/serving.py `_GracefulServer.run`): a
-    uvloop loop's close waits for every DNS lookup still in libuv's threads, which cannot be
-    abandoned, and by then everything has stopped, so the process just exits."""
+    """Run `main` to its end on a new uvloop loop (`run_leaving_open`)."""
     import uvloop
 
-    loop = uvloop.new_event_loop()
+    return run_leaving_open(uvloop.new_event_loop(), main())
+
+
+def run_leaving_open(loop: asyncio.AbstractEventLoop, main: Awaitable[T]) -> T:
+    """Run `main` to its end on `loop`, then the tasks it left, cancelled; the loop is left
+    open (`fluxhook serve` and `fluxhook worker`): a uvloop loop's close waits for every DNS
+    lookup still in libuv's threads, which cannot be abandoned, and held a stopped `fluxhook
+    serve` for over 30 s once lookups of webhook hosts were queued behind a slow resolver. By
+    then everything has stopped and every task is done, so the process just exits."""
     asyncio.set_event_loop(loop)
     try:
-        result = loop.run_until_complete(main())
+        result = loop.run_until_complete(main)
         pending = asyncio.all_tasks(loop)
         for task in pending:
             task.cancel()

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from service.event_loop import EVENT_LOOP
+from service.event_loop import EVENT_LOOP, run_leaving_open
 from service.settings import Settings
 
 if TYPE_CHECKING:
@@ -64,22 +64,10 @@ class _GracefulServer(uvicorn.Server):
         self._on_exit = on_exit
 
     def run(self, sockets: list[socket.socket] | None = None) -> None:
-        """uvicorn's `run`, except that the event loop is left open once everything has stopped:
-        a uvloop loop's close waits for every DNS lookup still in libuv's threads, which cannot
-        be abandoned, and held a stopped `fluxhook serve` for over 30 s once lookups of webhook
-        hosts were queued behind a slow resolver. By then the server, the workers and the
-        lifespan have all shut down and every task is done, so the process just exits."""
+        """uvicorn's `run`, except that the event loop is left open once everything has
+        stopped (service/event_loop.py `run_leaving_open` says why)."""
         loop = (self.config.get_loop_factory() or asyncio.new_event_loop)()
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(self.serve(sockets=sockets))
-            pending = asyncio.all_tasks(loop)
-            for task in pending:
-                task.cancel()
-            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-        finally:
-            asyncio.set_event_loop(None)
+        run_leaving_open(loop, self.serve(sockets=sockets))
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._on_exit()
