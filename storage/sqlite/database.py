@@ -70,16 +70,25 @@ class Database(StoresOver):
             raise
         try:
             db.row_factory = sqlite3.Row
-            await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute(f"PRAGMA synchronous={synchronous}")
-            await db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            await db.execute("PRAGMA foreign_keys=ON")
-        except sqlite3.Error as exc:
-            raise StorageUnavailable(f"cannot open database: {exc}") from exc
+            # Switching a new file to WAL takes a lock SQLite does not wait for when another
+            # process is opening the same file at that moment (a web and a worker started
+            # together): "database is locked" at once, busy timeout or not. Tried again instead.
+            await run_in_connection_thread(db, partial(_configure, synchronous=synchronous))
+        except BaseException as exc:
+            with contextlib.suppress(Exception):  # its thread would keep the process alive
+                await db.close()
+            if isinstance(exc, (sqlite3.Error, StorageUnavailable)):
+                raise StorageUnavailable(f"cannot open database: {_cause(exc)}") from exc
+            raise
         store = cls(db, rules=rules, public_url=public_url)
         store.path = path
         store._synchronous = synchronous.upper()
-        await store.transact(partial(_migrate, rules=rules))
+        try:
+            await store.transact(partial(_migrate, rules=rules))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await db.close()
+            raise
         return store
 
     async def close(self) -> None:
@@ -196,25 +205,44 @@ def _begin_immediate(conn: sqlite3.Connection) -> None:
     """Take the write lock, waiting for another process's write to end (BUSY_TIMEOUT_MS at
     most). SQLite's own busy handler sleeps 1, 2, 5, 10 ... ms between tries, a millisecond or
     more added to each write that meets another process's (a web and a worker on one file);
-    this tries again after 0.1 ms, then twice as long each time, up to 2 ms."""
-    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-    delay = 0.0001
+    `_while_busy` tries again sooner."""
     conn.execute("PRAGMA busy_timeout=0")
     try:
-        while True:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY  # SQLITE_BUSY_* included
-                if not busy or time.monotonic() >= deadline:
-                    raise StorageUnavailable(f"database busy or unavailable: {exc}") from exc
-            except sqlite3.Error as exc:
-                raise StorageUnavailable(f"database busy or unavailable: {exc}") from exc
-            time.sleep(delay)  # in the database thread: the event loop goes on meanwhile
-            delay = min(delay * 2, 0.002)
+        _while_busy(lambda: conn.execute("BEGIN IMMEDIATE"), failure="database busy or unavailable")
     finally:
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")  # the statements after wait as before
+
+
+def _configure(conn: sqlite3.Connection, *, synchronous: str) -> None:
+    _while_busy(lambda: conn.execute("PRAGMA journal_mode=WAL"), failure="database busy or unavailable")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA foreign_keys=ON")
+
+
+def _while_busy(attempt: Callable[[], object], *, failure: str) -> None:
+    """`attempt()` until it does not fail with SQLITE_BUSY (another process holds the lock it
+    needs), BUSY_TIMEOUT_MS at most: again after 0.1 ms, then twice as long each time, up to
+    2 ms. Any other failure, or busy past the deadline, is StorageUnavailable(`failure`: ...)."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    delay = 0.0001
+    while True:
+        try:
+            attempt()
+            return
+        except sqlite3.OperationalError as exc:
+            busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY  # SQLITE_BUSY_* included
+            if not busy or time.monotonic() >= deadline:
+                raise StorageUnavailable(f"{failure}: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StorageUnavailable(f"{failure}: {exc}") from exc
+        time.sleep(delay)  # in the database thread: the event loop goes on meanwhile
+        delay = min(delay * 2, 0.002)
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The sqlite3 error behind a StorageUnavailable, for the message."""
+    return exc.__cause__ if isinstance(exc, StorageUnavailable) and exc.__cause__ else exc
 
 
 def _roll_back(conn: sqlite3.Connection) -> None:
