@@ -16,7 +16,8 @@ from PIL import Image
 
 from service.catalog import Catalog, Model
 from service.simulator import create_simulator_app
-from service.simulator.bfl_inputs import RENDER_MAX_PIXELS, fit_within, parse_inputs
+from service.simulator.bfl_inputs import RENDER_MAX_PIXELS, RENDER_MAX_SIDE, fit_within, parse_inputs
+from service.simulator.images import render_image
 from tests.test_bfl_schema import highest, lowest, minimal, spread, submit_body
 from tests.test_simulator import BFL_KEY, FAST, poll_until_terminal, record, serving
 
@@ -79,8 +80,21 @@ def test_an_unbounded_flux_2_size_is_drawn_within_the_render_budget() -> None:
     inputs, errors = parse_inputs("flux-2-pro", {"prompt": "p", "width": 10**40, "height": 64})
     assert errors == [] and inputs is not None
     assert inputs.width * inputs.height <= RENDER_MAX_PIXELS and inputs.height >= 1
-    assert fit_within(2048, 1024, RENDER_MAX_PIXELS) == (2048, 1024)
-    assert fit_within(4096, 4096, RENDER_MAX_PIXELS) == (2048, 2048)
+    assert fit_within(2048, 1024, RENDER_MAX_PIXELS, RENDER_MAX_SIDE) == (2048, 1024)
+    assert fit_within(4096, 4096, RENDER_MAX_PIXELS, RENDER_MAX_SIDE) == (2048, 2048)
+    assert fit_within(64, 40000, RENDER_MAX_PIXELS, RENDER_MAX_SIDE) == (26, 16383)
+
+
+@pytest.mark.parametrize("fmt", ["webp", "jpeg", "png"])
+def test_a_flux_2_size_wider_than_any_encoder_allows_still_renders(fmt: str) -> None:
+    # WebP encodes at most 16,383 pixels a side (the fuzz suite once drew 20,000 x 64): the
+    # simulator must draw it smaller, not fail in its background work.
+    inputs, errors = parse_inputs("flux-2-pro", {"prompt": "p", "width": 20000, "height": 64,
+                                                 "output_format": fmt})
+    assert errors == [] and inputs is not None
+    assert (inputs.width, inputs.height) == (16383, 52)
+    data, _ = render_image(prompt="p", seed=1, width=inputs.width, height=inputs.height, fmt=fmt)
+    assert opened(data).size == (16383, 52)
 
 
 async def test_a_fill_job_keeps_the_picture_where_the_mask_is_black() -> None:

@@ -36,6 +36,8 @@ DEFAULT_SIZE = (1024, 768)  # FluxPro11Inputs defaults
 # Real models make a few megapixels at most; FLUX.2's schema sets no maximum, so pictures beyond
 # this are drawn smaller, keeping their shape (and the simulator's memory bounded).
 RENDER_MAX_PIXELS = 4 * 1024 * 1024
+# ... and no side longer than WebP can encode (16,383 pixels; JPEG's 65,535 is wider).
+RENDER_MAX_SIDE = 16383
 EXPAND_MAX_MARGIN = 2048
 MARGINS = ("top", "bottom", "left", "right")
 
@@ -167,7 +169,7 @@ def parse_inputs(model: str, body: Mapping[str, Any]) -> tuple[BflInputs | None,
         width, height = size.get("width", DEFAULT_SIZE[0]), size.get("height", DEFAULT_SIZE[1])
     else:
         width, height = size_for_aspect_ratio(ratio)  # Kontext, ultra: aspect_ratio instead of size
-    width, height = fit_within(width, height, RENDER_MAX_PIXELS)
+    width, height = fit_within(width, height, RENDER_MAX_PIXELS, RENDER_MAX_SIDE)
     return BflInputs(
         prompt=prompt if isinstance(prompt, str) else "",
         width=width,
@@ -180,14 +182,19 @@ def parse_inputs(model: str, body: Mapping[str, Any]) -> tuple[BflInputs | None,
     ), []
 
 
-def fit_within(width: int, height: int, pixels: int) -> tuple[int, int]:
-    """`width` x `height`, scaled down to at most `pixels` keeping the aspect ratio.
+def fit_within(width: int, height: int, pixels: int, side: int) -> tuple[int, int]:
+    """`width` x `height`, scaled down to at most `pixels` and neither side over `side`, keeping
+    the aspect ratio.
 
     Integer arithmetic, since FLUX.2's sizes have no maximum and need not fit in a float."""
-    if width * height <= pixels:
-        return width, height
-    scaled_width = max(1, min(width, pixels, math.isqrt(pixels * width // height)))
-    return scaled_width, max(1, min(height, pixels // scaled_width))
+    if width * height > pixels:
+        scaled_width = max(1, min(width, pixels, math.isqrt(pixels * width // height)))
+        width, height = scaled_width, max(1, min(height, pixels // scaled_width))
+    if width > side:
+        width, height = side, max(1, height * side // width)
+    if height > side:
+        width, height = max(1, width * side // height), side
+    return width, height
 
 
 def _size(family: Family, errors: _Errors) -> dict[str, int]:
