@@ -7,6 +7,7 @@ import logging
 import random
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -49,6 +50,7 @@ from service.resources import open_context, system_clock
 from service.retention import prune_periodically
 from service.settings import SIMULATOR_MOUNT, Settings
 from service.worker import Worker
+from storage.records import WAKE_KINDS
 
 if TYPE_CHECKING:
     import httpx
@@ -80,7 +82,9 @@ def create_app(
     """fluxhook's web app. With `run_workers`, the workers run in-process under its lifespan
 (never in serverless mode, where requests do the work they cause: service/inline.py). With
     `apply_callbacks`, so does the applier of recorded callbacks (service/callbacks.py), workers
-    or not: a web process applies the callbacks it acknowledges (tests turn it off to drive it).
+    or not (tests turn it off to drive it): with workers, it applies each callback as soon as it
+    is recorded; without them, it leaves that to the workers' appliers, whom the commit wakes,
+    and only looks now and then for what none of them applied.
 
     `simulator`, when given, is mounted at /simulator and its lifespan run alongside ours.
     """
@@ -91,9 +95,13 @@ def create_app(
         async with AsyncExitStack() as stack:
             if simulator is not None:
                 await stack.enter_async_context(simulator.router.lifespan_context(simulator))
+            # A web process without workers waits only on events (streams, ?wait=): other
+            # processes' tasks, deliveries and callbacks are for the workers, whom they wake.
+            loops = run_workers or settings.serverless
             ctx = await stack.enter_async_context(
                 open_context(
-                    settings, transport=transport, notify_transport=notify_transport, clock=clock, rand=rand
+                    settings, transport=transport, notify_transport=notify_transport, clock=clock,
+                    rand=rand, wake_kinds=WAKE_KINDS if loops else ("events",),
                 )
             )
             app.state.ctx = ctx  # for tests and tools holding the app; handlers use request.state
@@ -106,7 +114,8 @@ def create_app(
             app.state.stop_workers = _callable_from_signal_handler(stop.set)
             async with anyio.create_task_group() as group:
                 if apply_callbacks and not settings.serverless:
-                    group.start_soon(apply_forever, ctx, stop)
+                    # Without workers here, the workers apply what this process records.
+                    group.start_soon(partial(apply_forever, ctx, stop, eager=run_workers))
                 if run_workers and not settings.serverless:  # serverless: requests and ticks do it
                     group.start_soon(Worker(ctx, stop=stop).run)
                     group.start_soon(Notifier(ctx, stop=stop).run)

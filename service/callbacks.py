@@ -156,15 +156,21 @@ async def apply_all(ctx: WorkContext, *, job_id: str | None = None) -> int:
     return total
 
 
-async def apply_forever(ctx: WorkContext, stop: anyio.Event) -> None:
+async def apply_forever(ctx: WorkContext, stop: anyio.Event, *, eager: bool = True) -> None:
     """The applier: until `stop`, apply what the inbox holds as soon as a callback is recorded
     (and every FLUXHOOK_WORKER_IDLE_SECONDS, for what another process recorded or a crash left).
-    A failed transaction is logged and tried again at the next look."""
+    A failed transaction is logged and tried again at the next look.
+
+    Not `eager` (a web process without workers, `serve --no-workers`): only the looks every
+    FLUXHOOK_WORKER_IDLE_SECONDS, for callbacks no worker has applied. A recorded callback
+    wakes the workers (their appliers are eager), and a worker that applies it leases the
+    download it causes to itself in the same transaction: no claim, no second wake-up."""
     wait = ctx.settings.worker_idle_s
     async with anyio.create_task_group() as group:
         group.start_soon(_cancel_on, stop, group.cancel_scope)
         while not stop.is_set():
-            woken = ctx.signals.callbacks.current()  # taken first: a callback recorded after is seen
+            # Taken first: a callback recorded after is seen.
+            woken = ctx.signals.callbacks.current() if eager else anyio.Event()
             taken = 0
             try:
                 # A full batch may have left more; a short one took all there was when it

@@ -11,11 +11,12 @@ The blob store's contract is storage/blobs.py's `BlobStore` for now.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from service.jobs import Observation
 from storage.records import (
+    WAKE_KINDS,
     AppliedCallbacks,
     Attempt,
     AttemptRecord,
@@ -455,12 +456,13 @@ class Stores(Protocol):
         """Whether the database answers."""
         ...
 
-    async def follow_wake_ups(self, wake: Callable[[str], None]) -> None:
-        """Until cancelled, call `wake(kind)` ("work", "deliveries" or "events") soon after any
-        other process commits such work: on any host with PostgreSQL (LISTEN/NOTIFY), on this
-        host with SQLite (its WAL file watched). What this process commits, it wakes its own
-        loops for (`WorkContext.nudge`). A wake-up may be missed (a reconnect, a full queue), so
-        the loops' idle looks stay as the safety net on every backend."""
+    async def follow_wake_ups(self, wake: Callable[[str], None], kinds: Collection[str] = WAKE_KINDS) -> None:
+        """Until cancelled, call `wake(kind)` for each of `kinds` ("work", "deliveries",
+        "events", "callbacks") soon after any other process commits such work: on any host with
+        PostgreSQL (LISTEN/NOTIFY), on this host with SQLite (its WAL file watched). What this
+        process commits, it wakes its own loops for (`WorkContext.nudge`). A wake-up may be
+        missed (a reconnect, a full queue), so the loops' idle looks stay as the safety net on
+        every backend."""
         ...
 
     async def close(self) -> None: ...

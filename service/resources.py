@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import TYPE_CHECKING
@@ -27,6 +27,7 @@ from service.settings import ProviderSettings, Settings
 from service.stores import open_stores
 from service.tokens import CallbackTokens, UploadTokens
 from storage.blobs import open_blob_store
+from storage.records import WAKE_KINDS
 
 if TYPE_CHECKING:
     import httpx
@@ -81,13 +82,16 @@ async def open_context(
     clock: Clock = system_clock,
     rand: random.Random | None = None,
     follow_wake_ups: bool = True,
+    wake_kinds: Collection[str] = WAKE_KINDS,
 ) -> AsyncIterator[WorkContext]:
     """Open the database, blob store and HTTP clients that the web app and workers share.
 
     `transport` answers provider calls and downloads; `notify_transport` carries notifications
     (by default SSRF-guarded by FLUXHOOK_ALLOW_PRIVATE_DESTINATIONS). Without
     `follow_wake_ups`, other processes' commits do not fire `signals`: for a process whose
-    loops never wait to be woken (`fluxhook tick`, service/inline.py `run_rounds`).
+    loops never wait to be woken (`fluxhook tick`, service/inline.py `run_rounds`). With it,
+    they fire only the signals `wake_kinds` names (storage/records.py `WAKE_KINDS`): what this
+    process has loops waiting on.
     """
     store = await open_stores(settings, public_url=settings.public_url)
     try:
@@ -112,7 +116,7 @@ async def open_context(
             # Work committed by other processes wakes this one's loops and streams (PostgreSQL:
             # LISTEN/NOTIFY; SQLite: its WAL file watched).
             if follow_wake_ups:
-                wake_ups.start_soon(store.follow_wake_ups, partial(_wake, signals))
+                wake_ups.start_soon(store.follow_wake_ups, partial(_wake, signals), wake_kinds)
             yield WorkContext(
                 settings=settings,
                 store=store,

@@ -302,6 +302,11 @@ class EventRecord:
 Observation = Any
 
 
+# What another process's commit can wake in this one (service/context.py `Signals`): new tasks
+# for the worker, deliveries for the notifier, events for streams, callbacks for the applier.
+WAKE_KINDS = ("work", "deliveries", "events", "callbacks")
+
+
 class TaskKind(StrEnum):
     SUBMIT = "submit"
     POLL = "poll"

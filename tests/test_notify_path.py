@@ -14,7 +14,7 @@ import json
 import random
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,6 +129,16 @@ class Stack:
 async def stack(
     make_settings: Callable[..., Settings], clock: Any, providers: respx.Router
 ) -> AsyncIterator[Stack]:
+    # Nothing in the background: `ready_job` applies, the tests run the loops they need.
+    async with serving(make_settings(), clock, providers, run_workers=False, apply_callbacks=False) as built:
+        yield built
+
+
+@asynccontextmanager
+async def serving(
+    settings: Settings, clock: Any, providers: respx.Router, **app_args: Any
+) -> AsyncIterator[Stack]:
+    """fluxhook's app under its lifespan, with `app_args` for `create_app`, and a client."""
     received: list[httpx.Request] = []
     arrived = anyio.Event()
 
@@ -137,9 +147,9 @@ async def stack(
         arrived.set()
         return httpx.Response(204)
 
-    built = create_app(make_settings(), transport=httpx.MockTransport(providers.async_handler),
+    built = create_app(settings, transport=httpx.MockTransport(providers.async_handler),
                        notify_transport=httpx.MockTransport(receive), clock=clock,
-                       rand=random.Random(7), run_workers=False, apply_callbacks=False)  # ready_job applies
+                       rand=random.Random(7), **app_args)
     async with built.router.lifespan_context(built) as state:
 
         async def with_state(scope: Any, receive: Any, send: Any) -> None:
@@ -154,6 +164,16 @@ async def stack(
 async def ready_job(stack: Stack, *, job_hook: bool = False) -> str:
     """A subscription to `job.succeeded`, and a job submitted and called back `Ready`: its
     download is due. The job's id."""
+    job_id = await called_back_ready(stack, job_hook=job_hook)
+    with counted(stack.ctx.store) as applying:
+        await apply_all(stack.ctx)  # as the applier does right after the answer (service/callbacks.py)
+    stack.applying_cost = applying
+    return job_id
+
+
+async def called_back_ready(stack: Stack, *, job_hook: bool = False) -> str:
+    """A subscription to `job.succeeded`, and a job submitted and called back `Ready`: the
+    callback is recorded, not yet applied. The job's id."""
     client, ctx = stack.client, stack.ctx
     subscribed = await client.post("/v1/subscriptions", json={"url": HOOK_URL, "events": ["job.succeeded"]})
     assert subscribed.status_code == 201, subscribed.text
@@ -169,9 +189,6 @@ async def ready_job(stack: Stack, *, job_hook: bool = False) -> str:
                                  headers={"X-BFL-Signature": f"sha256={signature}",
                                           "Content-Type": "application/json"})
     assert answered.status_code == 200, answered.text
-    with counted(ctx.store) as applying:
-        await apply_all(ctx)  # as the applier does right after the answer (service/callbacks.py)
-    stack.applying_cost = applying
     return str(job["id"])
 
 
@@ -207,6 +224,50 @@ async def test_a_download_hands_the_success_it_commits_to_the_notifier_running_b
     [(delivery, attempts)] = await ctx.store.deliveries.list_deliveries(job_id=job_id)
     assert (delivery.status, [a.attempt for a in attempts]) == ("delivered", [1])
     assert ctx.handoff is None  # a stopped notifier takes nothing
+
+
+async def test_a_worker_applying_a_callback_runs_the_download_it_causes_without_claiming_it(stack):
+    """`serve --no-workers` beside `fluxhook worker`: the worker's applier applies what the web
+    recorded (the commit woke it), and leases the download that makes to its own worker in the
+    same transaction, which starts it at once: no claim, no second wake-up between them."""
+    ctx = stack.ctx
+    job_id = await called_back_ready(stack)
+    worker = Worker(ctx)
+    claimed: list[Any] = []
+    claim = worker.claim
+
+    async def claim_and_note(limit: int) -> list[Any]:
+        found = await claim(limit)
+        claimed.extend(found)
+        return found
+
+    worker.claim = claim_and_note  # type: ignore[method-assign]
+    async with anyio.create_task_group() as group:
+        group.start_soon(worker.run)
+        with anyio.fail_after(10):
+            while ctx.task_handoff is not worker:
+                await anyio.sleep(0.01)
+        assert await apply_all(ctx) == 1
+        with anyio.fail_after(10):
+            while (await ctx.store.jobs.get_job(job_id)).status != "succeeded":
+                await anyio.sleep(0.01)
+        worker.stop.set()
+    assert claimed == []  # the download ran, and no claim ever returned it
+
+
+async def test_a_web_without_workers_leaves_the_callbacks_it_records_to_the_workers(
+    make_settings, clock, providers
+):
+    """Its applier only looks every FLUXHOOK_WORKER_IDLE_SECONDS, for what no worker applied:
+    applying at once, it would leave the worker a claim to make for the download."""
+    settings = make_settings(FLUXHOOK_WORKER_IDLE_SECONDS="60")
+    async with serving(settings, clock, providers, run_workers=False, apply_callbacks=True) as web:
+        await anyio.sleep(0.2)  # its first look, at start, is over
+        job_id = await called_back_ready(web)
+        await anyio.sleep(0.2)  # an applier woken by the callback would have applied it by now
+        assert await web.ctx.store.jobs.pending_callbacks() == 1
+        assert (await web.ctx.store.jobs.get_job(job_id)).status == "submitted"
+        assert await apply_all(web.ctx) == 1  # as a worker's applier does
 
 
 async def test_from_the_callback_on_a_job_costs_three_transactions_and_no_read(stack, backend):

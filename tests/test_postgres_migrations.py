@@ -106,6 +106,21 @@ def test_migrating_an_up_to_date_database_changes_nothing(postgres_url):
         assert migrate(conn) == 0
 
 
+def test_a_database_an_older_fluxhook_made_gets_the_wake_ups_added_since(postgres_url):
+    """The wake-up triggers are not a numbered step: a database made before the inbox woke the
+    workers (no marker on the wake function) gets them all again when a process starts."""
+    trigger = "SELECT count(*) FROM pg_trigger WHERE tgname = 'fluxhook_wake_inbox'"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("DROP TRIGGER fluxhook_wake_inbox ON inbox")
+        conn.execute("COMMENT ON FUNCTION fluxhook_wake() IS NULL")
+        assert conn.execute(trigger).fetchone() == (0,)
+        assert migrate(conn) == 0  # no numbered step to apply
+        assert conn.execute(trigger).fetchone() == (1,)
+        conn.execute("DROP TRIGGER fluxhook_wake_inbox ON inbox")  # marked now: left as it is
+        migrate(conn)
+        assert conn.execute(trigger).fetchone() == (0,)
+
+
 def test_a_submit_task_carries_its_jobs_provider_and_follows_a_failover(postgres_url):
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(

@@ -132,3 +132,32 @@ async def test_a_database_is_woken_by_other_processes_commits_not_by_its_own(db,
                 await changed.wait()
         tg.cancel_scope.cancel()
     assert "deliveries" not in woken
+
+
+async def test_a_database_following_some_kinds_listens_on_their_channels_alone(db, postgres_url):
+    """A web process without workers follows only events: the workers' wake-ups (tasks,
+    deliveries, recorded callbacks) would wake its listener for nothing at every commit."""
+    woken: list[str] = []
+    changed = anyio.Event()
+
+    def wake(kind: str) -> None:
+        nonlocal changed
+        woken.append(kind)
+        changed.set()
+        changed = anyio.Event()
+
+    def commit_theirs() -> None:
+        with psycopg.connect(postgres_url, autocommit=True) as elsewhere:
+            for channel in ("fluxhook_work", "fluxhook_callbacks", "fluxhook_deliveries", "fluxhook_events"):
+                elsewhere.execute("SELECT pg_notify(%s, '')", (channel,))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(db.follow_wake_ups, wake, ("events",))
+        with anyio.fail_after(30):  # a guard against hanging, not a timing assertion
+            while "events" not in woken:  # until the listener is listening
+                commit_theirs()
+                with anyio.move_on_after(0.1):
+                    await changed.wait()
+        tg.cancel_scope.cancel()
+    # Sent in that order, each in its own commit: the others would have come before the event.
+    assert set(woken) == {"events"}

@@ -112,3 +112,34 @@ async def test_only_another_processes_commits_wake_a_database_follower(tmp_path)
     finally:
         other.close()
         await db.close()
+
+
+async def test_a_database_following_some_kinds_wakes_those_alone(tmp_path):
+    """A commit does not say what it wrote: a follower of only events (a web process without
+    workers) wakes its streams, never the worker's, notifier's or applier's signals."""
+    from service.rules import JOB_RULES
+    from storage.sqlite.database import Database
+
+    path = tmp_path / "fluxhook.db"
+    db = await Database.open(path, rules=JOB_RULES)
+    other = database(path)
+    woken: list[str] = []
+    changed = anyio.Event()
+
+    def wake(kind: str) -> None:
+        woken.append(kind)
+        changed.set()
+
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(db.follow_wake_ups, wake, ("events",))
+            with anyio.fail_after(10):  # a guard against hanging, not a timing assertion
+                while not woken:  # until the watcher watches
+                    other.execute("INSERT INTO t VALUES (1)")
+                    with anyio.move_on_after(0.1):
+                        await changed.wait()
+            group.cancel_scope.cancel()
+        assert set(woken) == {"events"}
+    finally:
+        other.close()
+        await db.close()

@@ -33,7 +33,8 @@ IDLE_SECONDS = 30  # the worker's idle look: longer than any wait below
 
 
 WAKE_TRIGGERS = (("fluxhook_wake_tasks_written", "tasks"), ("fluxhook_wake_tasks_ended", "tasks"),
-                 ("fluxhook_wake_deliveries", "deliveries"), ("fluxhook_wake_events", "events"))
+                 ("fluxhook_wake_deliveries", "deliveries"), ("fluxhook_wake_events", "events"),
+                 ("fluxhook_wake_inbox", "inbox"))
 
 
 async def start_web_and_worker(
@@ -63,8 +64,9 @@ async def test_work_committed_by_the_web_wakes_a_worker_in_another_process_at_on
     web, log = await start_web_and_worker(tmp_path, processes, postgres_url, IDLE_SECONDS)
     async with httpx.AsyncClient(base_url=web, timeout=10) as client:
         ids = await submit_jobs(client, 3)
-        # Submits, callbacks (received by the web) and downloads, all within a third of one
-        # idle interval: each commit woke the worker.
+        # Submits, callbacks (received by the web, applied by the worker) and downloads, all
+        # within a third of one idle interval: each commit woke the worker. The web's applier
+        # looks only every idle interval too: the worker applied the callbacks.
         docs = await wait_terminal(client, ids, timeout=IDLE_SECONDS / 3)
     assert {d["status"] for d in docs.values()} == {"succeeded"}, read_log(log)[-3000:]
     assert all(d["completion_source"] == "callback" for d in docs.values()), docs

@@ -27,7 +27,7 @@ import contextlib
 import logging
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from enum import StrEnum
 from functools import partial
 from typing import Any, TypeVar
@@ -43,6 +43,7 @@ from storage.errors import StorageUnavailable
 from storage.postgres.connection import Connection
 from storage.postgres.migrations import WAKE_CHANNELS, migrate
 from storage.postgres.wakeups import Listener
+from storage.records import WAKE_KINDS
 from storage.rules import JobRules
 from storage.sql import POSTGRES
 from storage.sql.stores import StoresOver
@@ -125,14 +126,15 @@ class Database(StoresOver):
 
         return await self.query(ping)
 
-    async def follow_wake_ups(self, wake: Callable[[str], None]) -> None:
-        """Until cancelled, call `wake(kind)` for each notification the wake-up triggers send
-        (storage/postgres/migrations.py WAKE_UPS), over a connection of its own; except for
+    async def follow_wake_ups(self, wake: Callable[[str], None], kinds: Collection[str] = WAKE_KINDS) -> None:
+        """Until cancelled, call `wake(kind)` for each notification of one of `kinds` the
+        wake-up triggers send (storage/postgres/migrations.py WAKE_UPS), listening on their
+        channels alone over a connection of its own; except for
         what this process committed itself, which woke its loops in memory at once (as on
         SQLite): woken twice, a worker would claim again for nothing, in the way of the work
         it has just been given."""
-        kinds = {channel: kind for kind, channel in WAKE_CHANNELS.items()}
-        await Listener(self._dsn, list(kinds), lambda channel, _payload: wake(kinds[channel]),
+        channels = {channel: kind for kind, channel in WAKE_CHANNELS.items() if kind in kinds}
+        await Listener(self._dsn, list(channels), lambda channel, _payload: wake(channels[channel]),
                        ignore_senders=self._own_backends).run()
 
     async def migrate(self) -> int:

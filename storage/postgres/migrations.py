@@ -314,7 +314,11 @@ MIGRATIONS: tuple[str | None, ...] = tuple(
 # the loops of one process wake each other in memory, and one writer at a time orders the
 # log), so both backends keep the same numbered schema. Triggers named fluxhook_* are these. Claims
 # (which set a lease) wake nobody, so workers never wake each other in a loop.
-WAKE_CHANNELS = {"work": "fluxhook_work", "deliveries": "fluxhook_deliveries", "events": "fluxhook_events"}
+WAKE_CHANNELS = {"work": "fluxhook_work", "deliveries": "fluxhook_deliveries", "events": "fluxhook_events",
+                 "callbacks": "fluxhook_callbacks"}
+# Marks the functions' comment once WAKE_UPS is in place: a database made by an older fluxhook
+# (without a trigger added since) gets WAKE_UPS again when a process starts.
+WAKE_UPS_VERSION = "fluxhook wake-ups 2"
 
 WAKE_UPS = """
 CREATE OR REPLACE FUNCTION fluxhook_wake() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -335,6 +339,9 @@ CREATE OR REPLACE TRIGGER fluxhook_wake_deliveries AFTER INSERT OR UPDATE ON del
 -- A new event, for live streams and ?wait=.
 CREATE OR REPLACE TRIGGER fluxhook_wake_events AFTER INSERT ON events
     FOR EACH STATEMENT EXECUTE FUNCTION fluxhook_wake('fluxhook_events');
+-- A callback recorded by a web process, for the workers' appliers (service/callbacks.py).
+CREATE OR REPLACE TRIGGER fluxhook_wake_inbox AFTER INSERT ON inbox
+    FOR EACH STATEMENT EXECUTE FUNCTION fluxhook_wake('fluxhook_callbacks');
 
 -- The event log's order. A reader resumes after the last seq it saw (Last-Event-ID), so seqs
 -- must become visible in order and without holes, as they do in SQLite with one writer: an
@@ -351,6 +358,7 @@ END $$;
 CREATE OR REPLACE TRIGGER fluxhook_event_seq BEFORE INSERT ON events
     FOR EACH ROW EXECUTE FUNCTION fluxhook_next_event_seq();
 """
+WAKE_UPS += f"COMMENT ON FUNCTION fluxhook_wake() IS '{WAKE_UPS_VERSION}';\n"
 
 
 def migrate(conn: psycopg.Connection[object]) -> int:
@@ -373,7 +381,9 @@ def migrate(conn: psycopg.Connection[object]) -> int:
         if applied:
             conn.execute("DELETE FROM schema_version")
             conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (len(MIGRATIONS),))
-        woken = conn.execute("SELECT 1 FROM pg_trigger WHERE tgname = 'fluxhook_event_seq'").fetchone()
+        woken = conn.execute(
+            "SELECT 1 FROM pg_proc WHERE proname = 'fluxhook_wake' AND obj_description(oid, 'pg_proc') = %s",
+            (WAKE_UPS_VERSION,)).fetchone()
         if applied or woken is None:
             conn.execute(WAKE_UPS.encode())
     return applied

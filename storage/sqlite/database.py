@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
@@ -23,6 +23,7 @@ import aiosqlite
 import anyio
 
 from storage.errors import StorageUnavailable
+from storage.records import WAKE_KINDS
 from storage.rules import JobRules
 from storage.sql import SQLITE
 from storage.sql.stores import StoresOver
@@ -33,9 +34,6 @@ from storage.sqlite.wakeups import OwnWrites, WalWatcher
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 10_000  # how long a statement waits for another process's lock
-
-WAKE_KINDS = ("work", "deliveries", "events")  # service/context.py Signals
-
 
 class Database(StoresOver):
     """One SQLite database: its connection, its transactions and its migrations, and the stores
@@ -130,16 +128,17 @@ class Database(StoresOver):
                 result = await run_in_connection_thread(self._db, fn)
         return result
 
-    async def follow_wake_ups(self, wake: Callable[[str], None]) -> None:
-        """Until cancelled, wake every kind ("work", "deliveries", "events") soon after any
-        process on this host commits to the file (storage/sqlite/wakeups.py says how). A commit
-        does not say what it wrote, so each wakes all three: a loop woken for nothing looks once
-        and finds nothing."""
+    async def follow_wake_ups(self, wake: Callable[[str], None], kinds: Collection[str] = WAKE_KINDS) -> None:
+        """Until cancelled, wake each of `kinds` (storage/records.py `WAKE_KINDS`) soon after
+        any process on this host commits to the file (storage/sqlite/wakeups.py says how). A
+        commit does not say what it wrote, so each wakes them all: a loop woken for nothing
+        looks once and finds nothing."""
         if self.path is None:
             return
+        woken = [kind for kind in WAKE_KINDS if kind in kinds]
 
         def on_commit() -> None:
-            for kind in WAKE_KINDS:
+            for kind in woken:
                 wake(kind)
 
         await WalWatcher(self.path, on_commit, elsewhere=self.committed_elsewhere,
