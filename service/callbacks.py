@@ -115,13 +115,23 @@ async def apply_recorded(ctx: WorkContext, *, job_id: str | None = None, limit: 
     now = ctx.clock()
     crashing = "callback.applying" in ctx.settings.crash_at
     worker = ctx.task_handoff if job_id is None else None
-    applied = await ctx.store.jobs.apply_callbacks(
-        interpret=partial(_interpret, ctx), now=now, limit=limit, job_id=job_id,
-        schedule=Schedule(fetch_at=now, poll_at=now + ctx.ms(ctx.settings.poll_grace_s)),
-        applied=(lambda _: crash_point(ctx.settings, "callback.applying")) if crashing else None,
-        lease=worker.offer(now) if worker is not None else None,
-    )
+    lease = worker.offer(now) if worker is not None else None
+    # The downloads this leases to the worker start as soon as the transaction knows them,
+    # beside the rest of it (service/early_downloads.py).
+    early = ctx.early_downloads.starts(ctx) if lease is not None else None
+    try:
+        applied = await ctx.store.jobs.apply_callbacks(
+            interpret=partial(_interpret, ctx), now=now, limit=limit, job_id=job_id,
+            schedule=Schedule(fetch_at=now, poll_at=now + ctx.ms(ctx.settings.poll_grace_s)),
+            applied=(lambda _: crash_point(ctx.settings, "callback.applying")) if crashing else None,
+            lease=lease, downloading=early,
+        )
+    except BaseException:
+        if early is not None:
+            ctx.early_downloads.cancel(early.job_ids)
+        raise
     work_due = applied.work_due
+    taken: set[str] = set()
     if applied.leased:
         # Committed and leased to this process's worker, not yet started: dying here, they
         # wait out the lease and any worker claims them then (tests/test_crash_callbacks.py).
@@ -129,6 +139,10 @@ async def apply_recorded(ctx: WorkContext, *, job_id: str | None = None, limit: 
         if worker is None or not worker.take(applied.leased):  # it stopped meanwhile
             await ctx.store.tasks.release_tasks([(task.id, task.lease_until) for task in applied.leased])
             work_due = True
+        else:
+            taken = {task.job_id for task in applied.leased}
+    if early is not None:
+        ctx.early_downloads.cancel(early.job_ids - taken)  # no task here will take them
     outcomes = applied.outcomes
     for outcome in outcomes:
         callback = outcome.callback

@@ -15,6 +15,7 @@ from service.blobs import BlobStore
 from service.callback_keys import CallbackKeyring
 from service.catalog import Catalog
 from service.contracts import Stores
+from service.early_downloads import EarlyDownloads
 from service.egress import EgressPolicy
 from service.http_clients import HttpClients
 from service.providers.base import Adapter, StatusReport
@@ -131,6 +132,9 @@ class WorkContext:
     # deliveries of the success it commits (service/fetcher.py).
     handoff: Handoff | None = None
     task_handoff: TaskHandoff | None = None
+    # Downloads the applier started for this process's worker before their task was committed
+    # (service/early_downloads.py), taken by the task when it runs (service/fetcher.py).
+    early_downloads: EarlyDownloads = field(default_factory=EarlyDownloads)
     _metrics: Metrics | None = field(default=None, repr=False)
 
     @property

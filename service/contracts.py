@@ -125,10 +125,14 @@ class JobStore(Protocol):
         job_id: str | None = None,
         applied: Callable[[InboxCallback], None] | None = None,
         lease: TaskLease | None = None,
+        downloading: Callable[[str, str, tuple[str, ...]], None] | None = None,
     ) -> AppliedCallbacks:
         """Apply recorded callbacks (oldest first, at most `limit`, only `job_id`'s when given) to
         their jobs and take them out of the inbox, in one transaction: each exactly once. With
-        `lease`, the downloads made due are leased in it for the caller's worker."""
+        `lease`, the downloads made due are leased in it for the caller's worker. `downloading`
+        (job id, provider, output URLs) is called inside the transaction, before its writes, for
+        each callback that makes a job's download due: it may start early (nothing it does is
+        undone if the transaction is not committed)."""
         ...
 
     async def named_tasks(self, job_id: str, provider: str) -> list[str]:

@@ -30,9 +30,12 @@ async def fetch_outputs(ctx: WorkContext, task: TaskRecord) -> bool:
     settings = ctx.settings
     outputs: list[StoredOutput] = []
     began = time.perf_counter()
+    # Started while the callback that made this task was being applied, if this process applied
+    # it (service/early_downloads.py); else, or if that failed, downloaded now.
+    early = await ctx.early_downloads.take(job.id, tuple(job.output_urls))
     try:
         for index, url in enumerate(job.output_urls):
-            got = await download_image(
+            got = early[index] if early is not None else await download_image(
                 ctx.client, url, blobs=ctx.blobs, allowed_hosts=allowed,
                 max_bytes=settings.max_output_bytes, timeout=settings.http_timeout_s,
             )

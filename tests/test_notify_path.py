@@ -12,6 +12,7 @@ import hmac
 import io
 import json
 import random
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -111,9 +112,12 @@ def providers() -> respx.Router:
     router = respx.Router(assert_all_mocked=True)
     router.post(f"{BASE}/v1/flux-pro-1.1").mock(return_value=httpx.Response(
         200, json={"id": "task-1", "polling_url": f"{BASE}/v1/get_result?id=task-1"}))
-    router.get(IMAGE_URL).mock(return_value=httpx.Response(
-        200, content=png_bytes(), headers={"content-type": "image/png"}))
+    router.get(IMAGE_URL).mock(side_effect=lambda _: image_response())
     return router
+
+
+def image_response() -> httpx.Response:
+    return httpx.Response(200, content=png_bytes(), headers={"content-type": "image/png"})
 
 
 @dataclass
@@ -226,6 +230,22 @@ async def test_a_download_hands_the_success_it_commits_to_the_notifier_running_b
     assert ctx.handoff is None  # a stopped notifier takes nothing
 
 
+async def apply_beside(worker: Worker, job_id: str) -> None:
+    """Apply what the inbox holds while `worker` runs (this process's `TaskHandoff`, as in
+    `fluxhook worker`), until `job_id` has succeeded."""
+    ctx = worker.ctx
+    async with anyio.create_task_group() as group:
+        group.start_soon(worker.run)
+        with anyio.fail_after(10):
+            while ctx.task_handoff is not worker:
+                await anyio.sleep(0.01)
+        assert await apply_all(ctx) == 1
+        with anyio.fail_after(10):
+            while (await ctx.store.jobs.get_job(job_id)).status != "succeeded":
+                await anyio.sleep(0.01)
+        worker.stop.set()
+
+
 async def test_a_worker_applying_a_callback_runs_the_download_it_causes_without_claiming_it(stack):
     """`serve --no-workers` beside `fluxhook worker`: the worker's applier applies what the web
     recorded (the commit woke it), and leases the download that makes to its own worker in the
@@ -242,17 +262,74 @@ async def test_a_worker_applying_a_callback_runs_the_download_it_causes_without_
         return found
 
     worker.claim = claim_and_note  # type: ignore[method-assign]
-    async with anyio.create_task_group() as group:
-        group.start_soon(worker.run)
-        with anyio.fail_after(10):
-            while ctx.task_handoff is not worker:
-                await anyio.sleep(0.01)
-        assert await apply_all(ctx) == 1
-        with anyio.fail_after(10):
-            while (await ctx.store.jobs.get_job(job_id)).status != "succeeded":
-                await anyio.sleep(0.01)
-        worker.stop.set()
+    await apply_beside(worker, job_id)
     assert claimed == []  # the download ran, and no claim ever returned it
+
+
+async def test_the_download_a_callback_causes_starts_before_its_applying_transaction_commits(
+    stack, providers
+):
+    """The image's URL is known once the applying transaction has read the job: the worker's
+    download starts then, beside the rest of that transaction, and its task takes the result
+    once committed instead of downloading again (service/early_downloads.py)."""
+    ctx = stack.ctx
+    job_id = await called_back_ready(stack)
+    fetched = threading.Event()
+    gets: list[httpx.Request] = []
+
+    def image(request: httpx.Request) -> httpx.Response:
+        gets.append(request)
+        fetched.set()
+        return image_response()
+
+    providers.get(IMAGE_URL).mock(side_effect=image)
+    apply = ctx.store.jobs.apply_callbacks
+    inside: list[bool] = []
+
+    async def apply_waiting_for_the_image(**kwargs: Any) -> Any:
+        # Called in the transaction after the callback's writes, before the COMMIT: the
+        # download, started earlier, reaches the provider while the transaction is still open.
+        return await apply(**{**kwargs, "applied": lambda _: inside.append(fetched.wait(10))})
+
+    ctx.store.jobs.apply_callbacks = apply_waiting_for_the_image  # type: ignore[method-assign]
+    await apply_beside(Worker(ctx), job_id)
+    assert inside == [True]
+    assert len(gets) == 1  # the task took the early download: not fetched twice
+    [output] = (await ctx.store.jobs.get_outputs([job_id]))[job_id]
+    assert output.sha256 == hashlib.sha256(png_bytes()).hexdigest()
+
+
+async def test_an_early_download_no_task_here_takes_is_cancelled_and_a_failed_one_made_again(
+    stack, providers
+):
+    ctx = stack.ctx
+    route = providers.get(IMAGE_URL)
+    release = anyio.Event()
+    gets: list[httpx.Request] = []
+
+    async def slow_image(request: httpx.Request) -> httpx.Response:
+        gets.append(request)
+        await release.wait()
+        return image_response()
+
+    def unavailable(request: httpx.Request) -> httpx.Response:
+        gets.append(request)
+        return httpx.Response(503)
+
+    route.mock(side_effect=slow_image)
+    early = ctx.early_downloads
+    early.start(ctx, "job_a", "bfl", (IMAGE_URL,))
+    early.start(ctx, "job_a", "bfl", (IMAGE_URL,))  # its transaction run again: the same download
+    early.start(ctx, "job_b", "bfl", (IMAGE_URL,))
+    await anyio.sleep(0.05)
+    early.cancel(["job_a"])
+    assert await early.take("job_a", (IMAGE_URL,)) is None  # cancelled: none to take
+    assert await early.take("job_b", ("https://delivery.eu2.bfl.ai/other.png",)) is None  # other URLs
+    route.mock(side_effect=unavailable)
+    early.start(ctx, "job_c", "bfl", (IMAGE_URL,))
+    assert await early.take("job_c", (IMAGE_URL,)) is None  # failed: the task downloads again
+    release.set()
+    assert len(gets) == 3  # job_a once, job_b, job_c
 
 
 async def test_a_web_without_workers_leaves_the_callbacks_it_records_to_the_workers(

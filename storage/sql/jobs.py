@@ -283,6 +283,7 @@ class JobStore:
         job_id: str | None = None,
         applied: Callable[[InboxCallback], None] | None = None,
         lease: TaskLease | None = None,
+        downloading: Callable[[str, str, tuple[str, ...]], None] | None = None,
     ) -> AppliedCallbacks:
         """Apply recorded callbacks to their jobs, oldest first (at most `limit`; only `job_id`'s
         when given), in one transaction that also deletes their inbox rows: each is applied
@@ -296,6 +297,9 @@ class JobStore:
         orphan: service/adoption.py); for a hint the confirming poll is made due at
         `judgement.confirm_at`. What it raises is that callback's `refused` (nothing applied).
         `applied` is called after each callback's writes, inside the transaction (crash tests).
+        `downloading(job_id, provider, output_urls)` is called before the writes of a callback
+        that makes its job's download due, inside the transaction (service/early_downloads.py:
+        the caller's worker may start it while the transaction commits).
         A byte-identical repeat was never put in the inbox, so it is never applied twice.
         """
         rules, public_url = self._db.rules, self._db.public_url
@@ -320,7 +324,7 @@ class JobStore:
                 callback = InboxCallback(row["id"], row["job_id"], row["provider"], row["verdict"],
                                          bytes(row["body"]), row["received_at"])
                 outcomes.append(_apply_callback(conn, callback, interpret, now=now, schedule=schedule,
-                                                rules=rules, public_url=public_url))
+                                                rules=rules, public_url=public_url, downloading=downloading))
                 if applied is not None:
                     applied(callback)
             jobs = sorted({row["job_id"] for row in rows})
@@ -551,6 +555,7 @@ def _apply_callback(
     schedule: Schedule,
     rules: JobRules,
     public_url: str,
+    downloading: Callable[[str, str, tuple[str, ...]], None] | None = None,
 ) -> AppliedCallback:
     job = _select_job(conn, rules, callback.job_id)
     if job is None:
@@ -566,6 +571,10 @@ def _apply_callback(
                                 schedule=schedule, rules=rules, public_url=public_url,
                                 how="named by a verified callback")
     elif observation is not None:
+        if downloading is not None:
+            coming = rules.apply(job.state, observation)  # pure: `_apply_in_tx` makes the same
+            if Effect.FETCH_OUTPUTS in coming.effects and coming.state.output_urls:
+                downloading(job.id, job.provider, tuple(coming.state.output_urls))
         written: list[JobRecord] = []
         transition = _apply_in_tx(conn, job, observation, now=now, schedule=schedule, rules=rules,
                                   public_url=public_url, fresh=True, written=written)
