@@ -328,8 +328,10 @@ class JobStore:
                 if applied is not None:
                     applied(callback)
             jobs = sorted({row["job_id"] for row in rows})
-            leased = lease_new_downloads(conn, jobs, now=now, lease=lease, decode=rules.decode) if lease \
-                else list
+            # Each job as the last of its callbacks left it (written here, or read and kept).
+            jobs_now = {o.recorded.job.id: o.recorded.job for o in outcomes if o.recorded is not None}
+            leased = lease_new_downloads(conn, jobs, now=now, lease=lease, decode=rules.decode,
+                                         jobs_now=jobs_now) if lease else list
             work_due = tasks_due_now(conn, jobs, now=now)
             notify = deliveries_made(conn, jobs, now=now)
             # Read once committed: on PostgreSQL these reads go out with the COMMIT.
@@ -705,10 +707,11 @@ def _apply_in_tx(
     transition = rules.apply(before, observation)
     after = transition.state
     if after != before:
-        new = _write_state(conn, job, before, after, now, rules)
+        event_type = _event_for(before, after)
+        # The event's number is counted in the same UPDATE as the change it records.
+        new = _write_state(conn, job, before, after, now, rules, events=1 if event_type else 0)
         if written is not None:
             written.append(new)
-        event_type = _event_for(before, after)
         if event_type is not None:
             # A job read in this transaction and written only here is what its row now holds:
             # its snapshot needs no second read (nor a second decoding of its JSON).
@@ -747,9 +750,14 @@ def _written(job: JobRecord, before: JobState, after: JobState, now: int) -> Job
 
 
 def _write_state(
-    conn: Conn, job: JobRecord, before: JobState, after: JobState, now: int, rules: JobRules
+    conn: Conn, job: JobRecord, before: JobState, after: JobState, now: int, rules: JobRules,
+    *, events: int = 0,
 ) -> JobRecord:
+    """Write the change; `events`: how many events about it the caller appends (counted in
+    `event_count` here, `emit_job_event` numbers them from it)."""
     new = _written(job, before, after, now)
+    if events:
+        new = replace(new, event_count=job.event_count + events)
     # Only the columns that change: an index over one that does not (status, completed_at,
     # the active-at-provider set) is then left alone.
     changed = {column: getattr(new, column) for column in _STATE_COLUMNS
@@ -758,6 +766,8 @@ def _write_state(
         changed["status"] = new.status.value
     if "output_urls" in changed:
         changed["output_urls"] = rules.encode(list(new.output_urls), path="output_urls")
+    if events:
+        changed["event_count"] = new.event_count
     changed["updated_at"] = now
     assignments = ", ".join(f"{column} = ?" for column in changed)
     conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*changed.values(), job.id))  # noqa: S608

@@ -58,16 +58,16 @@ def emit_job_event(
     rules: JobRules, public_url: str, reads: EventReads | None = None,
 ) -> None:
     """Record one job event (a snapshot of the job document, read by `load_job`) and its
-    deliveries. Every read is sent before the job's is read (or earlier still: `reads`), and
-    the deliveries name their event by its id (its seq is the database's to give): on
-    PostgreSQL (pipelined) the reads cost at most one round trip, and the writes none of their
-    own."""
+    deliveries. The job's `event_count` already counts it (storage/sql/jobs.py `_write_state`
+    wrote it with the change): it is the event's number in the job. Every read is sent before
+    the job's is read (or earlier still: `reads`), and the deliveries name their event by its
+    id (its seq is the database's to give): on PostgreSQL (pipelined) the reads cost at most one
+    round trip, and the writes none of their own."""
     reads = reads or send_event_reads(conn, job_id)
     job = load_job()
     outputs = reads.outputs()
     attempts = reads.attempts()
-    sequence = job.event_count + 1
-    conn.execute("UPDATE jobs SET event_count = ? WHERE id = ?", (sequence, job.id))
+    sequence = job.event_count
     event_id = rules.new_id("evt", now)
     body = rules.job_event(job, outputs, attempts, event_id=event_id, event_type=event_type, now=now,
                            sequence=sequence, public_url=public_url)
