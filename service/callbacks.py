@@ -178,8 +178,14 @@ async def apply_forever(ctx: WorkContext, stop: anyio.Event, *, eager: bool = Tr
     Not `eager` (a web process without workers, `serve --no-workers`): only the looks every
     FLUXHOOK_WORKER_IDLE_SECONDS, for callbacks no worker has applied. A recorded callback
     wakes the workers (their appliers are eager), and a worker that applies it leases the
-    download it causes to itself in the same transaction: no claim, no second wake-up."""
+    download it causes to itself in the same transaction: no claim, no second wake-up.
+
+    A look that nothing woke (the idle interval ran out) reads whether the inbox holds anything
+    before it applies: applying is a write transaction that takes the event log's lock first
+    (on PostgreSQL), which an empty inbox would have taken for nothing, in the way of the
+    transactions that write events."""
     wait = ctx.settings.worker_idle_s
+    idle = False  # the first look, at start, applies what a crash or another process left
     async with anyio.create_task_group() as group:
         group.start_soon(_cancel_on, stop, group.cancel_scope)
         while not stop.is_set():
@@ -189,12 +195,14 @@ async def apply_forever(ctx: WorkContext, stop: anyio.Event, *, eager: bool = Tr
             try:
                 # A full batch may have left more; a short one took all there was when it
                 # looked, and whatever was recorded since has set `woken`: no look in between.
-                if (taken := await apply_recorded(ctx)) == APPLY_BATCH:
+                if (not idle or await ctx.store.jobs.callbacks_waiting()) \
+                        and (taken := await apply_recorded(ctx)) == APPLY_BATCH:
                     continue
             except Exception:
                 log.exception("applying recorded callbacks failed; they stay in the inbox")
             with anyio.move_on_after(wait):
                 await woken.wait()
+            idle = not woken.is_set()
             if taken >= APPLY_BUSY:
                 await anyio.sleep(APPLY_PAUSE)
         group.cancel_scope.cancel()

@@ -115,6 +115,10 @@ class JobStore(Protocol):
         """How many recorded callbacks wait in the inbox to be applied."""
         ...
 
+    async def callbacks_waiting(self) -> bool:
+        """Whether any recorded callback waits in the inbox: one index entry read at most."""
+        ...
+
     async def apply_callbacks(
         self,
         *,

@@ -1,5 +1,6 @@
 """An idle worker's safety-net look (every FLUXHOOK_WORKER_IDLE_SECONDS) is a read of when the
-next item falls due; it claims (a write transaction) only once something is due."""
+next item falls due; it claims (a write transaction) only once something is due. The applier's
+is a read of whether a callback waits; it applies (a write transaction) only once one does."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from typing import Any
 import anyio
 import pytest
 
+from service.callbacks import apply_forever
 from service.resources import open_context
 from service.settings import Settings
 from service.worker import Worker
+from storage.records import Judgement
 from tests.conftest import FakeClock
 
 pytestmark = pytest.mark.anyio
@@ -56,3 +59,46 @@ async def test_an_idle_worker_looks_without_claiming_and_claims_once_work_is_due
     assert idle_claims == 1  # the first, at start: ten looks since, none of them a claim
     assert len(claims) > idle_claims
 
+
+
+async def test_an_idle_applier_reads_whether_callbacks_wait_and_applies_once_one_does(
+    make_settings: Callable[..., Settings], clock: FakeClock, make_job: Callable[..., Any], ctx: Any
+):
+    """Applying is a write transaction that takes the event log's lock first (PostgreSQL): an
+    idle look at an empty inbox must not take it, in the way of the transactions writing events."""
+    settings = make_settings(FLUXHOOK_WORKER_IDLE_SECONDS=str(IDLE_S))
+    async with open_context(settings, clock=clock, rand=random.Random(7)) as mine:
+        applies: list[int] = []
+        looks: list[int] = []
+        jobs = mine.store.jobs
+        apply_callbacks, callbacks_waiting = jobs.apply_callbacks, jobs.callbacks_waiting
+
+        async def apply(**kwargs: Any) -> Any:
+            applies.append(1)
+            return await apply_callbacks(**kwargs)
+
+        async def look() -> bool:
+            looks.append(1)
+            return await callbacks_waiting()
+
+        jobs.apply_callbacks = apply  # type: ignore[method-assign]
+        jobs.callbacks_waiting = look  # type: ignore[method-assign]
+        stop = anyio.Event()
+        async with anyio.create_task_group() as group:
+            group.start_soon(apply_forever, mine, stop)
+            with anyio.fail_after(10):
+                while len(looks) < 10:
+                    await anyio.sleep(IDLE_S)
+            idle_applies = len(applies)
+
+            # Recorded through another connection, with no wake-up: the next look finds it.
+            job = await make_job()
+            await ctx.store.jobs.record_callback(job.id, provider="bfl", body=b"{}", now=clock(),
+                                                 judge=lambda _job, _attempts: Judgement("unsigned", None))
+            with anyio.fail_after(10):
+                while await ctx.store.jobs.pending_callbacks():
+                    await anyio.sleep(IDLE_S)
+            stop.set()
+
+    assert idle_applies == 1  # the first, at start: ten looks since, none of them a transaction
+    assert len(applies) > idle_applies

@@ -273,6 +273,12 @@ class JobStore:
         row = await self._db.query(lambda conn: conn.execute("SELECT count(*) FROM inbox").fetchone())
         return int(row[0])
 
+    async def callbacks_waiting(self) -> bool:
+        """Whether any recorded callback waits in the inbox: one index entry read at most."""
+        return await self._db.query(
+            lambda conn: conn.execute("SELECT callback_id FROM inbox ORDER BY callback_id LIMIT 1").fetchone()
+            is not None)
+
     async def apply_callbacks(
         self,
         *,
