@@ -23,14 +23,14 @@ loops, measured in turn (the order alternating by round):
   notifier POSTs a Standard Webhooks signed `job.succeeded` to a subscription.
 - `fluxhook-split`: the same on SQLite as the Procfile splits it: `serve --no-workers` takes
   the callback, and a separate `fluxhook worker` process on the same data directory learns of
-  it from the WAL file (storage/sqlite/wakeups.py), downloads and notifies. Issue 10's budget:
+  it from the WAL file (storage/sqlite/wakeups.py), applies it, downloads and notifies. Issue 10's budget:
   its p50 at most 5 ms above the `fluxhook` side's.
 - `fluxhook-pg`: the same settings on PostgreSQL, as the Procfile splits it: `serve
   --no-workers` takes the callback, and a separate `fluxhook worker` process learns of it
-  through LISTEN/NOTIFY (storage/postgres/wakeups.py), downloads and notifies. The bench starts
-  a throwaway PostgreSQL cluster of its own (tests/pg_server.py, as the `postgres` user when
-  run as root) with PostgreSQL's durable defaults (fsync, synchronous commit), and a fresh
-  database per round. Issue 8's budget: its p50 at most 5 ms above the `fluxhook` side's.
+  through LISTEN/NOTIFY (storage/postgres/wakeups.py), applies it, downloads and notifies. The
+  bench starts a throwaway PostgreSQL cluster of its own (tests/pg_server.py, as the `postgres`
+  user when run as root) with PostgreSQL's durable defaults (fsync, synchronous commit), and a
+  fresh database per round. Issue 8's budget: its p50 at most 5 ms above the `fluxhook` side's.
 
 This process plays the rest, on one event loop: a stand-in BFL provider (accepts submits,
 serves the PNG), the load generator (plays the provider's callbacks open-loop at `--rate`,
