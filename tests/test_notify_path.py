@@ -196,6 +196,20 @@ async def called_back_ready(stack: Stack, *, job_hook: bool = False) -> str:
     return str(job["id"])
 
 
+def noting_claims(loop: Worker | Notifier) -> list[Any]:
+    """What `loop`'s claims return from now on, in a list that grows as it claims."""
+    claimed: list[Any] = []
+    claim = loop.claim
+
+    async def claim_and_note(limit: int) -> list[Any]:
+        found = await claim(limit)
+        claimed.extend(found)
+        return found
+
+    loop.claim = claim_and_note  # type: ignore[method-assign]
+    return claimed
+
+
 def sent_types(stack: Stack) -> list[str]:
     return [json.loads(request.content)["type"] for request in stack.received]
 
@@ -204,15 +218,7 @@ async def test_a_download_hands_the_success_it_commits_to_the_notifier_running_b
     ctx = stack.ctx
     job_id = await ready_job(stack)
     notifier = Notifier(ctx)
-    claimed: list[ClaimedDelivery] = []
-    claim = notifier.claim
-
-    async def claim_and_note(limit: int) -> list[ClaimedDelivery]:
-        found = await claim(limit)
-        claimed.extend(found)
-        return found
-
-    notifier.claim = claim_and_note  # type: ignore[method-assign]
+    claimed = noting_claims(notifier)
     async with anyio.create_task_group() as group:
         group.start_soon(notifier.run)
         with anyio.fail_after(10):
@@ -253,15 +259,7 @@ async def test_a_worker_applying_a_callback_runs_the_download_it_causes_without_
     ctx = stack.ctx
     job_id = await called_back_ready(stack)
     worker = Worker(ctx)
-    claimed: list[Any] = []
-    claim = worker.claim
-
-    async def claim_and_note(limit: int) -> list[Any]:
-        found = await claim(limit)
-        claimed.extend(found)
-        return found
-
-    worker.claim = claim_and_note  # type: ignore[method-assign]
+    claimed = noting_claims(worker)
     await apply_beside(worker, job_id)
     assert claimed == []  # the download ran, and no claim ever returned it
 

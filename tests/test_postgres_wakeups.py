@@ -29,6 +29,22 @@ class Heard:
                 self._changed = anyio.Event()
 
 
+class Wakes:
+    """A database's `wake`: the kinds woken in order, and `changed()` to wait for the next."""
+
+    def __init__(self) -> None:
+        self.kinds: list[str] = []
+        self._changed = anyio.Event()
+
+    def __call__(self, kind: str) -> None:
+        self.kinds.append(kind)
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def changed(self) -> None:
+        await self._changed.wait()
+
+
 @pytest.fixture
 async def db(postgres_url):
     database = await Database.open(postgres_url, pool_size=2, rules=JOB_RULES)
@@ -104,14 +120,8 @@ async def test_a_listener_passes_over_notifications_from_the_senders_it_ignores(
 async def test_a_database_is_woken_by_other_processes_commits_not_by_its_own(db, postgres_url):
     """This process's loops are woken in memory by what it commits (as on SQLite); woken a
     second time by the notification, they would look for work again for nothing."""
-    woken: list[str] = []
-    changed = anyio.Event()
-
-    def wake(kind: str) -> None:
-        nonlocal changed
-        woken.append(kind)
-        changed.set()
-        changed = anyio.Event()
+    wakes = Wakes()
+    woken, wake = wakes.kinds, wakes
 
     async def commit_ours_then_theirs() -> None:
         await db.transact(lambda conn: notify(conn, "fluxhook_deliveries"))
@@ -124,12 +134,12 @@ async def test_a_database_is_woken_by_other_processes_commits_not_by_its_own(db,
             while "work" not in woken:  # until the listener is listening
                 await commit_ours_then_theirs()
                 with anyio.move_on_after(0.1):
-                    await changed.wait()
+                    await wakes.changed()
             heard = woken.count("work")
             # Listening now: ours reaches the listener before theirs, and is passed over.
             await commit_ours_then_theirs()
             while woken.count("work") == heard:
-                await changed.wait()
+                await wakes.changed()
         tg.cancel_scope.cancel()
     assert "deliveries" not in woken
 
@@ -137,14 +147,8 @@ async def test_a_database_is_woken_by_other_processes_commits_not_by_its_own(db,
 async def test_a_database_following_some_kinds_listens_on_their_channels_alone(db, postgres_url):
     """A web process without workers follows only events: the workers' wake-ups (tasks,
     deliveries, recorded callbacks) would wake its listener for nothing at every commit."""
-    woken: list[str] = []
-    changed = anyio.Event()
-
-    def wake(kind: str) -> None:
-        nonlocal changed
-        woken.append(kind)
-        changed.set()
-        changed = anyio.Event()
+    wakes = Wakes()
+    woken, wake = wakes.kinds, wakes
 
     def commit_theirs() -> None:
         with psycopg.connect(postgres_url, autocommit=True) as elsewhere:
@@ -157,7 +161,7 @@ async def test_a_database_following_some_kinds_listens_on_their_channels_alone(d
             while "events" not in woken:  # until the listener is listening
                 commit_theirs()
                 with anyio.move_on_after(0.1):
-                    await changed.wait()
+                    await wakes.changed()
         tg.cancel_scope.cancel()
     # Sent in that order, each in its own commit: the others would have come before the event.
     assert set(woken) == {"events"}
