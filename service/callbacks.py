@@ -5,12 +5,14 @@ handler), the signature over the raw bytes with the job's own secret, the body's
 is about this job, and one small durable write: the raw callback, in `callbacks` and in the
 inbox, its commit shared with the callbacks arriving at the same moment (storage/sql/group.py).
 Applying it to its job (the state machine, its event, the tasks it causes) happens right after,
-off the request path, in the same process: the applier (`apply_forever`) is woken by every
-recorded callback and applies whatever the inbox holds in one transaction that also empties it.
-So a callback is applied exactly once whatever crashes: recorded and not applied, it stays in
-the inbox for the next applier (`fluxhook serve`, `serve --no-workers`, `fluxhook worker`, a
-tick); half applied, its transaction never committed. In serverless mode the request applies
-its own job's callbacks before it goes on to finish the job inline (handlers/callbacks.py).
+off the request path: an applier (`apply_forever`) woken by the recorded callback applies
+whatever the inbox holds in one transaction that also empties it. In `fluxhook serve` with its
+workers that is the same process's applier; beside `serve --no-workers` it is a `fluxhook
+worker`'s, which the commit wakes (the web's own applier only looks now and then for what no
+worker applied). So a callback is applied exactly once whatever crashes: recorded and not
+applied, it stays in the inbox for the next applier (any process's, or a tick); half applied,
+its transaction never committed. In serverless mode the request applies its own job's
+callbacks before it goes on to finish the job inline (handlers/callbacks.py).
 """
 
 from __future__ import annotations
