@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -68,7 +68,7 @@ class EarlyDownloads:
             return  # the same transaction run again (a serialization failure): already on its way
         if found is not None:
             found.task.cancel()
-        task = asyncio.ensure_future(_download_all(ctx, provider, urls))
+        task = asyncio.ensure_future(download_outputs(ctx, provider, urls))
         task.add_done_callback(_retrieve)
         self._running[job_id] = _Early(urls, task)
 
@@ -95,7 +95,9 @@ class EarlyDownloads:
             return None
 
 
-async def _download_all(ctx: WorkContext, provider: str, urls: tuple[str, ...]) -> list[Downloaded]:
+async def download_outputs(ctx: WorkContext, provider: str, urls: Sequence[str]) -> list[Downloaded]:
+    """Download a job's output `urls` into the blob store, in order, from `provider`'s output
+    hosts only: what a download task does (service/fetcher.py), early or not."""
     adapter = ctx.adapters.get(provider)
     settings = ctx.settings
     return [

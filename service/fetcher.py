@@ -9,7 +9,7 @@ import time
 from service.backoff import retry_delay
 from service.context import WorkContext
 from service.crash_points import crash_point
-from service.downloads import download_image
+from service.early_downloads import download_outputs
 from service.errors import OutputRejected, OutputRetryable
 from service.jobs import OutputsStored, OutputsUnavailable
 from storage.records import StoredOutput, TaskOutcome, TaskRecord
@@ -23,23 +23,16 @@ async def fetch_outputs(ctx: WorkContext, task: TaskRecord) -> bool:
     notifier need not look for them (any it could not take wait for a slot it frees)."""
     job = task.job or await ctx.store.jobs.get_job(task.job_id)
     if job is None or job.state.terminal or not job.output_urls:
+        ctx.early_downloads.cancel([task.job_id])  # nothing to store: an early one goes unused
         await ctx.store.tasks.finish_task(task.id)
         return False
-    adapter = ctx.adapters.get(job.provider)
-    allowed = adapter.output_hosts if adapter else ()
     settings = ctx.settings
-    outputs: list[StoredOutput] = []
     began = time.perf_counter()
-    # Started while the callback that made this task was being applied, if this process applied
-    # it (service/early_downloads.py); else, or if that failed, downloaded now.
-    early = await ctx.early_downloads.take(job.id, tuple(job.output_urls))
     try:
-        for index, url in enumerate(job.output_urls):
-            got = early[index] if early is not None else await download_image(
-                ctx.client, url, blobs=ctx.blobs, allowed_hosts=allowed,
-                max_bytes=settings.max_output_bytes, timeout=settings.http_timeout_s,
-            )
-            outputs.append(StoredOutput(index, got.sha256, got.content_type, got.bytes, url))
+        # Started while the callback that made this task was being applied, if this process
+        # applied it (service/early_downloads.py); else, or if that failed, downloaded now.
+        early = await ctx.early_downloads.take(job.id, tuple(job.output_urls))
+        got = early if early is not None else await download_outputs(ctx, job.provider, job.output_urls)
     except OutputRetryable as exc:
         now = ctx.clock()
         ready_at = job.ready_at or now
@@ -55,6 +48,8 @@ async def fetch_outputs(ctx: WorkContext, task: TaskRecord) -> bool:
         await _give_up(ctx, job.id, task, exc.message)
         return False
     seconds = time.perf_counter() - began
+    outputs = [StoredOutput(index, one.sha256, one.content_type, one.bytes, url)
+               for index, (one, url) in enumerate(zip(got, job.output_urls, strict=True))]
     now = ctx.clock()
     handoff = ctx.handoff
     lease = handoff.offer(now) if handoff is not None else None

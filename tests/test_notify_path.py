@@ -304,10 +304,15 @@ async def test_an_early_download_no_task_here_takes_is_cancelled_and_a_failed_on
     route = providers.get(IMAGE_URL)
     release = anyio.Event()
     gets: list[httpx.Request] = []
+    cancelled: list[httpx.Request] = []
 
     async def slow_image(request: httpx.Request) -> httpx.Response:
         gets.append(request)
-        await release.wait()
+        try:
+            await release.wait()
+        except anyio.get_cancelled_exc_class():
+            cancelled.append(request)
+            raise
         return image_response()
 
     def unavailable(request: httpx.Request) -> httpx.Response:
@@ -319,7 +324,9 @@ async def test_an_early_download_no_task_here_takes_is_cancelled_and_a_failed_on
     early.start(ctx, "job_a", "bfl", (IMAGE_URL,))
     early.start(ctx, "job_a", "bfl", (IMAGE_URL,))  # its transaction run again: the same download
     early.start(ctx, "job_b", "bfl", (IMAGE_URL,))
-    await anyio.sleep(0.05)
+    with anyio.fail_after(10):
+        while len(gets) < 2:  # both on their way to the provider
+            await anyio.sleep(0.01)
     early.cancel(["job_a"])
     assert await early.take("job_a", (IMAGE_URL,)) is None  # cancelled: none to take
     assert await early.take("job_b", ("https://delivery.eu2.bfl.ai/other.png",)) is None  # other URLs
@@ -328,6 +335,7 @@ async def test_an_early_download_no_task_here_takes_is_cancelled_and_a_failed_on
     assert await early.take("job_c", (IMAGE_URL,)) is None  # failed: the task downloads again
     release.set()
     assert len(gets) == 3  # job_a once, job_b, job_c
+    assert cancelled == gets[:2]  # job_a's and job_b's downloads were stopped, not left running
 
 
 async def test_a_web_without_workers_leaves_the_callbacks_it_records_to_the_workers(

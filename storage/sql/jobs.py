@@ -334,10 +334,8 @@ class JobStore:
                 if applied is not None:
                     applied(callback)
             jobs = sorted({row["job_id"] for row in rows})
-            # Each job as the last of its callbacks left it (written here, or read and kept).
-            jobs_now = {o.recorded.job.id: o.recorded.job for o in outcomes if o.recorded is not None}
-            leased = lease_new_downloads(conn, jobs, now=now, lease=lease, decode=rules.decode,
-                                         jobs_now=jobs_now) if lease else list
+            leased = lease_new_downloads(conn, jobs, now=now, lease=lease, decode=rules.decode) if lease \
+                else list
             work_due = tasks_due_now(conn, jobs, now=now)
             notify = deliveries_made(conn, jobs, now=now)
             # Read once committed: on PostgreSQL these reads go out with the COMMIT.

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import heapq
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -461,11 +461,9 @@ def _later_candidates(candidates: str, provider: str) -> list[str]:
 
 def lease_new_downloads(
     conn: Conn, job_ids: Sequence[str], *, now: int, lease: TaskLease, decode: Callable[[str], Any],
-    jobs_now: Mapping[str, JobRecord] | None = None,
 ) -> Callable[[], list[TaskRecord]]:
     """Lease, for a worker in the caller's process, up to `lease.limit` of `job_ids`' downloads
-    due now and held by no one (as a claim would: the attempt counted), each with its job (as
-    `jobs_now` has each, when the caller wrote them in this transaction: not read again); what
+    due now and held by no one (as a claim would: the attempt counted), each with its job; what
     to run, read when the result is called (on PostgreSQL, pipelined with the COMMIT)."""
     marks = ",".join("?" * len(job_ids))
     leased = conn.execute(
@@ -475,8 +473,7 @@ def lease_new_downloads(
             RETURNING *""",  # noqa: S608
         (lease.until, *job_ids, TaskKind.FETCH.value, now, now, lease.limit),
     )
-    known = dict(jobs_now or {})
-    jobs = None if all(job_id in known for job_id in job_ids) else conn.execute(
+    jobs = conn.execute(
         f"""SELECT * FROM jobs WHERE id IN (SELECT job_id FROM tasks WHERE job_id IN ({marks})
             AND kind = ? AND lease_until = ?)""",  # noqa: S608
         (*job_ids, TaskKind.FETCH.value, lease.until),
@@ -484,8 +481,7 @@ def lease_new_downloads(
 
     def read() -> list[TaskRecord]:
         tasks = [TaskRecord.from_row(r) for r in leased.fetchall()]
-        found = known if jobs is None else {
-            row["id"]: JobRecord.from_row(row, decode) for row in jobs.fetchall()}
+        found = {row["id"]: JobRecord.from_row(row, decode) for row in jobs.fetchall()}
         return sorted((replace(task, job=found.get(task.job_id)) for task in tasks), key=lambda t: t.id)
 
     return read
