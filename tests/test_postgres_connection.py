@@ -2,37 +2,39 @@
 
 from __future__ import annotations
 
+import re
+
 import psycopg
 import pytest
 
-from storage.postgres.connection import Connection, to_format
+from storage.postgres.connection import Connection, to_numbered
 
 
 @pytest.mark.parametrize(
     ("sqlite", "postgres"),
     [
-        ("SELECT * FROM jobs WHERE id = ?", "SELECT * FROM jobs WHERE id = %s"),
-        ("VALUES (?, ?, ?)", "VALUES (%s, %s, %s)"),
-        ("SELECT '?' , ?", "SELECT '?' , %s"),
-        ("SELECT 'it''s ?', ?", "SELECT 'it''s ?', %s"),
-        ('SELECT "odd?col" FROM t WHERE a = ?', 'SELECT "odd?col" FROM t WHERE a = %s'),
-        ("SELECT 1 -- why? \n, ?", "SELECT 1 -- why? \n, %s"),
-        ("SELECT /* a ? b */ ?", "SELECT /* a ? b */ %s"),
-        ("SELECT $x$ ? $x$, ?", "SELECT $x$ ? $x$, %s"),
-        ("SELECT $$?$$, ?", "SELECT $$?$$, %s"),
-        ("SELECT 10 % 3, ?", "SELECT 10 %% 3, %s"),
-        ("SELECT 'a%' , ?", "SELECT 'a%%' , %s"),
-        ("SELECT * FROM t WHERE url LIKE '%x%'", "SELECT * FROM t WHERE url LIKE '%%x%%'"),
+        ("SELECT * FROM jobs WHERE id = ?", "SELECT * FROM jobs WHERE id = $1"),
+        ("VALUES (?, ?, ?)", "VALUES ($1, $2, $3)"),
+        ("SELECT '?' , ?", "SELECT '?' , $1"),
+        ("SELECT 'it''s ?', ?", "SELECT 'it''s ?', $1"),
+        ('SELECT "odd?col" FROM t WHERE a = ?', 'SELECT "odd?col" FROM t WHERE a = $1'),
+        ("SELECT 1 -- why? \n, ?", "SELECT 1 -- why? \n, $1"),
+        ("SELECT /* a ? b */ ?", "SELECT /* a ? b */ $1"),
+        ("SELECT $x$ ? $x$, ?", "SELECT $x$ ? $x$, $1"),
+        ("SELECT $$?$$, ?", "SELECT $$?$$, $1"),
+        ("SELECT 10 % 3, ? || ?", "SELECT 10 % 3, $1 || $2"),
+        ("SELECT 'a%' , ?", "SELECT 'a%' , $1"),
+        ("SELECT * FROM t WHERE url LIKE '%x%'", "SELECT * FROM t WHERE url LIKE '%x%'"),
         ("DELETE FROM t WHERE id IN ()", "DELETE FROM t WHERE id = ANY ('{}')"),
-        ("SELECT 1 WHERE a NOT IN ( ) AND b in(?)", "SELECT 1 WHERE a <> ALL ('{}') AND b in(%s)"),
+        ("SELECT 1 WHERE a NOT IN ( ) AND b in(?)", "SELECT 1 WHERE a <> ALL ('{}') AND b in($1)"),
         ("SELECT 'x IN ()'", "SELECT 'x IN ()'"),
     ],
     ids=["plain", "several", "in-string", "escaped-quote", "in-identifier", "line-comment",
          "block-comment", "dollar-tag", "dollar-dollar", "modulo", "percent-in-string", "like",
          "empty-in", "empty-not-in", "empty-in-in-string"],
 )
-def test_qmark_placeholders_become_format_ones_outside_quoted_text(sqlite, postgres):
-    assert to_format(sqlite) == postgres
+def test_qmark_placeholders_become_numbered_ones_outside_quoted_text(sqlite, postgres):
+    assert to_numbered(sqlite) == (postgres.encode(), len(re.findall(r"\$\d+", postgres)))
 
 
 @pytest.fixture
@@ -126,3 +128,53 @@ def test_round_trips_count_each_wait_for_the_server(conn):
         read = conn.execute("SELECT count(*) FROM t")
         assert read.fetchone()[0] == 2
     assert conn.round_trips - before == 5  # nothing left to wait for at the end
+
+
+def prepared(conn: Connection) -> list[str]:
+    return [row[0] for row in conn.execute("SELECT statement FROM pg_prepared_statements ORDER BY statement")]
+
+
+def test_a_statement_run_again_on_a_connection_is_prepared_there_once(conn):
+    conn.executemany("INSERT INTO t (name, flag) VALUES (?, ?)", [("a", 1), ("b", 2)])
+    sql = "SELECT name FROM t WHERE flag = ? ORDER BY name"
+    answers = [[r["name"] for r in conn.execute(sql, (flag,))] for flag in (1, 2, 1, 2)]
+    assert answers == [["a"], ["b"], ["a"], ["b"]]
+    assert prepared(conn).count("SELECT name FROM t WHERE flag = $1 ORDER BY name") == 1
+
+
+def test_values_of_other_types_in_a_prepared_statement_are_answered_as_unprepared_ones(conn):
+    sql = "SELECT ?::numeric + 1 AS n, ?::numeric IS NULL AS missing"
+    small, big, none = 7, 2**62, None
+    answers = [conn.execute(sql, (value, value)).fetchone() for value in (small, small, big, none, big)]
+    assert [(row["n"], row["missing"]) for row in answers] == [
+        (8, False), (8, False), (2**62 + 1, False), (None, True), (2**62 + 1, False)]
+
+
+def test_a_prepare_that_failed_is_made_again_once_it_can_succeed(conn):
+    sql = "SELECT count(*) FROM later WHERE n > ?"
+    for _ in range(2):  # the second run is prepared: that PREPARE fails with the statement
+        with pytest.raises(psycopg.errors.UndefinedTable), conn.pipelined():
+            conn.execute(sql, (0,))
+    conn.execute("CREATE TABLE later (n BIGINT)")
+    conn.execute("INSERT INTO later VALUES (1), (2)")
+    assert [conn.execute(sql, (0,)).fetchone()[0] for _ in range(3)] == [2, 2, 2]
+
+
+def test_prepared_statements_outlive_a_transaction_that_failed_and_rolled_back(conn):
+    sql = "SELECT count(*) FROM t WHERE flag IS NULL OR flag <> ?"
+    assert [conn.execute(sql, (1,)).fetchone()[0] for _ in range(2)] == [0, 0]  # now prepared
+    with pytest.raises(psycopg.errors.UniqueViolation), conn.pipelined():
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO t (id, name) VALUES (?, ?)", (1, "a"))
+        conn.execute(sql, (1,))
+        conn.execute("INSERT INTO t (id, name) VALUES (?, ?)", (1, "b"))
+    conn.execute("ROLLBACK")
+    assert conn.execute(sql, (1,)).fetchone()[0] == 0
+
+
+def test_a_wrong_count_of_parameters_is_refused_before_anything_is_sent(conn):
+    with conn.pipelined():
+        with pytest.raises(psycopg.ProgrammingError, match="2 placeholders but 1 parameters"):
+            conn.execute("INSERT INTO t (name, flag) VALUES (?, ?)", ("a",))
+        # had it gone out, the server's refusal would be raised here
+        assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 0

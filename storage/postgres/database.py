@@ -226,12 +226,13 @@ class Database(StoresOver):
 class _LastReturnedFirst(ConnectionPool[psycopg.Connection[Any]]):
     """psycopg_pool's pool lends the connection idle longest, so a process cycles through all
     of its connections; this one lends the one returned last, as PgBouncer does by default.
-    At a steady rate a few connections then carry every transaction, and stay warm: psycopg
-    prepares a statement on a connection once it has run there five times, and PostgreSQL
-    plans a prepared one once for all only after five runs, so spread over ten connections
-    (two processes: twenty) most statements of a few hundred jobs were planned again each
-    time, which cost the server more than running them. A server process in use is also one
-    whose caches are warm. The others wait in the pool for bursts, as before."""
+    At a steady rate a few connections then carry every transaction, and stay warm: a
+    statement is prepared on a connection once it has run there twice (connection.py
+    `_Session`), and PostgreSQL plans a prepared one once for all only after five runs, so
+    spread over ten connections (two processes: twenty) most statements of a few hundred jobs
+    were planned again each time, which cost the server more than running them. A server
+    process in use is also one whose caches are warm. The others wait in the pool for bursts,
+    as before."""
 
     def _get_ready_connection(self, timeout: float | None) -> psycopg.Connection[Any] | None:
         idle = getattr(self, "_pool", None)  # psycopg_pool's deque of idle connections
@@ -287,7 +288,7 @@ def _in_transaction(
         _recover(conn)
         raise
     except BaseException:
-        _roll_back(conn)
+        _recover(conn)
         raise
     return result
 
@@ -311,36 +312,19 @@ def _in_transaction_then_read(
 
 
 def _recover(conn: Connection) -> None:
-    """Make a connection on which a statement failed inside the pipeline fit to lend again.
-
-    Rolling back is not enough: psycopg (3.3) counts a statement as prepared as soon as it
-    sends the PREPARE, and if the pipeline was aborted before the server ran it, every later
-    use of it on that connection fails ("prepared statement _pg3_N does not exist"). Its
-    `rollback()` forgets every statement prepared on the connection, and deallocates them on
-    the server: then neither side has any, and they are prepared again as they are used.
-    Closing the connection would do too, as this did before, but then every serialization
-    failure costs a new server process, and under contention, when they come in numbers, the
-    reconnections add to the load that made them. If recovering fails, the connection is
-    closed (the pool replaces it)."""
+    """Make a connection on which a statement failed inside the pipeline fit to lend again: roll
+    back. What was prepared on it stays (a rollback does not undo a PREPARE, and the adapter
+    counts as prepared only what the server answered for: storage/postgres/connection.py
+    `_Session`). If rolling back fails, the connection is closed (the pool replaces it)."""
     raw = conn.raw
     if raw.broken:  # the connection is lost: the pool replaces it
         return
     try:
-        if raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-            raw.execute("BEGIN")  # a failed COMMIT ended it: `rollback()` needs one to forget
-        raw.rollback()
+        if raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            raw.execute("ROLLBACK")
     except psycopg.Error:
         with contextlib.suppress(psycopg.Error):
             conn.raw.close()
-
-
-def _roll_back(conn: Connection) -> None:
-    status = conn.raw.info.transaction_status
-    if status == psycopg.pq.TransactionStatus.INERROR:  # a statement failed in the pipeline too
-        _recover(conn)
-    elif status != psycopg.pq.TransactionStatus.IDLE:
-        with contextlib.suppress(psycopg.Error):
-            conn.raw.execute("ROLLBACK")
 
 
 def _describe(exc: psycopg.Error) -> str:
