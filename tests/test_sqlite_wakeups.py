@@ -8,7 +8,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from storage.sqlite.wakeups import WalWatcher
+from storage.sqlite.wakeups import SETTLE_S, OwnWrites, WalWatcher
 
 pytestmark = pytest.mark.anyio
 
@@ -112,6 +112,48 @@ async def test_only_another_processes_commits_wake_a_database_follower(tmp_path)
     finally:
         other.close()
         await db.close()
+
+
+async def test_another_processes_commit_written_among_own_ones_wakes_once_it_becomes_visible(
+    tmp_path, monkeypatch
+):
+    """Another process's frames reached the WAL while this one was writing, so the watcher took
+    them for its own; that commit became visible only after the look owed for the own commits
+    (its sync was slow, as under load), and no later write to the WAL tells of it. The watcher
+    still wakes the loops, not at their next idle look. `data_version` is scripted here: when a
+    commit becomes visible is up to the other process's disk."""
+    from storage.sqlite import wakeups
+
+    path = tmp_path / "fluxhook.db"
+    database(path).close()
+    seen = {"version": 1, "foreign": False}  # what PRAGMA data_version and `elsewhere` answer
+    monkeypatch.setattr(wakeups, "_data_version", lambda conn: seen["version"])
+    asked = 0
+
+    async def elsewhere() -> bool:
+        nonlocal asked
+        asked += 1
+        return bool(seen["foreign"])
+
+    own = OwnWrites()
+    woken = anyio.Event()
+    watcher = WalWatcher(path, woken.set, elsewhere=elsewhere, own_writes=own)
+    async with anyio.create_task_group() as group:
+        group.start_soon(watcher.run)
+        await watcher.watching.wait()
+        with own.writing():
+            (tmp_path / "fluxhook.db-wal").write_bytes(b"frames")  # the own commit's and the other's
+            await anyio.sleep(0.01)  # drained while this process writes
+            seen["version"] = 2  # the own commit is visible
+            own.wrote()
+        with anyio.fail_after(5):
+            while not asked:  # the look owed for the own commit: nobody else's is visible yet
+                await anyio.sleep(0.001)
+        assert not woken.is_set()
+        seen["version"], seen["foreign"] = 3, True  # now it is, and nothing is written
+        with anyio.fail_after(SETTLE_S + 1):
+            await woken.wait()
+        group.cancel_scope.cancel()
 
 
 async def test_a_database_following_some_kinds_wakes_those_alone(tmp_path):

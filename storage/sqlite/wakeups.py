@@ -17,8 +17,10 @@ in hand: given `elsewhere` (storage/sqlite/database.py asks its own connection's
 it says another process committed. Nor does it wait for its own commits to become visible:
 SQLite has one writer at a time, so WAL writes while this process was writing (`OwnWrites`) are
 its own, and after them it looks whether another process committed too once per
-`OWN_LOOK_DELAY_S`, not once per commit. A missed wake (a full inotify queue) is found by the
-loops' idle looks, the safety net that stays on every backend.
+`OWN_LOOK_DELAY_S`, not once per commit; then, since another's commit written meanwhile may
+become visible only after that look, it reads `data_version` again now and then for a second
+(`_LooksAfterOwnWrites`). A missed wake (a full inotify queue) is found by the loops' idle
+looks, the safety net that stays on every backend.
 """
 
 from __future__ import annotations
@@ -122,14 +124,15 @@ class WalWatcher:
         last = _data_version(conn)
         self.watching.set()
         looked = time.monotonic()  # when the events drained last had all been read
-        owed_since: float | None = None  # own commits seen since, and no look elsewhere yet
+        looks = _LooksAfterOwnWrites()
         while True:
-            due = None if owed_since is None else max(0.0, owed_since + OWN_LOOK_DELAY_S - time.monotonic())
-            with anyio.move_on_after(due) as waiting:
+            with anyio.move_on_after(looks.due(time.monotonic())) as waiting:
                 await anyio.wait_readable(fd)
-            if waiting.cancelled_caught:  # the look owed for this process's own commits
-                owed_since = None
-                await self._woken()
+            if waiting.cancelled_caught:  # a look owed for this process's own commits
+                version = _data_version(conn)
+                if looks.take(time.monotonic(), changed=version != last):
+                    last = version
+                    await self._woken()
                 continue
             previous, looked = looked, time.monotonic()
             if not _drain(fd, wal):
@@ -139,12 +142,13 @@ class WalWatcher:
                 # the WAL: these are its own commit's frames, visible once that commit is done
                 # (unless it changed nothing: a claim that found nothing writes no frame).
                 # Whether another process committed too (just before it) is looked at once for
-                # all the own commits of OWN_LOOK_DELAY_S, not once per commit.
+                # all the own commits of OWN_LOOK_DELAY_S, not once per commit, and then now
+                # and then for SETTLE_S (`_LooksAfterOwnWrites`).
                 with anyio.move_on_after(SETTLE_S):
                     await self._own.until_idle()
                 if self._own.wrote_at >= previous:
                     last = _data_version(conn)
-                    owed_since = owed_since or time.monotonic()
+                    looks.owe(time.monotonic())
                     continue
             # The frames are written, but the commit is visible only once SQLite has synced them
             # and updated the WAL index: a loop woken before that would look, find nothing and
@@ -163,7 +167,7 @@ class WalWatcher:
                 if waited >= QUICK_LOOKS_FOR_S:
                     delay = min(delay * 2, SETTLE_S / 8)
             last = version
-            owed_since = None
+            looks.woken()
             await self._woken()
 
     async def _woken(self) -> None:
@@ -180,6 +184,48 @@ class WalWatcher:
             if version != last:
                 last = version
                 await self._woken()
+
+
+class _LooksAfterOwnWrites:
+    """When to look whether another process committed, after this process's own commits.
+
+    Another process's commit whose frames reached the WAL while this process was writing is
+    taken for part of the own commits: the look OWN_LOOK_DELAY_S after them (`owe`) wakes the
+    loops if another process has committed, whatever it was. But that commit may be visible
+    only later: its frames are written before its sync (milliseconds under load), and no
+    write to the WAL follows. So the watcher looks again at `data_version`, a
+    cheap read on its own connection, at doubling intervals until SETTLE_S after the last own
+    commit; a change it has not accounted for is such a commit (or a later own one, which
+    `committed_elsewhere` passes over)."""
+
+    def __init__(self) -> None:
+        self._at: float | None = None  # the next look
+        self._owed = False  # the next look wakes (asks `elsewhere`) whatever data_version says
+        self._delay = OWN_LOOK_DELAY_S
+        self._until = 0.0
+
+    def owe(self, now: float) -> None:
+        """Own commits were written, and `last` read after them."""
+        if self._at is None:  # no looks under way: they start again at the shortest interval
+            self._delay = OWN_LOOK_DELAY_S
+        self._at = now + OWN_LOOK_DELAY_S if self._at is None else min(self._at, now + OWN_LOOK_DELAY_S)
+        self._owed = True
+        self._until = now + SETTLE_S
+
+    def woken(self) -> None:
+        """The loops were woken for a change seen otherwise: nothing is owed (later looks stay)."""
+        self._owed = False
+
+    def due(self, now: float) -> float | None:
+        """Seconds until the next look (None: no look, until the next write)."""
+        return None if self._at is None else max(0.0, self._at - now)
+
+    def take(self, now: float, *, changed: bool) -> bool:
+        """A look, now: whether it wakes the loops (owed, or data_version `changed`)."""
+        wake, self._owed = self._owed or changed, False
+        self._delay = min(self._delay * 2, SETTLE_S / 8)
+        self._at = now + self._delay if now + self._delay <= self._until else None
+        return wake
 
 
 def _data_version(conn: sqlite3.Connection) -> int | None:
