@@ -178,3 +178,16 @@ def test_a_wrong_count_of_parameters_is_refused_before_anything_is_sent(conn):
             conn.execute("INSERT INTO t (name, flag) VALUES (?, ?)", ("a",))
         # had it gone out, the server's refusal would be raised here
         assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 0
+
+
+def test_statements_prepared_before_a_table_was_altered_are_prepared_anew_after_one_refusal(
+        conn, postgres_url):
+    sql = "SELECT * FROM t WHERE flag IS NULL OR flag <> ?"
+    conn.execute("INSERT INTO t (name) VALUES (?)", ("a",))
+    assert [len(conn.execute(sql, (1,)).fetchone()) for _ in range(2)] == [4, 4]  # now prepared
+    with psycopg.connect(postgres_url, autocommit=True) as other:  # another process's migration
+        other.execute("ALTER TABLE t ADD COLUMN added TEXT DEFAULT 'new'")
+    with pytest.raises(psycopg.errors.FeatureNotSupported, match="cached plan"):
+        conn.execute(sql, (1,))
+    rows = [conn.execute(sql, (1,)).fetchone() for _ in range(3)]
+    assert [(len(row), row["added"]) for row in rows] == [(5, "new")] * 3

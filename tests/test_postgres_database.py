@@ -274,6 +274,31 @@ async def test_a_statement_failing_mid_body_leaves_no_broken_prepared_statement_
         await db.close()
 
 
+async def test_a_body_whose_prepared_statements_a_migration_outdated_runs_again_and_succeeds(postgres_url):
+    """A rolling deploy: another process's migration alters a table under statements this
+    process's connection has prepared; its next body is refused once by the server ("cached
+    plan must not change result type"), rolled back, and run again with them prepared anew."""
+    db = await Database.open(postgres_url, pool_size=1, rules=JOB_RULES)
+    try:
+        await db.transact(lambda conn: conn.execute("CREATE TABLE t (id BIGINT PRIMARY KEY)"))
+        runs: list[int] = []
+
+        def body(conn):
+            runs.append(1)
+            conn.execute("INSERT INTO t (id) VALUES (?)", (len(runs),))
+            return [len(row) for row in conn.execute("SELECT * FROM t WHERE id > ?", (0,))]
+
+        assert [await db.transact(body) for _ in range(2)] == [[1], [1, 1]]  # prepared by now
+        with psycopg.connect(postgres_url, autocommit=True) as other:
+            other.execute("ALTER TABLE t ADD COLUMN added TEXT")
+        assert await db.transact(body) == [2, 2, 2]  # the failed run's row was rolled back
+        assert len(runs) == 4
+        assert await db.query(lambda conn: [len(row) for row in conn.execute(
+            "SELECT * FROM t WHERE id > ?", (0,))]) == [2, 2, 2]
+    finally:
+        await db.close()
+
+
 async def test_transactions_that_fail_to_serialize_keep_their_connections_and_run_again(postgres_url):
     """Two bodies each read the row the other writes (write skew), round after round: one of
     each pair fails to serialize (while writing, or at COMMIT), is rolled back and runs again

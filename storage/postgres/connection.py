@@ -177,6 +177,21 @@ class _Session:
         self.runs: dict[tuple[bytes, tuple[int, ...]], int] = {}
         self.named = 0
 
+    def forget_prepared(self) -> None:
+        """Prepare every statement anew (see `outdates_prepared`); the old ones stay on the
+        server under names never used again, until the connection closes."""
+        self.prepared.clear()
+        self.runs.clear()
+
+
+def outdates_prepared(error: psycopg.Error) -> bool:
+    """Whether `error` says this connection's prepared statements no longer hold: a table one
+    reads was altered since it was prepared (another process's migration: "cached plan must
+    not change result type"), or they were deallocated behind the adapter's back (`DISCARD
+    ALL`, `DEALLOCATE ALL`). The statement did nothing; prepared again, it will run."""
+    return isinstance(error, psycopg.errors.InvalidSqlStatementName) or (
+        isinstance(error, psycopg.errors.FeatureNotSupported) and "cached plan" in str(error))
+
 
 _SESSIONS: weakref.WeakKeyDictionary[psycopg.Connection[Any], _Session] = weakref.WeakKeyDictionary()
 
@@ -304,6 +319,8 @@ class Connection:
         if error is None and any(r.status == pq.ExecStatus.PIPELINE_ABORTED for r in answers):
             error = psycopg.errors.PipelineAborted("pipeline aborted")
         if error is not None:
+            if outdates_prepared(error):
+                self._session.forget_prepared()
             raise error
 
     def load_rows(self, result: pq.abc.PGresult) -> list[Row]:

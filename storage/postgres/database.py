@@ -40,7 +40,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from storage.errors import StorageUnavailable
-from storage.postgres.connection import Connection
+from storage.postgres.connection import Connection, outdates_prepared
 from storage.postgres.migrations import WAKE_CHANNELS, migrate
 from storage.postgres.wakeups import Listener
 from storage.records import WAKE_KINDS
@@ -212,6 +212,13 @@ class Database(StoresOver):
                         return fn(conn)
                     except psycopg.OperationalError:
                         if raw.broken and not conn.answered:
+                            continue
+                        raise
+                    except psycopg.Error as exc:
+                        # A migration by another process (a rolling deploy) altered a table
+                        # under statements prepared here: the body failed having done nothing
+                        # (rolled back), and runs again with them prepared anew.
+                        if outdates_prepared(exc):
                             continue
                         raise
             except _Retry:
